@@ -1,0 +1,98 @@
+"""Errors of the daemon and CLI, all under :class:`store.exceptions.BatchdError`.
+
+Each names what went wrong, where (file, key, todo, command) and how to fix it.
+"""
+
+from __future__ import annotations
+
+from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_USAGE, BatchdError
+
+__all__ = [
+    "AgentError",
+    "BatchdError",
+    "ConfigError",
+    "GitError",
+    "LockHeld",
+    "PlanError",
+    "TodoFileError",
+    "UsageError",
+]
+
+
+class UsageError(BatchdError):
+    code = "usage_error"
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(BatchdError):
+    """``batchd.toml`` is missing a key, has an unknown one, or a value of the wrong type."""
+
+    code = "config_error"
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, path: str, key: str = "", hint: str = "") -> None:
+        self.path = path
+        self.key = key
+        where = f"{path}: [{key}] " if key else f"{path}: "
+        super().__init__(where + message, hint=hint)
+
+
+class TodoFileError(BatchdError):
+    """A todo file is malformed; the daemon records it as invalid and goes on."""
+
+    code = "todo_invalid"
+    exit_code = EXIT_FAILURES
+
+    def __init__(self, message: str, *, path: str, hint: str, todo_id: str | None = None) -> None:
+        self.path = path
+        self.todo_id = todo_id
+        super().__init__(f"{path}: {message}", hint=hint)
+
+
+class PlanError(BatchdError):
+    """A plan names an unknown todo, puts one in two batches, or orders a dependency wrongly."""
+
+    code = "plan_error"
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, path: str, where: str = "", hint: str = "") -> None:
+        self.path = path
+        self.where = where
+        loc = f"{path} ({where})" if where else path
+        super().__init__(f"{loc}: {message}", hint=hint)
+
+
+class GitError(BatchdError):
+    """A git operation failed; carries the command and what git said."""
+
+    code = "git_error"
+    exit_code = EXIT_CANNOT_PROCEED
+
+    def __init__(self, message: str, *, command: list[str], output: str = "", hint: str = "") -> None:
+        self.command = command
+        self.output = output
+        tail = f"\n  git said: {output.strip()[-800:]}" if output.strip() else ""
+        super().__init__(f"{message} (`{' '.join(command)}`){tail}", hint=hint)
+
+
+class AgentError(BatchdError):
+    """An agent command cannot be started at all (not found, not executable)."""
+
+    code = "agent_error"
+    exit_code = EXIT_USAGE
+
+
+class LockHeld(BatchdError):
+    """Another daemon already runs on this repository."""
+
+    code = "lock_held"
+    exit_code = EXIT_CANNOT_PROCEED
+
+    def __init__(self, *, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(
+            f"another batchd daemon ({who}) already runs on this repository (lock {path})",
+            hint=f"stop it first (kill {pid})" if pid else "stop the other daemon first",
+        )

@@ -1,0 +1,494 @@
+"""The domain events of batchd, registered in the store under stable names and versions.
+
+Streams: ``todo-<id>``, ``batch-<key>`` (``batch-1.1``), ``phase-<n>``, ``run`` and ``control``
+(requests from the CLI that the daemon acts on). Every event is a frozen, keyword-only dataclass;
+its payload is plain JSON. Each event type maps to exactly one trigger of one machine
+(see :mod:`statemachine.tables`); ``control.*`` events are requests and move no machine.
+
+Intent events end in ``_started``/``committing``/``pushing``; the matching outcome names the same
+``attempt``/``step`` so recovery can tell an intent that never got its outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from store.registry import registry
+
+Json = dict[str, Any]
+
+
+def todo_stream(todo_id: str) -> str:
+    return f"todo-{todo_id}"
+
+
+def batch_stream(key: str) -> str:
+    return f"batch-{key}"
+
+
+def phase_stream(number: int) -> str:
+    return f"phase-{number}"
+
+
+RUN_STREAM = "run"
+CONTROL_STREAM = "control"
+
+
+# --- todo ---------------------------------------------------------------------------------------
+
+
+@registry.register("todo.recorded", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoRecorded:
+    """A ``-pending-`` file was seen: known, not queued."""
+
+    todo_id: str
+    path: str
+    title: str
+    priority: str
+    digest: str
+    dependencies: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@registry.register("todo.queued", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoQueued:
+    """A ``-ready-`` file: work to do (new, renamed from pending, re-queued by a person, or fixed)."""
+
+    todo_id: str
+    path: str
+    title: str
+    priority: str
+    digest: str
+    dependencies: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    by: str = "scan"  # scan | watcher | person
+
+
+@registry.register("todo.updated", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoUpdated:
+    """The file changed before its work started (content or path)."""
+
+    todo_id: str
+    path: str
+    title: str
+    priority: str
+    digest: str
+    dependencies: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@registry.register("todo.invalid", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoInvalid:
+    """The file is malformed; the reason and how to fix it go to the status file."""
+
+    todo_id: str
+    path: str
+    reason: str
+    hint: str
+
+
+@registry.register("todo.planned", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoPlanned:
+    todo_id: str
+    batch: str
+    phase: int
+
+
+@registry.register("todo.agent_started", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStarted:
+    """Intent: the agent for ``attempt`` is about to start in ``worktree`` from ``base_sha``."""
+
+    todo_id: str
+    attempt: int
+    batch: str
+    worktree: str
+    branch: str
+    base_sha: str
+    log_path: str
+    argv: tuple[str, ...] = ()
+
+
+@registry.register("todo.agent_spawned", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSpawned:
+    """The agent process exists: its process group is what recovery kills after a crash."""
+
+    todo_id: str
+    attempt: int
+    pid: int
+    pgid: int
+
+
+@registry.register("todo.agent_finished", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFinished:
+    """Outcome: the agent exited 0 and left a change, squashed into ``commit``."""
+
+    todo_id: str
+    attempt: int
+    returncode: int
+    duration: float
+    commit: str
+    files: tuple[str, ...]
+    cost_usd: float | None = None
+    summary: Json = field(default_factory=dict)
+
+
+@registry.register("todo.agent_failed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFailed:
+    """Outcome: non-zero exit, crash, timeout, an ``is_error`` result, or no change at all."""
+
+    todo_id: str
+    attempt: int
+    reason: str  # exit | timeout | no_change | is_error | setup | start
+    detail: str
+    returncode: int | None = None
+    duration: float = 0.0
+    cost_usd: float | None = None
+    log_tail: str = ""
+
+
+@registry.register("todo.agent_interrupted", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentInterrupted:
+    """The daemon stopped or crashed while the agent ran; the attempt does not count."""
+
+    todo_id: str
+    attempt: int
+    reason: str
+
+
+@registry.register("todo.verifying", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoVerifying:
+    todo_id: str
+    batch: str
+
+
+@registry.register("todo.accepted", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoAccepted:
+    todo_id: str
+    batch: str
+    commit: str  # on the verification branch
+
+
+@registry.register("todo.rejected", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoRejected:
+    """Its change broke the checks; it was left out (its files reverted)."""
+
+    todo_id: str
+    batch: str
+    attempt: int
+    command: tuple[str, ...]
+    output_tail: str
+    files_reverted: tuple[str, ...]
+    action: str
+
+
+@registry.register("todo.conflicted", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoConflicted:
+    """It touched the same lines (or, strict mode, files) as a lower id, which won."""
+
+    todo_id: str
+    batch: str
+    attempt: int
+    winner: str
+    files: tuple[str, ...]
+
+
+@registry.register("todo.retry_scheduled", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoRetryScheduled:
+    """Back to ready for another attempt; ``repair`` is the failure to show the agent."""
+
+    todo_id: str
+    next_attempt: int
+    reason: str
+    repair: str = ""
+    by: str = "daemon"  # daemon | person
+
+
+@registry.register("todo.blocked", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoBlocked:
+    todo_id: str
+    reason: str
+    action: str
+
+
+@registry.register("todo.cancelled", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoCancelled:
+    todo_id: str
+    reason: str
+    by: str = "person"
+
+
+@registry.register("todo.completed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TodoCompleted:
+    """Its phase commit (which renames the file to ``-complete-``) is on the target branch;
+    or a person renamed it complete (``by="person"``, ``commit=""``)."""
+
+    todo_id: str
+    path: str
+    commit: str
+    phase: int | None = None
+    by: str = "daemon"
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+
+@registry.register("batch.planned", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPlanned:
+    key: str
+    phase: int
+    todo_ids: tuple[str, ...]
+    retry_of: str = ""
+
+
+@registry.register("batch.started", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchStarted:
+    key: str
+    base_sha: str
+    todo_ids: tuple[str, ...]
+
+
+@registry.register("batch.verifying", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchVerifying:
+    """Intent: verify these candidates on top of ``base_sha``."""
+
+    key: str
+    base_sha: str
+    candidates: tuple[str, ...]  # todo ids, priority order
+
+
+@registry.register("batch.verify_run", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchVerifyRun:
+    """One pass over the verify commands (for progress and counting)."""
+
+    key: str
+    run: int
+    todo_ids: tuple[str, ...]
+    passed: bool
+    command: tuple[str, ...] = ()
+    duration: float = 0.0
+    baseline: bool = False
+
+
+@registry.register("batch.verified", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchVerified:
+    key: str
+    head_sha: str
+    accepted: tuple[str, ...]
+    rejected: tuple[str, ...]
+    conflicted: tuple[str, ...]
+    failed: tuple[str, ...]
+    runs: int
+
+
+@registry.register("batch.paused", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPaused:
+    """The baseline (the batch's base without any change) is red: nothing can be blamed on agents."""
+
+    key: str
+    base_sha: str
+    command: tuple[str, ...]
+    output_tail: str
+
+
+@registry.register("batch.resumed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResumed:
+    key: str
+    by: str = "person"
+
+
+@registry.register("batch.done", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchDone:
+    key: str
+
+
+# --- phase --------------------------------------------------------------------------------------
+
+
+@registry.register("phase.planned", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhasePlanned:
+    number: int
+    title: str
+    commit_message: str
+    batches: tuple[str, ...]
+    final: bool = False  # the batch-less integration phase
+
+
+@registry.register("phase.started", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseStarted:
+    number: int
+    base_sha: str
+
+
+@registry.register("phase.committing", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseCommitting:
+    """Intent: one commit of the phase's accepted changes, the renames and the status file."""
+
+    number: int
+    todo_ids: tuple[str, ...]
+    message: str
+
+
+@registry.register("phase.committed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseCommitted:
+    number: int
+    commits: tuple[str, ...]  # one (phase mode) or one per todo (todo mode), oldest first
+    head_sha: str
+
+
+@registry.register("phase.pushing", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhasePushing:
+    number: int
+    attempt: int
+    sha: str
+
+
+@registry.register("phase.pushed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhasePushed:
+    number: int
+    sha: str
+    attempts: int
+
+
+@registry.register("phase.push_failed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhasePushFailed:
+    number: int
+    sha: str
+    attempts: int
+    reason: str
+
+
+@registry.register("phase.done", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseDone:
+    number: int
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+@registry.register("run.started", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted:
+    run_id: str
+    branch: str
+    base_sha: str
+    plan_source: str = ""
+
+
+@registry.register("run.daemon_attached", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonAttached:
+    """A daemon process took over the run (first start, or after a stop or crash)."""
+
+    pid: int
+    version: str
+
+
+@registry.register("run.paused", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunPaused:
+    reason: str
+    by: str = "person"
+
+
+@registry.register("run.resumed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResumed:
+    by: str = "person"
+
+
+@registry.register("run.stopping", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStopping:
+    reason: str
+
+
+@registry.register("run.completed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCompleted:
+    """The verdict: success only when every planned todo is complete, checks are green, every batch done."""
+
+    success: bool
+    checks_green: bool
+    complete: tuple[str, ...]
+    missing: tuple[str, ...]
+    detail: str = ""
+
+
+@registry.register("run.reopened", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReopened:
+    """New work arrived after the run completed (continuous mode)."""
+
+    reason: str
+
+
+# --- control (requests from the CLI; the daemon answers with domain events) -------------------
+
+
+@registry.register("control.retry", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequested:
+    todo_id: str
+
+
+@registry.register("control.cancel", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested:
+    todo_id: str
+
+
+@registry.register("control.pause", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseRequested:
+    reason: str = "requested with batchd pause"
+
+
+@registry.register("control.resume", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeRequested:
+    pass
+
+
+@registry.register("control.handled", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlHandled:
+    """The daemon acted on (or refused) the request at ``request_seq``; written with its effect."""
+
+    request_seq: int
+    outcome: str  # done | refused
+    detail: str = ""

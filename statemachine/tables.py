@@ -1,0 +1,230 @@
+"""The four machines declared as data: states, transitions, and which event fires which trigger.
+
+This table is the single definition of what may happen. The projection folds history through it
+as plain dictionary look-ups (fast, no callbacks), and :mod:`statemachine.machines` builds live
+``transitions`` machines from the same rows for the entities still in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from statemachine import events as ev
+
+
+class TodoState(StrEnum):
+    NEW = "new"
+    PENDING = "pending"
+    READY = "ready"
+    PLANNED = "planned"
+    RUNNING = "running"
+    AGENT_DONE = "agent_done"
+    VERIFYING = "verifying"
+    ACCEPTED = "accepted"
+    COMPLETE = "complete"
+    AGENT_FAILED = "agent_failed"
+    REJECTED = "rejected"
+    CONFLICTED = "conflicted"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    INVALID = "invalid"
+
+
+class BatchState(StrEnum):
+    NEW = "new"
+    PLANNED = "planned"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    PAUSED = "paused"
+    DONE = "done"
+
+
+class PhaseState(StrEnum):
+    NEW = "new"
+    PENDING = "pending"
+    RUNNING = "running"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    PUSHING = "pushing"
+    PUSHED = "pushed"
+    PUSH_FAILED = "push_failed"
+    DONE = "done"
+
+
+class RunState(StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    COMPLETED = "completed"
+
+
+class Kind(StrEnum):
+    TODO = "todo"
+    BATCH = "batch"
+    PHASE = "phase"
+    RUN = "run"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    trigger: str
+    sources: tuple[str, ...]
+    dest: str | None  # None: an internal transition (the state stays, the data changes)
+
+
+T = TodoState
+_WAITING = (T.PENDING, T.READY, T.PLANNED)
+_UNHAPPY = (T.AGENT_FAILED, T.REJECTED, T.CONFLICTED, T.BLOCKED)
+
+TODO_TRANSITIONS: tuple[Transition, ...] = (
+    Transition("record", (T.NEW, T.INVALID, T.READY, T.CANCELLED, *_UNHAPPY), T.PENDING),
+    Transition("queue", (T.NEW, T.PENDING, T.INVALID, T.COMPLETE, T.CANCELLED), T.READY),
+    Transition("update", (*_WAITING, T.CANCELLED, *_UNHAPPY), None),
+    Transition("invalidate", (T.NEW, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.INVALID),
+    Transition("plan", (T.READY,), T.PLANNED),
+    Transition("start_agent", (T.PLANNED,), T.RUNNING),
+    Transition("spawned", (T.RUNNING,), None),
+    Transition("agent_done", (T.RUNNING,), T.AGENT_DONE),
+    Transition("agent_fail", (T.RUNNING,), T.AGENT_FAILED),
+    Transition("interrupt", (T.RUNNING,), T.PLANNED),
+    Transition("verify", (T.AGENT_DONE,), T.VERIFYING),
+    Transition("accept", (T.VERIFYING,), T.ACCEPTED),
+    Transition("reject", (T.VERIFYING,), T.REJECTED),
+    Transition("conflict", (T.VERIFYING, T.AGENT_DONE), T.CONFLICTED),
+    Transition("retry", (*_UNHAPPY, T.CANCELLED, T.INVALID), T.READY),
+    Transition("block", (T.PENDING, T.READY, T.PLANNED, T.AGENT_FAILED, T.REJECTED, T.CONFLICTED), T.BLOCKED),
+    Transition("cancel", (*_WAITING, T.INVALID, *_UNHAPPY), T.CANCELLED),
+    Transition("complete", (T.ACCEPTED, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.COMPLETE),
+)
+
+B = BatchState
+BATCH_TRANSITIONS: tuple[Transition, ...] = (
+    Transition("plan", (B.NEW,), B.PLANNED),
+    Transition("start", (B.PLANNED,), B.RUNNING),
+    Transition("verify", (B.RUNNING,), B.VERIFYING),
+    Transition("verify_run", (B.PLANNED, B.RUNNING, B.VERIFYING), None),
+    Transition("verified", (B.RUNNING, B.VERIFYING), B.VERIFIED),
+    Transition("pause", (B.PLANNED, B.RUNNING, B.VERIFYING), B.PAUSED),
+    Transition("resume", (B.PAUSED,), B.PLANNED),
+    Transition("done", (B.VERIFIED,), B.DONE),
+)
+
+P = PhaseState
+PHASE_TRANSITIONS: tuple[Transition, ...] = (
+    Transition("plan", (P.NEW,), P.PENDING),
+    Transition("start", (P.PENDING,), P.RUNNING),
+    Transition("commit", (P.RUNNING,), P.COMMITTING),
+    Transition("committed", (P.COMMITTING,), P.COMMITTED),
+    Transition("push", (P.COMMITTED, P.PUSHING, P.PUSH_FAILED), P.PUSHING),
+    Transition("pushed", (P.PUSHING,), P.PUSHED),
+    Transition("push_fail", (P.PUSHING,), P.PUSH_FAILED),
+    Transition("done", (P.COMMITTED, P.PUSHED, P.PUSH_FAILED), P.DONE),
+)
+
+R = RunState
+RUN_TRANSITIONS: tuple[Transition, ...] = (
+    Transition("start", (R.IDLE,), R.RUNNING),
+    Transition("attach", (R.IDLE, R.RUNNING, R.PAUSED, R.COMPLETED), None),
+    Transition("attach", (R.STOPPING,), R.RUNNING),
+    Transition("pause", (R.RUNNING,), R.PAUSED),
+    Transition("resume", (R.PAUSED,), R.RUNNING),
+    Transition("stop", (R.RUNNING, R.PAUSED), R.STOPPING),
+    Transition("complete", (R.RUNNING,), R.COMPLETED),
+    Transition("reopen", (R.COMPLETED,), R.RUNNING),
+)
+
+TRANSITIONS: dict[Kind, tuple[Transition, ...]] = {
+    Kind.TODO: TODO_TRANSITIONS,
+    Kind.BATCH: BATCH_TRANSITIONS,
+    Kind.PHASE: PHASE_TRANSITIONS,
+    Kind.RUN: RUN_TRANSITIONS,
+}
+
+STATES: dict[Kind, type[StrEnum]] = {
+    Kind.TODO: TodoState,
+    Kind.BATCH: BatchState,
+    Kind.PHASE: PhaseState,
+    Kind.RUN: RunState,
+}
+
+INITIAL: dict[Kind, str] = {
+    Kind.TODO: TodoState.NEW,
+    Kind.BATCH: BatchState.NEW,
+    Kind.PHASE: PhaseState.NEW,
+    Kind.RUN: RunState.IDLE,
+}
+
+#: Every event type fires exactly one trigger on one kind of machine.
+EVENT_TRIGGERS: dict[type[object], tuple[Kind, str]] = {
+    ev.TodoRecorded: (Kind.TODO, "record"),
+    ev.TodoQueued: (Kind.TODO, "queue"),
+    ev.TodoUpdated: (Kind.TODO, "update"),
+    ev.TodoInvalid: (Kind.TODO, "invalidate"),
+    ev.TodoPlanned: (Kind.TODO, "plan"),
+    ev.AgentStarted: (Kind.TODO, "start_agent"),
+    ev.AgentSpawned: (Kind.TODO, "spawned"),
+    ev.AgentFinished: (Kind.TODO, "agent_done"),
+    ev.AgentFailed: (Kind.TODO, "agent_fail"),
+    ev.AgentInterrupted: (Kind.TODO, "interrupt"),
+    ev.TodoVerifying: (Kind.TODO, "verify"),
+    ev.TodoAccepted: (Kind.TODO, "accept"),
+    ev.TodoRejected: (Kind.TODO, "reject"),
+    ev.TodoConflicted: (Kind.TODO, "conflict"),
+    ev.TodoRetryScheduled: (Kind.TODO, "retry"),
+    ev.TodoBlocked: (Kind.TODO, "block"),
+    ev.TodoCancelled: (Kind.TODO, "cancel"),
+    ev.TodoCompleted: (Kind.TODO, "complete"),
+    ev.BatchPlanned: (Kind.BATCH, "plan"),
+    ev.BatchStarted: (Kind.BATCH, "start"),
+    ev.BatchVerifying: (Kind.BATCH, "verify"),
+    ev.BatchVerifyRun: (Kind.BATCH, "verify_run"),
+    ev.BatchVerified: (Kind.BATCH, "verified"),
+    ev.BatchPaused: (Kind.BATCH, "pause"),
+    ev.BatchResumed: (Kind.BATCH, "resume"),
+    ev.BatchDone: (Kind.BATCH, "done"),
+    ev.PhasePlanned: (Kind.PHASE, "plan"),
+    ev.PhaseStarted: (Kind.PHASE, "start"),
+    ev.PhaseCommitting: (Kind.PHASE, "commit"),
+    ev.PhaseCommitted: (Kind.PHASE, "committed"),
+    ev.PhasePushing: (Kind.PHASE, "push"),
+    ev.PhasePushed: (Kind.PHASE, "pushed"),
+    ev.PhasePushFailed: (Kind.PHASE, "push_fail"),
+    ev.PhaseDone: (Kind.PHASE, "done"),
+    ev.RunStarted: (Kind.RUN, "start"),
+    ev.DaemonAttached: (Kind.RUN, "attach"),
+    ev.RunPaused: (Kind.RUN, "pause"),
+    ev.RunResumed: (Kind.RUN, "resume"),
+    ev.RunStopping: (Kind.RUN, "stop"),
+    ev.RunCompleted: (Kind.RUN, "complete"),
+    ev.RunReopened: (Kind.RUN, "reopen"),
+}
+
+#: Requests from the CLI: recorded, answered by the daemon, but they move no machine themselves.
+CONTROL_EVENTS: tuple[type[object], ...] = (
+    ev.RetryRequested,
+    ev.CancelRequested,
+    ev.PauseRequested,
+    ev.ResumeRequested,
+    ev.ControlHandled,
+)
+
+
+def _compile() -> dict[tuple[Kind, str, str], str]:
+    table: dict[tuple[Kind, str, str], str] = {}
+    for kind, rows in TRANSITIONS.items():
+        for row in rows:
+            for src in row.sources:
+                key = (kind, str(src), row.trigger)
+                if key in table:
+                    raise AssertionError(f"two transitions for {key}")  # a table bug, caught at import
+                table[key] = str(src) if row.dest is None else str(row.dest)
+    return table
+
+
+#: (kind, state, trigger) -> next state: the whole rulebook as one dictionary look-up.
+NEXT_STATE: dict[tuple[Kind, str, str], str] = _compile()
+
+TERMINAL_TODO_STATES = frozenset({T.COMPLETE, T.CANCELLED})
