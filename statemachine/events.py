@@ -233,6 +233,7 @@ class TodoCancelled:
     todo_id: str
     reason: str
     by: str = "person"
+    removed: bool = False  # its file was deleted (a new file with this id is a new todo)
 
 
 @registry.register("todo.completed", 1)
@@ -290,6 +291,7 @@ class BatchVerifyRun:
     command: tuple[str, ...] = ()
     duration: float = 0.0
     baseline: bool = False
+    sha: str = ""  # the tree tested (for a baseline: the base commit)
 
 
 @registry.register("batch.verified", 1)

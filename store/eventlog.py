@@ -3,29 +3,37 @@
 One table of events, each with a global sequence number, a stream and a
 version within it (unique together: optimistic concurrency), a registered type,
 a JSON payload, a UTC timestamp and a SHA-256 hash chained over the previous
-event's hash. On SQLite (the default) every append is one ``BEGIN IMMEDIATE``
-transaction in WAL mode with ``synchronous=FULL``: when :meth:`EventLog.append`
-returns, the events are on disk, and readers in other processes never block it.
+event's hash; a ``head`` row in ``batchd_meta`` records the last seq and hash, so
+removing events from the end is detected too. On SQLite (the default) every
+append is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
+``synchronous=FULL``: when :meth:`EventLog.append` returns, the events are on
+disk, and readers in other processes never block it.
+
+SQLAlchemy opens connections (pragmas in one ``connect`` listener), creates the
+tables from :mod:`store.schema` and parses URLs; the hot paths (append, read,
+verify) run prepared driver SQL on the DBAPI connection, which costs a few
+microseconds a statement instead of tens through the Core execution pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from store.exceptions import (
     ConcurrencyError,
@@ -35,22 +43,23 @@ from store.exceptions import (
     StoreError,
     StoreUnavailable,
 )
-from store.registry import EventRegistry, registry
-from store.schema import SCHEMA_VERSION, events, meta, metadata, snapshots
+from store.registry import EventRegistry, RegistryError, registry
+from store.schema import SCHEMA_VERSION, meta, metadata
+from store.sqlitefile import check_sqlite_file
+from store.sqltext import Statements
 
 GENESIS_HASH = "0" * 64
-
-# The append path runs these on every event: plain driver SQL skips SQLAlchemy's per-call compile cost.
-# Written in pysqlite's "?" style; _driver_sql() rewrites them for a driver with another paramstyle.
-_SQL_LAST = f"SELECT seq, hash FROM {events.name} ORDER BY seq DESC LIMIT 1"
-_SQL_STREAM_VERSION = f"SELECT max(version) FROM {events.name} WHERE stream = ?"
-_SQL_SET_META = f"UPDATE {meta.name} SET value = ? WHERE key = ?"
-_SQL_INSERT = (
-    f"INSERT INTO {events.name} (seq, stream, version, type, type_version, payload, recorded_at, hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
+#: Rows fetched per read transaction: long reads never pin one WAL snapshot (which would stop checkpoints).
+READ_PAGE = 2000
+_APPEND_ATTEMPTS = 5
+
+# Built once: json.dumps with keyword arguments builds a new encoder on every call.
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+_loads = json.loads
+_json_str = encode_basestring  # a str as a JSON string literal, non-ASCII kept (ensure_ascii=False)
 
 
 def utcnow() -> datetime:
@@ -59,7 +68,8 @@ def utcnow() -> datetime:
 
 def format_time(moment: datetime) -> str:
     """Fixed-width ISO-8601 UTC, so text order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is twice as fast as strftime and zero-pads the year; "+00:00" becomes "Z".
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -67,15 +77,17 @@ def parse_time(text: str) -> datetime:
 
 
 def canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _canonical(payload)
 
 
-def chain_hash(
+def chain_hash(  # noqa: PLR0917 - the hashed fields, in their hashed order
     prev_hash: str, seq: int, stream: str, version: int, type_: str, type_version: int, payload: str, at: str
 ) -> str:
     """The hash of one event: covers its position (seq) so deleting or reordering rows breaks the chain."""
-    body = canonical_json([seq, stream, version, type_, type_version, payload, at])
-    return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
+    # Exactly canonical_json([seq, stream, version, type_, type_version, payload, at]), built directly.
+    s, t, p, a = _json_str(stream), _json_str(type_), _json_str(payload), _json_str(at)
+    body = f"[{seq},{s},{version},{t},{type_version},{p},{a}]"
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +155,36 @@ class AuditReport:
         return self.first_bad_seq is None
 
 
-def _sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+# (type name, type version, payload dict, payload JSON) of one event, encoded before the lock is taken.
+_Encoded = tuple[str, int, dict[str, Any], str]
+# (stream, expected version, encoded events): one stream's part of an append.
+_Part = tuple[str, int | None, list[_Encoded]]
+
+
+def head_mismatch(last_seq: int, last_hash: str, head: str | None) -> tuple[int, str] | None:
+    """(first bad seq, problem) when the recorded head disagrees with the last event, else None."""
+    if head is None:
+        return (last_seq, "the recorded head is missing (metadata removed)") if last_seq else None
+    if head == f"{last_seq}:{last_hash}":
         return None
-    db = parsed.database
-    if not db or db == ":memory:" or db.startswith("file:"):
+    text, _, _ = head.partition(":")
+    head_seq = int(text) if text.isdigit() else -1
+    if head_seq > last_seq:
+        return last_seq + 1, f"the log ends at {last_seq} but its head is {head_seq} (events removed)"
+    if 0 <= head_seq < last_seq:
+        return head_seq + 1, f"the log runs past its head {head_seq} to {last_seq} (added outside batchd)"
+    return last_seq, f"the last event {last_seq} does not match the recorded head {head!r} (edited)"
+
+
+def _is_memory(url: URL) -> bool:
+    db = url.database or ""
+    return db in ("", ":memory:") or "mode=memory" in db
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or _is_memory(url) or (url.database or "").startswith("file:"):
         return None
-    return Path(db)
+    return Path(url.database or "")
 
 
 def url_for(path_or_url: str | Path) -> str:
@@ -174,59 +208,41 @@ class EventLog:
         self.url = url_for(path_or_url)
         self.registry = reg
         self._clock = clock
-        self._path = _sqlite_path(self.url)
-        self.location = str(self._path) if self._path else make_url(self.url).render_as_string()
-        self._is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        parsed = make_url(self.url)
+        self._is_sqlite = parsed.get_backend_name() == "sqlite"
+        # One in-memory database is one connection: every use shares it, one at a time.
+        self._memory = self._is_sqlite and _is_memory(parsed)
+        self._path = _sqlite_path(parsed)
+        self.location = str(self._path) if self._path else parsed.render_as_string()
         if self._path is not None:
-            self._check_file(self._path)
+            check_sqlite_file(self._path)
             self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.RLock()
-        self._writer: Connection | None = None
+        self._lock = threading.RLock()
+        self._writer: PoolProxiedConnection | None = None
         self._engine = self._make_engine()
-        style = self._engine.dialect.paramstyle
-        self._sql = {
-            k: (v.replace("?", "%s") if style in ("format", "pyformat") else v)
-            for k, v in {
-                "last": _SQL_LAST,
-                "stream_version": _SQL_STREAM_VERSION,
-                "set_meta": _SQL_SET_META,
-                "insert": _SQL_INSERT,
-            }.items()
-        }
+        self._dbapi: Any = self._engine.dialect.loaded_dbapi
+        self._sql = Statements(self._engine.dialect.paramstyle)
         self._open_schema()
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _check_file(self, path: Path) -> None:
-        """Refuse what is not an SQLite file before SQLite half-opens it (it only fails at the first query)."""
-        if not path.exists() or path.stat().st_size == 0:
-            return
-        if path.is_dir():
-            raise NotADatabase(path=str(path), detail="it is a directory")
-        with path.open("rb") as fh:
-            header = fh.read(100)
-        if not header.startswith(SQLITE_HEADER):
-            raise NotADatabase(path=str(path), detail="its first bytes are not an SQLite header")
-        if len(header) < 100:
-            raise NotADatabase(path=str(path), detail="it is truncated inside the SQLite header")
-
     def _make_engine(self) -> Engine:
         if not self._is_sqlite:
-            return create_engine(self.url, future=True)
-        # One connection per use: SQLite connections are cheap, and short ones keep other processes' views fresh.
+            return create_engine(self.url)
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
-        if self._path is None:
-            kwargs["poolclass"] = NullPool
+        if self._memory:
+            kwargs["poolclass"] = StaticPool
         engine = create_engine(self.url, **kwargs)
+        on_file = self._path is not None
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-            # We issue BEGIN ourselves (see _on_begin): pysqlite's implicit BEGIN would defer the write lock.
+        def _on_connect(dbapi_conn: Any, _record: object) -> None:
+            # We issue BEGIN ourselves: pysqlite's implicit BEGIN would defer the write lock.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             # Wait for another process's short write instead of failing with "database is locked".
             cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if self._path is not None:
+            if on_file:
                 # WAL: readers never block the writer, the writer never blocks readers.
                 cur.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit that returned survives power loss, not just a process crash.
@@ -235,73 +251,122 @@ class EventLog:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front, so read-then-write (seq, hash) cannot be raced.
+            # IMMEDIATE takes the write lock up front, so check-then-create cannot be raced.
             write = conn.get_execution_options().get("batchd_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
+
+    def _store_error(self, orig: BaseException) -> StoreError:
+        """The one place a driver error becomes a store error."""
+        text = str(orig)
+        if "not a database" in text or "file is encrypted" in text:
+            return NotADatabase(path=self.location, detail=text)
+        if "malformed" in text or "corrupt" in text:
+            return LogCorrupted(path=self.location, seq=None, detail=text)
+        return StoreUnavailable(path=self.location, detail=text)
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
         """Driver errors become store errors here, once; nothing above store/ sees sqlalchemy.exc."""
         try:
             yield
-        except StoreError:
-            raise
-        except sa_exc.OperationalError as e:
-            text = str(e.orig)
-            if "locked" in text or "busy" in text:
-                raise StoreUnavailable(path=self.location, detail=text) from e
-            if "malformed" in text or "not a database" in text:
-                raise NotADatabase(path=self.location, detail=text) from e
-            raise StoreUnavailable(path=self.location, detail=text) from e
-        except sa_exc.DatabaseError as e:
-            raise NotADatabase(path=self.location, detail=str(e.orig)) from e
+        except sa_exc.DBAPIError as e:
+            raise self._store_error(e.orig or e) from e
+        except self._dbapi.Error as e:
+            raise self._store_error(e) from e
 
     def _open_schema(self) -> None:
-        with self._translate(), self._write() as conn:
-            tables = set(inspect(conn).get_table_names())
-            if meta.name in tables:
-                row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
-                found = int(row[0]) if row else 0
-                if found > SCHEMA_VERSION:
-                    raise SchemaTooNew(path=self.location, found=found, supported=SCHEMA_VERSION)
-                if found < 1:
-                    raise NotADatabase(path=self.location, detail="its batchd_meta table has no schema version")
-                # Migrations from older versions go here, each a small step (found -> found + 1).
-                return
-            if tables:
-                raise NotADatabase(
-                    path=self.location,
-                    detail=f"it is an SQLite database of something else (tables: {', '.join(sorted(tables))})",
-                )
-            metadata.create_all(conn)
-            conn.execute(meta.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+        with self._translate():
+            with self._engine.connect() as conn, conn.begin():
+                tables = set(inspect(conn).get_table_names())
+                if tables:
+                    self._check_schema(conn, tables)
+                    return
+            # Empty: create under the write lock, checking again (another process may have just done it).
+            with self._engine.connect().execution_options(batchd_write=True) as conn, conn.begin():
+                tables = set(inspect(conn).get_table_names())
+                if tables:
+                    self._check_schema(conn, tables)
+                    return
+                metadata.create_all(conn)
+                conn.execute(meta.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _check_schema(self, conn: Connection, tables: set[str]) -> None:
+        if meta.name not in tables:
+            names = ", ".join(sorted(tables))
+            detail = f"it is an SQLite database of something else (tables: {names})"
+            raise NotADatabase(path=self.location, detail=detail)
+        row = conn.execute(meta.select().where(meta.c.key == "schema_version")).first()
+        try:
+            found = int(row.value) if row else 0
+        except ValueError:
+            found = 0
+        if found < 1:
+            raise NotADatabase(path=self.location, detail="its batchd_meta table has no valid schema version")
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(path=self.location, found=found, supported=SCHEMA_VERSION)
+        missing = {t.name for t in metadata.sorted_tables} - tables
+        if missing:
+            raise LogCorrupted(path=self.location, seq=None, detail=f"tables {sorted(missing)} are missing")
+        # Migrations from older versions go here, each a small step (found -> found + 1).
+
+    def _writer_conn(self) -> PoolProxiedConnection:
         """One long-lived writer connection per process (SQLite's WAL-reset race needs no more than one)."""
-        with self._write_lock:
-            if self._writer is None or self._writer.closed:
-                self._writer = self._engine.connect()
-                self._writer.execution_options(batchd_write=True)
-            conn = self._writer
-            try:
-                with conn.begin():
-                    yield conn
-            except BaseException:
-                # A failed transaction may leave the connection unusable; a fresh one is cheap.
-                conn.close()
-                self._writer = None
-                raise
+        if self._writer is None:
+            self._writer = self._engine.raw_connection()
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            # A connection that fails to close is gone either way.
+            with contextlib.suppress(Exception):
+                self._writer.invalidate()
+            self._writer = None
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._translate(), self._engine.connect() as conn, conn.begin():
-            yield conn
+    def _write(self) -> Iterator[Any]:
+        """A write transaction on the writer connection; rolled back if anything inside raises."""
+        with self._lock:
+            conn = self._writer_conn()
+            cur = conn.cursor()
+            try:
+                if self._is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                conn.commit()
+            except BaseException:
+                try:
+                    conn.rollback()
+                except self._dbapi.Error:
+                    # A connection that cannot roll back is broken: the next write opens a fresh one.
+                    self._drop_writer()
+                raise
+            finally:
+                cur.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        """A cursor for a few autocommit reads (each statement sees a consistent snapshot)."""
+        with self._translate():
+            if self._memory:
+                with self._lock:
+                    cur = self._writer_conn().cursor()
+                    try:
+                        yield cur
+                    finally:
+                        cur.close()
+                return
+            conn = self._engine.raw_connection()
+            try:
+                cur = conn.cursor()
+                yield cur
+                cur.close()
+            finally:
+                conn.close()  # back to the pool, which rolls back anything a non-SQLite driver began
 
     def close(self) -> None:
-        with self._write_lock:
+        with self._lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -315,91 +380,139 @@ class EventLog:
 
     # -- appending ---------------------------------------------------------------------------
 
-    def append(self, stream: str, events_: Sequence[object], expected_version: int | None = None) -> list[StoredEvent]:
+    def append(
+        self, stream: str, events_: Sequence[object], expected_version: int | None = None
+    ) -> list[StoredEvent]:
         """Append events to one stream, all or none; durable when this returns.
 
         ``expected_version`` is the stream's version the caller decided on (0 for a new stream);
         if another writer got there first, :class:`ConcurrencyError` is raised and nothing is written.
         """
-        return self.append_many([Append(stream, events_, expected_version)])
+        if not events_:
+            return []
+        return self._append([(stream, expected_version, [self._encode(e) for e in events_])])
 
     def append_many(self, appends: Iterable[Append]) -> list[StoredEvent]:
         """Append to several streams in one transaction (an intent and the state it moves)."""
-        batch = [a for a in appends if a.events]
-        if not batch:
+        encode = self._encode
+        parts = [(a.stream, a.expected_version, [encode(e) for e in a.events]) for a in appends if a.events]
+        if not parts:
             return []
-        encoded = [(a, [self.registry.encode(e) for e in a.events]) for a in batch]
-        for attempt in range(5):
-            try:
-                with self._translate(), self._write() as conn:
-                    return self._append_txn(conn, encoded)
-            except sa_exc.IntegrityError as e:
-                # Only a non-SQLite backend can race here (SQLite serialises on BEGIN IMMEDIATE).
-                self._raise_if_stale(encoded)
-                if attempt == 4:
-                    raise StoreUnavailable(path=self.location, detail=f"append kept colliding: {e.orig}") from e
+        return self._append(parts)
+
+    def _append(self, parts: list[_Part]) -> list[StoredEvent]:
+        # The hot path: plain try/except instead of the _translate/_write context managers saves
+        # a measurable share of a durable append (see bench/store.py).
+        dbapi = self._dbapi
+        for attempt in range(_APPEND_ATTEMPTS):
+            with self._lock:
+                conn = self._writer_conn()
+                cur = conn.cursor()
+                try:
+                    if self._is_sqlite:
+                        cur.execute("BEGIN IMMEDIATE")
+                    out = self._append_txn(cur, parts)
+                    conn.commit()
+                    return out
+                except BaseException as e:
+                    self._rollback(conn)
+                    if isinstance(e, dbapi.IntegrityError):
+                        # Only a backend without BEGIN IMMEDIATE can race here (SQLite serialises writers).
+                        collided = e
+                    elif isinstance(e, dbapi.Error):
+                        raise self._store_error(e) from e
+                    else:
+                        raise
+                finally:
+                    cur.close()
+            self._raise_if_stale(parts)
+            if attempt == _APPEND_ATTEMPTS - 1:
+                detail = f"append kept colliding: {collided}"
+                raise StoreUnavailable(path=self.location, detail=detail) from collided
         raise AssertionError("unreachable")
 
-    def _raise_if_stale(self, encoded: list[tuple[Append, list[tuple[str, int, dict[str, Any]]]]]) -> None:
-        for a, _ in encoded:
-            if a.expected_version is not None:
-                actual = self.stream_version(a.stream)
-                if actual != a.expected_version:
-                    raise ConcurrencyError(stream=a.stream, expected=a.expected_version, actual=actual)
+    def _rollback(self, conn: PoolProxiedConnection) -> None:
+        try:
+            conn.rollback()
+        except self._dbapi.Error:
+            # A connection that cannot roll back is broken: the next write opens a fresh one.
+            self._drop_writer()
 
-    def _append_txn(
-        self, conn: Connection, encoded: list[tuple[Append, list[tuple[str, int, dict[str, Any]]]]]
-    ) -> list[StoredEvent]:
-        last = conn.exec_driver_sql(self._sql["last"]).first()
-        seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+    def _encode(self, event_: object) -> _Encoded:
+        name, version, payload = self.registry.encode(event_)
+        try:
+            text = _canonical(payload)
+            text.encode("utf-8")  # a lone surrogate would otherwise fail inside the transaction
+        except (TypeError, ValueError) as e:
+            raise RegistryError(
+                f"event {name!r} cannot be stored: its payload is not plain JSON ({e})",
+                hint="use str, int, float, bool, None, lists/tuples and dicts of those in event fields",
+            ) from e
+        return name, version, payload, text
+
+    def _raise_if_stale(self, parts: list[_Part]) -> None:
+        for stream, expected, _ in parts:
+            if expected is not None:
+                actual = self.stream_version(stream)
+                if actual != expected:
+                    raise ConcurrencyError(stream=stream, expected=expected, actual=actual)
+
+    def _append_txn(self, cur: Any, parts: list[_Part]) -> list[StoredEvent]:
+        # One statement reads the last event, the recorded head and the first stream's version.
+        cur.execute(self._sql.head, (parts[0][0],))
+        seq, prev, head, first_version = cur.fetchone()
+        seq, prev = (int(seq), str(prev)) if seq is not None else (0, GENESIS_HASH)
+        bad = head_mismatch(seq, prev, head)
+        if bad is not None:
+            raise LogCorrupted(path=self.location, seq=bad[0], detail=f"{bad[1]}; refusing to append")
         at = format_time(self._clock())
-        rows: list[dict[str, Any]] = []
+        enc_at = _json_str(at)
+        rows: list[tuple[Any, ...]] = []
         out: list[StoredEvent] = []
-        for a, items in encoded:
-            version = self._stream_version_txn(conn, a.stream)
-            if a.expected_version is not None and version != a.expected_version:
-                raise ConcurrencyError(stream=a.stream, expected=a.expected_version, actual=version)
-            for name, type_version, payload in items:
+        versions: dict[str, int] = {parts[0][0]: int(first_version or 0)}
+        sha256 = hashlib.sha256
+        for stream, expected, items in parts:
+            version = versions.get(stream)
+            if version is None:
+                version = self._stream_version_txn(cur, stream)
+            if expected is not None and version != expected:
+                raise ConcurrencyError(stream=stream, expected=expected, actual=version)
+            enc_stream = _json_str(stream)
+            for name, type_version, payload, text in items:
                 seq += 1
                 version += 1
-                text = canonical_json(payload)
-                digest = chain_hash(prev, seq, a.stream, version, name, type_version, text, at)
-                rows.append(
-                    {
-                        "seq": seq,
-                        "stream": a.stream,
-                        "version": version,
-                        "type": name,
-                        "type_version": type_version,
-                        "payload": text,
-                        "recorded_at": at,
-                        "hash": digest,
-                    }
-                )
-                out.append(StoredEvent(seq, a.stream, version, name, type_version, payload, at, digest))
+                # Same bytes as chain_hash(), with the constant parts encoded once per batch.
+                enc_name, enc_text = _json_str(name), _json_str(text)
+                body = f"[{seq},{enc_stream},{version},{enc_name},{type_version},{enc_text},{enc_at}]"
+                digest = sha256((prev + body).encode("utf-8")).hexdigest()
+                rows.append((seq, stream, version, name, type_version, text, at, digest))
+                out.append(StoredEvent(seq, stream, version, name, type_version, payload, at, digest))
                 prev = digest
-        conn.exec_driver_sql(self._sql["insert"], [tuple(r.values()) for r in rows])
-        self._set_meta_txn(conn, "head", f"{seq}:{prev}")
+            versions[stream] = version
+        if len(rows) == 1:
+            cur.execute(self._sql.insert, rows[0])
+        else:
+            cur.executemany(self._sql.insert, rows)
+        head_value = (f"{seq}:{prev}",)
+        cur.execute(self._sql.set_head, head_value)
+        if cur.rowcount != 1:
+            cur.execute(self._sql.insert_head, head_value)
         return out
 
-    def _stream_version_txn(self, conn: Connection, stream: str) -> int:
-        value = conn.exec_driver_sql(self._sql["stream_version"], (stream,)).scalar()
-        return int(value or 0)
-
-    def _set_meta_txn(self, conn: Connection, key: str, value: str) -> None:
-        updated = conn.exec_driver_sql(self._sql["set_meta"], (value, key)).rowcount
-        if not updated:
-            conn.execute(meta.insert(), [{"key": key, "value": value}])
+    def _stream_version_txn(self, cur: Any, stream: str) -> int:
+        cur.execute(self._sql.stream_version, (stream,))
+        return int(cur.fetchone()[0] or 0)
 
     # -- reading -----------------------------------------------------------------------------
 
     def stream_version(self, stream: str) -> int:
-        with self._read() as conn:
-            return self._stream_version_txn(conn, stream)
+        with self._read() as cur:
+            return self._stream_version_txn(cur, stream)
 
     def last_seq(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute(select(func.max(events.c.seq))).scalar() or 0)
+        with self._read() as cur:
+            cur.execute(self._sql.last_seq)
+            return int(cur.fetchone()[0] or 0)
 
     def read(
         self,
@@ -411,27 +524,37 @@ class EventLog:
         stream_prefix: str | None = None,
         limit: int | None = None,
     ) -> Iterator[StoredEvent]:
-        """Events with ``since < seq <= until`` recorded no later than ``at``, in log order."""
-        query = select(events).where(events.c.seq > since).order_by(events.c.seq)
-        if until is not None:
-            query = query.where(events.c.seq <= until)
-        if at is not None:
-            query = query.where(events.c.recorded_at <= format_time(at))
-        if stream is not None:
-            query = query.where(events.c.stream == stream)
-        if stream_prefix is not None:
-            query = query.where(events.c.stream.startswith(stream_prefix, autoescape=True))
-        if limit is not None:
-            query = query.limit(limit)
-        with self._read() as conn:
-            result = conn.execution_options(yield_per=2000).execute(query)
-            loads = json.loads
-            for seq, stream_, version, type_, type_version, payload, recorded_at, digest in result:
+        """Events with ``since < seq <= until`` recorded no later than ``at``, in log order.
+
+        Without ``until`` the read stops at the last event that existed when it started, so a
+        reader that appends while iterating does not chase its own tail.
+        """
+        sql, params = self._sql.select_events(
+            at=format_time(at) if at is not None else None, stream=stream, stream_prefix=stream_prefix
+        )
+        remaining = limit
+        last = since
+        ceiling = until
+        location = self.location
+        while remaining is None or remaining > 0:
+            page = READ_PAGE if remaining is None else min(READ_PAGE, remaining)
+            with self._read() as cur:
+                if ceiling is None:
+                    cur.execute(self._sql.last_seq)
+                    ceiling = int(cur.fetchone()[0] or 0)
+                cur.execute(sql, (last, ceiling, *params, page))
+                rows = cur.fetchall()
+            for seq, stream_, version, type_, type_version, payload, recorded_at, digest in rows:
                 try:
-                    data = loads(payload)
+                    data = _loads(payload)
                 except ValueError as e:
-                    raise LogCorrupted(path=self.location, seq=seq, detail=f"payload is not JSON ({e})") from e
+                    raise LogCorrupted(path=location, seq=seq, detail=f"payload is not JSON ({e})") from e
                 yield StoredEvent(seq, stream_, version, type_, type_version, data, recorded_at, digest)
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
 
     def read_stream(self, stream: str, *, since_version: int = 0) -> list[StoredEvent]:
         return [e for e in self.read(stream=stream) if e.version > since_version]
@@ -452,6 +575,8 @@ class EventLog:
                 last = ev.seq
                 got = True
                 yield ev
+                if stop():
+                    return
             if not got:
                 time.sleep(poll_interval)
 
@@ -459,53 +584,72 @@ class EventLog:
 
     def save_snapshot(self, name: str, seq: int, state: dict[str, Any]) -> None:
         """Keep ``state`` (a projection's JSON-able state after event ``seq``) as the latest snapshot."""
-        row = {"name": name, "seq": seq, "state": canonical_json(state), "recorded_at": format_time(self._clock())}
-        with self._translate(), self._write() as conn:
-            conn.execute(snapshots.delete().where(snapshots.c.name == name))
-            conn.execute(snapshots.insert(), [row])
+        row = (name, seq, canonical_json(state), format_time(self._clock()))
+        with self._translate(), self._write() as cur:
+            cur.execute(self._sql.delete_snapshot, (name,))
+            cur.execute(self._sql.insert_snapshot, row)
 
     def load_snapshot(self, name: str) -> Snapshot | None:
-        with self._read() as conn:
-            row = conn.execute(select(snapshots).where(snapshots.c.name == name)).first()
+        with self._read() as cur:
+            cur.execute(self._sql.get_snapshot, (name,))
+            row = cur.fetchone()
         if row is None:
             return None
+        name_, seq, text, recorded_at = row
         try:
-            state = json.loads(row.state)
+            state = _loads(text)
         except ValueError as e:
-            raise LogCorrupted(path=self.location, seq=int(row.seq), detail=f"snapshot {name!r} is not JSON") from e
-        return Snapshot(name=row.name, seq=int(row.seq), state=state, recorded_at=row.recorded_at)
+            detail = f"snapshot {name!r} is not JSON"
+            raise LogCorrupted(path=self.location, seq=int(seq), detail=detail) from e
+        return Snapshot(name=name_, seq=int(seq), state=state, recorded_at=recorded_at)
 
     # -- audit -------------------------------------------------------------------------------
 
     def verify(self, progress: Callable[[int], None] | None = None) -> AuditReport:
-        """Walk the hash chain from the first event; name the first sequence number that does not check out."""
+        """Walk the hash chain from the first event; name the first seq that does not check out."""
+        with self._read() as cur:
+            if self._is_sqlite:
+                cur.execute("PRAGMA quick_check(1)")
+                integrity = cur.fetchone()[0]
+                if integrity != "ok":
+                    return AuditReport(checked=0, last_seq=0, first_bad_seq=1, problem=f"SQLite: {integrity}")
+                # One read transaction: the head and the rows must come from the same moment.
+                cur.execute("BEGIN")
+            try:
+                cur.execute(self._sql.get_head)
+                head_row = cur.fetchone()
+                cur.execute(self._sql.all_events)
+                report = self._walk(cur, head_row[0] if head_row else None, progress)
+            finally:
+                if self._is_sqlite:
+                    cur.execute("COMMIT")
+        return report
+
+    def _walk(self, cur: Any, head: str | None, progress: Callable[[int], None] | None) -> AuditReport:
         prev = GENESIS_HASH
         expected_seq = 1
         checked = 0
-        query = select(events).order_by(events.c.seq)
-        with self._read() as conn:
-            if self._is_sqlite:
-                integrity = conn.exec_driver_sql("PRAGMA quick_check(1)").scalar()
-                if integrity != "ok":
-                    return AuditReport(checked=0, last_seq=0, first_bad_seq=1, problem=f"SQLite: {integrity}")
-            head_row = conn.execute(select(meta.c.value).where(meta.c.key == "head")).first()
-            for seq, stream_, version, type_, type_version, payload, at, digest in conn.execution_options(
-                yield_per=5000
-            ).execute(query):
+        versions: dict[str, int] = {}
+        while rows := cur.fetchmany(5000):
+            for seq, stream_, version, type_, type_version, payload, at, digest in rows:
                 if seq != expected_seq:
                     problem = f"event {expected_seq} is missing (next present is {seq})"
                     return AuditReport(checked, expected_seq - 1, expected_seq, problem)
                 if chain_hash(prev, seq, stream_, version, type_, type_version, payload, at) != digest:
-                    return AuditReport(checked, seq - 1, seq, "content does not match its hash (edited or moved)")
+                    problem = "content does not match its hash (edited or moved)"
+                    return AuditReport(checked, seq - 1, seq, problem)
+                before = versions.get(stream_, 0)
+                if version != before + 1:
+                    problem = f"stream {stream_!r} jumps to version {version} after {before}"
+                    return AuditReport(checked, seq - 1, seq, problem)
+                versions[stream_] = version
                 prev = digest
                 checked += 1
                 expected_seq += 1
                 if progress is not None and checked % 10_000 == 0:
                     progress(checked)
         last = expected_seq - 1
-        if head_row is not None:
-            head_seq, _, head_hash = str(head_row[0]).partition(":")
-            if int(head_seq) != last or head_hash != prev:
-                problem = f"the log ends at {last} but its recorded head is event {head_seq} (events removed from the end)"
-                return AuditReport(checked, last, last + 1, problem)
+        bad = head_mismatch(last, prev, head)
+        if bad is not None:
+            return AuditReport(checked, last, bad[0], bad[1])
         return AuditReport(checked, last)

@@ -41,17 +41,19 @@ def check_sqlite_file(path: Path) -> None:
     if not header.startswith(SQLITE_HEADER[: len(header)]) or len(header) < len(SQLITE_HEADER):
         raise NotADatabase(path=where, detail="its first bytes are not an SQLite header")
     if len(header) < HEADER_SIZE:
-        raise LogCorrupted(path=where, seq=None, detail=f"it is truncated inside the SQLite header ({size} bytes)")
+        detail = f"it is truncated inside the SQLite header ({size} bytes)"
+        raise LogCorrupted(path=where, seq=None, detail=detail)
     # A crash mid-checkpoint may leave the main file short of its header's page count; the WAL (or a
     # hot rollback journal) still holds those pages and SQLite repairs the file on open.
-    if _has_content(path.with_name(path.name + "-wal")) or _has_content(path.with_name(path.name + "-journal")):
+    if any(_has_content(path.with_name(path.name + tail)) for tail in ("-wal", "-journal")):
         return
     (page_size,) = struct.unpack(">H", header[16:18])
     page_size = 65536 if page_size == 1 else page_size
     change_counter, pages = struct.unpack(">II", header[24:32])
     (valid_for,) = struct.unpack(">I", header[92:96])
     if page_size < 512 or page_size & (page_size - 1):
-        raise LogCorrupted(path=where, seq=None, detail=f"its header names an impossible page size {page_size}")
+        detail = f"its header names an impossible page size {page_size}"
+        raise LogCorrupted(path=where, seq=None, detail=detail)
     # The header's page count is only authoritative when written by SQLite >= 3.7.0 (valid_for matches).
     if pages and valid_for == change_counter and size < pages * page_size:
         raise LogCorrupted(

@@ -1,0 +1,56 @@
+"""Reconcile the world with the log after a crash, before anything new starts.
+
+The log says what was intended; the world (processes, worktrees, git refs, the remote) says what
+happened. Each intent without its outcome is settled here or by the step that owns it: an agent
+whose daemon died is killed (its process group) and re-run as a new, uncounted attempt; an
+interrupted cherry-pick, merge or rebase in batchd's worktrees is aborted; records of vanished
+worktrees are pruned. Commits and pushes are settled by their steps (found by trailer, compared
+with the remote) so they are never made twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from daemon import agents, gitops
+from daemon.runner import Daemon
+from statemachine import events as ev
+from statemachine.tables import TodoState
+
+log = structlog.get_logger(__name__)
+
+EXCLUDE_LINE = "/.batchd/"
+
+
+def ensure_excluded(root: Path) -> None:
+    """batchd's own files must never show as changes: add ``.batchd/`` to ``.git/info/exclude``."""
+    git_dir = Path(gitops.run_git(root, "rev-parse", "--absolute-git-dir").stdout.strip())
+    exclude = git_dir / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    if EXCLUDE_LINE not in text.splitlines():
+        exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE_LINE + "\n",
+                           encoding="utf-8")
+
+
+def reconcile(d: Daemon) -> None:
+    """Settle what a dead daemon left behind (idempotent: running it twice changes nothing more)."""
+    gitops.prune_worktrees(d.root)
+    for wt in gitops.list_worktrees(d.root):
+        if d.ws.worktrees in wt.path.parents and wt.path.exists():
+            aborted = gitops.abort_in_progress(wt.path)
+            if aborted:
+                log.info("recovered_git_operation", worktree=str(wt.path), aborted=aborted)
+    interrupted = []
+    for todo in list(d.proj.todos.values()):
+        if todo.state != TodoState.RUNNING or todo.todo_id in d.agents:
+            continue
+        if todo.pgid:
+            agents.kill_leftover_group(todo.pgid)
+        interrupted.append((ev.todo_stream(todo.todo_id), [ev.AgentInterrupted(
+            todo_id=todo.todo_id, attempt=todo.attempt, reason="the daemon stopped while the agent ran")]))
+    d.emit(*interrupted)
+    if interrupted:
+        log.info("recovered_agents", todos=[stream for stream, _ in interrupted])

@@ -1,0 +1,187 @@
+"""The daemon: one loop of single ticks over the event log.
+
+Each tick reads what happened (new events, file changes, finished agents and jobs), then decides
+what to do next from the projected state alone, writing every side effect as intent event ->
+effect -> outcome event. Decisions are level-triggered: after a crash the same state leads to the
+same next step, so recovery is mostly "keep going" plus reconciling intents that lost their outcome
+(see :mod:`daemon.recovery`). Blocking work (worktree set-up, verification, commits, pushes) runs
+in a small thread pool; only the main thread appends to the log.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.agents import AgentProcess
+from daemon.config import Config
+from daemon.faults import FaultInjector
+from daemon.notify import Notifier
+from daemon.workspace import Workspace
+from statemachine.projection import Projection, replay, save_snapshot
+from store import Append, EventLog
+from store.eventlog import StoredEvent
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_EVERY = 500  # events between projection snapshots, so a restart replays only a short tail
+
+
+@dataclass(slots=True)
+class Job:
+    """A blocking piece of work in the pool; ``done`` turns its result into events on the main thread."""
+
+    key: str
+    future: Future[Any]
+    done: Callable[[Any], None]
+    failed: Callable[[BaseException], None]
+
+
+@dataclass(slots=True)
+class Stats:
+    started_at: float = field(default_factory=time.monotonic)
+    ticks: int = 0
+
+
+class Daemon:
+    """Owns the log, the projection, running agents and jobs. ``tick()`` is one step of the loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        once: bool = False,
+        log_: EventLog | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultInjector | None = None,
+    ) -> None:
+        self.config = config
+        self.root = config.root
+        self.ws = Workspace(config.root)
+        self.once = once
+        self.clock = clock
+        self.log = log_ if log_ is not None else EventLog(config.db_url)
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.faults = faults if faults is not None else FaultInjector()
+        self.proj: Projection = Projection()
+        self.versions: dict[str, int] = {}
+        self.agents: dict[str, AgentProcess] = {}
+        self.jobs: dict[str, Job] = {}
+        self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="batchd-job")
+        # Jobs hand progress events (verify runs) to the main thread, which alone appends.
+        self.inbox: queue.Queue[list[Append]] = queue.Queue()
+        self.stats = Stats()
+        # git serialises writes to the shared repository badly (config, ref and worktree locks):
+        # worktree creation and removal from several job threads take turns.
+        self.git_lock = threading.Lock()
+        self.status_dirty = True
+        self.last_snapshot_seq = 0
+        self.stopping = False
+        self.exit_code: int | None = None
+        self.fatal: str | None = None
+
+    # -- the log -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Replay snapshot + tail into the projection (no side effects fire)."""
+        self.proj = replay(self.log)
+        self.last_snapshot_seq = self.proj.last_seq
+        for event in self.log.read(since=0):
+            self.versions[event.stream] = event.version
+        log.info("replayed", last_seq=self.proj.last_seq)
+
+    def sync(self) -> list[StoredEvent]:
+        """Apply every event appended since the projection's last one: ours and other processes' (the CLI)."""
+        new = list(self.log.read(since=self.proj.last_seq))
+        for event in new:
+            self.proj.apply(event)
+            self.versions[event.stream] = event.version
+        if new:
+            self.status_dirty = True
+        return new
+
+    def emit(self, *appends: Append | tuple[str, Sequence[object]]) -> list[StoredEvent]:
+        """Append events atomically (with the stream versions we decided on) and fold them in."""
+        batch = [
+            a if isinstance(a, Append) else Append(a[0], list(a[1]), self.versions.get(a[0], 0)) for a in appends
+        ]
+        batch = [Append(a.stream, a.events, self.versions.get(a.stream, 0)) for a in batch if a.events]
+        if not batch:
+            return []
+        self.sync()  # another process may have appended to a stream we write (control answers)
+        batch = [Append(a.stream, a.events, self.versions.get(a.stream, 0)) for a in batch]
+        stored = self.log.append_many(batch)
+        self.faults.after_append(stored)
+        self.sync()
+        if self.proj.last_seq - self.last_snapshot_seq >= SNAPSHOT_EVERY:
+            save_snapshot(self.log, self.proj)
+            self.last_snapshot_seq = self.proj.last_seq
+        return stored
+
+    def emit_one(self, stream: str, *events: object) -> list[StoredEvent]:
+        return self.emit((stream, list(events)))
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        key: str,
+        fn: Callable[[], Any],
+        done: Callable[[Any], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        if key in self.jobs:
+            return
+        self.jobs[key] = Job(key, self.pool.submit(fn), done, failed)
+
+    def has_job(self, key: str) -> bool:
+        return key in self.jobs
+
+    def poll_jobs(self) -> None:
+        while True:
+            try:
+                appends = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            self.emit(*appends)
+        for key, job in list(self.jobs.items()):
+            if not job.future.done():
+                continue
+            del self.jobs[key]
+            error = job.future.exception()
+            if error is None:
+                job.done(job.future.result())
+            else:
+                log.error("job_failed", job=key, error=str(error), error_type=type(error).__name__)
+                job.failed(error)
+
+    def wait_jobs(self, timeout: float) -> None:
+        deadline = self.clock() + timeout
+        while self.jobs and self.clock() < deadline:
+            self.poll_jobs()
+            time.sleep(0.05)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.proj.last_seq > self.last_snapshot_seq:
+            save_snapshot(self.log, self.proj)
+        self.log.close()
+
+
+def todo_path(daemon: Daemon, relative: str) -> Path:
+    return daemon.root / relative

@@ -1,0 +1,158 @@
+"""``batchd run``: the long-running loop around :class:`daemon.runner.Daemon`.
+
+Start-up: lock -> replay -> reconcile -> attach -> scan -> READY. Then single ticks until there is
+nothing left (``--once``) or a signal asks to stop. Signal handlers only set flags; the loop does
+the rest (stop starting agents, wait ``stop_timeout`` for the running ones, record the rest as
+interrupted, write the status file, ``STOPPING=1``).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from importlib import metadata
+
+import structlog
+
+from daemon import executor, intake, recovery, scheduler
+from daemon.config import Config, diff_config, load_config
+from daemon.exceptions import BatchdError
+from daemon.lock import DaemonLock
+from daemon.notify import Notifier
+from daemon.phases import write_status
+from daemon.runner import Daemon
+from daemon.signals import SignalFlags
+from daemon.statusfile import one_line_status
+from daemon.todofile import is_ignored
+from daemon.watcher import TodoWatcher
+from statemachine import events as ev
+from statemachine.tables import RunState
+from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_OK
+
+log = structlog.get_logger(__name__)
+
+TICK = 0.2  # seconds the loop sleeps when nothing happens (a file event or a signal wakes it sooner)
+MAX_STEPS_PER_TICK = 200
+
+
+def version() -> str:
+    try:
+        return metadata.version("batchd")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def tick(d: Daemon, watcher: TodoWatcher | None, now: float, state: dict[str, float]) -> None:
+    d.stats.ticks += 1
+    d.sync()
+    intake.handle_controls(d)
+    changed = watcher.drain(now) if watcher is not None else set()
+    overflow = watcher.take_overflow() if watcher is not None else False
+    if changed or overflow or now - state["last_scan"] >= d.config.batchd.rescan_interval:
+        intake.rescan(d)
+        state["last_scan"] = now
+    d.poll_jobs()
+    executor.poll(d, now)
+    # Keep deciding while decisions move the log: one tick takes a whole chain of quick steps.
+    for _ in range(MAX_STEPS_PER_TICK):
+        if d.fatal:
+            break
+        before = d.proj.last_seq
+        scheduler.advance(d)
+        d.poll_jobs()
+        if d.proj.last_seq == before or d.fatal:
+            break
+    if d.status_dirty and now - state["last_status"] >= 0.5:
+        write_status(d)
+        state["last_status"] = now
+        d.notifier.status(one_line_status(d.proj))
+
+
+def finished(d: Daemon) -> bool:
+    return (
+        d.proj.run.state == RunState.COMPLETED
+        and scheduler.current_phase(d) is None
+        and not d.jobs
+        and not d.agents
+    )
+
+
+def exit_code_for(d: Daemon) -> int:
+    verdict = d.proj.run.verdict
+    return EXIT_OK if verdict is not None and verdict.success else EXIT_FAILURES
+
+
+def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
+    """Run the daemon in the foreground; returns the process exit code."""
+    recovery.ensure_excluded(config.root)
+    lock = DaemonLock(config.root / ".batchd" / "daemon.lock").acquire()
+    flags = flags if flags is not None else SignalFlags().install()
+    notifier = Notifier.from_env()
+    d = Daemon(config, once=once, notifier=notifier)
+    watcher: TodoWatcher | None = None
+    code = EXIT_OK
+    try:
+        d.load()
+        recovery.reconcile(d)
+        d.emit_one(ev.RUN_STREAM, ev.DaemonAttached(pid=d.pid(), version=version()))
+        intake.rescan(d)
+        ignore = config.batchd.ignore
+        watcher = TodoWatcher(config.todos_path, ignore=lambda name: is_ignored(name, ignore))
+        watcher.start()
+        notifier.ready()
+        log.info("daemon_ready", root=str(config.root), once=once, last_seq=d.proj.last_seq)
+        state = {"last_scan": time.monotonic(), "last_status": 0.0}
+        while True:
+            now = time.monotonic()
+            notifier.maybe_ping(now)
+            if flags.stop_requested is not None:
+                code = stop(d, flags.stop_requested, once=once)
+                break
+            if flags.take_reload():
+                d.config = reload(d.config)
+            tick(d, watcher, now, state)
+            if d.fatal:
+                log.error("cannot_proceed", reason=d.fatal)
+                code = EXIT_CANNOT_PROCEED
+                stop(d, None, once=once)
+                break
+            if once and finished(d):
+                code = exit_code_for(d)
+                break
+            watcher.wait(TICK)
+        write_status(d)
+        return code
+    finally:
+        notifier.stopping()
+        if watcher is not None:
+            watcher.stop()
+        d.close()
+        lock.release()
+        flags.restore()
+
+
+def stop(d: Daemon, signum: int | None, *, once: bool) -> int:
+    """Stop starting agents, give running ones ``stop_timeout`` seconds, record the rest interrupted."""
+    d.stopping = True
+    reason = f"signal {signal.Signals(signum).name}" if signum else "cannot proceed"
+    log.info("daemon_stopping", reason=reason, running=len(d.agents))
+    d.notifier.stopping()
+    if d.proj.run.state in (RunState.RUNNING, RunState.PAUSED):
+        d.emit_one(ev.RUN_STREAM, ev.RunStopping(reason=reason))
+    executor.stop_all(d, f"daemon stopped ({reason})", grace=d.config.batchd.stop_timeout)
+    d.wait_jobs(timeout=d.config.batchd.stop_timeout)
+    if signum is None:
+        return EXIT_CANNOT_PROCEED
+    # A clean stop of the daemon is success; `run --once` that did not finish was interrupted.
+    return 128 + signum if once else EXIT_OK
+
+
+def reload(old: Config) -> Config:
+    try:
+        new = load_config(old.root)
+    except BatchdError as e:
+        log.error("config_reload_rejected", error=e.render())
+        return old
+    changes = diff_config(old, new)
+    log.info("config_reloaded", changes=changes or ["nothing changed"])
+    return new

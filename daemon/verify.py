@@ -1,0 +1,357 @@
+"""Batch verification: which of a batch's todo commits can go on the phase head together.
+
+A pure function of (base commit, finished todo commits): no scheduling here, so the seed's
+barrier batches and a later work-conserving scheduler both call :func:`verify_batch`.
+
+The verification worktree's branch is rebuilt from a known-green commit by cherry-picking
+subsets, so a rejected todo's files are simply not there. Invariants:
+
+- ``head_sha`` is exactly a commit whose tree passed the checks (the accepted set, tested
+  together), or ``base_sha`` when nothing was accepted;
+- every rejected todo carries the failing run that condemned it: a red run of
+  (a set tested green) + that todo alone, or + a group it was the last unproven member of.
+
+``bisect`` tests everything once; when red it first blames the todos whose files the failing
+output names (one extra run for a single named culprit), and otherwise halves the undecided
+group (adaptive group testing), so one or two unnamed culprits cost a few runs, not n.
+``incremental`` is the seed's one-by-one (n runs for n todos).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import structlog
+
+from daemon.checks import CheckResult
+from daemon.config import ConflictMode, Strategy
+from daemon.exceptions import GitError
+from daemon.gitops import abort_in_progress, head_sha, reset_hard, run_git
+
+log = structlog.get_logger(__name__)
+
+Runner = Callable[[Path], CheckResult]
+
+# Groups this small are searched one by one: when the output names every member, each is
+# probably broken, and one run per member beats halving.
+_ONE_BY_ONE_MAX = 3
+# Stems too common in test output to mean "this file failed".
+_GENERIC_STEMS = frozenset(
+    {
+        "__init__",
+        "__main__",
+        "index",
+        "main",
+        "test",
+        "tests",
+        "util",
+        "utils",
+        "setup",
+        "conftest",
+        "types",
+        "config",
+        "common",
+        "helpers",
+        "init",
+        "base",
+        "core",
+        "models",
+        "views",
+        "errors",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """A finished todo: one commit (usually on the batch's base) and the paths it changed."""
+
+    todo_id: str
+    sha: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    command: tuple[str, ...] | None
+    output_tail: str
+    files: tuple[str, ...]
+    returncode: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conflict:
+    winner: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyRun:
+    """One pass of the checks over base + ``todo_ids`` (for progress events)."""
+
+    todo_ids: tuple[str, ...]
+    result: CheckResult
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchVerdict:
+    accepted: tuple[tuple[str, str], ...]  # (todo_id, sha on the verification branch)
+    rejected: dict[str, Rejection] = field(default_factory=dict)
+    conflicted: dict[str, Conflict] = field(default_factory=dict)
+    head_sha: str
+    runs: int
+
+    @property
+    def accepted_ids(self) -> tuple[str, ...]:
+        return tuple(todo_id for todo_id, _ in self.accepted)
+
+
+def id_order(todo_id: str) -> tuple[int, int, str]:
+    """Lower id = higher priority (the seed's rule); numeric ids compare as numbers."""
+    return (0, int(todo_id), todo_id) if todo_id.isdigit() else (1, 0, todo_id)
+
+
+def check_baseline(worktree: Path, base_sha: str, runner: Runner) -> CheckResult:
+    """The checks on ``base_sha`` alone; red means nothing in the batch can be blamed."""
+    abort_in_progress(worktree)
+    reset_hard(worktree, base_sha)
+    return runner(worktree)
+
+
+def verify_batch(
+    worktree: Path,
+    base_sha: str,
+    candidates: Iterable[Candidate],
+    runner: Runner,
+    *,
+    strategy: Strategy = "bisect",
+    conflicts: ConflictMode = "merge",
+    on_run: Callable[[VerifyRun], None] | None = None,
+) -> BatchVerdict:
+    """Decide each candidate: accepted, rejected (with the run that condemned it) or conflicted.
+
+    ``worktree`` is batchd's verification worktree (its branch is reset to ``base_sha`` and
+    rebuilt); ``base_sha`` must be green. Candidates are taken in ascending todo id.
+    """
+    ordered = sorted(candidates, key=lambda c: id_order(c.todo_id))
+    session = _Session(worktree, base_sha, runner, on_run, ordered)
+    live = session.strict_conflicts(ordered) if conflicts == "strict" else ordered
+    if strategy == "incremental":
+        session.incremental(live)
+    else:
+        session.bisect(live)
+    return session.verdict()
+
+
+def is_named(text: str, path: str) -> bool:
+    """Whether failing output points at ``path``: the path, its file name, or its module name."""
+    p = PurePosixPath(path)
+    if path in text:
+        return True
+    if re.search(rf"(?<![\w.-]){re.escape(p.name)}(?!\w)", text):
+        return True
+    if p.suffix == ".py" and len(p.parts) > 1 and ".".join(p.with_suffix("").parts) in text:
+        return True
+    stem = p.stem
+    return (
+        len(stem) >= 4
+        and stem.lower() not in _GENERIC_STEMS
+        and re.search(rf"(?<![\w.-]){re.escape(stem)}(?![\w-])", text) is not None
+    )
+
+
+class _Session:
+    def __init__(
+        self,
+        worktree: Path,
+        base_sha: str,
+        runner: Runner,
+        on_run: Callable[[VerifyRun], None] | None,
+        ordered: Sequence[Candidate],
+    ) -> None:
+        self.worktree = worktree
+        self.base_sha = base_sha
+        self.runner = runner
+        self.on_run = on_run
+        self.order = {c.todo_id: i for i, c in enumerate(ordered)}
+        self.good: list[Candidate] = []
+        self.good_head = base_sha
+        self.good_picks: list[tuple[str, str]] = []
+        self.rejected: dict[str, Rejection] = {}
+        self.conflicted: dict[str, Conflict] = {}
+        self.runs = 0
+        abort_in_progress(worktree)
+
+    # --- conflicts -------------------------------------------------------------------------------
+
+    def strict_conflicts(self, ordered: Sequence[Candidate]) -> list[Candidate]:
+        """The seed's rule: a file already changed by a lower id makes the higher id conflicted."""
+        owner: dict[str, Candidate] = {}
+        live = []
+        for c in ordered:
+            shared = tuple(f for f in c.files if f in owner)
+            if shared:
+                winner = min((owner[f] for f in shared), key=lambda w: self.order[w.todo_id])
+                self._conflict(c, winner.todo_id, shared)
+                continue
+            owner.update(dict.fromkeys(c.files, c))
+            live.append(c)
+        return live
+
+    def _conflict(self, c: Candidate, winner: str, files: tuple[str, ...]) -> None:
+        self.conflicted[c.todo_id] = Conflict(winner=winner, files=files)
+        log.info("todo_conflicted", todo_id=c.todo_id, winner=winner, files=list(files))
+
+    # --- building and testing trees ---------------------------------------------------------------
+
+    def _build(self, extra: Sequence[Candidate]) -> tuple[list[Candidate], list[tuple[str, str]]]:
+        """Reset to the green head and cherry-pick ``extra``; a textual conflict drops that todo."""
+        reset_hard(self.worktree, self.good_head)
+        picks = list(self.good_picks)
+        applied: list[Candidate] = []
+        for c in extra:
+            proc = run_git(
+                self.worktree,
+                "-c", "rerere.enabled=false",
+                "cherry-pick", "--keep-redundant-commits", c.sha,
+                check=False,
+            )  # fmt: skip
+            if proc.returncode == 0:
+                picks.append((c.todo_id, head_sha(self.worktree)))
+                applied.append(c)
+                continue
+            unmerged = run_git(self.worktree, "diff", "--name-only", "--diff-filter=U").stdout.split()
+            abort_in_progress(self.worktree)
+            if not unmerged:
+                raise GitError(
+                    f"cannot cherry-pick todo {c.todo_id}'s commit",
+                    command=["git", "cherry-pick", c.sha],
+                    output=proc.stdout + proc.stderr,
+                    hint="check that the commit exists in this repository",
+                )
+            self._conflict(c, self._winner(c, unmerged, [*self.good, *applied]), tuple(unmerged))
+        return applied, picks
+
+    def _winner(self, c: Candidate, files: Sequence[str], earlier: Sequence[Candidate]) -> str:
+        for pool in (
+            [e for e in earlier if set(e.files) & set(files)],
+            [e for e in earlier if set(e.files) & set(c.files)],
+        ):
+            if pool:
+                return min(pool, key=lambda e: self.order[e.todo_id]).todo_id
+        return earlier[-1].todo_id if earlier else ""
+
+    def _test(self, extra: Sequence[Candidate]) -> tuple[CheckResult, list[Candidate]]:
+        """Run the checks on green head + ``extra``; green extends the accepted set."""
+        applied, picks = self._build(extra)
+        result = self.runner(self.worktree)
+        self.runs += 1
+        ids = tuple(todo_id for todo_id, _ in picks)
+        log.info("verify_run", run=self.runs, todo_ids=list(ids), passed=result.passed, flaky=result.flaky)
+        if self.on_run is not None:
+            self.on_run(VerifyRun(todo_ids=ids, result=result))
+        if result.passed:
+            self.good.extend(applied)
+            self.good_head = head_sha(self.worktree)
+            self.good_picks = picks
+        return result, applied
+
+    def _reject(self, c: Candidate, red: CheckResult) -> None:
+        self.rejected[c.todo_id] = Rejection(
+            command=red.failed_command, output_tail=red.output_tail, files=c.files, returncode=red.returncode
+        )
+        log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()))
+
+    def _live(self, pool: Iterable[Candidate]) -> list[Candidate]:
+        return [c for c in pool if c.todo_id not in self.conflicted]
+
+    # --- strategies -----------------------------------------------------------------------------
+
+    def incremental(self, live: Sequence[Candidate]) -> None:
+        self._build(live)  # conflicts are decided on the whole batch, as in bisect
+        for c in self._live(live):
+            result, applied = self._test([c])
+            if applied and not result.passed:
+                self._reject(c, result)
+
+    def bisect(self, live: Sequence[Candidate]) -> None:
+        self._search(live, None)
+
+    def _search(self, pool: Sequence[Candidate], red: CheckResult | None) -> None:
+        """Settle ``pool`` on top of the green head; ``red``: a failing run of exactly head + pool."""
+        pool = self._live(pool)
+        if not pool:
+            return
+        if red is None:
+            result, applied = self._test(pool)
+            if result.passed:
+                return
+            pool, red = applied, result
+        if len(pool) == 1:
+            self._reject(pool[0], red)
+            return
+        named = [c for c in pool if any(is_named(red.output_tail, f) for f in c.files)]
+        if named and len(named) < len(pool):
+            self._blame_named(pool, named, red)
+        elif named and len(pool) <= _ONE_BY_ONE_MAX:
+            self._one_by_one(pool, red)
+        else:
+            self._halve(pool, red)
+
+    def _blame_named(self, pool: list[Candidate], named: list[Candidate], red: CheckResult) -> None:
+        """Test everything the failure does not name; if green, the named ones hold the culprits."""
+        rest = [c for c in pool if c not in named]
+        result, applied = self._test(rest)
+        if result.passed:
+            # head now = old head + rest, so head + named is exactly the set that failed.
+            known = red if len(applied) == len(rest) else None
+            self._narrow(named, known)
+        else:
+            self._search(applied, result)
+            self._narrow(named, None)
+
+    def _narrow(self, pool: list[Candidate], red: CheckResult | None) -> None:
+        if len(pool) <= _ONE_BY_ONE_MAX:
+            self._one_by_one(pool, red)
+        elif red is None:
+            self._search(pool, None)
+        else:
+            self._halve(pool, red)
+
+    def _one_by_one(self, pool: list[Candidate], red: CheckResult | None) -> None:
+        """Each on the growing green head; the last needs no run when all others passed."""
+        intact = True
+        for i, c in enumerate(pool):
+            if i == len(pool) - 1 and intact and red is not None:
+                self._reject(c, red)
+                return
+            result, applied = self._test([c])
+            if not applied:
+                intact = False
+            elif not result.passed:
+                intact = False
+                self._reject(c, result)
+
+    def _halve(self, pool: list[Candidate], red: CheckResult) -> None:
+        left, right = pool[: len(pool) // 2], pool[len(pool) // 2 :]
+        result, applied = self._test(left)
+        if result.passed:
+            self._search(right, red if len(applied) == len(left) else None)
+        else:
+            self._search(applied, result)
+            self._search(right, None)
+
+    # --- result ---------------------------------------------------------------------------------
+
+    def verdict(self) -> BatchVerdict:
+        reset_hard(self.worktree, self.good_head)
+        return BatchVerdict(
+            accepted=tuple(self.good_picks),
+            rejected=dict(self.rejected),
+            conflicted=dict(self.conflicted),
+            head_sha=self.good_head,
+            runs=self.runs,
+        )

@@ -1,0 +1,372 @@
+"""One small pure handler per event type: ``handler(projection, view, payload, event)``.
+
+A handler only copies payload fields into the view (and, for a few events, the projection's counters
+or a related view). The move itself is checked by the fold in :data:`tables.NEXT_STATE` before the
+handler runs and made after it, so ``view.state`` in a handler is still the state the event left.
+Handlers read payload dicts (as decoded from the log's JSON, or as the registry encodes an event)
+rather than event dataclasses: this is the fold's hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from statemachine.views import AttemptRecord, BatchView, PhaseView, RunVerdict, RunView, TodoView
+
+if TYPE_CHECKING:
+    from statemachine.projection import Projection
+    from store import StoredEvent
+
+Payload = dict[str, Any]
+Handler = Callable[["Projection", Any, Payload, "StoredEvent"], None]
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def on(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+def _float(value: Any) -> float:
+    return 0.0 if value is None else float(value)
+
+
+# --- todo ---------------------------------------------------------------------------------------
+
+
+def _file_fields(t: TodoView, p: Payload) -> None:
+    t.path = p["path"]
+    t.title = p["title"]
+    t.priority = p["priority"]
+    t.digest = p["digest"]
+    t.dependencies = tuple(p.get("dependencies", ()))
+    t.files = tuple(p.get("files", ()))
+
+
+def _clear_problem(t: TodoView) -> None:
+    t.problem = t.reason = t.action = t.output_tail = ""
+    t.files_reverted = ()
+
+
+@on("todo.recorded")
+def _recorded(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    _file_fields(t, p)
+    _clear_problem(t)
+
+
+@on("todo.queued")
+def _queued(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    _file_fields(t, p)
+    _clear_problem(t)
+
+
+@on("todo.updated")
+def _updated(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    _file_fields(t, p)
+
+
+@on("todo.invalid")
+def _invalid(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.path = p["path"]
+    t.problem = "invalid"
+    t.reason = p["reason"]
+    t.action = p["hint"]
+
+
+@on("todo.planned")
+def _planned(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.batch = p["batch"]
+    t.phase = p["phase"]
+
+
+@on("todo.agent_started")
+def _agent_started(pr: Projection, t: TodoView, p: Payload, e: StoredEvent) -> None:
+    t.attempt = p["attempt"]
+    t.batch = p["batch"]
+    t.worktree = p["worktree"]
+    t.branch = p["branch"]
+    t.base_sha = p["base_sha"]
+    t.log_path = p["log_path"]
+    t.agent_started_at = e.recorded_at
+    t.pid = t.pgid = None
+    t.agent_commit = ""
+    t.agent_files = ()
+    pr.agents_started += 1
+
+
+@on("todo.agent_spawned")
+def _agent_spawned(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.pid = p["pid"]
+    t.pgid = p["pgid"]
+
+
+def _agent_ended(t: TodoView, p: Payload) -> None:
+    t.pid = t.pgid = None
+    t.last_duration = _float(p.get("duration"))
+    t.agent_seconds += t.last_duration
+    cost = p.get("cost_usd")
+    t.last_cost_usd = None if cost is None else float(cost)
+    t.cost_usd += _float(cost)
+
+
+@on("todo.agent_finished")
+def _agent_finished(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    _agent_ended(t, p)
+    t.agent_commit = p["commit"]
+    t.agent_files = tuple(p["files"])
+
+
+@on("todo.agent_failed")
+def _agent_failed(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    _agent_ended(t, p)
+    t.attempts_used += 1
+    t.problem = "agent_failed"
+    t.reason = f"{p['reason']}: {p['detail']}" if p["detail"] else p["reason"]
+    t.output_tail = p.get("log_tail", "")
+    t.history.append(AttemptRecord(p["attempt"], "agent_failed", t.reason, t.last_duration, t.last_cost_usd))
+
+
+@on("todo.agent_interrupted")
+def _agent_interrupted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    # The attempt number stays: the re-run is the same attempt, and it is not counted as used.
+    t.pid = t.pgid = None
+    t.history.append(AttemptRecord(p["attempt"], "interrupted", p["reason"], 0.0, None))
+
+
+@on("todo.verifying")
+def _verifying(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.batch = p["batch"]
+
+
+@on("todo.accepted")
+def _accepted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.accepted_commit = p["commit"]
+    t.history.append(AttemptRecord(t.attempt, "accepted", "", t.last_duration, t.last_cost_usd))
+
+
+@on("todo.rejected")
+def _rejected(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.attempts_used += 1
+    t.problem = "rejected"
+    t.reason = f"`{' '.join(p['command'])}` failed"
+    t.output_tail = p["output_tail"]
+    t.files_reverted = tuple(p["files_reverted"])
+    t.action = p["action"]
+    t.history.append(AttemptRecord(p["attempt"], "rejected", t.reason, t.last_duration, t.last_cost_usd))
+
+
+@on("todo.conflicted")
+def _conflicted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.attempts_used += 1
+    t.problem = "conflicted"
+    t.reason = f"conflicts with {p['winner']} on {', '.join(p['files'])}"
+    t.history.append(AttemptRecord(p["attempt"], "conflicted", t.reason, t.last_duration, t.last_cost_usd))
+
+
+@on("todo.retry_scheduled")
+def _retry(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.attempt = p["next_attempt"]
+    t.repair = p.get("repair", "")
+    if p.get("by", "daemon") == "person":
+        t.attempts_used = 0  # a person's retry grants a fresh budget of attempts
+    _clear_problem(t)
+
+
+@on("todo.blocked")
+def _blocked(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.problem = "blocked"
+    t.reason = p["reason"]
+    t.action = p["action"]
+
+
+@on("todo.cancelled")
+def _cancelled(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.problem = "cancelled"
+    t.reason = p["reason"]
+    t.action = ""
+
+
+@on("todo.completed")
+def _completed(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+    t.path = p["path"]
+    t.completed_commit = p["commit"]
+    if p.get("phase") is not None:
+        t.phase = p["phase"]
+    t.pid = t.pgid = None
+    _clear_problem(t)
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+
+@on("batch.planned")
+def _batch_planned(pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    b.phase = p["phase"]
+    b.todo_ids = tuple(p["todo_ids"])
+    b.retry_of = p.get("retry_of", "")
+    phase = pr.phase_view(b.phase)
+    if b.key not in phase.batches:
+        phase.batches = (*phase.batches, b.key)
+
+
+@on("batch.started")
+def _batch_started(_pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    b.base_sha = p["base_sha"]
+    b.todo_ids = tuple(p["todo_ids"])
+
+
+@on("batch.verifying")
+def _batch_verifying(_pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    b.base_sha = p["base_sha"]
+    b.candidates = tuple(p["candidates"])
+
+
+@on("batch.verify_run")
+def _batch_verify_run(pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    if p.get("baseline", False):
+        b.baseline_runs += 1
+        if p["passed"] and p.get("sha"):
+            b.green_bases = (*b.green_bases, p["sha"])
+    else:
+        b.runs += 1
+    if not p["passed"]:
+        b.last_failing_command = tuple(p.get("command", ()))
+    pr.verify_runs += 1
+
+
+@on("batch.verified")
+def _batch_verified(_pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    b.head_sha = p["head_sha"]
+    b.accepted = tuple(p["accepted"])
+    b.rejected = tuple(p["rejected"])
+    b.conflicted = tuple(p["conflicted"])
+    b.failed = tuple(p["failed"])
+
+
+@on("batch.paused")
+def _batch_paused(_pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    b.base_sha = p["base_sha"]
+    b.pause_command = tuple(p["command"])
+    b.pause_output = p["output_tail"]
+
+
+@on("batch.resumed")
+def _batch_resumed(_pr: Projection, b: BatchView, _p: Payload, _e: StoredEvent) -> None:
+    b.pause_command = ()
+    b.pause_output = ""
+
+
+@on("batch.done")
+def _batch_done(_pr: Projection, _b: BatchView, _p: Payload, _e: StoredEvent) -> None:
+    return
+
+
+# --- phase --------------------------------------------------------------------------------------
+
+
+@on("phase.planned")
+def _phase_planned(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.title = p["title"]
+    ph.commit_message = p["commit_message"]
+    planned = tuple(p["batches"])
+    # Batches planned before their phase (batch.planned names the phase) keep their place after these.
+    ph.batches = planned + tuple(k for k in ph.batches if k not in planned)
+    ph.final = p.get("final", False)
+
+
+@on("phase.started")
+def _phase_started(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.base_sha = p["base_sha"]
+
+
+@on("phase.committing")
+def _phase_committing(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.todo_ids = tuple(p["todo_ids"])
+    ph.commit_message = p["message"]
+
+
+@on("phase.committed")
+def _phase_committed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.commits = tuple(p["commits"])
+    ph.head_sha = p["head_sha"]
+
+
+@on("phase.pushing")
+def _phase_pushing(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.push_sha = p["sha"]
+    ph.push_attempts = p["attempt"]
+
+
+@on("phase.pushed")
+def _phase_pushed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.pushed_sha = p["sha"]
+    ph.push_attempts = p["attempts"]
+    ph.push_failed_reason = ""
+
+
+@on("phase.push_failed")
+def _phase_push_failed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.push_sha = p["sha"]
+    ph.push_attempts = p["attempts"]
+    ph.push_failed_reason = p["reason"]
+
+
+@on("phase.done")
+def _phase_done(_pr: Projection, _ph: PhaseView, _p: Payload, _e: StoredEvent) -> None:
+    return
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+@on("run.started")
+def _run_started(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> None:
+    r.run_id = p["run_id"]
+    r.branch = p["branch"]
+    r.base_sha = p["base_sha"]
+    r.plan_source = p.get("plan_source", "")
+    r.started_at = e.recorded_at
+
+
+@on("run.daemon_attached")
+def _run_attached(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> None:
+    r.pid = p["pid"]
+    r.daemon_version = p["version"]
+    r.attached_at = e.recorded_at
+    r.stop_reason = ""
+    if r.state == "stopping":
+        # Attaching after a stop resumes the run (see tables): an old pause no longer holds.
+        r.paused_reason = ""
+
+
+@on("run.paused")
+def _run_paused(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.paused_reason = p["reason"]
+
+
+@on("run.resumed")
+def _run_resumed(_pr: Projection, r: RunView, _p: Payload, _e: StoredEvent) -> None:
+    r.paused_reason = ""
+
+
+@on("run.stopping")
+def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.stop_reason = p["reason"]
+
+
+@on("run.completed")
+def _run_completed(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.verdict = RunVerdict(
+        p["success"], p["checks_green"], tuple(p["complete"]), tuple(p["missing"]), p.get("detail", "")
+    )
+
+
+@on("run.reopened")
+def _run_reopened(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.reopened_reason = p["reason"]
+    r.verdict = None

@@ -1,0 +1,234 @@
+"""The plain state the projection folds the log into: one slotted view per todo, batch, phase and the run.
+
+Views hold only JSON-able values (str, int, float, bool, None, tuples of str, small named tuples), so a
+snapshot is a positional list per view. Each snapshot carries the field names it was written with:
+a snapshot from code with other fields is refused (:class:`SnapshotIncompatible`) rather than misread.
+States are plain strings equal to the ``tables`` enum values (``view.state == TodoState.RUNNING``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+from statemachine.exceptions import SnapshotIncompatible
+
+Row = list[Any]
+
+
+class AttemptRecord(NamedTuple):
+    """How one attempt ended (``outcome``: accepted, agent_failed, rejected, conflicted, interrupted)."""
+
+    attempt: int
+    outcome: str
+    reason: str
+    duration: float
+    cost_usd: float | None
+
+
+class RunVerdict(NamedTuple):
+    success: bool
+    checks_green: bool
+    complete: tuple[str, ...]
+    missing: tuple[str, ...]
+    detail: str
+
+
+@dataclass(slots=True, eq=False)
+class TodoView:
+    """One todo. ``attempt`` is the current (or next) attempt number, starting at 1: ``todo.retry_scheduled``
+    sets it, ``todo.agent_started`` records it, an interrupted attempt keeps it for the re-run.
+    ``attempts_used`` counts only attempts that failed, were rejected or lost a conflict (the number the
+    configured bound applies to); a retry by a person starts a fresh budget (it resets to 0).
+    ``problem``/``reason``/``action``/``files_reverted``/``output_tail`` describe the current unhappy
+    state and are cleared when the todo leaves it; ``repair`` is what the next prompt should show;
+    ``history`` keeps every ended attempt."""
+
+    todo_id: str
+    state: str = "new"
+    path: str = ""
+    title: str = ""
+    priority: str = ""
+    digest: str = ""
+    dependencies: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    attempt: int = 1
+    attempts_used: int = 0
+    batch: str = ""
+    phase: int | None = None
+    worktree: str = ""
+    branch: str = ""
+    base_sha: str = ""
+    log_path: str = ""
+    pid: int | None = None
+    pgid: int | None = None
+    agent_started_at: str = ""
+    last_duration: float = 0.0
+    last_cost_usd: float | None = None
+    agent_seconds: float = 0.0
+    cost_usd: float = 0.0
+    agent_commit: str = ""
+    agent_files: tuple[str, ...] = ()
+    accepted_commit: str = ""
+    completed_commit: str = ""
+    problem: str = ""  # agent_failed | rejected | conflicted | blocked | invalid | cancelled
+    reason: str = ""
+    files_reverted: tuple[str, ...] = ()
+    action: str = ""
+    output_tail: str = ""
+    repair: str = ""
+    history: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def stream(self) -> str:
+        return f"todo-{self.todo_id}"
+
+
+@dataclass(slots=True, eq=False)
+class BatchView:
+    """One batch. ``runs`` counts verify runs over candidates, ``baseline_runs`` those of the bare base."""
+
+    key: str
+    state: str = "new"
+    phase: int | None = None
+    todo_ids: tuple[str, ...] = ()
+    retry_of: str = ""
+    base_sha: str = ""
+    candidates: tuple[str, ...] = ()
+    head_sha: str = ""
+    accepted: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
+    conflicted: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    runs: int = 0
+    baseline_runs: int = 0
+    green_bases: tuple[str, ...] = ()  # base commits whose baseline run passed
+    last_failing_command: tuple[str, ...] = ()
+    pause_command: tuple[str, ...] = ()
+    pause_output: str = ""
+
+    @property
+    def stream(self) -> str:
+        return f"batch-{self.key}"
+
+
+@dataclass(slots=True, eq=False)
+class PhaseView:
+    """One phase. ``commit_message`` is the planned one until ``phase.committing`` records the real one."""
+
+    number: int
+    state: str = "new"
+    title: str = ""
+    commit_message: str = ""
+    batches: tuple[str, ...] = ()
+    final: bool = False
+    base_sha: str = ""
+    todo_ids: tuple[str, ...] = ()
+    commits: tuple[str, ...] = ()
+    head_sha: str = ""
+    push_sha: str = ""
+    push_attempts: int = 0
+    pushed_sha: str = ""
+    push_failed_reason: str = ""
+
+    @property
+    def stream(self) -> str:
+        return f"phase-{self.number}"
+
+
+@dataclass(slots=True, eq=False)
+class RunView:
+    """The run. ``pid`` is the daemon that attached last; ``verdict`` is set while the run is completed."""
+
+    state: str = "idle"
+    run_id: str = ""
+    branch: str = ""
+    base_sha: str = ""
+    plan_source: str = ""
+    started_at: str = ""
+    pid: int | None = None
+    daemon_version: str = ""
+    attached_at: str = ""
+    paused_reason: str = ""
+    stop_reason: str = ""
+    reopened_reason: str = ""
+    verdict: RunVerdict | None = None
+
+    @property
+    def stream(self) -> str:
+        return "run"
+
+
+class _Codec:
+    """Positional rows for one view class; tuple fields become lists in JSON and tuples again on load."""
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.cls = cls
+        self.names = tuple(f.name for f in fields(cls))
+        self.tuple_idx = tuple(i for i, f in enumerate(fields(cls)) if str(f.type).startswith("tuple["))
+
+    def dump(self, view: Any) -> Row:
+        row = [getattr(view, n) for n in self.names]
+        for i in self.tuple_idx:
+            row[i] = list(row[i])
+        return row
+
+    def load(self, row: Row) -> Any:
+        values = list(row)
+        for i in self.tuple_idx:
+            values[i] = tuple(values[i])
+        return self.cls(*values)
+
+
+TODO = _Codec(TodoView)
+BATCH = _Codec(BatchView)
+PHASE = _Codec(PhaseView)
+RUN = _Codec(RunView)
+
+_HISTORY = TODO.names.index("history")
+_VERDICT = RUN.names.index("verdict")
+
+
+def layout() -> dict[str, list[str]]:
+    """The field names of every view, stored with a snapshot so a different layout is detected."""
+    return {
+        "todo": list(TODO.names),
+        "batch": list(BATCH.names),
+        "phase": list(PHASE.names),
+        "run": list(RUN.names),
+    }
+
+
+def check_layout(name: str, found: object) -> None:
+    if found != layout():
+        raise SnapshotIncompatible(
+            name=name, detail="it was written by a batchd with other projection fields"
+        )
+
+
+def dump_todo(view: TodoView) -> Row:
+    row = TODO.dump(view)
+    row[_HISTORY] = [list(h) for h in view.history]
+    return row
+
+
+def load_todo(row: Row) -> TodoView:
+    view: TodoView = TODO.load(row)
+    view.history = [AttemptRecord(*h) for h in row[_HISTORY]]
+    return view
+
+
+def dump_run(view: RunView) -> Row:
+    row = RUN.dump(view)
+    v = view.verdict
+    row[_VERDICT] = (
+        None if v is None else [v.success, v.checks_green, list(v.complete), list(v.missing), v.detail]
+    )
+    return row
+
+
+def load_run(row: Row) -> RunView:
+    view: RunView = RUN.load(row)
+    v = row[_VERDICT]
+    view.verdict = None if v is None else RunVerdict(v[0], v[1], tuple(v[2]), tuple(v[3]), v[4])
+    return view

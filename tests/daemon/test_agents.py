@@ -1,0 +1,519 @@
+"""Agent argv, prompt and environment; real agent subprocesses, timeouts and their process groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.agents import (
+    AgentOutcome,
+    AgentProcess,
+    agent_env,
+    build_argv,
+    check_agent_command,
+    default_template,
+    enforce_timeout,
+    finish,
+    group_members,
+    kill_leftover_group,
+    load_template,
+    process_alive,
+    process_start_ticks,
+    read_result,
+    render_prompt,
+    repair_text,
+    run_agent,
+    run_setup,
+    start_agent,
+    todo_title,
+)
+from daemon.config import AgentConfig
+from daemon.exceptions import AgentError
+
+AGENTS = Path(__file__).resolve().parents[1] / "agents"
+PY = sys.executable
+HOSTILE = "$(rm -rf /) `reboot`; echo 'single' \"double\"\nsecond line {todo_id} \\ ${HOME}"
+
+
+def py_agent(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def wait_for_file(path: Path, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+@pytest.fixture
+def stray_pids() -> Iterator[list[int]]:
+    """Pids a test started indirectly; killed at teardown if the test failed to."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------- argv
+
+
+def test_claude_preset_argv() -> None:
+    """The claude preset puts the prompt in one argv element and asks for JSON output."""
+    argv = build_argv(AgentConfig(), prompt="do it", todo_path="/r/todos/1.md", todo_id="1", worktree="/w")
+    assert argv == ["claude", "-p", "do it", "--dangerously-skip-permissions", "--output-format", "json"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("codex", ["codex", "exec", "--full-auto", "P"]),
+        ("aider", ["aider", "--yes-always", "--message", "P"]),
+    ],
+)
+def test_other_presets_argv(preset: str, expected: list[str]) -> None:
+    """codex and aider presets run non-interactively with the prompt as one argument."""
+    agent = AgentConfig(preset=preset)  # type: ignore[arg-type]
+    assert build_argv(agent, prompt="P", todo_path="t", todo_id="1", worktree="w") == expected
+
+
+def test_placeholders_inside_elements() -> None:
+    """Placeholders are substituted inside larger elements, all four of them."""
+    agent = AgentConfig(command=("a", "--todo={todo_path}", "{todo_id}@{worktree}", "{prompt}"))
+    argv = build_argv(agent, prompt="p", todo_path="/t.md", todo_id="7", worktree="/w")
+    assert argv == ["a", "--todo=/t.md", "7@/w", "p"]
+
+
+def test_hostile_prompt_stays_one_argument(tmp_path: Path, env: dict[str, str]) -> None:
+    """Shell syntax, quotes and newlines in a prompt reach the agent as one unchanged argument."""
+    code = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    agent = AgentConfig(command=(PY, "-c", code, "{prompt}", "{todo_id}"))
+    argv = build_argv(agent, prompt=HOSTILE, todo_path="t", todo_id="9", worktree=str(tmp_path))
+    outcome = run_agent(argv, cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10)
+    assert outcome.rc == 0
+    assert outcome.summary is None  # a JSON list is not a result object
+    assert json.loads(outcome.log_tail) == [HOSTILE, "9"]
+
+
+def test_substituted_value_is_not_substituted_again() -> None:
+    """A prompt containing "{todo_id}" keeps it literally."""
+    agent = AgentConfig(command=("a", "{prompt}"))
+    assert build_argv(agent, prompt="{todo_id}", todo_path="t", todo_id="9", worktree="w") == [
+        "a",
+        "{todo_id}",
+    ]
+
+
+# ---------------------------------------------------------------------------- prompt and env
+
+
+def render(template: str, repair: str = "") -> str:
+    return render_prompt(
+        template,
+        todo_id="273",
+        todo_path="/repo/todos/273-ready-p1-x.md",
+        title="Fix it",
+        verify_commands=[["npm", "run", "typecheck"], ["npm", "test"]],
+        worktree="/wt",
+        repair=repair,
+    )
+
+
+def test_default_prompt_follows_seed_template() -> None:
+    """The built-in prompt names the todo, Option A, CLAUDE.md, tests and the verify commands."""
+    prompt = render(default_template())
+    assert "Resolve todo #273 from /repo/todos/273-ready-p1-x.md" in prompt
+    for phrase in (
+        "Read the todo file completely",
+        "Option A",
+        "CLAUDE.md",
+        "AGENTS.md",
+        "Write tests",
+        "`npm run typecheck`",
+        "`npm test`",
+        "/wt",
+        "What files were changed",
+    ):
+        assert phrase in prompt
+    assert "{" not in prompt
+
+
+def test_default_prompt_forbids_rename_and_commit() -> None:
+    """The agent is told that batchd, not it, renames the todo and commits."""
+    prompt = render(default_template())
+    assert "Do NOT rename" in prompt
+    assert "do NOT commit" in prompt
+    assert "-complete-" not in prompt
+
+
+def test_first_attempt_prompt_has_no_repair_text() -> None:
+    """Without a repair note the prompt says nothing about a previous attempt."""
+    assert "previous attempt" not in render(default_template())
+
+
+def test_repair_prompt_carries_command_and_output() -> None:
+    """On a repair attempt the failing command and its output tail are in the prompt."""
+    note = repair_text(["npm", "test"], "FAIL src/tax.test.ts\n  expected 2, got 3\n")
+    prompt = render(default_template(), repair=note)
+    assert (
+        "Your previous attempt broke: npm test\nFAIL src/tax.test.ts\n  expected 2, got 3\nFix it." in prompt
+    )
+
+
+def test_prompt_file_overrides_template(tmp_path: Path) -> None:
+    """prompt_file (relative to the repository) replaces the built-in template."""
+    (tmp_path / "p.md").write_text('Do {todo_id} ({title}) in {worktree}; JSON {"k": {unknown}}')
+    template = load_template(AgentConfig(prompt_file="p.md"), tmp_path)
+    assert render(template) == 'Do 273 (Fix it) in /wt; JSON {"k": {unknown}}'
+
+
+def test_empty_prompt_file_uses_default(tmp_path: Path) -> None:
+    """prompt_file = "" means the built-in template."""
+    assert load_template(AgentConfig(), tmp_path) == default_template()
+
+
+def test_todo_title_from_heading_after_front_matter(tmp_path: Path) -> None:
+    """The title is the first markdown heading, front matter skipped."""
+    todo = tmp_path / "273-ready-p1-tenant-filter.md"
+    todo.write_text("---\nstatus: ready\n# not: a heading\n---\n\n# Availability query leaks\n\nbody\n")
+    assert todo_title(todo) == "Availability query leaks"
+
+
+def test_todo_title_from_file_name(tmp_path: Path) -> None:
+    """Without a heading the title is the file name's description."""
+    todo = tmp_path / "273-ready-p1-tenant-filter.md"
+    todo.write_text("no heading here\n")
+    assert todo_title(todo) == "tenant filter"
+
+
+def test_agent_env_sets_batchd_variables() -> None:
+    """Agents get BATCHD_TODO_ID/_PATH/_ATTEMPT/_WORKTREE and [agent] env over the base."""
+    agent = AgentConfig(env={"NODE_ENV": "test", "KEEP": "over"})
+    env = agent_env(
+        agent,
+        todo_id="273",
+        todo_path="/r/t.md",
+        attempt=2,
+        worktree="/w",
+        base={"PATH": "/bin", "KEEP": "base"},
+    )
+    assert env == {
+        "PATH": "/bin",
+        "KEEP": "over",
+        "NODE_ENV": "test",
+        "BATCHD_TODO_ID": "273",
+        "BATCHD_TODO_PATH": "/r/t.md",
+        "BATCHD_ATTEMPT": "2",
+        "BATCHD_WORKTREE": "/w",
+    }
+
+
+# ---------------------------------------------------------------------------- starting
+
+
+def test_missing_agent_is_an_agent_error(tmp_path: Path) -> None:
+    """An agent not on PATH fails to start with a hint to install it or set [agent] command."""
+    with pytest.raises(AgentError) as info:
+        start_agent(
+            ["no-such-agent-xyz", "p"], cwd=tmp_path, log_path=tmp_path / "a.log", env={"PATH": str(tmp_path)}
+        )
+    assert "no-such-agent-xyz" in str(info.value)
+    assert "[agent] command" in info.value.hint
+
+
+def test_non_executable_agent_is_an_agent_error(tmp_path: Path) -> None:
+    """A relative agent path that is not executable is refused, naming the path."""
+    (tmp_path / "agent.sh").write_text("#!/bin/sh\n")
+    with pytest.raises(AgentError, match="is not executable"):
+        start_agent(["./agent.sh"], cwd=tmp_path, log_path=tmp_path / "a.log", env={})
+
+
+def test_check_agent_command_at_startup(tmp_path: Path) -> None:
+    """The claude preset without claude on PATH is reported before any todo runs."""
+    with pytest.raises(AgentError, match="'claude' was not found on PATH"):
+        check_agent_command(AgentConfig(), cwd=tmp_path, env={"PATH": str(tmp_path)})
+
+
+def test_check_agent_command_checks_setup(tmp_path: Path) -> None:
+    """A setup command missing from PATH is reported at start-up too."""
+    agent = AgentConfig(command=(PY,), setup=(("no-such-setup-xyz",),))
+    with pytest.raises(AgentError, match="setup command"):
+        check_agent_command(agent, cwd=tmp_path, env={"PATH": str(tmp_path)})
+
+
+def test_agent_runs_in_cwd_with_output_in_log(tmp_path: Path, env: dict[str, str]) -> None:
+    """stdout and stderr go to the log, the cwd is the given folder, stdin is empty."""
+    code = "import os, sys; print(os.getcwd()); print('err', file=sys.stderr); print(repr(sys.stdin.read()))"
+    proc = start_agent(py_agent(code), cwd=tmp_path, log_path=tmp_path / "logs" / "a.log", env=env)
+    assert proc.pgid == proc.pid == os.getpgid(proc.pid)
+    outcome = run_to_end(proc)
+    assert outcome.rc == 0
+    assert (tmp_path / "logs" / "a.log").read_text().split("\n")[:3] == [str(tmp_path), "err", "''"]
+
+
+def run_to_end(proc: AgentProcess) -> AgentOutcome:
+    while proc.poll() is None:
+        time.sleep(0.01)
+    return finish(proc)
+
+
+def test_nonzero_exit_is_a_failed_outcome(tmp_path: Path, env: dict[str, str]) -> None:
+    """Exit code 3 gives a failed outcome whose reason says so."""
+    outcome = run_agent(
+        py_agent("raise SystemExit(3)"), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10
+    )
+    assert (outcome.rc, outcome.ok, outcome.reason) == (3, False, "exited with code 3")
+
+
+def test_duration_is_measured(tmp_path: Path, env: dict[str, str]) -> None:
+    """duration covers the agent's run time."""
+    outcome = run_agent(
+        py_agent("import time; time.sleep(0.3)"),
+        cwd=tmp_path,
+        log_path=tmp_path / "a.log",
+        env=env,
+        timeout=10,
+    )
+    assert 0.3 <= outcome.duration < 3
+
+
+# ---------------------------------------------------------------------------- results
+
+
+CLAUDE_RESULT = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "result": "Done.",
+    "duration_ms": 1234,
+    "num_turns": 7,
+    "session_id": "abc-123",
+    "total_cost_usd": 0.42,
+    "usage": {"input_tokens": 10},
+}
+
+
+def json_agent(obj: object, rc: int = 0, before: str = "working...") -> list[str]:
+    return py_agent(f"import json; print({before!r}); print(json.dumps({obj!r})); raise SystemExit({rc})")
+
+
+def test_claude_result_is_read(tmp_path: Path, env: dict[str, str]) -> None:
+    """The claude JSON result gives cost, turns and session id."""
+    outcome = run_agent(
+        json_agent(CLAUDE_RESULT), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10
+    )
+    assert outcome.ok
+    assert (outcome.cost_usd, outcome.num_turns, outcome.session_id) == (0.42, 7, "abc-123")
+    assert outcome.summary == CLAUDE_RESULT
+
+
+def test_is_error_result_fails_despite_exit_zero(tmp_path: Path, env: dict[str, str]) -> None:
+    """is_error true with exit code 0 is a failed attempt."""
+    result = {**CLAUDE_RESULT, "is_error": True, "subtype": "error_during_execution", "result": "API down"}
+    outcome = run_agent(json_agent(result), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10)
+    assert outcome.rc == 0
+    assert not outcome.ok
+    assert outcome.reason == "agent reported an error: API down"
+
+
+def test_error_subtype_fails(tmp_path: Path, env: dict[str, str]) -> None:
+    """A result whose subtype is error_max_turns is a failed attempt."""
+    result = {**CLAUDE_RESULT, "subtype": "error_max_turns"}
+    del result["result"]
+    outcome = run_agent(json_agent(result), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10)
+    assert outcome.is_error
+
+
+def test_older_cost_field_is_read(tmp_path: Path) -> None:
+    """Older output names the cost cost_usd."""
+    log = tmp_path / "a.log"
+    log.write_text(json.dumps({"type": "result", "is_error": False, "cost_usd": 0.1}) + "\n")
+    result = read_result(log)
+    assert result is not None
+    assert result["cost_usd"] == 0.1
+
+
+def test_last_json_object_wins(tmp_path: Path) -> None:
+    """With stream-json style output, the last object is the result."""
+    log = tmp_path / "a.log"
+    log.write_text('{"type": "system"}\nnoise {not json\n{"type": "result", "n": 2}\ntrailing text\n')
+    assert read_result(log) == {"type": "result", "n": 2}
+
+
+def test_pretty_printed_json_is_read_whole(tmp_path: Path) -> None:
+    """A pretty-printed result is read as the outer object, not a nested one."""
+    log = tmp_path / "a.log"
+    log.write_text("text\n" + json.dumps({"type": "result", "usage": [{"a": 1}]}, indent=2) + "\n")
+    assert read_result(log) == {"type": "result", "usage": [{"a": 1}]}
+
+
+def test_no_json_gives_no_summary(tmp_path: Path, env: dict[str, str]) -> None:
+    """Plain text output: no summary, no cost, judged by exit code alone."""
+    outcome = run_agent(
+        py_agent("print('all done')"), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, timeout=10
+    )
+    assert (outcome.summary, outcome.cost_usd, outcome.is_error, outcome.ok) == (None, None, False, True)
+    assert outcome.log_tail == "all done\n"
+
+
+def test_log_tail_is_bounded(tmp_path: Path, env: dict[str, str]) -> None:
+    """Only the end of a long log is kept in the outcome."""
+    outcome = run_agent(
+        py_agent("print('x' * 100000 + 'END')"),
+        cwd=tmp_path,
+        log_path=tmp_path / "a.log",
+        env=env,
+        timeout=10,
+    )
+    assert len(outcome.log_tail) == 4000
+    assert outcome.log_tail.endswith("END\n")
+
+
+# ---------------------------------------------------------------------------- timeouts and groups
+
+
+def start_spawner(
+    tmp_path: Path, env: dict[str, str], mode: str, stray: list[int]
+) -> tuple[AgentProcess, int]:
+    pid_file = tmp_path / "grandchild.pid"
+    proc = start_agent(
+        [PY, str(AGENTS / "spawn_grandchild.py"), str(pid_file), mode],
+        cwd=tmp_path,
+        log_path=tmp_path / "a.log",
+        env=env,
+    )
+    grandchild = int(wait_for_file(pid_file))
+    stray.append(grandchild)
+    return proc, grandchild
+
+
+def test_timeout_kills_agent_and_grandchild(
+    tmp_path: Path, env: dict[str, str], stray_pids: list[int]
+) -> None:
+    """Past its timeout the agent's whole group gets SIGTERM: no orphan is left."""
+    proc, grandchild = start_spawner(tmp_path, env, "hang", stray_pids)
+    assert enforce_timeout(proc, 0.1, proc.started + 0.01) is False
+    while proc.poll() is None:
+        enforce_timeout(proc, 0.1, time.monotonic(), grace=5)
+        time.sleep(0.01)
+    outcome = finish(proc)
+    assert outcome.timed_out
+    assert outcome.rc == -signal.SIGTERM
+    assert outcome.reason.startswith("timed out")
+    assert wait_gone(grandchild)
+    assert group_members(proc.pgid) == []
+
+
+def test_timeout_escalates_to_sigkill(tmp_path: Path, env: dict[str, str], stray_pids: list[int]) -> None:
+    """An agent that ignores SIGTERM is SIGKILLed, with its grandchild, after the grace period."""
+    proc, grandchild = start_spawner(tmp_path, env, "hang-ignore-term", stray_pids)
+    while proc.poll() is None:
+        enforce_timeout(proc, 0.05, time.monotonic(), grace=0.2)
+        time.sleep(0.01)
+    outcome = finish(proc)
+    assert (outcome.timed_out, outcome.rc) == (True, -signal.SIGKILL)
+    assert outcome.reason.startswith("timed out")
+    assert wait_gone(grandchild)
+
+
+def test_finish_kills_leftover_grandchild(tmp_path: Path, env: dict[str, str], stray_pids: list[int]) -> None:
+    """An agent that exits leaving a background process in its group: finish kills it."""
+    proc, grandchild = start_spawner(tmp_path, env, "exit", stray_pids)
+    outcome = run_to_end(proc)
+    assert outcome.ok
+    assert wait_gone(grandchild)
+
+
+def test_kill_leftover_group_kills_a_live_group(tmp_path: Path, stray_pids: list[int]) -> None:
+    """After a crash the recorded group of a still-running agent is killed."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stray_pids.append(child.pid)
+    ticks = process_start_ticks(child.pid)
+    assert kill_leftover_group(child.pid, start_ticks=ticks) is True
+    assert child.wait(5) == -signal.SIGKILL
+
+
+def test_kill_leftover_group_of_gone_group_is_quiet() -> None:
+    """A group that no longer exists is no error."""
+    child = subprocess.Popen(["true"], start_new_session=True)
+    child.wait()
+    assert kill_leftover_group(child.pid) is False
+
+
+def test_kill_leftover_group_spares_reused_pid(stray_pids: list[int]) -> None:
+    """A live leader whose start time differs from the recorded one is not killed."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stray_pids.append(child.pid)
+    ticks = process_start_ticks(child.pid)
+    assert ticks is not None
+    assert kill_leftover_group(child.pid, start_ticks=ticks + 1) is False
+    assert child.poll() is None
+    child.kill()
+    child.wait()
+
+
+def test_kill_leftover_group_refuses_own_group() -> None:
+    """batchd never signals its own process group."""
+    assert kill_leftover_group(os.getpgrp()) is False
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def test_setup_runs_commands_in_order(tmp_path: Path, env: dict[str, str]) -> None:
+    """Setup commands run in the worktree, in order, logged with a "$ command" line."""
+    steps = [py_agent("open('a', 'w').write('1')"), py_agent("open('b', 'w').write(open('a').read())")]
+    result = run_setup(steps, cwd=tmp_path, log_path=tmp_path / "setup.log", timeout=10, env=env)
+    assert result.ok
+    assert (tmp_path / "b").read_text() == "1"
+    assert (tmp_path / "setup.log").read_text().startswith(f"$ {PY} -c ")
+
+
+def test_setup_stops_at_first_failure(tmp_path: Path, env: dict[str, str]) -> None:
+    """A failing setup command is reported and later ones do not run."""
+    steps = [py_agent("raise SystemExit(4)"), py_agent("open('ran', 'w')")]
+    result = run_setup(steps, cwd=tmp_path, log_path=tmp_path / "setup.log", timeout=10, env=env)
+    assert (result.ok, result.rc, result.failed_command) == (False, 4, tuple(steps[0]))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_setup_timeout_is_a_failure(tmp_path: Path, env: dict[str, str]) -> None:
+    """A setup command past its timeout is killed and reported as timed out."""
+    result = run_setup(
+        [py_agent("import time; time.sleep(30)")],
+        cwd=tmp_path,
+        log_path=tmp_path / "setup.log",
+        timeout=0.2,
+        env=env,
+    )
+    assert (result.ok, result.timed_out) == (False, True)
+
+
+def test_no_setup_is_ok(tmp_path: Path) -> None:
+    """An empty setup succeeds without running anything."""
+    assert run_setup([], cwd=tmp_path, log_path=tmp_path / "setup.log", timeout=1).ok

@@ -1,0 +1,302 @@
+"""daemon.verify: batch verification on real repositories with a real check script."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from gitrepo import (
+    CHECK_CMD,
+    CHECK_PY,
+    GOOD_MOD,
+    NAMED_BREAK,
+    UNNAMED_BREAK,
+    candidate,
+    check_repo,
+    head,
+    init_repo,
+    module_candidate,
+)
+
+from daemon.checks import CheckRunner
+from daemon.config import ConflictMode, Strategy
+from daemon.gitops import add_worktree
+from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, is_named, verify_batch
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return check_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def worktree(repo: Path) -> Path:
+    return add_worktree(repo, repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(repo))
+
+
+def _runner() -> CheckRunner:
+    return CheckRunner([CHECK_CMD], timeout=30, retries=0)
+
+
+def _verify(
+    worktree: Path,
+    base: str,
+    cands: Sequence[Candidate],
+    *,
+    strategy: Strategy = "bisect",
+    conflicts: ConflictMode = "merge",
+    runs: list[VerifyRun] | None = None,
+) -> BatchVerdict:
+    return verify_batch(
+        worktree,
+        base,
+        cands,
+        _runner(),
+        strategy=strategy,
+        conflicts=conflicts,
+        on_run=runs.append if runs is not None else None,
+    )
+
+
+def _batch(
+    repo: Path, broken: dict[str, str], ids: Sequence[str] = ("273", "274", "275", "276", "284")
+) -> list[Candidate]:
+    base = head(repo)
+    return [module_candidate(repo, base, i, broken.get(i, "def check():\n    return True\n")) for i in ids]
+
+
+def _assert_head_is_green(worktree: Path, verdict: BatchVerdict) -> None:
+    assert head(worktree) == verdict.head_sha
+    assert _runner()(worktree).passed
+
+
+def test_all_green_batch_costs_one_run(repo: Path, worktree: Path) -> None:
+    """Five good todos: all accepted after exactly one verify run."""
+    cands = _batch(repo, {})
+    verdict = _verify(worktree, head(repo), cands)
+    assert verdict.runs == 1
+    assert verdict.accepted_ids == ("273", "274", "275", "276", "284")
+    assert not verdict.rejected and not verdict.conflicted
+    _assert_head_is_green(worktree, verdict)
+
+
+def test_named_culprit_costs_two_runs(repo: Path, worktree: Path) -> None:
+    """A culprit whose traceback names its file is found with exactly two runs."""
+    verdict = _verify(worktree, head(repo), _batch(repo, {"275": NAMED_BREAK}))
+    assert verdict.runs == 2
+    assert set(verdict.rejected) == {"275"}
+    assert verdict.accepted_ids == ("273", "274", "276", "284")
+    _assert_head_is_green(worktree, verdict)
+
+
+def test_rejection_carries_command_output_and_files(repo: Path, worktree: Path) -> None:
+    """The rejected todo records the failing command, its output tail and the files reverted."""
+    verdict = _verify(worktree, head(repo), _batch(repo, {"275": NAMED_BREAK}))
+    rejection = verdict.rejected["275"]
+    assert rejection.command == CHECK_CMD
+    assert "mod_275.py" in rejection.output_tail
+    assert rejection.files == ("mods/mod_275.py",)
+    assert not (worktree / "mods" / "mod_275.py").exists()
+
+
+def test_one_unnamed_culprit_is_found_by_halving(repo: Path, worktree: Path) -> None:
+    """A culprit the output does not name is isolated exactly, in fewer runs than one by one."""
+    ids = ("1", "2", "3", "4", "5", "6", "7", "8")
+    verdict = _verify(worktree, head(repo), _batch(repo, {"6": UNNAMED_BREAK}, ids))
+    assert set(verdict.rejected) == {"6"}
+    assert verdict.accepted_ids == ("1", "2", "3", "4", "5", "7", "8")
+    assert verdict.runs < len(ids)
+    _assert_head_is_green(worktree, verdict)
+
+
+def test_two_unnamed_culprits_are_found_exactly(repo: Path, worktree: Path) -> None:
+    """Two culprits the output does not name are both rejected and nothing else is."""
+    ids = ("1", "2", "3", "4", "5", "6", "7", "8")
+    verdict = _verify(worktree, head(repo), _batch(repo, {"2": UNNAMED_BREAK, "7": UNNAMED_BREAK}, ids))
+    assert set(verdict.rejected) == {"2", "7"}
+    assert verdict.accepted_ids == ("1", "3", "4", "5", "6", "8")
+    _assert_head_is_green(worktree, verdict)
+
+
+def test_named_and_unnamed_culprits_together(repo: Path, worktree: Path) -> None:
+    """A named culprit and an unnamed one in the same batch are both found."""
+    verdict = _verify(worktree, head(repo), _batch(repo, {"274": NAMED_BREAK, "284": UNNAMED_BREAK}))
+    assert set(verdict.rejected) == {"274", "284"}
+    assert verdict.accepted_ids == ("273", "275", "276")
+    _assert_head_is_green(worktree, verdict)
+
+
+NEEDS_FLAG_OFF = "import pathlib\ndef check():\n    return not pathlib.Path('mods/flag.txt').exists()\n"
+
+
+def test_interaction_failure_rejects_the_higher_id(repo: Path, worktree: Path) -> None:
+    """Two todos fine alone but broken together: the lower id stays, the higher is rejected."""
+    base = head(repo)
+    a = candidate(repo, base, "10", {"mods/flag.txt": "on\n"})
+    b = candidate(
+        repo,
+        base,
+        "11",
+        {"mods/needs_off.py": NEEDS_FLAG_OFF},
+    )
+    verdict = _verify(worktree, base, [b, a])
+    assert verdict.accepted_ids == ("10",)
+    assert set(verdict.rejected) == {"11"}
+    _assert_head_is_green(worktree, verdict)
+
+
+def test_every_run_is_reported(repo: Path, worktree: Path) -> None:
+    """on_run sees each run with the todo ids in the tested tree and its result."""
+    runs: list[VerifyRun] = []
+    verdict = _verify(worktree, head(repo), _batch(repo, {"275": NAMED_BREAK}), runs=runs)
+    assert len(runs) == verdict.runs == 2
+    assert runs[0].todo_ids == ("273", "274", "275", "276", "284") and not runs[0].result.passed
+    assert runs[1].todo_ids == ("273", "274", "276", "284") and runs[1].result.passed
+
+
+def test_incremental_accepts_the_same_set_with_n_runs(repo: Path, worktree: Path) -> None:
+    """The seed's one-by-one strategy reaches the same verdict as bisect, one run per todo."""
+    broken = {"274": NAMED_BREAK, "276": UNNAMED_BREAK}
+    cands = _batch(repo, broken)
+    bisect = _verify(worktree, head(repo), cands)
+    incremental = _verify(worktree, head(repo), cands, strategy="incremental")
+    assert incremental.runs == 5
+    assert incremental.accepted_ids == bisect.accepted_ids == ("273", "275", "284")
+    assert set(incremental.rejected) == set(bisect.rejected) == {"274", "276"}
+    _assert_head_is_green(worktree, incremental)
+
+
+def test_all_rejected_leaves_head_at_base(repo: Path, worktree: Path) -> None:
+    """When every todo fails, nothing is accepted and the head is the base."""
+    base = head(repo)
+    verdict = _verify(worktree, base, _batch(repo, {"1": NAMED_BREAK, "2": UNNAMED_BREAK}, ("1", "2")))
+    assert verdict.accepted == ()
+    assert set(verdict.rejected) == {"1", "2"}
+    assert verdict.head_sha == base
+
+
+def test_red_baseline_is_reported(repo: Path, worktree: Path) -> None:
+    """check_baseline runs the checks on the base alone and reports a red one with its command."""
+    broken_base = candidate(repo, head(repo), "0", {"mods/base.py": NAMED_BREAK}).sha
+    result = check_baseline(worktree, broken_base, _runner())
+    assert not result.passed
+    assert result.failed_command == CHECK_CMD
+    assert head(worktree) == broken_base
+
+
+def test_green_baseline(repo: Path, worktree: Path) -> None:
+    """A green base passes check_baseline."""
+    assert check_baseline(worktree, head(repo), _runner()).passed
+
+
+# --- conflicts --------------------------------------------------------------------------------
+
+SHARED = "".join(f"line {i}\n" for i in range(20))
+
+
+@pytest.fixture
+def shared_repo(tmp_path: Path) -> Path:
+    return init_repo(
+        tmp_path / "repo", {"check.py": CHECK_PY, "mods/base.py": GOOD_MOD, "shared.txt": SHARED}
+    )
+
+
+def _edit(line: int, text: str) -> str:
+    lines = SHARED.splitlines(keepends=True)
+    lines[line] = text + "\n"
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("mode", ["merge", "strict"])
+def test_textual_conflict_keeps_the_lower_id(shared_repo: Path, mode: ConflictMode) -> None:
+    """Two todos edit the same line: the lower id is accepted, the higher is conflicted with the file."""
+    wt = add_worktree(
+        shared_repo, shared_repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(shared_repo)
+    )
+    base = head(shared_repo)
+    low = candidate(shared_repo, base, "266", {"shared.txt": _edit(3, "from 266")})
+    high = candidate(shared_repo, base, "267", {"shared.txt": _edit(3, "from 267")})
+    verdict = _verify(wt, base, [high, low], conflicts=mode)
+    assert verdict.accepted_ids == ("266",)
+    assert verdict.conflicted["267"].winner == "266"
+    assert verdict.conflicted["267"].files == ("shared.txt",)
+    assert (wt / "shared.txt").read_text() == _edit(3, "from 266")
+    assert verdict.runs == 1
+
+
+def test_clean_same_file_merge_is_accepted_in_merge_mode(shared_repo: Path) -> None:
+    """Edits to distant lines of one file merge cleanly in merge mode and both are accepted."""
+    wt = add_worktree(
+        shared_repo, shared_repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(shared_repo)
+    )
+    base = head(shared_repo)
+    a = candidate(shared_repo, base, "266", {"shared.txt": _edit(1, "from 266")})
+    b = candidate(shared_repo, base, "267", {"shared.txt": _edit(18, "from 267")})
+    verdict = _verify(wt, base, [a, b], conflicts="merge")
+    assert verdict.accepted_ids == ("266", "267")
+    text = (wt / "shared.txt").read_text()
+    assert "from 266" in text and "from 267" in text
+    assert verdict.runs == 1
+
+
+def test_clean_same_file_merge_is_a_conflict_in_strict_mode(shared_repo: Path) -> None:
+    """strict mode: any file touched by a lower id makes the higher id conflicted, even if it merges."""
+    wt = add_worktree(
+        shared_repo, shared_repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(shared_repo)
+    )
+    base = head(shared_repo)
+    a = candidate(shared_repo, base, "266", {"shared.txt": _edit(1, "from 266")})
+    b = candidate(shared_repo, base, "267", {"shared.txt": _edit(18, "from 267"), "other.txt": "o\n"})
+    verdict = _verify(wt, base, [a, b], conflicts="strict")
+    assert verdict.accepted_ids == ("266",)
+    assert verdict.conflicted["267"].winner == "266"
+    assert verdict.conflicted["267"].files == ("shared.txt",)
+    assert not (wt / "other.txt").exists()
+
+
+def test_conflicted_todo_is_not_tested_by_incremental(shared_repo: Path) -> None:
+    """Incremental decides conflicts on the whole batch first, like bisect, and tests the rest."""
+    wt = add_worktree(
+        shared_repo, shared_repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(shared_repo)
+    )
+    base = head(shared_repo)
+    low = candidate(shared_repo, base, "266", {"shared.txt": _edit(3, "from 266")})
+    high = candidate(shared_repo, base, "267", {"shared.txt": _edit(3, "from 267")})
+    verdict = _verify(wt, base, [low, high], strategy="incremental")
+    assert verdict.accepted_ids == ("266",)
+    assert set(verdict.conflicted) == {"267"}
+    assert verdict.runs == 1
+
+
+# --- flakiness and naming -----------------------------------------------------------------------
+
+
+def test_flaky_check_does_not_reject(repo: Path, worktree: Path) -> None:
+    """With retries=1 a check failing once (marker file outside the tree) accepts everything."""
+    marker = repo.parent / "flaky-marker"
+    flaky = (
+        "import pathlib, sys\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n"
+        "    m.touch(); sys.exit(1)\n"
+    )
+    runner = CheckRunner([(sys.executable, "-c", flaky), CHECK_CMD], timeout=30, retries=1)
+    runs: list[VerifyRun] = []
+    verdict = verify_batch(worktree, head(repo), _batch(repo, {}), runner, on_run=runs.append)
+    assert verdict.runs == 1
+    assert len(verdict.accepted) == 5
+    assert runs[0].result.flaky
+
+
+def test_is_named_matches_path_basename_and_module() -> None:
+    """Failing output names a file by path, file name, dotted module or distinctive stem."""
+    assert is_named('File "/tmp/x/src/billing/invoice.py", line 3', "src/billing/invoice.py")
+    assert is_named("FAILED invoice.py::test_total", "src/billing/invoice.py")
+    assert is_named(
+        "ImportError: cannot import name 'x' from 'src.billing.invoice'", "src/billing/invoice.py"
+    )
+    assert is_named("error in bookingService while saving", "server/bookingService.ts")
+    assert not is_named("FAILED test_invoice.py::test_total", "src/billing/invoice.py")
+    assert not is_named("error in index", "src/index.ts")

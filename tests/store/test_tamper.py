@@ -1,0 +1,103 @@
+"""Tamper evidence: edits made with the sqlite3 CLI behind the store's back are named by verify()."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import EventLog, LogCorrupted
+from tests.store.events import REG, Noted
+
+
+def run_sql(db: Path, sql: str) -> None:
+    """Edit the file from another process, as an attacker or a careless admin would."""
+    cli = shutil.which("sqlite3")
+    if cli is not None:
+        argv = [cli, str(db), sql]
+    else:  # the CLI is not installed: python's own sqlite3 module in a subprocess does the same
+        code = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2])"
+        argv = [sys.executable, "-c", code, str(db), sql]
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def five(db_path: Path) -> Path:
+    """A closed log of five events over two streams."""
+    with EventLog(db_path, reg=REG) as log:
+        for n in range(5):
+            log.append(f"s{n % 2}", [Noted(text=f"event {n + 1}", n=n)])
+    return db_path
+
+
+def verify(db: Path) -> tuple[int | None, str]:
+    with EventLog(db, reg=REG) as log:
+        report = log.verify()
+    return report.first_bad_seq, report.problem
+
+
+def test_untouched_log_verifies(five: Path) -> None:
+    """The fixture log verifies before anyone touches it."""
+    assert verify(five) == (None, "")
+
+
+def test_edited_payload_is_named(five: Path) -> None:
+    """A payload changed in place fails its hash at that seq."""
+    run_sql(five, """UPDATE batchd_events SET payload = '{"n":2,"text":"forged"}' WHERE seq = 3;""")
+    bad, problem = verify(five)
+    assert bad == 3
+    assert "hash" in problem
+
+
+def test_deleted_middle_row_is_named(five: Path) -> None:
+    """A row removed from the middle is reported as the missing seq."""
+    run_sql(five, "DELETE FROM batchd_events WHERE seq = 3;")
+    assert verify(five) == (3, "event 3 is missing (next present is 4)")
+
+
+def test_deleted_last_row_is_named(five: Path) -> None:
+    """A row removed from the end is caught by the recorded head."""
+    run_sql(five, "DELETE FROM batchd_events WHERE seq = 5;")
+    bad, problem = verify(five)
+    assert bad == 5
+    assert "removed" in problem
+
+
+def test_swapped_rows_are_named(five: Path) -> None:
+    """Two rows swapping their seq break the chain at the lower one."""
+    run_sql(
+        five,
+        "UPDATE batchd_events SET seq = -2 WHERE seq = 2;"
+        "UPDATE batchd_events SET seq = 2 WHERE seq = 4;"
+        "UPDATE batchd_events SET seq = 4 WHERE seq = -2;",
+    )
+    assert verify(five)[0] == 2
+
+
+def test_removed_head_record_is_named(five: Path) -> None:
+    """Deleting the head record too (to hide a truncation) is reported at the last event."""
+    run_sql(five, "DELETE FROM batchd_events WHERE seq = 5; DELETE FROM batchd_meta WHERE key = 'head';")
+    bad, problem = verify(five)
+    assert bad == 4
+    assert "head is missing" in problem
+
+
+def test_append_refuses_to_extend_a_truncated_log(five: Path) -> None:
+    """An append after the last row was removed raises LogCorrupted instead of hiding the gap."""
+    run_sql(five, "DELETE FROM batchd_events WHERE seq = 5;")
+    with EventLog(five, reg=REG) as log, pytest.raises(LogCorrupted) as info:
+        log.append("s0", [Noted(text="after")])
+    assert info.value.seq == 5
+    assert verify(five)[0] == 5
+
+
+def test_unparseable_payload_on_read_names_the_seq(five: Path) -> None:
+    """A payload that is not JSON any more raises LogCorrupted with its seq when read."""
+    run_sql(five, "UPDATE batchd_events SET payload = 'not json' WHERE seq = 2;")
+    with EventLog(five, reg=REG) as log, pytest.raises(LogCorrupted) as info:
+        list(log.read())
+    assert info.value.seq == 2
+    assert str(five) in str(info.value)
