@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="10,000 todos instead of 100,000")
     parser.add_argument("--todos", type=int, default=None, help="number of todos (overrides --quick)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each read (the best counts)")
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the database goes (default: a temp dir)"
     )

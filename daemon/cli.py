@@ -37,7 +37,10 @@ def repo_option(fn: F) -> F:
 
 def db_option(fn: F) -> F:
     return click.option(
-        "--db", default=None, metavar="PATH|URL", help="Event log (default: .batchd/events.db in the repository)."
+        "--db",
+        default=None,
+        metavar="PATH|URL",
+        help="Event log (default: .batchd/events.db in the repository).",
     )(fn)
 
 
@@ -85,17 +88,22 @@ def _summary(payload: dict[str, Any]) -> str:
 
 
 def format_event(event: StoredEvent) -> str:
-    return f"{event.seq:>6}  {event.recorded_at[:23]}  {event.stream:<14} {event.type:<24} {_summary(event.payload)}"
+    when = event.recorded_at[:23]
+    return f"{event.seq:>6}  {when}  {event.stream:<14} {event.type:<24} {_summary(event.payload)}"
 
 
 @cli.command()
 @repo_option
 @db_option
 @json_option
-@click.option("--stream", "-s", default=None, help="Only this stream (todo-273, batch-1.1, phase-1, run, control).")
+@click.option(
+    "--stream", "-s", default=None, help="Only this stream (todo-273, batch-1.1, phase-1, run, control)."
+)
 @click.option("--since", default=0, type=int, metavar="SEQ", help="Only events after this sequence number.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
-def events(repo: Path | None, db: str | None, as_json: bool, stream: str | None, since: int, follow: bool) -> None:
+def events(
+    repo: Path | None, db: str | None, as_json: bool, stream: str | None, since: int, follow: bool
+) -> None:
     """Print the event log, oldest first (one JSON object per line with --json)."""
     log = open_log(resolve_root(repo), db)
     stop = _install_term_flag()
@@ -137,7 +145,7 @@ def audit() -> None:
 @db_option
 @json_option
 def audit_verify(repo: Path | None, db: str | None, as_json: bool) -> None:
-    """Walk the hash chain; exit 1 and name the first bad sequence number if an event was changed or removed."""
+    """Walk the hash chain; exit 1 naming the first bad sequence number if an event was changed or removed."""
     log = open_log(resolve_root(repo), db)
     try:
         progress = None if as_json else _progress_printer("checked")
@@ -145,12 +153,23 @@ def audit_verify(repo: Path | None, db: str | None, as_json: bool) -> None:
     finally:
         log.close()
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, "checked": report.checked, "last_seq": report.last_seq,
-                               "first_bad_seq": report.first_bad_seq, "problem": report.problem}))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "checked": report.checked,
+                    "last_seq": report.last_seq,
+                    "first_bad_seq": report.first_bad_seq,
+                    "problem": report.problem,
+                }
+            )
+        )
     elif report.ok:
         click.echo(f"ok: {report.checked} events, hash chain intact up to sequence {report.last_seq}")
     else:
-        click.echo(f"TAMPERED: first bad event is sequence {report.first_bad_seq}: {report.problem}", err=True)
+        click.echo(
+            f"TAMPERED: first bad event is sequence {report.first_bad_seq}: {report.problem}", err=True
+        )
     if not report.ok:
         raise SystemExit(EXIT_FAILURES)
 
@@ -167,7 +186,9 @@ def parse_time_option(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--at {text!r} is not a time", hint="write it as ISO-8601, e.g. 2026-11-25T14:03:00Z") from None
+        raise UsageError(
+            f"--at {text!r} is not a time", hint="write it as ISO-8601, e.g. 2026-11-25T14:03:00Z"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()
     return moment

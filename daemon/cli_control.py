@@ -46,8 +46,14 @@ def status_data(proj: Projection) -> dict[str, Any]:
     todos = []
     for todo in sorted(proj.todos.values(), key=lambda t: (len(t.todo_id), t.todo_id)):
         item: dict[str, Any] = {
-            "id": todo.todo_id, "state": str(todo.state), "title": todo.title, "priority": todo.priority,
-            "attempt": todo.attempt, "batch": todo.batch, "phase": todo.phase, "path": todo.path,
+            "id": todo.todo_id,
+            "state": str(todo.state),
+            "title": todo.title,
+            "priority": todo.priority,
+            "attempt": todo.attempt,
+            "batch": todo.batch,
+            "phase": todo.phase,
+            "path": todo.path,
         }
         if todo.state == TodoState.RUNNING:
             item["elapsed"] = round(elapsed_since(todo.agent_started_at), 1)
@@ -59,19 +65,36 @@ def status_data(proj: Projection) -> dict[str, Any]:
         todos.append(item)
     return {
         "run": {
-            "id": run.run_id, "state": str(run.state), "branch": run.branch, "pid": run.pid,
+            "id": run.run_id,
+            "state": str(run.state),
+            "branch": run.branch,
+            "pid": run.pid,
             "paused_reason": run.paused_reason,
             "verdict": run.verdict._asdict() if run.verdict is not None else None,
         },
         "phases": [
-            {"number": p.number, "title": p.title, "state": str(p.state), "batches": list(p.batches),
-             "commit": p.head_sha, "pushed": p.pushed_sha, "push_failed": p.push_failed_reason}
+            {
+                "number": p.number,
+                "title": p.title,
+                "state": str(p.state),
+                "batches": list(p.batches),
+                "commit": p.head_sha,
+                "pushed": p.pushed_sha,
+                "push_failed": p.push_failed_reason,
+            }
             for p in sorted(proj.phases.values(), key=lambda p: (p.final, p.number))
         ],
         "batches": [
-            {"key": b.key, "state": str(b.state), "todos": list(b.todo_ids), "accepted": list(b.accepted),
-             "rejected": list(b.rejected), "conflicted": list(b.conflicted), "failed": list(b.failed),
-             "verify_runs": b.runs}
+            {
+                "key": b.key,
+                "state": str(b.state),
+                "todos": list(b.todo_ids),
+                "accepted": list(b.accepted),
+                "rejected": list(b.rejected),
+                "conflicted": list(b.conflicted),
+                "failed": list(b.failed),
+                "verify_runs": b.runs,
+            }
             for b in proj.batches.values()
         ],
         "todos": todos,
@@ -95,28 +118,46 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
 
     console = Console()
     run = data["run"]
-    console.print(f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · branch {run['branch'] or '?'}"
-                  + (f" · paused: {run['paused_reason']}" if run["paused_reason"] else ""))
+    console.print(
+        f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · branch {run['branch'] or '?'}"
+        + (f" · paused: {run['paused_reason']}" if run["paused_reason"] else "")
+    )
     if run["verdict"]:
         verdict = run["verdict"]
-        console.print(f"verdict: {'[green]success' if verdict['success'] else '[red]not complete'}[/] "
-                      f"({len(verdict['complete'])} complete, missing: {', '.join(verdict['missing']) or 'none'})")
+        console.print(
+            f"verdict: {'[green]success' if verdict['success'] else '[red]not complete'}[/] "
+            f"({len(verdict['complete'])} complete, missing: {', '.join(verdict['missing']) or 'none'})"
+        )
     phases = Table(title="phases", show_lines=False)
     for column in ("phase", "title", "state", "batches", "commit", "push"):
         phases.add_column(column)
     for p in data["phases"]:
-        push = p["pushed"][:10] if p["pushed"] else (f"failed: {p['push_failed']}" if p["push_failed"] else "")
-        phases.add_row(str(p["number"]), p["title"], p["state"], ", ".join(p["batches"]), (p["commit"] or "")[:10], push)
+        push = (
+            p["pushed"][:10] if p["pushed"] else (f"failed: {p['push_failed']}" if p["push_failed"] else "")
+        )
+        phases.add_row(
+            str(p["number"]), p["title"], p["state"], ", ".join(p["batches"]), (p["commit"] or "")[:10], push
+        )
     console.print(phases)
     todos = Table(title="todos")
     for column in ("id", "state", "attempt", "batch", "title", "why / elapsed"):
         todos.add_column(column)
-    colours = {"complete": "green", "accepted": "green", "running": "cyan", "rejected": "red", "blocked": "red",
-               "agent_failed": "red", "conflicted": "yellow", "invalid": "magenta"}
+    colours = {
+        "complete": "green",
+        "accepted": "green",
+        "running": "cyan",
+        "rejected": "red",
+        "blocked": "red",
+        "agent_failed": "red",
+        "conflicted": "yellow",
+        "invalid": "magenta",
+    }
     for t in data["todos"]:
         why = f"{t['elapsed']:.0f}s (pid {t['pid']})" if "elapsed" in t else t.get("reason", "")
         colour = colours.get(t["state"], "white")
-        todos.add_row(t["id"], f"[{colour}]{t['state']}[/]", str(t["attempt"]), t["batch"] or "", t["title"], why)
+        todos.add_row(
+            t["id"], f"[{colour}]{t['state']}[/]", str(t["attempt"]), t["batch"] or "", t["title"], why
+        )
     console.print(todos)
 
 
@@ -136,8 +177,10 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
     number = attempt or todo.attempt
     path = Workspace(root).agent_log(key, number)
     if not path.exists():
-        raise UsageError(f"no output for todo #{todo_id} attempt {number} ({path})",
-                         hint="its agent has not started yet; `batchd status` shows its state")
+        raise UsageError(
+            f"no output for todo #{todo_id} attempt {number} ({path})",
+            hint="its agent has not started yet; `batchd status` shows its state",
+        )
     with path.open("rb") as fh:
         while True:
             chunk = fh.read(65536)
@@ -161,8 +204,10 @@ def append_control(repo: Path | None, db: str | None, event: object, what: str) 
         stored = log.append(ev.CONTROL_STREAM, [event])
     finally:
         log.close()
-    click.echo(f"{what}: request recorded (event {stored[0].seq}); a running daemon acts on it within a second, "
-               "otherwise the next `batchd run` does")
+    click.echo(
+        f"{what}: request recorded (event {stored[0].seq}); a running daemon acts on it within a second, "
+        "otherwise the next `batchd run` does"
+    )
 
 
 def known_todo(repo: Path | None, db: str | None, todo_id: str) -> str:
@@ -218,11 +263,24 @@ def resume(repo: Path | None, db: str | None) -> None:
 @json_option
 @click.option("--until", type=int, default=None, metavar="SEQ", help="State after this sequence number.")
 @click.option("--at", "at_text", default=None, metavar="TIME", help="State at this time (ISO-8601).")
-@click.option("--stream", "-s", default=None, help="Only this stream's state (todo-273, batch-1.1, phase-1, run).")
-@click.option("--verify", "verify_snapshot", is_flag=True,
-              help="Check that replay from zero equals the latest snapshot plus the tail.")
-def replay_command(repo: Path | None, db: str | None, as_json: bool, until: int | None, at_text: str | None,
-                   stream: str | None, verify_snapshot: bool) -> None:
+@click.option(
+    "--stream", "-s", default=None, help="Only this stream's state (todo-273, batch-1.1, phase-1, run)."
+)
+@click.option(
+    "--verify",
+    "verify_snapshot",
+    is_flag=True,
+    help="Check that replay from zero equals the latest snapshot plus the tail.",
+)
+def replay_command(
+    repo: Path | None,
+    db: str | None,
+    as_json: bool,
+    until: int | None,
+    at_text: str | None,
+    stream: str | None,
+    verify_snapshot: bool,
+) -> None:
     """The state of everything as it was at a point in the log, rebuilt from the log alone."""
     if until is not None and at_text is not None:
         raise UsageError("--until and --at both given", hint="use one of them")
@@ -234,8 +292,12 @@ def replay_command(repo: Path | None, db: str | None, as_json: bool, until: int 
         if as_json:
             click.echo(json.dumps({"ok": same, "last_seq": full.last_seq}))
         else:
-            click.echo(f"ok: replay from zero equals snapshot + tail at sequence {full.last_seq}" if same else
-                       "MISMATCH: replay from zero differs from snapshot + tail", err=not same)
+            click.echo(
+                f"ok: replay from zero equals snapshot + tail at sequence {full.last_seq}"
+                if same
+                else "MISMATCH: replay from zero differs from snapshot + tail",
+                err=not same,
+            )
         if not same:
             raise SystemExit(EXIT_FAILURES)
         return
@@ -267,6 +329,3 @@ def select_stream(data: dict[str, Any], stream: str) -> dict[str, Any]:
 def register(cli: click.Group) -> None:
     for command in (status, logs, retry, cancel, pause, resume, replay_command):
         cli.add_command(command)
-
-
-

@@ -16,10 +16,18 @@ from daemon.logs import configure_logging
 @click.command()
 @repo_option
 @click.option("--once", is_flag=True, help="Exit when nothing is left to do (exit 0 = every todo complete).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
-              show_default=True, help="Least severe log lines shown.")
-@click.option("--log-json/--log-text", default=None, help="Force JSON lines or readable lines (default: JSON "
-              "unless stderr is a terminal).")
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+    help="Least severe log lines shown.",
+)
+@click.option(
+    "--log-json/--log-text",
+    default=None,
+    help="Force JSON lines or readable lines (default: JSON unless stderr is a terminal).",
+)
 def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None) -> None:
     """Run the daemon in the foreground on a repository with a batchd.toml.
 
@@ -45,7 +53,9 @@ def init(repo: Path | None, force: bool) -> None:
 
     root = (repo or Path.cwd()).resolve()
     if not (root / ".git").exists():
-        raise UsageError(f"{root} is not a git repository", hint="run `git init` first, or pass -C with your clone")
+        raise UsageError(
+            f"{root} is not a git repository", hint="run `git init` first, or pass -C with your clone"
+        )
     target = root / CONFIG_FILE
     if target.exists() and not force:
         raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
@@ -64,10 +74,21 @@ def init(repo: Path | None, force: bool) -> None:
 
 @click.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--speed", default=0.3, show_default=True, type=float,
-              help="Multiplies the scripted agents' delays (0 = no delays).")
-@click.option("--timeout", "agent_timeout", default=4.0, show_default=True, type=float,
-              help="Agent timeout in seconds (one demo agent hangs until it).")
+@click.option(
+    "--speed",
+    default=0.2,
+    show_default=True,
+    type=float,
+    help="Multiplies the scripted agents' delays (0 = no delays).",
+)
+@click.option(
+    "--timeout",
+    "agent_timeout",
+    default=3.0,
+    show_default=True,
+    type=float,
+    help="Agent timeout in seconds (one demo agent hangs until it).",
+)
 def demo(directory: Path | None, speed: float, agent_timeout: float) -> None:
     """Build a sample project (28 todos, the seed's 5-phase plan, a bare remote) and run it end to end.
 
@@ -86,4 +107,3 @@ def demo(directory: Path | None, speed: float, agent_timeout: float) -> None:
 def register(cli: click.Group) -> None:
     for command in (run, init, demo):
         cli.add_command(command)
-

@@ -6,7 +6,10 @@ poll -> squash its change into one commit -> outcome (``todo.agent_finished`` / 
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import structlog
@@ -49,7 +52,9 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
         worktree=worktree,
         repair=todo.repair,
     )
-    argv = agents.build_argv(d.config.agent, prompt=prompt, todo_path=todo_file, todo_id=todo_id, worktree=worktree)
+    argv = agents.build_argv(
+        d.config.agent, prompt=prompt, todo_path=todo_file, todo_id=todo_id, worktree=worktree
+    )
     d.emit_one(
         ev.todo_stream(todo_id),
         ev.AgentStarted(
@@ -94,8 +99,15 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         if current.state != TodoState.RUNNING or current.attempt != attempt:
             return  # cancelled or interrupted meanwhile
         if result is not None and not result.ok:
-            fail(d, todo_id, attempt, "setup", f"set-up command {result.failed_command} failed (rc {result.rc})",
-                 rc=result.rc, tail=result.log_tail)
+            fail(
+                d,
+                todo_id,
+                attempt,
+                "setup",
+                f"set-up command {result.failed_command} failed (rc {result.rc})",
+                rc=result.rc,
+                tail=result.log_tail,
+            )
             return
         if d.stopping:
             return  # will be recorded as interrupted by the stop
@@ -105,8 +117,10 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
             fail(d, todo_id, attempt, "start", f"agent could not start: {e}")
             return
         d.agents[todo_id] = proc
-        d.emit_one(ev.todo_stream(todo_id), ev.AgentSpawned(todo_id=todo_id, attempt=attempt, pid=proc.pid,
-                                                            pgid=proc.pgid))
+        d.emit_one(
+            ev.todo_stream(todo_id),
+            ev.AgentSpawned(todo_id=todo_id, attempt=attempt, pid=proc.pid, pgid=proc.pgid),
+        )
         log.info("agent_started", todo_id=todo_id, attempt=attempt, pid=proc.pid)
 
     def failed(error: BaseException) -> None:
@@ -115,12 +129,30 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     d.submit(f"prepare-{todo_id}", work, done, failed)
 
 
-def fail(d: Daemon, todo_id: str, attempt: int, reason: str, detail: str, *, rc: int | None = None,
-         duration: float = 0.0, cost: float | None = None, tail: str = "") -> None:
+def fail(
+    d: Daemon,
+    todo_id: str,
+    attempt: int,
+    reason: str,
+    detail: str,
+    *,
+    rc: int | None = None,
+    duration: float = 0.0,
+    cost: float | None = None,
+    tail: str = "",
+) -> None:
     d.emit_one(
         ev.todo_stream(todo_id),
-        ev.AgentFailed(todo_id=todo_id, attempt=attempt, reason=reason, detail=detail, returncode=rc,
-                       duration=duration, cost_usd=cost, log_tail=tail[-2000:]),
+        ev.AgentFailed(
+            todo_id=todo_id,
+            attempt=attempt,
+            reason=reason,
+            detail=detail,
+            returncode=rc,
+            duration=duration,
+            cost_usd=cost,
+            log_tail=tail[-2000:],
+        ),
     )
     log.warning("agent_failed", todo_id=todo_id, attempt=attempt, reason=reason, detail=detail)
 
@@ -145,8 +177,17 @@ def collect(d: Daemon, todo_id: str, outcome: agents.AgentOutcome) -> None:
         return  # killed by our own stop: recorded as interrupted
     if not outcome.ok:
         reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
-        fail(d, todo_id, attempt, reason, outcome.reason, rc=outcome.rc, duration=outcome.duration,
-             cost=outcome.cost_usd, tail=outcome.log_tail)
+        fail(
+            d,
+            todo_id,
+            attempt,
+            reason,
+            outcome.reason,
+            rc=outcome.rc,
+            duration=outcome.duration,
+            cost=outcome.cost_usd,
+            tail=outcome.log_tail,
+        )
         return
     worktree = d.root / todo.worktree
     try:
@@ -157,12 +198,30 @@ def collect(d: Daemon, todo_id: str, outcome: agents.AgentOutcome) -> None:
             trailers={gitops.TRAILER_TODO: todo_id, gitops.TRAILER_ATTEMPT: str(attempt)},
         )
     except GitError as e:
-        fail(d, todo_id, attempt, "exit", f"could not collect the agent's change: {e.message}",
-             rc=outcome.rc, duration=outcome.duration, cost=outcome.cost_usd, tail=outcome.log_tail)
+        fail(
+            d,
+            todo_id,
+            attempt,
+            "exit",
+            f"could not collect the agent's change: {e.message}",
+            rc=outcome.rc,
+            duration=outcome.duration,
+            cost=outcome.cost_usd,
+            tail=outcome.log_tail,
+        )
         return
     if change is None:
-        fail(d, todo_id, attempt, "no_change", "the agent exited 0 but changed nothing", rc=outcome.rc,
-             duration=outcome.duration, cost=outcome.cost_usd, tail=outcome.log_tail)
+        fail(
+            d,
+            todo_id,
+            attempt,
+            "no_change",
+            "the agent exited 0 but changed nothing",
+            rc=outcome.rc,
+            duration=outcome.duration,
+            cost=outcome.cost_usd,
+            tail=outcome.log_tail,
+        )
         return
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -177,7 +236,9 @@ def collect(d: Daemon, todo_id: str, outcome: agents.AgentOutcome) -> None:
             summary={k: v for k, v in (outcome.summary or {}).items() if k in SUMMARY_KEYS},
         ),
     )
-    log.info("agent_finished", todo_id=todo_id, attempt=attempt, commit=change.sha[:10], files=len(change.files))
+    log.info(
+        "agent_finished", todo_id=todo_id, attempt=attempt, commit=change.sha[:10], files=len(change.files)
+    )
 
 
 SUMMARY_KEYS = ("type", "subtype", "is_error", "num_turns", "session_id", "duration_ms", "total_cost_usd")
@@ -190,16 +251,12 @@ def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
         d.poll_jobs()
         poll(d, d.clock())
         if d.agents:
-            import time
-
             time.sleep(0.1)
     for proc in d.agents.values():
         proc.kill_group(signal.SIGTERM)
     for todo_id, proc in list(d.agents.items()):
-        try:
-            proc.wait(timeout=2)
-        except Exception:  # noqa: BLE001 - it is killed next whatever went wrong waiting
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # it is killed next either way
         proc.kill_group(signal.SIGKILL)
         del d.agents[todo_id]
     interrupt_running(d, reason)
@@ -208,5 +265,7 @@ def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
 def interrupt_running(d: Daemon, reason: str) -> None:
     for todo in list(d.proj.todos.values()):
         if todo.state == TodoState.RUNNING:
-            d.emit_one(ev.todo_stream(todo.todo_id),
-                       ev.AgentInterrupted(todo_id=todo.todo_id, attempt=todo.attempt, reason=reason))
+            d.emit_one(
+                ev.todo_stream(todo.todo_id),
+                ev.AgentInterrupted(todo_id=todo.todo_id, attempt=todo.attempt, reason=reason),
+            )

@@ -14,10 +14,20 @@ from pathlib import Path
 import structlog
 
 from daemon.runner import Daemon
-from daemon.scanner import Added, Edited, Fixed, Invalid, KnownTodo, Removed, StatusChanged, diff_scan, scan_folder
+from daemon.scanner import (
+    Added,
+    Edited,
+    Fixed,
+    Invalid,
+    KnownTodo,
+    Removed,
+    StatusChanged,
+    diff_scan,
+    scan_folder,
+)
 from daemon.todofile import TodoFile, TodoStatus
 from statemachine import events as ev
-from statemachine.tables import NEXT_STATE, EVENT_TRIGGERS, BatchState, Kind, RunState, TodoState
+from statemachine.tables import EVENT_TRIGGERS, NEXT_STATE, BatchState, RunState, TodoState
 from store import Append
 
 log = structlog.get_logger(__name__)
@@ -39,7 +49,9 @@ def known_todos(d: Daemon) -> dict[str, KnownTodo]:
         if todo.state == TodoState.CANCELLED and not (d.root / todo.path).exists():
             continue  # its file is gone: a new file with this id is a new todo
         known[todo.todo_id] = KnownTodo(
-            path=d.root / todo.path, status=status, digest=todo.digest or None,
+            path=d.root / todo.path,
+            status=status,
+            digest=todo.digest or None,
             invalid_reason=todo.reason if todo.state == TodoState.INVALID else None,
         )
     return known
@@ -63,8 +75,12 @@ def rescan(d: Daemon) -> int:
             continue
         todo_id = change.key
         if not allowed(d, todo_id, event):
-            log.info("todo_change_deferred", todo_id=todo_id, change=type(change).__name__,
-                     state=str(d.proj.todos[todo_id].state) if todo_id in d.proj.todos else "new")
+            log.info(
+                "todo_change_deferred",
+                todo_id=todo_id,
+                change=type(change).__name__,
+                state=str(d.proj.todos[todo_id].state) if todo_id in d.proj.todos else "new",
+            )
             continue
         appends.append((ev.todo_stream(todo_id), [event]))
     for todo in result.todos.values():
@@ -101,8 +117,12 @@ def event_for(d: Daemon, change: object) -> object | None:
         todo = d.proj.todos.get(change.key)
         if todo is None or todo.state in (TodoState.COMPLETE, TodoState.CANCELLED):
             return None
-        return ev.TodoCancelled(todo_id=change.key, reason=f"its file {_rel(d, change.path)} was deleted",
-                                by="person", removed=True)
+        return ev.TodoCancelled(
+            todo_id=change.key,
+            reason=f"its file {_rel(d, change.path)} was deleted",
+            by="person",
+            removed=True,
+        )
     if isinstance(change, Edited):
         return ev.TodoUpdated(**_fields(d, change.todo))  # type: ignore[arg-type]
     if isinstance(change, Added | Fixed | StatusChanged):
@@ -126,22 +146,33 @@ def handle_controls(d: Daemon) -> None:
     """Answer each control request once, with its effect in the same transaction."""
     for seq, type_, payload in list(d.proj.controls_pending):
         appends, outcome, detail = answer(d, type_, payload)
-        appends.append(Append(ev.CONTROL_STREAM, [ev.ControlHandled(request_seq=seq, outcome=outcome, detail=detail)],
-                              None))
+        appends.append(
+            Append(
+                ev.CONTROL_STREAM, [ev.ControlHandled(request_seq=seq, outcome=outcome, detail=detail)], None
+            )
+        )
         d.emit(*appends)
         log.info("control_handled", request=type_, seq=seq, outcome=outcome, detail=detail)
 
 
-def answer(d: Daemon, type_: str, payload: dict[str, object]) -> tuple[list[Append | tuple[str, Sequence[object]]], str, str]:  # noqa: E501
+def answer(
+    d: Daemon, type_: str, payload: dict[str, object]
+) -> tuple[list[Append | tuple[str, Sequence[object]]], str, str]:
     todo_id = str(payload.get("todo_id", ""))
     todo = d.proj.todos.get(todo_id)
     if type_ == "control.retry":
         if todo is None:
             return [], "refused", f"no todo #{todo_id}"
-        event = ev.TodoRetryScheduled(todo_id=todo_id, next_attempt=todo.attempt + 1, reason="retry requested",
-                                      by="person")
+        event = ev.TodoRetryScheduled(
+            todo_id=todo_id, next_attempt=todo.attempt + 1, reason="retry requested", by="person"
+        )
         if not allowed(d, todo_id, event):
-            return [], "refused", f"todo #{todo_id} is {todo.state}: only a failed, blocked, cancelled or invalid todo can be retried"
+            return (
+                [],
+                "refused",
+                f"todo #{todo_id} is {todo.state}: "
+                "only a failed, blocked, cancelled or invalid todo can be retried",
+            )
         return [(ev.todo_stream(todo_id), [event])], "done", ""
     if type_ == "control.cancel":
         if todo is None:
@@ -151,8 +182,19 @@ def answer(d: Daemon, type_: str, payload: dict[str, object]) -> tuple[list[Appe
             if proc is not None:
                 proc.kill_group()
             executor_events = [ev.AgentInterrupted(todo_id=todo_id, attempt=todo.attempt, reason="cancelled")]
-            return [(ev.todo_stream(todo_id), [*executor_events, ev.TodoCancelled(
-                todo_id=todo_id, reason="cancelled with batchd cancel")])], "done", "its agent was stopped"
+            return (
+                [
+                    (
+                        ev.todo_stream(todo_id),
+                        [
+                            *executor_events,
+                            ev.TodoCancelled(todo_id=todo_id, reason="cancelled with batchd cancel"),
+                        ],
+                    )
+                ],
+                "done",
+                "its agent was stopped",
+            )
         cancel = ev.TodoCancelled(todo_id=todo_id, reason="cancelled with batchd cancel")
         if not allowed(d, todo_id, cancel):
             return [], "refused", f"todo #{todo_id} is {todo.state} and cannot be cancelled now"
@@ -160,11 +202,16 @@ def answer(d: Daemon, type_: str, payload: dict[str, object]) -> tuple[list[Appe
     if type_ == "control.pause":
         if d.proj.run.state != RunState.RUNNING:
             return [], "refused", f"the run is {d.proj.run.state}"
-        return [(ev.RUN_STREAM, [ev.RunPaused(reason=str(payload.get("reason", "")) or "paused")])], "done", ""
+        return (
+            [(ev.RUN_STREAM, [ev.RunPaused(reason=str(payload.get("reason", "")) or "paused")])],
+            "done",
+            "",
+        )
     if type_ == "control.resume":
         appends: list[Append | tuple[str, Sequence[object]]] = [
             (ev.batch_stream(b.key), [ev.BatchResumed(key=b.key)])
-            for b in d.proj.batches.values() if b.state == BatchState.PAUSED
+            for b in d.proj.batches.values()
+            if b.state == BatchState.PAUSED
         ]
         if d.proj.run.state == RunState.PAUSED:
             appends.append((ev.RUN_STREAM, [ev.RunResumed()]))
@@ -172,4 +219,3 @@ def answer(d: Daemon, type_: str, payload: dict[str, object]) -> tuple[list[Appe
             return [], "refused", "nothing is paused"
         return appends, "done", ""
     return [], "refused", f"unknown request {type_}"
-

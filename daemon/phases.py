@@ -71,8 +71,12 @@ def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
 
 def start_commit(d: Daemon, phase: PhaseView) -> None:
     todo_ids = accepted_in(d, phase)
-    d.emit_one(ev.phase_stream(phase.number), ev.PhaseCommitting(
-        number=phase.number, todo_ids=tuple(todo_ids), message=message_for(d, phase, todo_ids)))
+    d.emit_one(
+        ev.phase_stream(phase.number),
+        ev.PhaseCommitting(
+            number=phase.number, todo_ids=tuple(todo_ids), message=message_for(d, phase, todo_ids)
+        ),
+    )
     commit(d, d.proj.phases[phase.number])
 
 
@@ -102,8 +106,17 @@ def commit(d: Daemon, phase: PhaseView) -> None:
             chain = gitops.run_git(d.root, "rev-list", "--reverse", f"{base}..{mine[0]}").stdout.split()
             return chain or [mine[0]]
         if mode == "todo":
-            return commit_per_todo(d, base, todo_ids, commits_by_todo, titles, renames, trailers,
-                                   status_rel, status_text)
+            return commit_per_todo(
+                d,
+                base=base,
+                todo_ids=todo_ids,
+                commits=commits_by_todo,
+                titles=titles,
+                renames=renames,
+                trailers=trailers,
+                status_rel=status_rel,
+                status_text=status_text,
+            )
         ensure_verify_worktree(d, head)
         gitops.run_git(vt, "reset", "--quiet", "--soft", base)
         paths = apply_renames(d, vt, renames.values())
@@ -115,8 +128,10 @@ def commit(d: Daemon, phase: PhaseView) -> None:
         return [gitops.head_sha(vt)]
 
     def done(commits: list[str]) -> None:
-        d.emit_one(ev.phase_stream(phase.number), ev.PhaseCommitted(
-            number=phase.number, commits=tuple(commits), head_sha=commits[-1]))
+        d.emit_one(
+            ev.phase_stream(phase.number),
+            ev.PhaseCommitted(number=phase.number, commits=tuple(commits), head_sha=commits[-1]),
+        )
         log.info("phase_committed", phase=phase.number, sha=commits[-1], commits=len(commits))
 
     def failed(error: BaseException) -> None:
@@ -158,9 +173,18 @@ def apply_renames(d: Daemon, vt: Path, renames: Iterable[tuple[str, str]]) -> li
     return paths
 
 
-def commit_per_todo(d: Daemon, base: str, todo_ids: list[str], commits: dict[str, str], titles: dict[str, str],
-                    renames: dict[str, tuple[str, str]], trailers: dict[str, str], status_rel: str,
-                    status_text: str) -> list[str]:
+def commit_per_todo(
+    d: Daemon,
+    *,
+    base: str,
+    todo_ids: list[str],
+    commits: dict[str, str],
+    titles: dict[str, str],
+    renames: dict[str, tuple[str, str]],
+    trailers: dict[str, str],
+    status_rel: str,
+    status_text: str,
+) -> list[str]:
     vt = ensure_verify_worktree(d, base)
     made: list[str] = []
     for i, todo_id in enumerate(todo_ids):
@@ -198,17 +222,26 @@ def land(d: Daemon, phase: PhaseView) -> None:
         move_checkout(d, sha)
     except GitError as e:
         if not d.proj.run.paused_reason:
-            d.emit_one(ev.RUN_STREAM, ev.RunPaused(
-                reason=f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
-                "Commit or move aside the file named, then `batchd resume`.", by="daemon"))
+            d.emit_one(
+                ev.RUN_STREAM,
+                ev.RunPaused(
+                    reason=f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
+                    "Commit or move aside the file named, then `batchd resume`.",
+                    by="daemon",
+                ),
+            )
         return
     completed = []
     for todo_id in phase.todo_ids:
         todo = d.proj.todos[todo_id]
         if todo.state == TodoState.ACCEPTED:
             _, dst = plan_rename(d, todo_id)
-            completed.append((ev.todo_stream(todo_id), [ev.TodoCompleted(
-                todo_id=todo_id, path=dst, commit=sha, phase=phase.number)]))
+            completed.append(
+                (
+                    ev.todo_stream(todo_id),
+                    [ev.TodoCompleted(todo_id=todo_id, path=dst, commit=sha, phase=phase.number)],
+                )
+            )
     d.emit(*completed)
     d.status_dirty = True
     if d.config.batchd.remote:
@@ -269,16 +302,25 @@ def push(d: Daemon, phase: PhaseView) -> None:
         return
     branch = d.config.batchd.branch
     sha = phase.head_sha
-    runner = CheckRunner(d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries)
+    runner = CheckRunner(
+        d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries
+    )
 
     def work() -> gitops.PushResult:
         vt = ensure_verify_worktree(d, gitops.rev_parse(d.root, branch))
         remote = remote_url(d.root, d.config.batchd.remote)
         remote_sha = remote_head(d.root, remote, branch)
-        if remote_sha and gitops.run_git(d.root, "cat-file", "-e", remote_sha, check=False).returncode == 0 and \
-                gitops.is_ancestor(d.root, gitops.rev_parse(d.root, branch), remote_sha):
-            return gitops.PushResult(ok=True, rejected=False, output="already on the remote", attempts=0, sha=remote_sha)
-        return gitops.push_with_retry(vt, remote, branch, reverify=lambda s: runner(vt).passed, attempts=PUSH_ATTEMPTS)
+        if (
+            remote_sha
+            and gitops.run_git(d.root, "cat-file", "-e", remote_sha, check=False).returncode == 0
+            and gitops.is_ancestor(d.root, gitops.rev_parse(d.root, branch), remote_sha)
+        ):
+            return gitops.PushResult(
+                ok=True, rejected=False, output="already on the remote", attempts=0, sha=remote_sha
+            )
+        return gitops.push_with_retry(
+            vt, remote, branch, reverify=lambda s: runner(vt).passed, attempts=PUSH_ATTEMPTS
+        )
 
     def done(result: gitops.PushResult) -> None:
         if result.ok and result.sha and result.sha != gitops.rev_parse(d.root, branch):
@@ -288,16 +330,29 @@ def push(d: Daemon, phase: PhaseView) -> None:
             except GitError as e:
                 log.warning("checkout_behind_rebased_push", sha=result.sha, error=e.message)
         if result.ok:
-            d.emit_one(ev.phase_stream(phase.number), ev.PhasePushed(number=phase.number, sha=result.sha,
-                                                                     attempts=max(result.attempts, 1)))
+            d.emit_one(
+                ev.phase_stream(phase.number),
+                ev.PhasePushed(number=phase.number, sha=result.sha, attempts=max(result.attempts, 1)),
+            )
         else:
-            d.emit_one(ev.phase_stream(phase.number), ev.PhasePushFailed(
-                number=phase.number, sha=sha, attempts=result.attempts, reason=result.reason or result.output[-500:]))
+            d.emit_one(
+                ev.phase_stream(phase.number),
+                ev.PhasePushFailed(
+                    number=phase.number,
+                    sha=sha,
+                    attempts=result.attempts,
+                    reason=result.reason or result.output[-500:],
+                ),
+            )
         d.status_dirty = True
 
     def failed(error: BaseException) -> None:
-        d.emit_one(ev.phase_stream(phase.number), ev.PhasePushFailed(
-            number=phase.number, sha=sha, attempts=0, reason=f"{type(error).__name__}: {error}"))
+        d.emit_one(
+            ev.phase_stream(phase.number),
+            ev.PhasePushFailed(
+                number=phase.number, sha=sha, attempts=0, reason=f"{type(error).__name__}: {error}"
+            ),
+        )
 
     d.submit(key, work, done, failed)
 

@@ -248,7 +248,7 @@ def check_plan(plan: Plan, todos: Mapping[str, TodoFile]) -> list[PlanProblem]:
         members = frozenset(cycle)
         if key in position and members not in reported:
             reported.add(members)
-            shown = format_cycle([todos[k].id for k in cycle])
+            shown = format_cycle(cycle, start=key, label=lambda k: todos[k].id)
             problems.append(PlanProblem(where_of[key], f"dependency cycle: {shown}", todos[key].id))
 
     for key, (index, _batch_key) in position.items():

@@ -31,8 +31,9 @@ def ensure_excluded(root: Path) -> None:
     exclude.parent.mkdir(parents=True, exist_ok=True)
     text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
     if EXCLUDE_LINE not in text.splitlines():
-        exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE_LINE + "\n",
-                           encoding="utf-8")
+        exclude.write_text(
+            text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE_LINE + "\n", encoding="utf-8"
+        )
 
 
 def reconcile(d: Daemon) -> None:
@@ -49,8 +50,18 @@ def reconcile(d: Daemon) -> None:
             continue
         if todo.pgid:
             agents.kill_leftover_group(todo.pgid)
-        interrupted.append((ev.todo_stream(todo.todo_id), [ev.AgentInterrupted(
-            todo_id=todo.todo_id, attempt=todo.attempt, reason="the daemon stopped while the agent ran")]))
+        interrupted.append(
+            (
+                ev.todo_stream(todo.todo_id),
+                [
+                    ev.AgentInterrupted(
+                        todo_id=todo.todo_id,
+                        attempt=todo.attempt,
+                        reason="the daemon stopped while the agent ran",
+                    )
+                ],
+            )
+        )
     d.emit(*interrupted)
     if interrupted:
         log.info("recovered_agents", todos=[stream for stream, _ in interrupted])

@@ -113,7 +113,8 @@ class Daemon:
     def emit(self, *appends: Append | tuple[str, Sequence[object]]) -> list[StoredEvent]:
         """Append events atomically (with the stream versions we decided on) and fold them in."""
         batch = [
-            a if isinstance(a, Append) else Append(a[0], list(a[1]), self.versions.get(a[0], 0)) for a in appends
+            a if isinstance(a, Append) else Append(a[0], list(a[1]), self.versions.get(a[0], 0))
+            for a in appends
         ]
         batch = [Append(a.stream, a.events, self.versions.get(a.stream, 0)) for a in batch if a.events]
         if not batch:

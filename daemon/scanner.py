@@ -197,7 +197,7 @@ def scan_folder(
         todo = parsed[key]
         if todo.path.name in invalid:
             continue
-        shown = format_cycle([parsed[k].id for k in cycle])
+        shown = format_cycle(cycle, start=key, label=lambda k: parsed[k].id)
         invalid[todo.path.name] = InvalidTodo(
             key=key,
             path=todo.path,

@@ -15,7 +15,6 @@ import structlog
 from daemon import executor, gitops, phases
 from daemon.agents import repair_text
 from daemon.checks import CheckResult, CheckRunner
-
 from daemon.runner import Daemon
 from daemon.todofile import id_key
 from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
@@ -63,8 +62,17 @@ def start_run(d: Daemon) -> None:
     head = gitops.rev_parse(d.root, d.config.batchd.branch)
     plan_path = d.config.plan_path
     appends: list[Append | tuple[str, Sequence[object]]] = [
-        (ev.RUN_STREAM, [ev.RunStarted(run_id=uuid.uuid4().hex[:12], branch=d.config.batchd.branch,
-                                       base_sha=head, plan_source=str(plan_path or ""))]),
+        (
+            ev.RUN_STREAM,
+            [
+                ev.RunStarted(
+                    run_id=uuid.uuid4().hex[:12],
+                    branch=d.config.batchd.branch,
+                    base_sha=head,
+                    plan_source=str(plan_path or ""),
+                )
+            ],
+        ),
     ]
     if plan_path is not None:
         from daemon.plan import load_plan
@@ -72,12 +80,33 @@ def start_run(d: Daemon) -> None:
         plan = load_plan(plan_path)
         for phase in plan.phases:
             keys = tuple(b.key for b in phase.batches)
-            appends.append((ev.phase_stream(phase.number), [ev.PhasePlanned(
-                number=phase.number, title=phase.title, commit_message=phase.commit_message or "",
-                batches=keys, final=not phase.batches)]))
+            appends.append(
+                (
+                    ev.phase_stream(phase.number),
+                    [
+                        ev.PhasePlanned(
+                            number=phase.number,
+                            title=phase.title,
+                            commit_message=phase.commit_message or "",
+                            batches=keys,
+                            final=not phase.batches,
+                        )
+                    ],
+                )
+            )
             for batch in phase.batches:
-                appends.append((ev.batch_stream(batch.key), [ev.BatchPlanned(
-                    key=batch.key, phase=phase.number, todo_ids=tuple(id_key(t) for t in batch.todo_ids))]))
+                appends.append(
+                    (
+                        ev.batch_stream(batch.key),
+                        [
+                            ev.BatchPlanned(
+                                key=batch.key,
+                                phase=phase.number,
+                                todo_ids=tuple(id_key(t) for t in batch.todo_ids),
+                            )
+                        ],
+                    )
+                )
     d.emit(*appends)
     log.info("run_started", run_id=d.proj.run.run_id, plan=str(plan_path or ""))
 
@@ -116,8 +145,18 @@ def plan_more(d: Daemon) -> bool:
     batches, blocked = auto_batches(d, ready, done)
     appends: list[Append | tuple[str, Sequence[object]]] = []
     for todo_id, reason in blocked.items():
-        appends.append((ev.todo_stream(todo_id), [ev.TodoBlocked(
-            todo_id=todo_id, reason=reason, action="fix or queue the dependency, then `batchd retry " + todo_id + "`")]))
+        appends.append(
+            (
+                ev.todo_stream(todo_id),
+                [
+                    ev.TodoBlocked(
+                        todo_id=todo_id,
+                        reason=reason,
+                        action="fix or queue the dependency, then `batchd retry " + todo_id + "`",
+                    )
+                ],
+            )
+        )
     if not batches:
         d.emit(*appends)
         return bool(appends)
@@ -127,10 +166,16 @@ def plan_more(d: Daemon) -> bool:
     groups = [batches] if with_plan else [batches[:1]]
     for group in groups:
         keys = tuple(f"{number}.{i + 1}" for i in range(len(group)))
-        appends.append((ev.phase_stream(number), [ev.PhasePlanned(
-            number=number, title=phases.AUTO_TITLE, commit_message="", batches=keys)]))
+        appends.append(
+            (
+                ev.phase_stream(number),
+                [ev.PhasePlanned(number=number, title=phases.AUTO_TITLE, commit_message="", batches=keys)],
+            )
+        )
         for key, batch in zip(keys, group, strict=True):
-            appends.append((ev.batch_stream(key), [ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(batch))]))
+            appends.append(
+                (ev.batch_stream(key), [ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(batch))])
+            )
     if d.proj.run.state == RunState.COMPLETED:
         appends.insert(0, (ev.RUN_STREAM, [ev.RunReopened(reason="new todos: " + ", ".join(ready))]))
     d.emit(*appends)
@@ -148,9 +193,7 @@ def auto_batches(d: Daemon, ready: Sequence[str], done: set[str]) -> tuple[list[
     for todo_id in pending:
         for dep in todos[todo_id].dependencies:
             dep_view = todos.get(id_key(dep))
-            if dep_view is None or dep_view.state in DEAD_STATES or (
-                dep_view.state == TodoState.PENDING
-            ):
+            if dep_view is None or dep_view.state in DEAD_STATES or (dep_view.state == TodoState.PENDING):
                 state = "unknown" if dep_view is None else dep_view.state
                 blocked[todo_id] = f"dependency #{dep} is {state}"
     pending = [t for t in pending if t not in blocked]
@@ -191,7 +234,9 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
         if phase.final:
             final_check(d, phase)
             return
-        batch = next((d.proj.batches[k] for k in phase.batches if d.proj.batches[k].state != BatchState.DONE), None)
+        batch = next(
+            (d.proj.batches[k] for k in phase.batches if d.proj.batches[k].state != BatchState.DONE), None
+        )
         if batch is not None:
             advance_batch(d, phase, batch)
         elif not plan_retry_batch(d, phase):
@@ -231,20 +276,40 @@ def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:
         return False
     done = {t.todo_id for t in d.proj.todos.values() if t.state in DONE_STATES}
     runnable = [
-        t for t in waiting
+        t
+        for t in waiting
         if all(id_key(dep) in done or id_key(dep) in waiting for dep in d.proj.todos[t].dependencies)
     ]
     stuck = [t for t in waiting if t not in runnable]
     appends: list[Append | tuple[str, Sequence[object]]] = [
-        (ev.todo_stream(t), [ev.TodoBlocked(todo_id=t, reason="a dependency was not accepted in this phase",
-                                            action=f"resolve its dependencies, then `batchd retry {t}`")])
+        (
+            ev.todo_stream(t),
+            [
+                ev.TodoBlocked(
+                    todo_id=t,
+                    reason="a dependency was not accepted in this phase",
+                    action=f"resolve its dependencies, then `batchd retry {t}`",
+                )
+            ],
+        )
         for t in stuck
     ]
     if runnable:
         n = sum(1 for k in phase.batches if ".r" in k) + 1
         key = f"{phase.number}.r{n}"
-        appends.append((ev.batch_stream(key), [ev.BatchPlanned(
-            key=key, phase=phase.number, todo_ids=tuple(sorted(runnable, key=numeric)), retry_of=phase.batches[-1])]))
+        appends.append(
+            (
+                ev.batch_stream(key),
+                [
+                    ev.BatchPlanned(
+                        key=key,
+                        phase=phase.number,
+                        todo_ids=tuple(sorted(runnable, key=numeric)),
+                        retry_of=phase.batches[-1],
+                    )
+                ],
+            )
+        )
     d.emit(*appends)
     return True
 
@@ -297,11 +362,25 @@ def start_batch(d: Daemon, phase, batch) -> None:  # type: ignore[no-untyped-def
         if verdict == "ok":
             to_run.append(todo_id)
         elif verdict != "wait":
-            appends.append((ev.todo_stream(todo_id), [ev.TodoBlocked(
-                todo_id=todo_id, reason=verdict, action=f"fix the dependency, then `batchd retry {todo_id}`")]))
+            appends.append(
+                (
+                    ev.todo_stream(todo_id),
+                    [
+                        ev.TodoBlocked(
+                            todo_id=todo_id,
+                            reason=verdict,
+                            action=f"fix the dependency, then `batchd retry {todo_id}`",
+                        )
+                    ],
+                )
+            )
     for todo_id in to_run:
-        appends.append((ev.todo_stream(todo_id), [ev.TodoPlanned(todo_id=todo_id, batch=batch.key, phase=phase.number)]))
-    appends.append((ev.batch_stream(batch.key), [ev.BatchStarted(key=batch.key, base_sha=base, todo_ids=tuple(to_run))]))
+        appends.append(
+            (ev.todo_stream(todo_id), [ev.TodoPlanned(todo_id=todo_id, batch=batch.key, phase=phase.number)])
+        )
+    appends.append(
+        (ev.batch_stream(batch.key), [ev.BatchStarted(key=batch.key, base_sha=base, todo_ids=tuple(to_run))])
+    )
     d.emit(*appends)
 
 
@@ -320,7 +399,9 @@ def dependency_verdict(d: Daemon, todo_id: str, members: set[str]) -> str:
         if key in members:
             verdict = "wait"
         else:
-            return f"dependency #{dep} is {view.state} and not planned before it (move it to an earlier batch)"
+            return (
+                f"dependency #{dep} is {view.state} and not planned before it (move it to an earlier batch)"
+            )
     return verdict
 
 
@@ -336,13 +417,26 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
         return check_baseline(vt, base, runner)
 
     def done(result: CheckResult) -> None:
-        run_event = ev.BatchVerifyRun(key=batch.key, run=0, todo_ids=(), passed=result.passed,
-                                      command=tuple(result.failed_command or ()), duration=round(result.duration, 3),
-                                      baseline=True, sha=base)
+        run_event = ev.BatchVerifyRun(
+            key=batch.key,
+            run=0,
+            todo_ids=(),
+            passed=result.passed,
+            command=tuple(result.failed_command or ()),
+            duration=round(result.duration, 3),
+            baseline=True,
+            sha=base,
+        )
         events: list[object] = [run_event]
         if not result.passed:
-            events.append(ev.BatchPaused(key=batch.key, base_sha=base, command=tuple(result.failed_command or ()),
-                                         output_tail=result.output_tail[-3000:]))
+            events.append(
+                ev.BatchPaused(
+                    key=batch.key,
+                    base_sha=base,
+                    command=tuple(result.failed_command or ()),
+                    output_tail=result.output_tail[-3000:],
+                )
+            )
             log.error("baseline_red", batch=batch.key, command=result.failed_command)
         d.emit((ev.batch_stream(batch.key), events))
 
@@ -350,12 +444,18 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
 
 
 def pause_on_error(d: Daemon, key: str, base: str, error: BaseException) -> None:
-    d.emit_one(ev.batch_stream(key), ev.BatchPaused(key=key, base_sha=base, command=("batchd",),
-                                                    output_tail=f"{type(error).__name__}: {error}"))
+    d.emit_one(
+        ev.batch_stream(key),
+        ev.BatchPaused(
+            key=key, base_sha=base, command=("batchd",), output_tail=f"{type(error).__name__}: {error}"
+        ),
+    )
 
 
 def check_runner(d: Daemon) -> CheckRunner:
-    return CheckRunner(d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries)
+    return CheckRunner(
+        d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries
+    )
 
 
 def run_batch(d: Daemon, batch: BatchView) -> None:
@@ -374,8 +474,10 @@ def run_batch(d: Daemon, batch: BatchView) -> None:
         return
     d.emit(
         *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=batch.key)]) for t in candidates],
-        (ev.batch_stream(batch.key), [ev.BatchVerifying(key=batch.key, base_sha=batch.base_sha,
-                                                        candidates=tuple(candidates))]),
+        (
+            ev.batch_stream(batch.key),
+            [ev.BatchVerifying(key=batch.key, base_sha=batch.base_sha, candidates=tuple(candidates))],
+        ),
     )
     verify(d, d.proj.batches[batch.key])
 
@@ -385,7 +487,9 @@ def verify(d: Daemon, batch: BatchView) -> None:
     if d.has_job(key):
         return
     members = [t for t in d.proj.todos.values() if t.batch == batch.key and t.state == TodoState.VERIFYING]
-    candidates = [Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files)) for t in members]
+    candidates = [
+        Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files)) for t in members
+    ]
     runner = check_runner(d)
     vt = phases.verify_worktree(d)
     base = batch.base_sha
@@ -394,17 +498,42 @@ def verify(d: Daemon, batch: BatchView) -> None:
     def on_run(run: VerifyRun) -> None:
         counter[0] += 1
         result = run.result
-        d.inbox.put([Append(ev.batch_stream(batch.key), [ev.BatchVerifyRun(
-            key=batch.key, run=counter[0], todo_ids=tuple(run.todo_ids), passed=result.passed,
-            command=tuple(result.failed_command or ()), duration=round(result.duration, 3))])])
+        d.inbox.put(
+            [
+                Append(
+                    ev.batch_stream(batch.key),
+                    [
+                        ev.BatchVerifyRun(
+                            key=batch.key,
+                            run=counter[0],
+                            todo_ids=tuple(run.todo_ids),
+                            passed=result.passed,
+                            command=tuple(result.failed_command or ()),
+                            duration=round(result.duration, 3),
+                        )
+                    ],
+                )
+            ]
+        )
 
     def work() -> BatchVerdict:
         phases.ensure_verify_worktree(d, base)
-        return verify_batch(vt, base, candidates, runner, strategy=d.config.verify.strategy,
-                            conflicts=d.config.verify.conflicts, on_run=on_run)
+        return verify_batch(
+            vt,
+            base,
+            candidates,
+            runner,
+            strategy=d.config.verify.strategy,
+            conflicts=d.config.verify.conflicts,
+            on_run=on_run,
+        )
 
-    d.submit(key, work, lambda v: finish_batch(d, d.proj.batches[batch.key], v),
-             lambda e: pause_on_error(d, batch.key, base, e))
+    d.submit(
+        key,
+        work,
+        lambda v: finish_batch(d, d.proj.batches[batch.key], v),
+        lambda e: pause_on_error(d, batch.key, base, e),
+    )
 
 
 def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> None:
@@ -428,38 +557,75 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
             accepted_shas = dict(verdict.accepted)
             if todo.todo_id in accepted_shas:
                 accepted.append(todo.todo_id)
-                events.append(ev.TodoAccepted(todo_id=todo.todo_id, batch=batch.key, commit=accepted_shas[todo.todo_id]))
+                events.append(
+                    ev.TodoAccepted(todo_id=todo.todo_id, batch=batch.key, commit=accepted_shas[todo.todo_id])
+                )
             elif todo.todo_id in verdict.rejected:
                 rej = verdict.rejected[todo.todo_id]
                 rejected.append(todo.todo_id)
                 command = tuple(rej.command or ())
                 reason = f"broke `{' '.join(command)}`"
-                events.append(ev.TodoRejected(
-                    todo_id=todo.todo_id, batch=batch.key, attempt=todo.attempt, command=command,
-                    output_tail=rej.output_tail[-3000:], files_reverted=tuple(rej.files),
-                    action="its change was left out; it is retried with the failure in its prompt"
-                    if d.config.verify.repair and todo.attempt < max_attempts else "fix by hand or `batchd retry`"))
+                events.append(
+                    ev.TodoRejected(
+                        todo_id=todo.todo_id,
+                        batch=batch.key,
+                        attempt=todo.attempt,
+                        command=command,
+                        output_tail=rej.output_tail[-3000:],
+                        files_reverted=tuple(rej.files),
+                        action="its change was left out; it is retried with the failure in its prompt"
+                        if d.config.verify.repair and todo.attempt < max_attempts
+                        else "fix by hand or `batchd retry`",
+                    )
+                )
                 repair = repair_text(command, rej.output_tail[-2000:]) if d.config.verify.repair else ""
                 events += retry_or_block(d, todo, reason, repair, max_attempts)
             elif todo.todo_id in verdict.conflicted:
                 con = verdict.conflicted[todo.todo_id]
                 conflicted.append(todo.todo_id)
-                events.append(ev.TodoConflicted(todo_id=todo.todo_id, batch=batch.key, attempt=todo.attempt,
-                                                winner=con.winner, files=tuple(con.files)))
-                events += retry_or_block(d, todo, f"lost a conflict with #{con.winner} on {', '.join(con.files)}",
-                                         "", max_attempts)
+                events.append(
+                    ev.TodoConflicted(
+                        todo_id=todo.todo_id,
+                        batch=batch.key,
+                        attempt=todo.attempt,
+                        winner=con.winner,
+                        files=tuple(con.files),
+                    )
+                )
+                events += retry_or_block(
+                    d, todo, f"lost a conflict with #{con.winner} on {', '.join(con.files)}", "", max_attempts
+                )
         if events:
             appends.append((stream, events))
     head = verdict.head_sha if verdict is not None else batch.base_sha
     runs = verdict.runs if verdict is not None else 0
-    appends.append((ev.batch_stream(batch.key), [
-        ev.BatchVerified(key=batch.key, head_sha=head, accepted=tuple(accepted), rejected=tuple(rejected),
-                         conflicted=tuple(conflicted), failed=tuple(failed), runs=runs),
-        ev.BatchDone(key=batch.key),
-    ]))
+    appends.append(
+        (
+            ev.batch_stream(batch.key),
+            [
+                ev.BatchVerified(
+                    key=batch.key,
+                    head_sha=head,
+                    accepted=tuple(accepted),
+                    rejected=tuple(rejected),
+                    conflicted=tuple(conflicted),
+                    failed=tuple(failed),
+                    runs=runs,
+                ),
+                ev.BatchDone(key=batch.key),
+            ],
+        )
+    )
     d.emit(*appends)
-    log.info("batch_verified", batch=batch.key, accepted=accepted, rejected=rejected, conflicted=conflicted,
-             failed=failed, runs=runs)
+    log.info(
+        "batch_verified",
+        batch=batch.key,
+        accepted=accepted,
+        rejected=rejected,
+        conflicted=conflicted,
+        failed=failed,
+        runs=runs,
+    )
 
 
 def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_attempts: int) -> list[object]:
@@ -467,10 +633,18 @@ def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_atte
     # conflict is being recorded in this same transaction, so it is one more.
     used = todo.attempts_used + (0 if todo.state == TodoState.AGENT_FAILED else 1)
     if used < max_attempts:
-        return [ev.TodoRetryScheduled(todo_id=todo.todo_id, next_attempt=todo.attempt + 1, reason=reason,
-                                      repair=repair)]
-    return [ev.TodoBlocked(todo_id=todo.todo_id, reason=f"attempts exhausted ({used}/{max_attempts}): {reason}",
-                           action=f"fix by hand, or `batchd retry {todo.todo_id}` for another attempt")]
+        return [
+            ev.TodoRetryScheduled(
+                todo_id=todo.todo_id, next_attempt=todo.attempt + 1, reason=reason, repair=repair
+            )
+        ]
+    return [
+        ev.TodoBlocked(
+            todo_id=todo.todo_id,
+            reason=f"attempts exhausted ({used}/{max_attempts}): {reason}",
+            action=f"fix by hand, or `batchd retry {todo.todo_id}` for another attempt",
+        )
+    ]
 
 
 # --- the end ------------------------------------------------------------------------------------
@@ -493,24 +667,39 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
         return check_baseline(phases.verify_worktree(d), head, runner)
 
     def done(result: CheckResult) -> None:
-        record_verdict(d, checks_green=result.passed,
-                       detail="" if result.passed else f"final check failed: {' '.join(result.failed_command or ())}")
+        record_verdict(
+            d,
+            checks_green=result.passed,
+            detail="" if result.passed else f"final check failed: {' '.join(result.failed_command or ())}",
+        )
 
-    d.submit(key, work, done, lambda e: record_verdict(d, checks_green=False, detail=f"final check crashed: {e}"))
+    d.submit(
+        key, work, done, lambda e: record_verdict(d, checks_green=False, detail=f"final check crashed: {e}")
+    )
 
 
 def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
     if d.proj.run.state != RunState.RUNNING:
         return
-    wanted = planned_ids(d) | {t.todo_id for t in d.proj.todos.values()
-                               if t.state not in (TodoState.PENDING, TodoState.NEW)}
-    complete = sorted((t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE),
-                      key=numeric)
+    wanted = planned_ids(d) | {
+        t.todo_id for t in d.proj.todos.values() if t.state not in (TodoState.PENDING, TodoState.NEW)
+    }
+    complete = sorted(
+        (t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE), key=numeric
+    )
     missing = sorted((t for t in wanted if t not in complete), key=numeric)
     batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
     success = checks_green and not missing and batches_done
-    d.emit_one(ev.RUN_STREAM, ev.RunCompleted(success=success, checks_green=checks_green, complete=tuple(complete),
-                                              missing=tuple(missing), detail=detail))
+    d.emit_one(
+        ev.RUN_STREAM,
+        ev.RunCompleted(
+            success=success,
+            checks_green=checks_green,
+            complete=tuple(complete),
+            missing=tuple(missing),
+            detail=detail,
+        ),
+    )
     log.info("run_completed", success=success, complete=len(complete), missing=missing)
 
 

@@ -40,7 +40,7 @@ def numeric(todo_id: str) -> tuple[int, str]:
 def duration(seconds: float) -> str:
     if seconds <= 0:
         return "—"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
@@ -77,18 +77,24 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
         state = todo_state(proj, todo.todo_id, committing)
         counts[state] = counts.get(state, 0) + 1
     if run.run_id:
-        lines.append(f"- **Run:** `{run.run_id}` started {run.started_at[:19].replace('T', ' ')} UTC "
-                     f"on `{run.branch}` from `{short(run.base_sha)}`")
+        lines.append(
+            f"- **Run:** `{run.run_id}` started {run.started_at[:19].replace('T', ' ')} UTC "
+            f"on `{run.branch}` from `{short(run.base_sha)}`"
+        )
     state = str(run.state)
     if committing is not None and run.verdict is None:
         state = "running"
-    lines.append(f"- **State:** {state}" + (f" — paused: {run.paused_reason}" if run.paused_reason and
-                                             run.state == "paused" else ""))
+    lines.append(
+        f"- **State:** {state}"
+        + (f" — paused: {run.paused_reason}" if run.paused_reason and run.state == "paused" else "")
+    )
     if run.verdict is not None:
         verdict = "SUCCESS" if run.verdict.success else "NOT COMPLETE"
         detail = f" ({run.verdict.detail})" if run.verdict.detail else ""
-        lines.append(f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
-                     f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing")
+        lines.append(
+            f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
+            f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing"
+        )
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"- **Todos:** {summary or 'none yet'}")
     runs = sum(b.runs for b in proj.batches.values())
@@ -109,19 +115,26 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
         if phase.commit_message:
             lines.append(f"- **Commit message:** `{phase.commit_message.splitlines()[0]}`")
         if phase.final and not phase.batches:
-            lines.append("- Final integration check: every verify command on the final tree, then the verdict.")
+            lines.append(
+                "- Final integration check: every verify command on the final tree, then the verdict."
+            )
         lines.append("")
         if not phase.batches:
             continue
-        lines.append("| Batch | State | Todos | Accepted | Rejected | Conflicted | Agent failed | Verify runs |")
-        lines.append("|-------|-------|-------|----------|----------|------------|--------------|-------------|")
+        lines.append(
+            "| Batch | State | Todos | Accepted | Rejected | Conflicted | Agent failed | Verify runs |"
+        )
+        lines.append(
+            "|-------|-------|-------|----------|----------|------------|--------------|-------------|"
+        )
         for key in phase.batches:
             batch = proj.batches.get(key)
             if batch is None:
                 continue
             batch_state = "done" if batch.state == BatchState.DONE else str(batch.state)
             lines.append(
-                f"| {key} | {batch_state} | {ids(batch.todo_ids)} | {ids(batch.accepted)} | {ids(batch.rejected)} "
+                f"| {key} | {batch_state} | {ids(batch.todo_ids)} | {ids(batch.accepted)} "
+                f"| {ids(batch.rejected)} "
                 f"| {ids(batch.conflicted)} | {ids(batch.failed)} | {batch.runs} |"
             )
         lines.append("")
@@ -138,8 +151,10 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
             title = member.title if member else ""
             attempts = len(member.history) if member else 0
             seconds = member.agent_seconds if member else 0.0
-            lines.append(f"| {todo_id} | {cell(title)} | {todo_state(proj, todo_id, committing)} | {attempts} "
-                         f"| {duration(seconds)} |")
+            lines.append(
+                f"| {todo_id} | {cell(title)} | {todo_state(proj, todo_id, committing)} | {attempts} "
+                f"| {duration(seconds)} |"
+            )
         lines.append("")
     lines.extend(failed_table(proj))
     lines.extend(earlier_attempts(proj))
@@ -162,8 +177,10 @@ def failed_table(proj: Projection) -> list[str]:
     for todo in sorted(rows, key=lambda t: numeric(t.todo_id)):
         reverted = ", ".join(todo.files_reverted) or "—"
         reason = f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state)
-        lines.append(f"| {cell(todo.todo_id)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
-                     f"| {cell(todo.action or default_action(str(todo.state), todo.todo_id))} |")
+        lines.append(
+            f"| {cell(todo.todo_id)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
+            f"| {cell(todo.action or default_action(str(todo.state), todo.todo_id))} |"
+        )
     lines.append("")
     return lines
 
@@ -184,10 +201,19 @@ def earlier_attempts(proj: Projection) -> list[str]:
     for todo in sorted(proj.todos.values(), key=lambda t: numeric(t.todo_id)):
         for record in todo.history:
             if record.outcome in ("rejected", "conflicted", "agent_failed"):
-                rows.append(f"| {cell(todo.todo_id)} | {record.attempt} | {record.outcome} | {cell(record.reason)} |")
+                rows.append(
+                    f"| {cell(todo.todo_id)} | {record.attempt} | {record.outcome} | {cell(record.reason)} |"
+                )
     if not rows:
         return []
-    return ["## Failed Attempts", "", "| Todo ID | Attempt | Outcome | Reason |", "|---|---|---|---|", *rows, ""]
+    return [
+        "## Failed Attempts",
+        "",
+        "| Todo ID | Attempt | Outcome | Reason |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def one_line_status(proj: Projection) -> str:
@@ -197,7 +223,8 @@ def one_line_status(proj: Projection) -> str:
     running = sum(1 for t in proj.todos.values() if t.state == TodoState.RUNNING)
     rejected = sum(1 for t in proj.todos.values() if t.state == TodoState.REJECTED)
     if current is None:
-        return f"{proj.run.state}: {sum(1 for t in proj.todos.values() if t.state == TodoState.COMPLETE)} complete"
+        done = sum(1 for t in proj.todos.values() if t.state == TodoState.COMPLETE)
+        return f"{proj.run.state}: {done} complete"
     batch = next((k for k in current.batches if proj.batches[k].state != BatchState.DONE), "")
     where = f"phase {phases.index(current) + 1}/{len(phases)}" + (f" batch {batch}" if batch else "")
     return f"{where}: {running} agents running, {rejected} rejected"

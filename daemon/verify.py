@@ -266,7 +266,9 @@ class _Session:
         log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()))
 
     def _live(self, pool: Iterable[Candidate]) -> list[Candidate]:
-        return [c for c in pool if c.todo_id not in self.conflicted]
+        """The undecided members of ``pool`` (not conflicted, rejected or already accepted)."""
+        settled = {c.todo_id for c in self.good} | set(self.conflicted) | set(self.rejected)
+        return [c for c in pool if c.todo_id not in settled]
 
     # --- strategies -----------------------------------------------------------------------------
 
@@ -336,13 +338,24 @@ class _Session:
                 self._reject(c, result)
 
     def _halve(self, pool: list[Candidate], red: CheckResult) -> None:
-        left, right = pool[: len(pool) // 2], pool[len(pool) // 2 :]
-        result, applied = self._test(left)
-        if result.passed:
-            self._search(right, red if len(applied) == len(left) else None)
-        else:
-            self._search(applied, result)
-            self._search(right, None)
+        """Binary search for the first culprit (the shortest red prefix), then test the rest at once.
+
+        Invariant: the green head is base + ``pool[:lo]`` and ``red`` is a failing run of exactly
+        head + ``pool[lo:hi]``; when ``hi == lo + 1`` that run condemns ``pool[lo]`` alone.
+        """
+        lo, hi = 0, len(pool)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            result, applied = self._test(pool[lo:mid])
+            if len(applied) != mid - lo:  # a subset did not apply: start over on what is left
+                self._search(pool[lo:], None)
+                return
+            if result.passed:
+                lo = mid
+            else:
+                hi, red = mid, result
+        self._reject(pool[lo], red)
+        self._search(pool[hi:], None)
 
     # --- result ---------------------------------------------------------------------------------
 
