@@ -15,8 +15,9 @@ import structlog
 from daemon import executor, gitops, phases
 from daemon.agents import repair_text
 from daemon.checks import CheckResult, CheckRunner
+from daemon.plan import plan_batches
 from daemon.runner import Daemon
-from daemon.todofile import id_key
+from daemon.todofile import Priority, TodoFile, TodoStatus, id_key
 from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 from statemachine import events as ev
 from statemachine.tables import BatchState, PhaseState, RunState, TodoState
@@ -184,40 +185,37 @@ def plan_more(d: Daemon) -> bool:
 
 def auto_batches(d: Daemon, ready: Sequence[str], done: set[str]) -> tuple[list[list[str]], dict[str, str]]:
     """Priority, then id; a todo only after its dependencies; no two todos with overlapping files in
-    one batch; at most ``max_parallel`` per batch. Returns batches and todos that can never run."""
+    one batch; at most ``max_parallel`` per batch (``plan.plan_batches``). Returns the batches and
+    the todos that can never run, with why."""
     todos = d.proj.todos
-    pending = list(ready)
-    satisfied = set(done)
-    batches: list[list[str]] = []
     blocked: dict[str, str] = {}
-    for todo_id in pending:
+    for todo_id in ready:
         for dep in todos[todo_id].dependencies:
             dep_view = todos.get(id_key(dep))
-            if dep_view is None or dep_view.state in DEAD_STATES or (dep_view.state == TodoState.PENDING):
+            if dep_view is None or dep_view.state in DEAD_STATES or dep_view.state == TodoState.PENDING:
                 state = "unknown" if dep_view is None else dep_view.state
                 blocked[todo_id] = f"dependency #{dep} is {state}"
-    pending = [t for t in pending if t not in blocked]
-    while pending:
-        batch: list[str] = []
-        files: set[str] = set()
-        for todo_id in pending:
-            view = todos[todo_id]
-            if not all(id_key(dep) in satisfied for dep in view.dependencies):
-                continue
-            if files & set(view.files):
-                continue
-            batch.append(todo_id)
-            files |= set(view.files)
-            if len(batch) >= d.config.batchd.max_parallel:
-                break
-        if not batch:
-            for todo_id in pending:
-                blocked[todo_id] = "its dependencies can never be accepted in this run"
-            break
-        batches.append(batch)
-        satisfied |= set(batch)
-        pending = [t for t in pending if t not in batch]
-    return batches, blocked
+    candidates = [as_todo_file(d, todos[t]) for t in ready if t not in blocked]
+    batches = plan_batches(candidates, done=done, max_parallel=d.config.batchd.max_parallel)
+    planned = {t for batch in batches for t in batch}
+    for todo in candidates:
+        if todo.id not in planned:
+            blocked[todo.id] = "its dependencies can never be accepted in this run"
+    return [list(batch) for batch in batches], blocked
+
+
+def as_todo_file(d: Daemon, view: TodoView) -> TodoFile:
+    """The planner works on todo files; the log knows everything it reads of one."""
+    return TodoFile(
+        id=view.todo_id,
+        status=TodoStatus.READY,
+        priority=Priority(view.priority) if view.priority in PRIORITY_ORDER else Priority.P3,
+        description="",
+        title=view.title,
+        path=d.root / view.path,
+        dependencies=tuple(view.dependencies),
+        files=tuple(view.files),
+    )
 
 
 # --- phases -------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def test_all_green_batch_costs_one_run(repo: Path, worktree: Path) -> None:
     assert verdict.accepted_ids == ("273", "274", "275", "276", "284")
     assert not verdict.rejected and not verdict.conflicted
     _assert_head_is_green(worktree, verdict)
+    assert [sha for _, sha in verdict.accepted][-1] == verdict.head_sha
 
 
 def test_named_culprit_costs_two_runs(repo: Path, worktree: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -110,9 +111,16 @@ def _random(tp: Any) -> st.SearchStrategy[Any]:
 
 
 def random_event(cls: type[Any], ids: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Events of ``cls`` naming ``ids``, other fields random."""
+    return _random_event(cls, tuple(sorted(ids.items())))
+
+
+@functools.cache
+def _random_event(cls: type[Any], ids: tuple[tuple[str, Any], ...]) -> st.SearchStrategy[Any]:
+    fixed = dict(ids)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: _random(hints[f.name]) for f in dataclasses.fields(cls) if f.name not in ids}
-    return st.builds(cls, **fields, **{k: st.just(v) for k, v in ids.items()})
+    fields = {f.name: _random(hints[f.name]) for f in dataclasses.fields(cls) if f.name not in fixed}
+    return st.builds(cls, **fields, **{k: st.just(v) for k, v in fixed.items()})
 
 
 def stored(seq: int, stream: str, evt: object, *, at: str = AT) -> StoredEvent:
