@@ -45,6 +45,10 @@ def _payload(n: int) -> dict[str, object]:
     return {"n": n, "stream": f"s-{n % STREAMS}", "note": NOTE}
 
 
+def _ping(n: int) -> Ping:
+    return Ping(n=n, stream=f"s-{n % STREAMS}", note=NOTE)
+
+
 def _raw_connect(path: Path) -> sqlite3.Connection:
     """The baseline connection: the store's schema, made once through the store, then plain sqlite3."""
     EventLog(path, reg=REG).close()
@@ -95,14 +99,14 @@ class StoreWriter:
     def single(self, start: int, count: int) -> None:
         for n in range(start, start + count):
             stream = f"s-{n % STREAMS}"
-            self.log.append(stream, [Ping(**_payload(n))], expected_version=self.versions[stream])  # type: ignore[arg-type]
+            self.log.append(stream, [_ping(n)], expected_version=self.versions[stream])
             self.versions[stream] += 1
 
     def batch(self, start: int, count: int, size: int) -> None:
         for b in range(start, start + count * size, size):
             by_stream: dict[str, list[object]] = {}
             for n in range(b, b + size):
-                by_stream.setdefault(f"s-{n % STREAMS}", []).append(Ping(**_payload(n)))  # type: ignore[arg-type]
+                by_stream.setdefault(f"s-{n % STREAMS}", []).append(_ping(n))
             appends = [Append(s, evs, self.versions[s]) for s, evs in by_stream.items()]
             self.log.append_many(appends)
             for s, evs in by_stream.items():

@@ -10,6 +10,7 @@ with the remote) so they are never made twice.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import structlog
@@ -34,6 +35,32 @@ def ensure_excluded(root: Path) -> None:
         exclude.write_text(
             text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE_LINE + "\n", encoding="utf-8"
         )
+
+
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "batchd",
+    "GIT_AUTHOR_EMAIL": "batchd@localhost",
+    "GIT_COMMITTER_NAME": "batchd",
+    "GIT_COMMITTER_EMAIL": "batchd@localhost",
+}
+
+
+def ensure_identity(root: Path) -> bool:
+    """Commits need an author: when git has none configured for this repository (a fresh machine, a
+    service account), batchd commits as ``batchd <batchd@localhost>`` rather than failing. A
+    configured identity is never overridden. Returns True when the fallback was set."""
+    configured = gitops.run_git(root, "config", "user.email", check=False).stdout.strip()
+    if configured or os.environ.get("GIT_AUTHOR_EMAIL") or os.environ.get("EMAIL"):
+        return False
+    for key, value in FALLBACK_IDENTITY.items():
+        os.environ.setdefault(key, value)
+    log.warning(
+        "git_identity_fallback",
+        name="batchd",
+        email="batchd@localhost",
+        hint="set user.name and user.email (git config) to commit as someone else",
+    )
+    return True
 
 
 def reconcile(d: Daemon) -> None:

@@ -12,7 +12,6 @@ daemon turns into events. Both are pure apart from reading the folder.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -86,14 +85,11 @@ def _reason(err: TodoFileError) -> str:
 _RACY_NS = 2_000_000_000
 
 
-def _signature(entry: os.DirEntry[str]) -> _Signature | None:
+def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
     try:
-        st = entry.stat(follow_symlinks=False)
+        return entry.stat(follow_symlinks=False)
     except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return None  # gone since the listing: parse_todo reports it
 
 
 def _list_entries(todos_dir: Path) -> list[os.DirEntry[str]]:
@@ -158,14 +154,15 @@ def scan_folder(
                     todo_id=parts.id,
                 )
                 continue
-        sig = _signature(entry)
+        st = _lstat(entry)
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st else None
         hit = remembered.get(entry.path)
         if sig is not None and hit is not None and hit[0] == sig:
             parsed[hit[1].key] = hit[1]
             remember[entry.path] = hit
             continue
         try:
-            todo = parse_todo(path)
+            todo = parse_todo(path, lstat=st)
         except TodoFileError as e:
             invalid[name] = InvalidTodo(
                 key=parts.key if parts is not None else _FILE_KEY_PREFIX + _printable(name),

@@ -50,8 +50,9 @@ def advance(d: Daemon) -> None:
         advance_phase(d, phase)
         return
     if run.state == RunState.COMPLETED:
-        if not d.once:
-            plan_more(d)  # continuous mode: todos dropped after the run completed reopen it
+        # Todos dropped (or retried) after the run completed reopen it; under --once too, so a
+        # later `run --once` does that work instead of exiting on the old verdict.
+        plan_more(d)
         return
     if plan_more(d):
         return
@@ -130,7 +131,10 @@ def planned_ids(d: Daemon) -> set[str]:
 
 
 def unplanned_ready(d: Daemon) -> list[str]:
-    named = planned_ids(d)
+    # A batch of a finished phase runs nothing more: a todo it named that is ready again (blocked,
+    # then `batchd retry`) must be planned anew, or it would wait forever.
+    done_phases = {p.number for p in d.proj.phases.values() if p.state == PhaseState.DONE}
+    named = {t for b in d.proj.batches.values() if b.phase not in done_phases for t in b.todo_ids}
     return sorted(
         (t.todo_id for t in d.proj.todos.values() if t.state == TodoState.READY and t.todo_id not in named),
         key=lambda i: (PRIORITY_ORDER.get(d.proj.todos[i].priority, 9), numeric(i)),

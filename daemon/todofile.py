@@ -19,6 +19,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -167,11 +168,12 @@ def is_ignored(name: str, ignore_globs: Iterable[str] = DEFAULT_IGNORE) -> bool:
     return any(fnmatchcase(name, glob) for glob in ignore_globs)
 
 
+_H1_RE = re.compile(r"^# +(\S.*?)\s*$", re.MULTILINE)
+
+
 def _title(body: str, description: str) -> str:
-    for line in body.splitlines():
-        if line.startswith("# ") and line[2:].strip():
-            return line[2:].strip()
-    return description.replace("-", " ")
+    m = _H1_RE.search(body)
+    return m[1] if m is not None else description.replace("-", " ")
 
 
 class _Fields:
@@ -224,8 +226,11 @@ class _Fields:
         return tuple(out.values())
 
 
-def _read_checked(path: Path) -> bytes:
-    """The file's bytes, after refusing what cannot be a todo (symlink, directory, binary, huge)."""
+def _read_checked(path: Path, lstat: os.stat_result | None = None) -> bytes:
+    """The file's bytes, after refusing what cannot be a todo (symlink, directory, binary, huge).
+
+    ``lstat`` is the file's lstat when the caller has it already (a folder scan).
+    """
     p = str(path)
     name = path.name
     try:
@@ -237,7 +242,7 @@ def _read_checked(path: Path) -> bytes:
             hint="rename the file using only UTF-8 characters (ASCII is safest)",
         ) from None
     try:
-        _refuse_kind(path.lstat(), p)  # before opening: opening a device or FIFO can have effects
+        _refuse_kind(lstat or path.lstat(), p)  # before opening: opening a device or FIFO can have effects
         # O_NOFOLLOW: a file swapped for a link after the lstat is refused too (ELOOP).
         fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -310,9 +315,26 @@ def _decode(data: bytes, path: Path, todo_id: str) -> str:
 _KNOWN_KEYS = frozenset({"status", "priority", "issue_id", "tags", "dependencies", "files"})
 
 
-def parse_todo(path: Path) -> TodoFile:
-    """Parse one todo file; raise :class:`TodoFileError` saying what is wrong and how to fix it."""
-    data = _read_checked(path)
+def _json_safe(value: Any) -> Any:
+    """Plain JSON-able values for ``extra`` (it ends up in event payloads): dates as ISO text."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_json_safe(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, date):  # datetime is a date too
+        return value.isoformat()
+    return str(value)  # !!binary bytes and other rare YAML types
+
+
+def parse_todo(path: Path, *, lstat: os.stat_result | None = None) -> TodoFile:
+    """Parse one todo file; raise :class:`TodoFileError` saying what is wrong and how to fix it.
+
+    ``lstat`` (optional) is the file's ``os.lstat`` result when the caller already has it.
+    """
+    data = _read_checked(path, lstat)
     name = parse_name(path.name)
     if name is None:
         raise TodoFileError(f"file name {_diagnose_name(path.name)}", path=str(path), hint=_NAME_HINT)
@@ -335,6 +357,15 @@ def parse_todo(path: Path) -> TodoFile:
         ) from None
     fields = _Fields(meta, path, name.id)
 
+    try:
+        extra = {k: _json_safe(v) for k, v in meta.items() if k not in _KNOWN_KEYS}
+    except RecursionError:  # a YAML alias that contains itself: `a: &x [*x]`
+        raise TodoFileError(
+            "front matter contains a value that refers to itself",
+            path=str(path),
+            hint="remove the YAML anchor (&name) that is used inside its own value",
+            todo_id=name.id,
+        ) from None
     disagreements: list[str] = []
     for key, from_name in (("status", name.status.value), ("priority", name.priority.value)):
         value = fields.scalar(key)
@@ -357,7 +388,7 @@ def parse_todo(path: Path) -> TodoFile:
         files=fields.str_list("files", "[src/app.py]"),
         tags=fields.str_list("tags", "[security, api]"),
         issue_id=issue_id,
-        extra={k: v for k, v in meta.items() if k not in _KNOWN_KEYS},
+        extra=extra,
         body=body,
         digest=hashlib.sha256(data).hexdigest(),
         disagreements=tuple(disagreements),

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
+from store.audit import AuditReport, head_mismatch, walk_chain
 from store.exceptions import (
     ConcurrencyError,
     LogCorrupted,
@@ -43,23 +43,34 @@ from store.exceptions import (
     StoreError,
     StoreUnavailable,
 )
+from store.hashing import GENESIS_HASH, canonical_json, chain_hash, json_str
 from store.registry import EventRegistry, RegistryError, registry
 from store.schema import SCHEMA_VERSION, meta, metadata
 from store.sqlitefile import check_sqlite_file
 from store.sqltext import Statements
 
-GENESIS_HASH = "0" * 64
+# AuditReport and chain_hash live in store.audit and store.hashing; importing them from here still works.
+__all__ = [
+    "GENESIS_HASH",
+    "Append",
+    "AuditReport",
+    "EventLog",
+    "Snapshot",
+    "StoredEvent",
+    "canonical_json",
+    "chain_hash",
+    "format_time",
+    "parse_time",
+    "url_for",
+    "utcnow",
+]
+
 BUSY_TIMEOUT_MS = 30_000
 #: Rows fetched per read transaction: long reads never pin one WAL snapshot (which would stop checkpoints).
 READ_PAGE = 2000
 _APPEND_ATTEMPTS = 5
 
-# Built once: json.dumps with keyword arguments builds a new encoder on every call.
-_canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
 _loads = json.loads
-_json_str = encode_basestring  # a str as a JSON string literal, non-ASCII kept (ensure_ascii=False)
 
 
 def utcnow() -> datetime:
@@ -74,20 +85,6 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def canonical_json(payload: Any) -> str:
-    return _canonical(payload)
-
-
-def chain_hash(  # noqa: PLR0917 - the hashed fields, in their hashed order
-    prev_hash: str, seq: int, stream: str, version: int, type_: str, type_version: int, payload: str, at: str
-) -> str:
-    """The hash of one event: covers its position (seq) so deleting or reordering rows breaks the chain."""
-    # Exactly canonical_json([seq, stream, version, type_, type_version, payload, at]), built directly.
-    s, t, p, a = _json_str(stream), _json_str(type_), _json_str(payload), _json_str(at)
-    body = f"[{seq},{s},{version},{t},{type_version},{p},{a}]"
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,39 +138,10 @@ class Snapshot:
     recorded_at: str
 
 
-@dataclass(frozen=True, slots=True)
-class AuditReport:
-    """Result of walking the hash chain: ``first_bad_seq`` is None when the log checks out."""
-
-    checked: int
-    last_seq: int
-    first_bad_seq: int | None = None
-    problem: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.first_bad_seq is None
-
-
 # (type name, type version, payload dict, payload JSON) of one event, encoded before the lock is taken.
 _Encoded = tuple[str, int, dict[str, Any], str]
 # (stream, expected version, encoded events): one stream's part of an append.
 _Part = tuple[str, int | None, list[_Encoded]]
-
-
-def head_mismatch(last_seq: int, last_hash: str, head: str | None) -> tuple[int, str] | None:
-    """(first bad seq, problem) when the recorded head disagrees with the last event, else None."""
-    if head is None:
-        return (last_seq, "the recorded head is missing (metadata removed)") if last_seq else None
-    if head == f"{last_seq}:{last_hash}":
-        return None
-    text, _, _ = head.partition(":")
-    head_seq = int(text) if text.isdigit() else -1
-    if head_seq > last_seq:
-        return last_seq + 1, f"the log ends at {last_seq} but its head is {head_seq} (events removed)"
-    if 0 <= head_seq < last_seq:
-        return head_seq + 1, f"the log runs past its head {head_seq} to {last_seq} (added outside batchd)"
-    return last_seq, f"the last event {last_seq} does not match the recorded head {head!r} (edited)"
 
 
 def _is_memory(url: URL) -> bool:
@@ -441,7 +409,7 @@ class EventLog:
     def _encode(self, event_: object) -> _Encoded:
         name, version, payload = self.registry.encode(event_)
         try:
-            text = _canonical(payload)
+            text = canonical_json(payload)
             text.encode("utf-8")  # a lone surrogate would otherwise fail inside the transaction
         except (TypeError, ValueError) as e:
             raise RegistryError(
@@ -466,7 +434,7 @@ class EventLog:
         if bad is not None:
             raise LogCorrupted(path=self.location, seq=bad[0], detail=f"{bad[1]}; refusing to append")
         at = format_time(self._clock())
-        enc_at = _json_str(at)
+        enc_at = json_str(at)
         rows: list[tuple[Any, ...]] = []
         out: list[StoredEvent] = []
         versions: dict[str, int] = {parts[0][0]: int(first_version or 0)}
@@ -477,12 +445,12 @@ class EventLog:
                 version = self._stream_version_txn(cur, stream)
             if expected is not None and version != expected:
                 raise ConcurrencyError(stream=stream, expected=expected, actual=version)
-            enc_stream = _json_str(stream)
+            enc_stream = json_str(stream)
             for name, type_version, payload, text in items:
                 seq += 1
                 version += 1
                 # Same bytes as chain_hash(), with the constant parts encoded once per batch.
-                enc_name, enc_text = _json_str(name), _json_str(text)
+                enc_name, enc_text = json_str(name), json_str(text)
                 body = f"[{seq},{enc_stream},{version},{enc_name},{type_version},{enc_text},{enc_at}]"
                 digest = sha256((prev + body).encode("utf-8")).hexdigest()
                 rows.append((seq, stream, version, name, type_version, text, at, digest))
@@ -619,37 +587,8 @@ class EventLog:
                 cur.execute(self._sql.get_head)
                 head_row = cur.fetchone()
                 cur.execute(self._sql.all_events)
-                report = self._walk(cur, head_row[0] if head_row else None, progress)
+                report = walk_chain(cur, head_row[0] if head_row else None, progress)
             finally:
                 if self._is_sqlite:
                     cur.execute("COMMIT")
         return report
-
-    def _walk(self, cur: Any, head: str | None, progress: Callable[[int], None] | None) -> AuditReport:
-        prev = GENESIS_HASH
-        expected_seq = 1
-        checked = 0
-        versions: dict[str, int] = {}
-        while rows := cur.fetchmany(5000):
-            for seq, stream_, version, type_, type_version, payload, at, digest in rows:
-                if seq != expected_seq:
-                    problem = f"event {expected_seq} is missing (next present is {seq})"
-                    return AuditReport(checked, expected_seq - 1, expected_seq, problem)
-                if chain_hash(prev, seq, stream_, version, type_, type_version, payload, at) != digest:
-                    problem = "content does not match its hash (edited or moved)"
-                    return AuditReport(checked, seq - 1, seq, problem)
-                before = versions.get(stream_, 0)
-                if version != before + 1:
-                    problem = f"stream {stream_!r} jumps to version {version} after {before}"
-                    return AuditReport(checked, seq - 1, seq, problem)
-                versions[stream_] = version
-                prev = digest
-                checked += 1
-                expected_seq += 1
-                if progress is not None and checked % 10_000 == 0:
-                    progress(checked)
-        last = expected_seq - 1
-        bad = head_mismatch(last, prev, head)
-        if bad is not None:
-            return AuditReport(checked, last, bad[0], bad[1])
-        return AuditReport(checked, last)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.exceptions import TodoFileError
 from daemon.todofile import (
@@ -103,7 +106,7 @@ def test_unknown_keys_kept_in_extra(tmp_path: Path) -> None:
     todo = parse_todo(write(tmp_path, "9-ready-p1-x.md", text))
     assert todo.extra["feature"] == "scheduling"
     assert todo.extra["source"] == "code-review"
-    assert str(todo.extra["created"]) == "2026-11-20"
+    assert todo.extra["created"] == "2026-11-20"  # JSON-safe: it goes into event payloads
     assert todo.extra["owner"] == {"name": "ana"}
 
 
@@ -341,3 +344,21 @@ def test_examples_copy_parses_in_any_folder(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     copy = Path(shutil.copy(EXAMPLE_274, folder))
     assert parse_todo(copy).dependencies == ("273",)
+
+
+def test_self_referencing_yaml_alias_refused(tmp_path: Path) -> None:
+    """A YAML alias inside its own anchor is refused instead of recursing forever."""
+    assert "refers to itself" in refused(write(tmp_path, "9-ready-p1-x.md", fm("a: &x [*x]\n"))).message
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_raise_todo_file_error(data: bytes) -> None:
+    """Whatever the content, parse_todo returns a TodoFile or raises TodoFileError, nothing else."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "9-ready-p1-x.md"
+        path.write_bytes(b"---\n" + data)
+        try:
+            parse_todo(path)
+        except TodoFileError:
+            pass

@@ -1,0 +1,301 @@
+"""``batchd run`` as a real process: sd_notify over a real datagram socket, SIGTERM, SIGHUP and the lock.
+
+Repositories are tiny (two or three todos scripted for the demo agent, a check that always passes);
+agents that must still be running when a signal lands sleep with ``BATCHD_DEMO_SPEED=1``.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import (
+    PY,
+    DaemonProcess,
+    agents_spawned,
+    alive,
+    base_env,
+    batchd,
+    group_members,
+    make_repo,
+    read_events,
+    status_json,
+    write_config,
+)
+
+from store.eventlog import StoredEvent
+
+WATCHDOG_USEC = 200_000
+QUICK = "write: [{path: quick.txt, content: quick}]"
+
+
+def slow(name: str, seconds: float = 30) -> str:
+    """An agent script that sleeps (at BATCHD_DEMO_SPEED=1) before writing ``name``."""
+    return f"sleep: {seconds}\nwrite: [{{path: {name}, content: done}}]"
+
+
+# --- sd_notify ------------------------------------------------------------------------------------
+
+
+@dataclass
+class NotifyListener:
+    """A bound AF_UNIX datagram socket read by a thread, standing in for systemd.
+
+    The socket queue is short (net.unix.max_dgram_qlen, often 10), so messages are drained as
+    they come; when READY=1 arrives, the log is read at once to see what was there before it.
+    """
+
+    path: Path
+    root: Path
+    messages: list[tuple[float, str]] = field(default_factory=list)
+    log_at_ready: list[StoredEvent] | None = None
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            text = data.decode()
+            if text == "READY=1" and self.log_at_ready is None:
+                self.log_at_ready = read_events(self.root)
+            self.messages.append((time.monotonic(), text))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def times(self, text: str) -> list[float]:
+        return [at for at, message in self.messages if message == text]
+
+
+@dataclass
+class NotifyRun:
+    listener: NotifyListener
+    crashed_seq: int  # last event of the daemon that was killed before this one
+    sigterm_at: float
+    ticking: tuple[float, float]  # from READY to the SIGTERM
+    returncode: int
+
+
+@pytest.fixture(scope="module")
+def notify_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifyRun]:
+    """A daemon killed (-9) right after spawning an agent, then restarted under a fake systemd.
+
+    The restart has work to reconcile (the dead daemon's running attempt), runs the todos to the
+    end, idles a little, and is stopped with SIGTERM; every notification is kept with its time.
+    """
+    base = tmp_path_factory.mktemp("notify")
+    root = make_repo(base / "repo", {"1": slow("one.txt", 0.5), "2": QUICK}, speed="0")
+    crashed = DaemonProcess(root, env=base_env(BATCHD_CRASH_AFTER="todo.agent_spawned"))
+    assert crashed.wait() == -signal.SIGKILL
+    crashed_seq = read_events(root)[-1].seq
+    listener = NotifyListener(base / "notify.sock", root)
+    env = base_env(NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
+    daemon = DaemonProcess(root, env=env)
+    try:
+        daemon.wait_events("run.completed", timeout=30)
+        time.sleep(0.6)  # idle ticks: the watchdog must keep coming when there is nothing to do
+        sigterm_at = time.monotonic()
+        code = daemon.stop(signal.SIGTERM)
+        time.sleep(0.2)  # the last datagrams
+        ready = listener.times("READY=1")
+        assert ready, f"no READY=1 among {listener.messages}"
+        yield NotifyRun(listener, crashed_seq, sigterm_at, (ready[0], sigterm_at), code)
+    finally:
+        listener.close()
+        crashed.kill()
+        daemon.kill()
+
+
+def test_ready_comes_after_reconciliation_and_attach(notify_run: NotifyRun) -> None:
+    """READY=1 is sent only once the dead daemon's agent was reconciled and run.daemon_attached is logged."""
+    seen = notify_run.listener.log_at_ready
+    assert seen is not None
+    new = [e for e in seen if e.seq > notify_run.crashed_seq]
+    types = [e.type for e in new]
+    assert "todo.agent_interrupted" in types, types
+    assert "run.daemon_attached" in types, types
+    assert types.index("todo.agent_interrupted") < types.index("run.daemon_attached")
+    assert len(notify_run.listener.times("READY=1")) == 1
+
+
+def test_status_lines_are_one_line_summaries(notify_run: NotifyRun) -> None:
+    """STATUS= messages are sent while the run goes on, each a single non-empty line."""
+    statuses = [m.removeprefix("STATUS=") for _, m in notify_run.listener.messages if m.startswith("STATUS=")]
+    assert statuses, notify_run.listener.messages
+    assert all(s.strip() and "\n" not in s for s in statuses), statuses
+    assert any("agents running" in s for s in statuses), statuses
+    assert statuses[-1] == "completed: 2 complete", statuses
+
+
+def test_watchdog_pings_arrive_while_the_loop_runs(notify_run: NotifyRun) -> None:
+    """With WATCHDOG_USEC=0.2 s the loop pings about every 0.1 s, from READY until it stops."""
+    start, end = notify_run.ticking
+    pings = [t for t in notify_run.listener.times("WATCHDOG=1") if start <= t <= end]
+    assert len(pings) >= 5, f"{len(pings)} pings in {end - start:.1f}s"
+    # Half the interval, not flooding: at most one ping per 0.1 s tick (plus slack for jitter).
+    assert len(pings) <= (end - start) / 0.1 + 3
+    # Pings keep coming to the end (the idle part after the run completed included).
+    assert end - pings[-1] < 0.5
+
+
+def test_stopping_is_sent_on_sigterm(notify_run: NotifyRun) -> None:
+    """SIGTERM makes the daemon send STOPPING=1, nothing but that after it, and exit 0."""
+    assert notify_run.returncode == 0
+    after = [m for t, m in notify_run.listener.messages if t >= notify_run.sigterm_at]
+    assert "STOPPING=1" in after, after
+    assert all(m in ("STOPPING=1", "WATCHDOG=1") or m.startswith("STATUS=") for m in after), after
+    assert notify_run.listener.messages[-1][1] == "STOPPING=1"
+
+
+# --- SIGTERM --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Terminated:
+    root: Path
+    spawned: list[StoredEvent]
+    events: list[StoredEvent]
+    returncode: int
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def terminated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminated]:
+    """A daemon (no --once) stopped with SIGTERM while two agents sleep 30 s (stop_timeout = 1 s)."""
+    root = make_repo(tmp_path_factory.mktemp("term") / "repo",
+                     {"1": slow("one.txt"), "2": slow("two.txt"), "3": QUICK}, speed="1", stop_timeout=1)
+    daemon = DaemonProcess(root)
+    try:
+        spawned = daemon.wait_events("todo.agent_spawned", count=2, timeout=30)
+        started = time.monotonic()
+        code = daemon.stop(signal.SIGTERM)
+        yield Terminated(root, spawned, read_events(root), code, time.monotonic() - started)
+    finally:
+        daemon.kill()
+
+
+def test_sigterm_stops_the_daemon_with_exit_0(terminated: Terminated) -> None:
+    """SIGTERM mid-batch is a clean stop of the daemon: exit 0, after about stop_timeout seconds."""
+    assert terminated.returncode == 0
+    assert terminated.seconds < 1 + 5  # stop_timeout, then SIGTERM/SIGKILL of the groups
+
+
+def test_sigterm_leaves_no_agent_process(terminated: Terminated) -> None:
+    """Every agent the daemon spawned is gone, with its whole process group (checked in /proc)."""
+    assert len(terminated.spawned) == 2
+    for event in terminated.spawned:
+        assert not alive(event.payload["pid"]), event.payload
+        assert group_members(event.payload["pgid"]) == [], event.payload
+
+
+def test_sigterm_records_interrupted_attempts_in_a_valid_log(terminated: Terminated) -> None:
+    """Both running attempts are logged as todo.agent_interrupted, and `batchd audit verify` passes."""
+    interrupted = {(e.payload["todo_id"], e.payload["attempt"])
+                   for e in terminated.events if e.type == "todo.agent_interrupted"}
+    assert interrupted == {("1", 1), ("2", 1)}
+    types = [e.type for e in terminated.events]
+    assert types.index("run.stopping") < types.index("todo.agent_interrupted")
+    done = batchd(terminated.root, "audit", "verify")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok:")
+
+
+def test_restart_after_sigterm_completes_without_using_an_attempt(terminated: Terminated) -> None:
+    """A restart re-runs the interrupted todos as the same attempt and completes the run."""
+    write_config(terminated.root, speed="0", stop_timeout=1)  # the re-run need not sleep
+    rerun = DaemonProcess(terminated.root, "--once")
+    try:
+        assert rerun.wait(timeout=60) == 0, rerun.log_path.read_text()
+    finally:
+        rerun.kill()
+    todos = {t["id"]: t for t in status_json(terminated.root)["todos"]}
+    assert {k: t["state"] for k, t in todos.items()} == {"1": "complete", "2": "complete", "3": "complete"}
+    assert todos["1"]["attempt"] == todos["2"]["attempt"] == 1
+    starts = [(e.payload["todo_id"], e.payload["attempt"])
+              for e in read_events(terminated.root) if e.type == "todo.agent_started"]
+    assert starts.count(("1", 1)) == 2 and starts.count(("2", 1)) == 2, starts
+
+
+def test_sigterm_during_run_once_exits_128_plus_15(tmp_path: Path, start_daemon: Callable[..., DaemonProcess],
+                                                   ) -> None:
+    """`batchd run --once` that is stopped before the run finished exits 143 (interrupted by SIGTERM)."""
+    root = make_repo(tmp_path / "repo", {"1": slow("one.txt")}, speed="1", stop_timeout=0.5)
+    daemon = start_daemon(root, "--once")
+    (spawned,) = daemon.wait_events("todo.agent_spawned", timeout=30)
+    assert daemon.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert not alive(spawned.payload["pid"])
+
+
+# --- SIGHUP ---------------------------------------------------------------------------------------
+
+
+def idle_daemon(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    root = make_repo(tmp_path / "repo", {}, max_parallel=2)
+    daemon = start_daemon(root)
+    daemon.wait_logged("daemon_ready")
+    return daemon
+
+
+def test_sighup_reloads_a_good_config_and_reports_the_change(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """SIGHUP after max_parallel changed logs config_reloaded naming the change."""
+    daemon = idle_daemon(tmp_path, start_daemon)
+    write_config(daemon.root, max_parallel=4)
+    daemon.send(signal.SIGHUP)
+    (line,) = daemon.wait_logged("config_reloaded")
+    assert line["changes"] == ["batchd.max_parallel: 2 -> 4"]
+    assert daemon.stop() == 0
+
+
+def test_sighup_rejects_a_broken_config_and_keeps_the_old_one(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """SIGHUP with invalid TOML logs config_reload_rejected; the daemon runs on with the old config."""
+    daemon = idle_daemon(tmp_path, start_daemon)
+    config = daemon.root / "batchd.toml"
+    config.write_text("[batchd\nmax_parallel = \n", encoding="utf-8")
+    daemon.send(signal.SIGHUP)
+    (rejected,) = daemon.wait_logged("config_reload_rejected")
+    assert "batchd.toml" in rejected["error"] and "invalid TOML" in rejected["error"]
+    assert daemon.proc.poll() is None
+    # The next good reload is compared with the config kept (max_parallel 2), not the broken file.
+    write_config(daemon.root, max_parallel=3)
+    daemon.send(signal.SIGHUP)
+    (line,) = daemon.wait_logged("config_reloaded")
+    assert line["changes"] == ["batchd.max_parallel: 2 -> 3"]
+    assert daemon.stop() == 0
+
+
+# --- the lock -------------------------------------------------------------------------------------
+
+
+def test_second_daemon_on_the_same_repository_exits_3_naming_the_holder(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """A second `batchd run` on a repository with a running daemon exits 3 and names the lock holder's pid."""
+    daemon = idle_daemon(tmp_path, start_daemon)
+    second = subprocess.run([PY, "-m", "daemon", "run", "-C", str(daemon.root), "--log-json"],
+                            capture_output=True, text=True, env=base_env(), timeout=60, check=False)
+    assert second.returncode == 3, second.stderr
+    assert str(daemon.pid) in second.stderr, second.stderr
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
