@@ -19,6 +19,7 @@ from pathlib import Path
 
 from daemon import intake
 from daemon.config import load_config
+from daemon.logs import configure_logging
 from daemon.runner import Daemon
 from daemon.scanner import scan_folder
 from daemon.todofile import is_ignored
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 drops, 1,000-file scan, 20 polled drops")
     args = parser.parse_args(argv)
+    configure_logging(level="warning")
     drops, polled, files = (100, 20, 1000) if args.quick else (500, 40, 10_000)
     with tempfile.TemporaryDirectory(prefix="batchd-bench-watch-") as tmp:
         base = Path(tmp)

@@ -67,7 +67,9 @@ def allowed(d: Daemon, todo_id: str, event: object) -> bool:
 def rescan(d: Daemon) -> int:
     """Full scan of the todos folder; returns how many events it produced."""
     folder = d.config.todos_path
-    result = scan_folder(folder, d.config.batchd.ignore)
+    # Files whose inode, size and times are unchanged are not parsed again (the previous result).
+    result = scan_folder(folder, d.config.batchd.ignore, previous=d.last_scan)
+    d.last_scan = result
     appends: list[tuple[str, Sequence[object]]] = []
     for change in diff_scan(known_todos(d), result):
         event = event_for(d, change)

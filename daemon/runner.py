@@ -26,6 +26,7 @@ from daemon.agents import AgentProcess
 from daemon.config import Config
 from daemon.faults import FaultInjector
 from daemon.notify import Notifier
+from daemon.scanner import ScanResult
 from daemon.workspace import Workspace
 from statemachine.projection import Projection, replay, save_snapshot
 from store import Append, EventLog
@@ -85,6 +86,7 @@ class Daemon:
         # worktree creation and removal from several job threads take turns.
         self.git_lock = threading.Lock()
         self.status_dirty = True
+        self.last_scan: ScanResult | None = None
         self.last_snapshot_seq = 0
         self.stopping = False
         self.exit_code: int | None = None

@@ -254,20 +254,21 @@ def _read_checked(path: Path, lstat: os.stat_result | None = None) -> bytes:
     try:
         st = os.fstat(fd)
         _refuse_kind(st, p)
-        chunks = [os.read(fd, st.st_size + 1)]
-        total = len(chunks[0])
-        while chunks[-1] and total <= MAX_TODO_BYTES:  # the file may grow while it is read
-            chunks.append(os.read(fd, MAX_TODO_BYTES + 1 - total))
-            total += len(chunks[-1])
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since the fstat: read on, up to the limit
+            chunks = [data]
+            while chunks[-1] and sum(map(len, chunks)) <= MAX_TODO_BYTES:
+                chunks.append(os.read(fd, MAX_TODO_BYTES + 1 - sum(map(len, chunks))))
+            data = b"".join(chunks)
     except OSError as e:
         raise TodoFileError(
             f"cannot read the file: {e.strerror}", path=p, hint="check that it exists and is readable"
         ) from e
     finally:
         os.close(fd)
-    if total > MAX_TODO_BYTES:
-        _refuse_kind(os.stat_result((stat.S_IFREG, 0, 0, 0, 0, 0, total, 0, 0, 0)), p)
-    return chunks[0] if len(chunks) == 2 and not chunks[1] else b"".join(chunks)
+    if len(data) > MAX_TODO_BYTES:
+        _refuse_kind(os.stat_result((stat.S_IFREG, 0, 0, 0, 0, 0, len(data), 0, 0, 0)), p)
+    return data
 
 
 def _refuse_kind(st: os.stat_result, p: str) -> None:

@@ -97,7 +97,8 @@ TODO_TRANSITIONS: tuple[Transition, ...] = (
     Transition("retry", (*_UNHAPPY, T.CANCELLED, T.INVALID), T.READY),
     Transition("block", (T.PENDING, T.READY, T.PLANNED, T.AGENT_FAILED, T.REJECTED, T.CONFLICTED), T.BLOCKED),
     Transition("cancel", (*_WAITING, T.INVALID, *_UNHAPPY), T.CANCELLED),
-    Transition("complete", (T.ACCEPTED, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.COMPLETE),
+    # NEW: a file already -complete- when first seen (history, or a dependency done elsewhere).
+    Transition("complete", (T.NEW, T.ACCEPTED, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.COMPLETE),
 )
 
 B = BatchState

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from daemon.workspace import open_log
+from statemachine.projection import Projection, replay
 from store.eventlog import StoredEvent
 
 PY = sys.executable
@@ -38,7 +39,8 @@ def base_env(**extra: str) -> dict[str, str]:
 
 def todo_text(todo_id: str, script: str) -> str:
     """A todo file body whose ``batchd-agent`` block is ``script`` (YAML)."""
-    return f"# Todo {todo_id}\n\nDo thing {todo_id}.\n\n```batchd-agent\n{textwrap.dedent(script).strip()}\n```\n"
+    block = textwrap.dedent(script).strip()
+    return f"# Todo {todo_id}\n\nDo thing {todo_id}.\n\n```batchd-agent\n{block}\n```\n"
 
 
 def todo_name(todo_id: str) -> str:
@@ -90,7 +92,11 @@ def make_repo(root: Path, todos: Mapping[str, str], **config: Any) -> Path:
     """A committed repository with ``todos`` (id -> agent script) as ready p2 todo files."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "Test"), ("user.email", "test@example.com"), ("commit.gpgsign", "false")):
+    for key, value in (
+        ("user.name", "Test"),
+        ("user.email", "test@example.com"),
+        ("commit.gpgsign", "false"),
+    ):
         git(root, "config", key, value)
     (root / "check.py").write_text("print('ok')\n", encoding="utf-8")
     (root / "todos").mkdir()
@@ -103,12 +109,22 @@ def make_repo(root: Path, todos: Mapping[str, str], **config: Any) -> Path:
     return root
 
 
-def batchd(root: Path | None, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None,
-           ) -> subprocess.CompletedProcess[str]:
+def batchd(
+    root: Path | None,
+    *args: str,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """One ``batchd`` command as a real process, with ``-C root`` appended when a root is given."""
     argv = [PY, "-m", "daemon", *args, *(["-C", str(root)] if root is not None else [])]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          env=dict(env) if env is not None else base_env(), check=False)
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else base_env(),
+        check=False,
+    )
 
 
 def status_json(root: Path) -> dict[str, Any]:
@@ -127,8 +143,17 @@ def read_events(root: Path) -> list[StoredEvent]:
         log.close()
 
 
-def event_types(root: Path) -> list[str]:
-    return [e.type for e in read_events(root)]
+def projection(root: Path) -> Projection:
+    """The state the CLI would show, replayed in this process from the same log (no CLI start-up)."""
+    log = open_log(root)
+    try:
+        return replay(log)
+    finally:
+        log.close()
+
+
+def todo_states(root: Path) -> dict[str, str]:
+    return {key: str(todo.state) for key, todo in projection(root).todos.items()}
 
 
 def wait_for(check: Callable[[], T | None], *, timeout: float = 20.0, what: str = "a condition") -> T:
@@ -176,7 +201,9 @@ class DaemonProcess:
         self._log = self.log_path.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(
             [PY, "-m", "daemon", "run", "-C", str(root), "--log-json", *args],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else base_env(),
         )
 
@@ -217,8 +244,10 @@ class DaemonProcess:
 
     def fail_if_exited(self, waiting_for: str) -> None:
         if self.proc.poll() is not None:
-            raise AssertionError(f"batchd run exited {self.proc.returncode} while waiting for {waiting_for}:\n"
-                                 + self.log_path.read_text(encoding="utf-8")[-4000:])
+            raise AssertionError(
+                f"batchd run exited {self.proc.returncode} while waiting for {waiting_for}:\n"
+                + self.log_path.read_text(encoding="utf-8")[-4000:]
+            )
 
     def send(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -233,8 +262,10 @@ class DaemonProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"batchd run did not exit within {timeout}s:\n"
-                                 + self.log_path.read_text(encoding="utf-8")[-4000:]) from None
+            raise AssertionError(
+                f"batchd run did not exit within {timeout}s:\n"
+                + self.log_path.read_text(encoding="utf-8")[-4000:]
+            ) from None
 
     def kill(self) -> None:
         """Teardown: SIGKILL the daemon if it still runs, and every agent group the log names."""

@@ -19,7 +19,6 @@ import pytest
 from conftest import (
     PY,
     DaemonProcess,
-    agents_spawned,
     alive,
     base_env,
     batchd,
@@ -180,8 +179,12 @@ class Terminated:
 @pytest.fixture(scope="module")
 def terminated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminated]:
     """A daemon (no --once) stopped with SIGTERM while two agents sleep 30 s (stop_timeout = 1 s)."""
-    root = make_repo(tmp_path_factory.mktemp("term") / "repo",
-                     {"1": slow("one.txt"), "2": slow("two.txt"), "3": QUICK}, speed="1", stop_timeout=1)
+    root = make_repo(
+        tmp_path_factory.mktemp("term") / "repo",
+        {"1": slow("one.txt"), "2": slow("two.txt"), "3": QUICK},
+        speed="1",
+        stop_timeout=1,
+    )
     daemon = DaemonProcess(root)
     try:
         spawned = daemon.wait_events("todo.agent_spawned", count=2, timeout=30)
@@ -208,8 +211,11 @@ def test_sigterm_leaves_no_agent_process(terminated: Terminated) -> None:
 
 def test_sigterm_records_interrupted_attempts_in_a_valid_log(terminated: Terminated) -> None:
     """Both running attempts are logged as todo.agent_interrupted, and `batchd audit verify` passes."""
-    interrupted = {(e.payload["todo_id"], e.payload["attempt"])
-                   for e in terminated.events if e.type == "todo.agent_interrupted"}
+    interrupted = {
+        (e.payload["todo_id"], e.payload["attempt"])
+        for e in terminated.events
+        if e.type == "todo.agent_interrupted"
+    }
     assert interrupted == {("1", 1), ("2", 1)}
     types = [e.type for e in terminated.events]
     assert types.index("run.stopping") < types.index("todo.agent_interrupted")
@@ -229,13 +235,18 @@ def test_restart_after_sigterm_completes_without_using_an_attempt(terminated: Te
     todos = {t["id"]: t for t in status_json(terminated.root)["todos"]}
     assert {k: t["state"] for k, t in todos.items()} == {"1": "complete", "2": "complete", "3": "complete"}
     assert todos["1"]["attempt"] == todos["2"]["attempt"] == 1
-    starts = [(e.payload["todo_id"], e.payload["attempt"])
-              for e in read_events(terminated.root) if e.type == "todo.agent_started"]
+    starts = [
+        (e.payload["todo_id"], e.payload["attempt"])
+        for e in read_events(terminated.root)
+        if e.type == "todo.agent_started"
+    ]
     assert starts.count(("1", 1)) == 2 and starts.count(("2", 1)) == 2, starts
 
 
-def test_sigterm_during_run_once_exits_128_plus_15(tmp_path: Path, start_daemon: Callable[..., DaemonProcess],
-                                                   ) -> None:
+def test_sigterm_during_run_once_exits_128_plus_15(
+    tmp_path: Path,
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
     """`batchd run --once` that is stopped before the run finished exits 143 (interrupted by SIGTERM)."""
     root = make_repo(tmp_path / "repo", {"1": slow("one.txt")}, speed="1", stop_timeout=0.5)
     daemon = start_daemon(root, "--once")
@@ -293,8 +304,14 @@ def test_second_daemon_on_the_same_repository_exits_3_naming_the_holder(
 ) -> None:
     """A second `batchd run` on a repository with a running daemon exits 3 and names the lock holder's pid."""
     daemon = idle_daemon(tmp_path, start_daemon)
-    second = subprocess.run([PY, "-m", "daemon", "run", "-C", str(daemon.root), "--log-json"],
-                            capture_output=True, text=True, env=base_env(), timeout=60, check=False)
+    second = subprocess.run(
+        [PY, "-m", "daemon", "run", "-C", str(daemon.root), "--log-json"],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        timeout=60,
+        check=False,
+    )
     assert second.returncode == 3, second.stderr
     assert str(daemon.pid) in second.stderr, second.stderr
     assert daemon.proc.poll() is None

@@ -7,6 +7,7 @@ outcome back the way a person would: git, the remote, ``plans/EXECUTION-STATUS.m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,8 @@ CRASH_VARS = ("BATCHD_CRASH_AFTER", "BATCHD_CRASH_AT_SEQ")
 
 def crash_sweep_enabled(config: pytest.Config) -> bool:
     # getoption with a default: the option is only registered when this conftest loads at start-up.
-    return bool(config.getoption("--crash-sweep", default=False)) or os.environ.get("BATCHD_CRASH_SWEEP") == "1"
+    flag = bool(config.getoption("--crash-sweep", default=False))
+    return flag or os.environ.get("BATCHD_CRASH_SWEEP") == "1"
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -79,11 +81,13 @@ def wait_daemon(proc: subprocess.Popen[bytes], log_path: Path, started: float,
         kill_group(proc.pid)
         proc.wait()
         text = log_path.read_text(encoding="utf-8", errors="replace")
-        raise AssertionError(f"the daemon did not finish in {timeout}s; its log ends:\n{text[-4000:]}") from None
+        message = f"the daemon did not finish in {timeout}s; its log ends:\n{text[-4000:]}"
+        raise AssertionError(message) from None
     return DaemonRun(returncode=rc, seconds=time.monotonic() - started, log_path=log_path)
 
 
-def run_daemon(root: Path, *, env: Mapping[str, str] | None = None, timeout: float = RUN_TIMEOUT) -> DaemonRun:
+def run_daemon(root: Path, *, env: Mapping[str, str] | None = None,
+               timeout: float = RUN_TIMEOUT) -> DaemonRun:
     """``batchd run --once`` to its end (or its injected crash)."""
     started = time.monotonic()
     proc, log_path = start_daemon(root, env=env)
@@ -102,10 +106,8 @@ def run_until_done(root: Path, *, first_env: Mapping[str, str] | None = None,
 
 
 def kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def processes_mentioning(marker: str) -> dict[int, str]:
@@ -138,15 +140,13 @@ def leftover_processes(marker: str, grace: float = 2.0) -> dict[int, str]:
 def reap(marker: str) -> None:
     """Kill, by pid, whatever a test started for ``marker`` and left running (after a failure)."""
     for pid in processes_mentioning(marker):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def batchd(root: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(batchd_argv(*args, "-C", str(root)), cwd=root, env=daemon_env(), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(batchd_argv(*args, "-C", str(root)), cwd=root, env=daemon_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def events(root: Path) -> list[dict[str, Any]]:
@@ -181,7 +181,8 @@ def tree_files(repo: Path, rev: str, *, without: Sequence[str] = ()) -> dict[str
     return out
 
 
-def commit_messages(repo: Path, rev: str, *, since: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
+def commit_messages(repo: Path, rev: str, *,
+                    since: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
     """(subject, body without trailers, trailers) of each commit, oldest first."""
     span = f"{since}..{rev}" if since else rev
     raw = git(repo, "log", "--reverse", "--format=%H", span).split()
@@ -207,7 +208,7 @@ def failed_rows(text: str) -> dict[str, tuple[str, str, str, str]]:
         if line.startswith("## "):
             inside = line.strip() == "## Failed/Blocked Todos"
             continue
-        if not inside or not line.startswith("| ") or line.startswith("| Todo ID") or line.startswith("|---"):
+        if not inside or not line.startswith("| ") or line.startswith(("| Todo ID", "|---")):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         assert len(cells) == 5, f"a Failed/Blocked row without 5 cells: {line!r}"
@@ -231,8 +232,15 @@ class Tally:
         return {k: n for k, n in self.counts.items() if n > 1}
 
 
+AGENT_EVENTS = ("todo.agent_started", "todo.agent_spawned", "todo.agent_finished", "todo.agent_failed",
+                "todo.agent_interrupted", "todo.rejected", "todo.conflicted")
+
+
 def once_only_tally(log: Sequence[Mapping[str, Any]]) -> Tally:
+    """Counts per key of events that may happen once. An interrupted attempt is re-run under its own
+    number (it does not count), so agent events are keyed by attempt and by re-run as well."""
     tally = Tally()
+    reruns: dict[tuple[str, int], int] = {}
     for e in log:
         p = e["payload"]
         kind = e["type"]
@@ -240,9 +248,11 @@ def once_only_tally(log: Sequence[Mapping[str, Any]]) -> Tally:
             tally.add(kind, p["todo_id"], p["batch"])
         elif kind in ("todo.completed", "todo.blocked"):
             tally.add(kind, p["todo_id"])
-        elif kind in ("todo.agent_started", "todo.agent_finished", "todo.agent_failed", "todo.rejected",
-                      "todo.conflicted", "todo.agent_interrupted"):
-            tally.add(kind, p["todo_id"], str(p["attempt"]))
+        elif kind in AGENT_EVENTS:
+            attempt = (p["todo_id"], int(p["attempt"]))
+            tally.add(kind, p["todo_id"], str(p["attempt"]), str(reruns.get(attempt, 0)))
+            if kind == "todo.agent_interrupted":
+                reruns[attempt] = reruns.get(attempt, 0) + 1
         elif kind.startswith("phase.") and kind != "phase.pushing":
             tally.add(kind, str(p["number"]))
         elif kind.startswith("batch.") and kind not in ("batch.verify_run", "batch.paused", "batch.resumed"):

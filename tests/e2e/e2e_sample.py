@@ -112,7 +112,10 @@ TODOS: tuple[SampleTodo, ...] = (
     SampleTodo("107", "p3", "add-delta", "Add delta", _adds_module("delta", 4), ("app/delta.py",)),
 )
 
-PHASE_MESSAGES = {1: "feat(app): complete phase 1 - modules", 2: "feat(settings): complete phase 2 - settings"}
+PHASE_MESSAGES = {
+    1: "feat(app): complete phase 1 - modules",
+    2: "feat(settings): complete phase 2 - settings",
+}
 PLAN = f"""\
 # Sample plan
 

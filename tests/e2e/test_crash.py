@@ -192,12 +192,19 @@ class Lab:
         return runs, f"kill -9 after {moments} s (seed {seed})"
 
 
+def _scenario_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("scenario") if callspec is not None else None
+    return value if isinstance(value, str) else None
+
+
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    # Start every scenario selected in this module at once: they run side by side in the pool.
     selected = [
-        item.callspec.params["scenario"]
-        for item in request.session.items
-        if item.module is request.module and hasattr(item, "callspec") and "scenario" in item.callspec.params
+        name for item in request.session.items
+        if isinstance(item, pytest.Function) and item.module is request.module
+        and (name := _scenario_of(item)) is not None
     ]
     opened = Lab(tmp_path_factory.mktemp("crash"), list(dict.fromkeys(selected)))
     yield opened

@@ -1,0 +1,120 @@
+"""Control requests (`batchd pause`, `resume`, `cancel`, `retry`) against a running daemon, and with none.
+
+The CLI only appends to the log's ``control`` stream; how fast the daemon answers is read from the
+log itself (request and effect are both stamped there), so a slow CLI start on a busy machine does
+not blur it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from conftest import DaemonProcess, batchd, make_repo, read_events, status_json, todo_states
+
+from store.eventlog import StoredEvent
+
+
+def quick(name: str) -> str:
+    return f"write: [{{path: {name}, content: done}}]"
+
+
+def slow(name: str, seconds: float) -> str:
+    """Sleeps ``seconds`` when the repository's config sets BATCHD_DEMO_SPEED=1."""
+    return f"sleep: {seconds}\n{quick(name)}"
+
+
+# Fails its first attempt (blocked at max_attempts = 1); a second attempt succeeds.
+FAILS_ONCE = "exit: 1\nattempts: {2: {exit: 0, write: [{path: fixed.txt, content: fixed}]}}"
+
+
+def first(events: list[StoredEvent], type_: str) -> StoredEvent:
+    return next(e for e in events if e.type == type_)
+
+
+def seconds_between(a: StoredEvent, b: StoredEvent) -> float:
+    return (datetime.fromisoformat(b.recorded_at) - datetime.fromisoformat(a.recorded_at)).total_seconds()
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def started(root: Path) -> list[tuple[str, int]]:
+    return [
+        (e.payload["todo_id"], e.payload["attempt"])
+        for e in read_events(root)
+        if e.type == "todo.agent_started"
+    ]
+
+
+def test_pause_holds_new_agents_until_resume(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """`batchd pause` pauses the run within a second and no new agent starts; `batchd resume` goes on."""
+    root = make_repo(
+        tmp_path / "repo", {"1": slow("one.txt", 1.0), "2": quick("two.txt")}, max_parallel=1, speed="1"
+    )
+    daemon = start_daemon(root)
+    daemon.wait_events("todo.agent_spawned")
+    ok(batchd(root, "pause"))
+    daemon.wait_events("run.paused")
+    events = read_events(root)
+    assert seconds_between(first(events, "control.pause"), first(events, "run.paused")) < 1.0
+    assert status_json(root)["run"]["state"] == "paused"
+    # The running agent is let finish; unpaused, the next todo's agent would start right after it.
+    daemon.wait_events("todo.agent_finished")
+    time.sleep(1.0)
+    assert started(root) == [("1", 1)]
+    ok(batchd(root, "resume"))
+    daemon.wait_events("run.resumed")
+    daemon.wait_events("run.completed", timeout=30)
+    assert todo_states(root) == {"1": "complete", "2": "complete"}
+
+
+def test_cancel_a_queued_todo(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> None:
+    """`batchd cancel ID` on a todo still waiting for its turn cancels it; its agent never runs."""
+    root = make_repo(
+        tmp_path / "repo", {"1": slow("one.txt", 1.0), "2": quick("two.txt")}, max_parallel=1, speed="1"
+    )
+    daemon = start_daemon(root)
+    daemon.wait_events("todo.agent_spawned")
+    ok(batchd(root, "cancel", "2"))
+    (handled,) = daemon.wait_events("control.handled")
+    assert handled.payload["outcome"] == "done", handled.payload
+    daemon.wait_events("run.completed", timeout=30)
+    assert todo_states(root) == {"1": "complete", "2": "cancelled"}
+    assert started(root) == [("1", 1)]
+
+
+def test_retry_a_blocked_todo_with_the_daemon_running(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """`batchd retry ID` on a blocked todo makes a running daemon run it again (attempt 2) to completion."""
+    root = make_repo(tmp_path / "repo", {"1": FAILS_ONCE, "2": quick("two.txt")}, max_attempts=1)
+    daemon = start_daemon(root)
+    daemon.wait_events("run.completed", timeout=30)
+    assert todo_states(root) == {"1": "blocked", "2": "complete"}
+    ok(batchd(root, "retry", "1"))
+    daemon.wait_events("run.completed", count=2, timeout=30)
+    assert todo_states(root) == {"1": "complete", "2": "complete"}
+    assert started(root) == [("1", 1), ("2", 1), ("1", 2)]
+
+
+def test_a_request_made_with_no_daemon_is_acted_on_at_the_next_start(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """`batchd retry` with no daemon running is recorded; the next `batchd run --once` runs the todo."""
+    root = make_repo(tmp_path / "repo", {"1": FAILS_ONCE, "2": quick("two.txt")}, max_attempts=1)
+    assert start_daemon(root, "--once").wait(timeout=60) == 1  # todo 1 blocked: the run is not complete
+    out = ok(batchd(root, "retry", "1"))
+    assert "request recorded" in out
+    assert [e.type for e in read_events(root)][-1] == "control.retry"
+    rerun = start_daemon(root, "--once")
+    assert rerun.wait(timeout=60) == 0, rerun.log_path.read_text()
+    assert todo_states(root) == {"1": "complete", "2": "complete"}
+    assert started(root)[-1] == ("1", 2)
