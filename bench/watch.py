@@ -59,7 +59,7 @@ def queued(daemon: Daemon, n: int) -> bool:
 def measure_watcher(root: Path, drops: int) -> list[float]:
     daemon = make_repo(root)
     folder = daemon.config.todos_path
-    watcher = TodoWatcher(folder, ignore=lambda name: is_ignored(name), settle=0.02)
+    watcher = TodoWatcher(folder, ignore=is_ignored, settle=0.02)
     watcher.start()
     latencies = []
     try:
@@ -67,9 +67,9 @@ def measure_watcher(root: Path, drops: int) -> list[float]:
             started = drop(folder, n)
             deadline = started + 5
             while not queued(daemon, n) and time.perf_counter() < deadline:
-                if watcher.wait(0.05) or watcher.take_overflow():
-                    if watcher.drain(time.monotonic()):
-                        intake.rescan(daemon)
+                woke = watcher.wait(0.05) or watcher.take_overflow()
+                if woke and watcher.drain(time.monotonic()):
+                    intake.rescan(daemon)
             latencies.append(time.perf_counter() - started)
     finally:
         watcher.stop()
@@ -114,7 +114,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="100 drops, 1,000-file scan, 20 polled drops")
     args = parser.parse_args(argv)
     configure_logging(level="warning")
@@ -127,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     ms = 1000.0
     print(f"{'path':<28}{'drops':>6}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
     for name, values in (("watcher (daemon path)", watched), ("1 s polling scan (baseline)", polling)):
-        print(f"{name:<28}{len(values):>6}{pct(values, 0.5) * ms:>10.1f}{pct(values, 0.99) * ms:>10.1f}"
-              f"{statistics.mean(values) * ms:>10.1f}")
+        print(
+            f"{name:<28}{len(values):>6}{pct(values, 0.5) * ms:>10.1f}{pct(values, 0.99) * ms:>10.1f}"
+            f"{statistics.mean(values) * ms:>10.1f}"
+        )
     ratio = statistics.median(polling) / statistics.median(watched)
     print(f"watcher p50 is {ratio:.1f}x faster than polling; start-up scan of {files} files: {scan:.2f} s")
     ok = pct(watched, 0.99) < 0.100 and (scan < 2.0 or files < 10_000)

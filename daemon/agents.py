@@ -86,6 +86,9 @@ def build_argv(
     return [_substitute(element, values) for element in agent.argv_template]
 
 
+DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "BATCHD_CRASH_AFTER", "BATCHD_CRASH_AT_SEQ")
+
+
 def agent_env(
     agent: AgentConfig,
     *,
@@ -97,6 +100,10 @@ def agent_env(
 ) -> dict[str, str]:
     """The complete environment of an agent: ``base`` (default ``os.environ``), ``[agent] env``, BATCHD_*."""
     env = dict(os.environ if base is None else base)
+    # systemd's notify socket and watchdog belong to the daemon: an agent (or a tool it runs that
+    # speaks sd_notify) must not report READY or pings in the daemon's name.
+    for name in DAEMON_ONLY_ENV:
+        env.pop(name, None)
     env.update(agent.env)
     env.update(
         BATCHD_TODO_ID=todo_id,

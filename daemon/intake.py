@@ -135,8 +135,10 @@ def event_for(d: Daemon, change: object) -> object | None:
             by = "person" if isinstance(change, StatusChanged) else "scan"
             return ev.TodoQueued(**_fields(d, found), by=by)  # type: ignore[arg-type]
         current = d.proj.todos.get(found.key)
-        if current is not None and current.state == TodoState.COMPLETE:
-            return None  # our own rename after the phase commit
+        if current is not None and current.state in (TodoState.COMPLETE, TodoState.ACCEPTED):
+            # Our own rename: the phase commit reached the checkout (an accepted todo is completed
+            # by the daemon itself, with the commit, once that is recorded).
+            return None
         return ev.TodoCompleted(todo_id=found.key, path=_rel(d, found.path), commit="", by="person")
     return None
 

@@ -517,3 +517,14 @@ def test_setup_timeout_is_a_failure(tmp_path: Path, env: dict[str, str]) -> None
 def test_no_setup_is_ok(tmp_path: Path) -> None:
     """An empty setup succeeds without running anything."""
     assert run_setup([], cwd=tmp_path, log_path=tmp_path / "setup.log", timeout=1).ok
+
+
+def test_agent_env_drops_the_daemons_notify_socket_and_fault_switches() -> None:
+    """An agent never inherits NOTIFY_SOCKET/WATCHDOG_* (systemd's, for the daemon) or crash switches."""
+    from daemon.agents import agent_env
+    from daemon.config import AgentConfig
+
+    base = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "BATCHD_CRASH_AFTER": "x"}
+    env = agent_env(AgentConfig(), todo_id="1", todo_path="/t.md", attempt=1, worktree="/w", base=base)
+    assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env and "BATCHD_CRASH_AFTER" not in env
+    assert env["PATH"] == "/usr/bin" and env["BATCHD_TODO_ID"] == "1"

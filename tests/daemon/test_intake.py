@@ -49,7 +49,7 @@ def daemon(repo: Path) -> Iterator[Daemon]:
 
 @pytest.fixture
 def watcher(repo: Path) -> Iterator[TodoWatcher]:
-    w = TodoWatcher(repo / "todos", ignore=lambda name: is_ignored(name), settle=0.02)
+    w = TodoWatcher(repo / "todos", ignore=is_ignored, settle=0.02)
     w.start()
     yield w
     w.stop()
@@ -84,7 +84,11 @@ def test_new_ready_file_is_queued(daemon: Daemon, watcher: TodoWatcher, repo: Pa
     write(repo, "101-ready-p2-add-thing.md", "Add the thing")
     pump(daemon, watcher, lambda: state(daemon, "101") == "ready")
     todo = daemon.proj.todos["101"]
-    assert (todo.title, todo.priority, todo.path) == ("Add the thing", "p2", "todos/101-ready-p2-add-thing.md")
+    assert (todo.title, todo.priority, todo.path) == (
+        "Add the thing",
+        "p2",
+        "todos/101-ready-p2-add-thing.md",
+    )
     assert types(daemon, "101") == ["todo.queued"]
 
 
@@ -126,7 +130,9 @@ def test_renaming_complete_to_ready_requeues(daemon: Daemon, watcher: TodoWatche
     pump(daemon, watcher, lambda: state(daemon, "105") == "ready")
 
 
-def test_deleting_a_todo_that_has_not_started_cancels_it(daemon: Daemon, watcher: TodoWatcher, repo: Path) -> None:
+def test_deleting_a_todo_that_has_not_started_cancels_it(
+    daemon: Daemon, watcher: TodoWatcher, repo: Path
+) -> None:
     """Deleting a queued todo's file cancels it."""
     path = write(repo, "106-ready-p2-x.md")
     pump(daemon, watcher, lambda: state(daemon, "106") == "ready")
