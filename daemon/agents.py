@@ -86,7 +86,13 @@ def build_argv(
     return [_substitute(element, values) for element in agent.argv_template]
 
 
-DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "BATCHD_CRASH_AFTER", "BATCHD_CRASH_AT_SEQ")
+DAEMON_ONLY_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "BATCHD_CRASH_AFTER",
+    "BATCHD_CRASH_AT_SEQ",
+)
 
 
 def agent_env(

@@ -221,15 +221,14 @@ def land(d: Daemon, phase: PhaseView) -> None:
     try:
         move_checkout(d, sha)
     except GitError as e:
+        reason = (
+            f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
+            "Commit or move aside the file named, then `batchd resume`."
+        )
         if not d.proj.run.paused_reason:
-            d.emit_one(
-                ev.RUN_STREAM,
-                ev.RunPaused(
-                    reason=f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
-                    "Commit or move aside the file named, then `batchd resume`.",
-                    by="daemon",
-                ),
-            )
+            d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
+        if d.once:
+            d.fatal = reason  # unattended: waiting for a person to resume would never end
         return
     completed = []
     for todo_id in phase.todo_ids:
@@ -347,6 +346,7 @@ def push(d: Daemon, phase: PhaseView) -> None:
         d.status_dirty = True
 
     def failed(error: BaseException) -> None:
+        d.status_dirty = True
         d.emit_one(
             ev.phase_stream(phase.number),
             ev.PhasePushFailed(

@@ -691,7 +691,18 @@ def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
     )
     missing = sorted((t for t in wanted if t not in complete), key=numeric)
     batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
-    success = checks_green and not missing and batches_done
+    # The seed's criteria include "all phases committed and pushed": the latest push must have
+    # gone out (a later phase's push carries earlier commits, so only the latest counts).
+    pushes = [
+        p
+        for p in sorted(d.proj.phases.values(), key=lambda p: p.number)
+        if p.pushed_sha or p.push_failed_reason
+    ]
+    unpushed = bool(pushes) and not pushes[-1].pushed_sha
+    if unpushed:
+        reason = f"phase {pushes[-1].number} was not pushed: {pushes[-1].push_failed_reason}"
+        detail = f"{detail}; {reason}" if detail else reason
+    success = checks_green and not missing and batches_done and not unpushed
     d.emit_one(
         ev.RUN_STREAM,
         ev.RunCompleted(

@@ -20,6 +20,7 @@ from gitrepo import CHECK_PY, GOOD_MOD, git
 
 from daemon.config import load_config
 from daemon.service import serve
+from daemon.signals import SignalFlags
 from daemon.workspace import open_log
 from store.eventlog import StoredEvent
 
@@ -29,6 +30,8 @@ CHECK = [PY, "-B", "check.py"]
 STATUS_FILE = "plans/EXECUTION-STATUS.md"
 
 # check() of a module that fails once mods/feature.py exists: the remote's commit that breaks ours.
+IDENTITY = (("user.name", "Test"), ("user.email", "test@example.com"), ("commit.gpgsign", "false"))
+
 GUARD_MOD = "import os\n\ndef check():\n    return not os.path.exists('mods/feature.py')\n"
 
 
@@ -114,9 +117,9 @@ class PhaseRepo:
     def git(self, *args: str) -> str:
         return git(self.root, *args)
 
-    def run(self) -> int:
+    def run(self, flags: SignalFlags | None = None) -> int:
         """``batchd run --once`` in this process; returns its exit code."""
-        return serve(load_config(self.root), once=True)
+        return serve(load_config(self.root), once=True, flags=flags)
 
     def run_cli(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``batchd run --once`` as a real process."""
@@ -181,7 +184,7 @@ def build_repo(
     remote = tmp_path / "remote.git"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "Test"), ("user.email", "test@example.com"), ("commit.gpgsign", "false")):
+    for key, value in IDENTITY:
         git(root, "config", key, value)
     tree = {"check.py": CHECK_PY, "mods/base.py": GOOD_MOD, "todos/.gitkeep": "", **(files or {})}
     if plan is not None:

@@ -27,6 +27,10 @@ def slow(name: str, seconds: float) -> str:
     return f"sleep: {seconds}\n{quick(name)}"
 
 
+# Long enough for a `batchd` command started when the agent spawns to land before it exits, even on
+# a busy machine where the CLI takes seconds to start; otherwise the next todo could already run.
+AGENT_SECONDS = 4.0
+
 # Fails its first attempt (blocked at max_attempts = 1); a second attempt succeeds.
 FAILS_ONCE = "exit: 1\nattempts: {2: {exit: 0, write: [{path: fixed.txt, content: fixed}]}}"
 
@@ -57,7 +61,10 @@ def test_pause_holds_new_agents_until_resume(
 ) -> None:
     """`batchd pause` pauses the run within a second and no new agent starts; `batchd resume` goes on."""
     root = make_repo(
-        tmp_path / "repo", {"1": slow("one.txt", 1.0), "2": quick("two.txt")}, max_parallel=1, speed="1"
+        tmp_path / "repo",
+        {"1": slow("one.txt", AGENT_SECONDS), "2": quick("two.txt")},
+        max_parallel=1,
+        speed="1",
     )
     daemon = start_daemon(root)
     daemon.wait_events("todo.agent_spawned")
@@ -67,7 +74,8 @@ def test_pause_holds_new_agents_until_resume(
     assert seconds_between(first(events, "control.pause"), first(events, "run.paused")) < 1.0
     assert status_json(root)["run"]["state"] == "paused"
     # The running agent is let finish; unpaused, the next todo's agent would start right after it.
-    daemon.wait_events("todo.agent_finished")
+    (finished,) = daemon.wait_events("todo.agent_finished", timeout=30)
+    assert first(events, "run.paused").seq < finished.seq, "the pause landed after the agent ended"
     time.sleep(1.0)
     assert started(root) == [("1", 1)]
     ok(batchd(root, "resume"))
@@ -79,7 +87,10 @@ def test_pause_holds_new_agents_until_resume(
 def test_cancel_a_queued_todo(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> None:
     """`batchd cancel ID` on a todo still waiting for its turn cancels it; its agent never runs."""
     root = make_repo(
-        tmp_path / "repo", {"1": slow("one.txt", 1.0), "2": quick("two.txt")}, max_parallel=1, speed="1"
+        tmp_path / "repo",
+        {"1": slow("one.txt", AGENT_SECONDS), "2": quick("two.txt")},
+        max_parallel=1,
+        speed="1",
     )
     daemon = start_daemon(root)
     daemon.wait_events("todo.agent_spawned")

@@ -111,7 +111,7 @@ def kill_group(pgid: int) -> None:
 
 
 def processes_mentioning(marker: str) -> dict[int, str]:
-    """Live processes whose command line names ``marker`` (a test's own temporary folder)."""
+    """Live processes whose command line names ``marker`` (a test's own folder) or that run in it."""
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -119,11 +119,12 @@ def processes_mentioning(marker: str) -> dict[int, str]:
         try:
             raw = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone meanwhile, or not ours to look at
             continue
         cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
-        if marker in cmdline and state != "Z":
-            found[int(entry.name)] = cmdline
+        if state != "Z" and (marker in cmdline or cwd == marker or cwd.startswith(marker + "/")):
+            found[int(entry.name)] = f"{cmdline} (in {cwd})"
     return found
 
 

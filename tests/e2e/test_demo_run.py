@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,14 @@ def test_no_agent_process_is_left(demo: DemoRun) -> None:
     """Every agent (including 283's hung one, killed at its timeout) is gone when the daemon exits."""
     assert demo.outcome.leftovers == {}
 
+
+
+def test_each_phase_commit_renames_its_resolved_todos(demo: DemoRun) -> None:
+    """A phase's commit is the one that renames its resolved todos to -complete- (and no others)."""
+    root = demo.project.root
+    shas = git(root, "rev-list", "--reverse", f"{demo.base}..main").split()
+    for phase, sha in zip(PHASES, shas, strict=True):
+        added = git(root, "diff-tree", "--no-commit-id", "-r", "--name-only", "--diff-filter=A", sha)
+        renamed_ids = {Path(p).name.split("-")[0] for p in added.splitlines() if "-complete-" in p}
+        resolved = {t for batch in phase.batches for t in batch.todos} - EXPECTED_BLOCKED.keys()
+        assert renamed_ids == resolved, f"phase {phase.number}"

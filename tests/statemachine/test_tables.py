@@ -46,7 +46,9 @@ def test_every_event_type_maps_to_one_declared_trigger() -> None:
     assert [c for c, pair in EVENT_TRIGGERS.items() if pair not in declared] == []
 
 
-@pytest.mark.parametrize(("kind", "source", "trigger", "dest"), declared_rows(), ids=_row_id)
+@pytest.mark.parametrize(
+    ("kind", "source", "trigger", "dest"), declared_rows(), ids=map(_row_id, declared_rows())
+)
 def test_declared_transition_fold_and_live_machine_agree(
     kind: Kind, source: str, trigger: str, dest: str
 ) -> None:
@@ -58,7 +60,9 @@ def test_declared_transition_fold_and_live_machine_agree(
     assert (pr.state_of(stream), live.fire(trigger)) == (dest, dest)
 
 
-@pytest.mark.parametrize(("kind", "state", "trigger"), undeclared_pairs(), ids=_row_id)
+@pytest.mark.parametrize(
+    ("kind", "state", "trigger"), undeclared_pairs(), ids=map(_row_id, undeclared_pairs())
+)
 def test_undeclared_pair_is_rejected_by_the_fold(kind: Kind, state: str, trigger: str) -> None:
     """An event the state does not declare raises InvalidTransition naming stream, state, event, seq."""
     pr, seq = _fold_to(kind, state)
@@ -74,7 +78,9 @@ def test_undeclared_pair_is_rejected_by_the_fold(kind: Kind, state: str, trigger
     )
 
 
-@pytest.mark.parametrize(("kind", "state", "trigger"), undeclared_pairs(), ids=_row_id)
+@pytest.mark.parametrize(
+    ("kind", "state", "trigger"), undeclared_pairs(), ids=map(_row_id, undeclared_pairs())
+)
 def test_undeclared_pair_is_rejected_by_the_live_machine(kind: Kind, state: str, trigger: str) -> None:
     """A live machine refuses the trigger with InvalidTransition (and ``may`` says no) in that state."""
     model = LiveMachines().get(ENTITY[kind][0], kind, state)
