@@ -199,7 +199,8 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
 
 def append_control(repo: Path | None, db: str | None, event: object, what: str) -> None:
     root = resolve_root(repo)
-    log = open_log(root, db)
+    # A repository set up for batchd but never run yet may be paused (or resumed) ahead of time.
+    log = open_log(root, db, must_exist=not (root / "batchd.toml").is_file())
     try:
         stored = log.append(ev.CONTROL_STREAM, [event])
     finally:

@@ -148,6 +148,8 @@ def event_for(d: Daemon, change: object) -> object | None:
 
 def handle_controls(d: Daemon) -> None:
     """Answer each control request once, with its effect in the same transaction."""
+    if d.proj.run.state == RunState.IDLE:
+        return  # requests made before the run started are answered once it has (a pause holds it)
     for seq, type_, payload in list(d.proj.controls_pending):
         appends, outcome, detail = answer(d, type_, payload)
         appends.append(

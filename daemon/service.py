@@ -58,6 +58,7 @@ def tick(d: Daemon, watcher: TodoWatcher | None, now: float, state: dict[str, fl
         if d.fatal:
             break
         before = d.proj.last_seq
+        intake.handle_controls(d)  # between steps too: a pause made before the run began holds it
         scheduler.advance(d)
         d.poll_jobs()
         if d.proj.last_seq == before or d.fatal:
@@ -138,7 +139,8 @@ def stop(d: Daemon, signum: int | None, *, once: bool) -> int:
     reason = f"signal {signal.Signals(signum).name}" if signum else "cannot proceed"
     log.info("daemon_stopping", reason=reason, running=len(d.agents))
     d.notifier.stopping()
-    if d.proj.run.state in (RunState.RUNNING, RunState.PAUSED):
+    # A paused run stays paused across the stop: the next start must not resume it by itself.
+    if d.proj.run.state == RunState.RUNNING:
         d.emit_one(ev.RUN_STREAM, ev.RunStopping(reason=reason))
     executor.stop_all(d, f"daemon stopped ({reason})", grace=d.config.batchd.stop_timeout)
     d.wait_jobs(timeout=d.config.batchd.stop_timeout)

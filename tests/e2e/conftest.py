@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from e2e_harness import reap
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -13,3 +17,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="crash suite: kill the daemon after every event type and at random sequence numbers "
         "(slow); same as BATCHD_CRASH_SWEEP=1",
     )
+
+
+@pytest.fixture
+def reaper(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, and afterwards nothing started for it is left running (killed by pid if it is)."""
+    yield tmp_path
+    reap(str(tmp_path))

@@ -156,6 +156,13 @@ def events(root: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
+def last_seq(root: Path) -> int:
+    """The log's last sequence number (0 before the first run)."""
+    if not (root / ".batchd" / "events.db").exists():
+        return 0
+    return max((e["seq"] for e in events(root)), default=0)
+
+
 def status_json(root: Path) -> dict[str, Any]:
     done = batchd(root, "status", "--json")
     assert done.returncode == 0, done.stderr

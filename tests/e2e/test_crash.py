@@ -30,16 +30,21 @@ import pytest
 from e2e_harness import (
     DaemonRun,
     Outcome,
+    batchd,
     collect_outcome,
     crash_sweep_enabled,
+    events,
     git,
+    last_seq,
+    leftover_processes,
+    processes_mentioning,
     reap,
     run_daemon,
     run_until_done,
     start_daemon,
     wait_daemon,
 )
-from e2e_sample import EXPECTED_BLOCKED, EXPECTED_COMPLETE, PHASE_MESSAGES, build_sample
+from e2e_sample import EXPECTED_BLOCKED, EXPECTED_COMPLETE, PHASE_MESSAGES, SampleTodo, build_sample
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -99,6 +104,10 @@ CI_SEQ_SEEDS: tuple[int, ...] = ()
 SWEEP_SEQ_SEEDS = tuple(range(1, 13))
 CI_KILL9_SEEDS = (2026,)
 SWEEP_KILL9_SEEDS = (2026, 7, 11, 23, 42)
+# Crash after crash: each restart dies again a few events later (during recovery, too).
+CI_CHAIN_SEEDS = (5,)
+SWEEP_CHAIN_SEEDS = (5, 6, 8, 13, 21)
+CHAIN_CRASHES = 4
 KILLS_PER_RUN = 2  # external kill -9s per scenario (each at a random moment of a daemon's life)
 WORKERS = int(os.environ.get("BATCHD_E2E_WORKERS", "3"))
 
@@ -106,9 +115,9 @@ WORKERS = int(os.environ.get("BATCHD_E2E_WORKERS", "3"))
 def scenarios(sweep: bool) -> list[str]:
     if not sweep:
         return [*(f"after:{k}" for k in CI_KILL_POINTS), *(f"seq-seed:{s}" for s in CI_SEQ_SEEDS),
-                *(f"kill9-seed:{s}" for s in CI_KILL9_SEEDS)]
+                *(f"kill9-seed:{s}" for s in CI_KILL9_SEEDS), *(f"chain-seed:{s}" for s in CI_CHAIN_SEEDS)]
     return [*(f"after:{k}" for k in SWEEP_KILL_POINTS), *(f"seq-seed:{s}" for s in SWEEP_SEQ_SEEDS),
-            *(f"kill9-seed:{s}" for s in SWEEP_KILL9_SEEDS)]
+            *(f"kill9-seed:{s}" for s in SWEEP_KILL9_SEEDS), *(f"chain-seed:{s}" for s in SWEEP_CHAIN_SEEDS)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -164,10 +173,27 @@ class Lab:
             seq = random.Random(int(arg)).randint(2, last)
             runs = run_until_done(root, first_env={"BATCHD_CRASH_AT_SEQ": str(seq)})
             detail = f"BATCHD_CRASH_AT_SEQ={seq} (of {last})"
+        elif kind == "chain-seed":
+            runs, detail = self._chained_crashes(root, int(arg))
         else:
             runs, detail = self._external_kills(root, int(arg))
         crashes = sum(r.returncode == -signal.SIGKILL for r in runs)
         return Result(collect_outcome(root, remote, runs, base=base), crashes, detail)
+
+    def _chained_crashes(self, root: Path, seed: int) -> tuple[list[DaemonRun], str]:
+        """Crash, then crash each restart again 1-12 events after it starts, then let it finish."""
+        rng = random.Random(seed)
+        runs: list[DaemonRun] = []
+        points: list[int] = []
+        for _ in range(CHAIN_CRASHES):
+            seq = last_seq(root) + rng.randint(1, 12)
+            points.append(seq)
+            runs.append(run_daemon(root, env={"BATCHD_CRASH_AT_SEQ": str(seq)}))
+            if runs[-1].returncode != -signal.SIGKILL:
+                break  # the run ended before that sequence number
+        if runs[-1].returncode == -signal.SIGKILL:
+            runs.extend(run_until_done(root))
+        return runs, f"BATCHD_CRASH_AT_SEQ={points} one run after another (seed {seed})"
 
     def _external_kills(self, root: Path, seed: int) -> tuple[list[DaemonRun], str]:
         """``kill -9`` the daemon at random moments (fixed seed), restarting each time, then let it finish."""
@@ -263,3 +289,47 @@ def test_crash_and_restart_leave_a_clean_log_and_no_processes(lab: Lab, scenario
     assert got.duplicates == {}, context
     assert got.leftovers == {}, context
     assert got.event_types.get("run.completed") == 1, context
+
+
+# --- an agent still running when the daemon dies --------------------------------------------------
+
+HANGING = SampleTodo(
+    "201", "p1", "hang", "Hang after the change",
+    {"write": [{"path": "app/hang.py", "content": "HANG = 1\n"}], "hang": True}, ("app/hang.py",),
+)
+
+
+def test_restart_kills_the_agent_group_a_crashed_daemon_left_running(reaper: Path) -> None:
+    """An agent that outlives the killed daemon (it hangs) is killed by the next start, then re-run."""
+    sample = build_sample(reaper, todos=(HANGING,), with_plan=False)
+    crashed = run_daemon(sample.root, env={"BATCHD_CRASH_AFTER": "todo.agent_spawned"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.log_tail()
+    orphans = leftover_processes(str(sample.root), grace=0)
+    assert any("daemon.demo.agent" in cmd for cmd in orphans.values()), orphans
+
+    started = time.monotonic()
+    proc, log_path = start_daemon(sample.root)
+    try:
+        deadline = started + 30
+        while time.monotonic() < deadline and set(orphans) & set(processes_mentioning(str(sample.root))):
+            time.sleep(0.1)
+        still = set(orphans) & set(processes_mentioning(str(sample.root)))
+        # The attempt is re-run: wait for its new agent before stopping the daemon.
+        while time.monotonic() < deadline and proc.poll() is None and \
+                sum(e["type"] == "todo.agent_spawned" for e in events(sample.root)) < 2:
+            time.sleep(0.2)
+        running = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stopped = wait_daemon(proc, log_path, started, timeout=60)
+    assert not still, f"the crashed daemon's agent is still running: {still}"
+    assert running, "the restarted daemon exited before the test could stop it"
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.log_tail()
+    log = events(sample.root)
+    interrupted = [e["payload"] for e in log if e["type"] == "todo.agent_interrupted"]
+    assert [p["todo_id"] for p in interrupted] == ["201", "201"]  # the crash, then the SIGTERM
+    spawned = [e["payload"] for e in log if e["type"] == "todo.agent_spawned"]
+    assert len(spawned) == 2
+    assert set(orphans) & {spawned[0]["pid"]}
+    assert leftover_processes(str(sample.root)) == {}
+    assert batchd(sample.root, "audit", "verify").returncode == 0
