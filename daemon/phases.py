@@ -19,7 +19,7 @@ from daemon.runner import Daemon
 from daemon.statusfile import render_status
 from daemon.todofile import TodoStatus, rename_status, set_front_matter_status
 from statemachine import events as ev
-from statemachine.tables import TodoState
+from statemachine.tables import BatchState, TodoState
 from statemachine.views import PhaseView
 
 log = structlog.get_logger(__name__)
@@ -88,7 +88,7 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     trailers = {TRAILER_RUN: run_id, TRAILER_PHASE: str(phase.number)}
     todo_ids = list(phase.todo_ids)
     message = message_for(d, phase, todo_ids)
-    head = last_head(d, phase)
+    head = phase_head(d, phase)
     base = phase.base_sha
     mode = d.config.batchd.commit_mode
     renames = {t: plan_rename(d, t) for t in todo_ids}
@@ -140,11 +140,12 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     d.submit(key, work, done, failed)
 
 
-def last_head(d: Daemon, phase: PhaseView) -> str:
+def phase_head(d: Daemon, phase: PhaseView) -> str:
+    """The phase's current head: the last finished batch's verified result, or the phase's base."""
     head = phase.base_sha
     for key in phase.batches:
         batch = d.proj.batches[key]
-        if batch.head_sha:
+        if batch.state == BatchState.DONE and batch.head_sha:
             head = batch.head_sha
     return str(head)
 
