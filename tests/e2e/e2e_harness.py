@@ -280,7 +280,9 @@ class Outcome:
     exit_code: int
     complete: frozenset[str]  # todos the log says are complete
     complete_files: frozenset[str]  # ids of todos/*-complete-* files in the checkout
-    tree: dict[str, str]  # the target branch's tree, without the status file (it names the run)
+    # The target branch's tree without the status file: that file names the run id and times, and
+    # counts interrupted (uncounted) attempts and re-done verify runs, so it differs after a crash.
+    tree: dict[str, str]
     remote_tree: dict[str, str]
     head: str
     remote_head: str

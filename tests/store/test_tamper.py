@@ -101,3 +101,40 @@ def test_unparseable_payload_on_read_names_the_seq(five: Path) -> None:
         list(log.read())
     assert info.value.seq == 2
     assert str(five) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        ("UPDATE batchd_events SET payload = replace(payload, 'event 3', 'event 9') WHERE seq = 3", 3),
+        ("DELETE FROM batchd_events WHERE seq = 2", 2),
+        (
+            "UPDATE batchd_events SET seq = 99 WHERE seq = 4; "
+            "UPDATE batchd_events SET seq = 4 WHERE seq = 5; "
+            "UPDATE batchd_events SET seq = 5 WHERE seq = 99",
+            4,
+        ),
+    ],
+    ids=["edited", "deleted", "reordered"],
+)
+def test_cli_audit_verify_exits_1_naming_the_first_bad_seq(five: Path, sql: str, bad_seq: int) -> None:
+    """`batchd audit verify` on a tampered log exits 1 and names the first bad sequence number."""
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "daemon", "audit", "verify", "--db", str(five)],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        == 0
+    )
+    run_sql(five, sql)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "audit", "verify", "--db", str(five), "-C", str(five.parent)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"sequence {bad_seq}" in done.stderr
