@@ -87,7 +87,9 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
 
     def work() -> agents.SetupResult | None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("", encoding="utf-8")
+        # Appended, not truncated: an attempt re-run after an interruption keeps the first run's output.
+        with log_path.open("a", encoding="utf-8") as out:
+            out.write(f"--- batchd: todo {todo_id} attempt {attempt}, worktree {worktree} ---\n")
         with d.git_lock:
             gitops.add_worktree(d.root, worktree, branch, base_sha)
         if setup:

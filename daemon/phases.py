@@ -248,7 +248,29 @@ def land(d: Daemon, phase: PhaseView) -> None:
         d.emit_one(ev.phase_stream(phase.number), ev.PhasePushing(number=phase.number, attempt=1, sha=sha))
         push(d, d.proj.phases[phase.number])
     else:
-        d.emit_one(ev.phase_stream(phase.number), ev.PhaseDone(number=phase.number))
+        finish(d, phase)
+
+
+def finish(d: Daemon, phase: PhaseView) -> None:
+    """The phase is done: record it, and tidy the worktrees of its completed todos away."""
+    d.emit_one(ev.phase_stream(phase.number), ev.PhaseDone(number=phase.number))
+    done = [t for t in phase.todo_ids if d.proj.todos[t].state == TodoState.COMPLETE]
+    if done:
+        d.submit(f"tidy-{phase.number}", lambda: tidy(d, done), lambda _: None, lambda _: None)
+
+
+def tidy(d: Daemon, todo_ids: list[str]) -> None:
+    """Remove the worktrees and ``batchd/todo-<id>-a<n>`` branches of completed todos: their work is in
+    the phase commit. Blocked and failed todos keep theirs, for a person to look at. Idempotent."""
+    with d.git_lock:
+        for todo_id in todo_ids:
+            gitops.remove_worktree(d.root, d.ws.worktrees / f"todo-{todo_id}")
+            refs = gitops.run_git(
+                d.root, "for-each-ref", "--format=%(refname:short)", f"refs/heads/batchd/todo-{todo_id}-a*"
+            ).stdout.split()
+            if refs:
+                gitops.run_git(d.root, "branch", "--quiet", "-D", "--", *refs, check=False)
+    log.info("worktrees_removed", todos=todo_ids)
 
 
 def move_checkout(d: Daemon, sha: str) -> None:

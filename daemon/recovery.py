@@ -63,6 +63,27 @@ def ensure_identity(root: Path) -> bool:
     return True
 
 
+def groups_working_in(folder: Path) -> set[int]:
+    """Process groups (other than ours) of processes whose working directory is inside ``folder``."""
+    found: set[int] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    target = folder.resolve()
+    own = os.getpgrp()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = (entry / "cwd").resolve(strict=True)
+            pgid = os.getpgid(int(entry.name))
+        except (OSError, RuntimeError):
+            continue  # gone, or not ours to look at
+        if pgid != own and (cwd == target or target in cwd.parents):
+            found.add(pgid)
+    return found
+
+
 def reconcile(d: Daemon) -> None:
     """Settle what a dead daemon left behind (idempotent: running it twice changes nothing more)."""
     gitops.prune_worktrees(d.root)
@@ -77,6 +98,11 @@ def reconcile(d: Daemon) -> None:
             continue
         if todo.pgid:
             agents.kill_leftover_group(todo.pgid)
+        if todo.worktree:
+            # A crash between starting the agent and recording its group leaves no pgid in the log:
+            # what still works inside the todo's worktree is that agent (or something it started).
+            for pgid in groups_working_in(d.root / todo.worktree):
+                agents.kill_leftover_group(pgid)
         interrupted.append(
             (
                 ev.todo_stream(todo.todo_id),

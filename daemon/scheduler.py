@@ -250,7 +250,7 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
     elif state == PhaseState.PUSHING:
         phases.push(d, phase)
     elif state in (PhaseState.PUSHED, PhaseState.PUSH_FAILED):
-        d.emit_one(ev.phase_stream(phase.number), ev.PhaseDone(number=phase.number))
+        phases.finish(d, phase)
 
 
 def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:

@@ -235,7 +235,7 @@ def test_batchd_loads_the_plan_and_finds_no_problem(demo: DemoProject) -> None:
 
 def test_the_seed_plan_matches_the_seed_file() -> None:
     """The plan's ids and messages are the seed prompt's, in the seed's order."""
-    seed = Path("/work/shared/seed/autonomous-batch-runner-prompt.md")
+    seed = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "autonomous-batch-runner-prompt.md"
     if not seed.is_file():
         pytest.skip("the seed prompt is not on this machine")
     text = seed.read_text(encoding="utf-8")

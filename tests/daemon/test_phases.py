@@ -192,6 +192,14 @@ def test_run_once_exits_0_with_a_success_verdict(happy: Happy) -> None:
 # --- a person's edit in the way -----------------------------------------------------------------
 
 
+def test_completed_todos_worktrees_and_branches_are_removed(happy: Happy) -> None:
+    """After its phase, a completed todo's worktree and batchd/todo-* branches are gone (work is on main)."""
+    repo = happy.repo
+    worktrees = repo.git("worktree", "list", "--porcelain")
+    assert "todo-1" not in worktrees and "todo-2" not in worktrees
+    assert repo.git("branch", "--list", "batchd/todo-*") == ""
+
+
 def test_persons_edit_to_a_committed_file_pauses_the_run_naming_it(tmp_path: Path) -> None:
     """An uncommitted edit of a file the phase commit changes pauses the run naming it; the edit is kept.
 

@@ -23,7 +23,7 @@ from daemon.plan import (
 )
 from daemon.todofile import Priority, TodoFile, TodoStatus
 
-SEED = Path("/work/shared/seed/autonomous-batch-runner-prompt.md")
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "autonomous-batch-runner-prompt.md"
 
 
 def todo(

@@ -25,7 +25,7 @@ from daemon.scanner import (
 )
 from daemon.todofile import TodoStatus
 
-EXAMPLES = Path("/work/shared/examples/todos")
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "examples" / "todos"
 
 
 def write(folder: Path, name: str, deps: tuple[str, ...] = (), body: str = "# T\n") -> Path:

@@ -25,7 +25,7 @@ from daemon.todofile import (
     set_front_matter_status,
 )
 
-EXAMPLES = Path("/work/shared/examples/todos")
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "examples" / "todos"
 EXAMPLE_273 = EXAMPLES / "273-ready-p1-tenant-filter-on-availability-query.md"
 EXAMPLE_274 = EXAMPLES / "274-pending-p2-cache-availability-per-day.md"
 

@@ -9,16 +9,6 @@ import pytest
 from e2e_harness import reap
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--crash-sweep",
-        action="store_true",
-        default=False,
-        help="crash suite: kill the daemon after every event type and at random sequence numbers "
-        "(slow); same as BATCHD_CRASH_SWEEP=1",
-    )
-
-
 @pytest.fixture
 def reaper(tmp_path: Path) -> Iterator[Path]:
     """``tmp_path``, and afterwards nothing started for it is left running (killed by pid if it is)."""

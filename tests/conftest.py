@@ -1,0 +1,39 @@
+"""Settings shared by every test package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+TEST_IDENTITY = {
+    "GIT_AUTHOR_NAME": "batchd tests",
+    "GIT_AUTHOR_EMAIL": "tests@batchd.invalid",
+    "GIT_COMMITTER_NAME": "batchd tests",
+    "GIT_COMMITTER_EMAIL": "tests@batchd.invalid",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--crash-sweep",
+        action="store_true",
+        default=False,
+        help="crash suite: kill the daemon after every event type and at random sequence numbers "
+        "(slow); same as BATCHD_CRASH_SWEEP=1",
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def git_identity() -> Iterator[None]:
+    """Tests commit in throwaway repositories: give git an identity where the machine has none (CI)."""
+    configured = subprocess.run(
+        ["git", "config", "--global", "user.email"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    added = {} if configured else {k: v for k, v in TEST_IDENTITY.items() if k not in os.environ}
+    os.environ.update(added)
+    yield
+    for key in added:
+        os.environ.pop(key, None)
