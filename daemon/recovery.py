@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from daemon import agents, gitops
+from daemon.exceptions import UsageError
 from daemon.runner import Daemon
 from statemachine import events as ev
 from statemachine.tables import TodoState
@@ -43,6 +44,27 @@ FALLBACK_IDENTITY = {
     "GIT_COMMITTER_NAME": "batchd",
     "GIT_COMMITTER_EMAIL": "batchd@localhost",
 }
+
+
+def check_checkout(root: Path, branch: str) -> None:
+    """The repository's own checkout must be on the branch batchd moves forward (it follows it)."""
+    proc = gitops.run_git(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    current = proc.stdout.strip()
+    if current == branch:
+        return
+    exists = gitops.run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+    where = f"on branch {current!r}" if current else "not on a branch (detached HEAD)"
+    if exists.returncode != 0:
+        hint = (
+            f"set [batchd] branch = {current!r} in batchd.toml, or create {branch!r}"
+            if current
+            else (f"`git checkout {branch}`")
+        )
+        raise UsageError(f"{root} is {where} and has no branch {branch!r}", hint=hint)
+    raise UsageError(
+        f"{root} is {where}, but batchd.toml says branch = {branch!r}",
+        hint=f"`git checkout {branch}` (batchd keeps this checkout on it), or change [batchd] branch",
+    )
 
 
 def ensure_identity(root: Path) -> bool:

@@ -85,6 +85,7 @@ def exit_code_for(d: Daemon) -> int:
 
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
+    recovery.check_checkout(config.root, config.batchd.branch)
     recovery.ensure_excluded(config.root)
     recovery.ensure_identity(config.root)
     lock = DaemonLock(config.root / ".batchd" / "daemon.lock").acquire()

@@ -36,3 +36,20 @@ def test_groups_working_in_finds_a_process_inside_the_worktree(tmp_path: Path) -
 def test_groups_working_in_a_missing_folder_is_empty(tmp_path: Path) -> None:
     """A worktree that no longer exists has nobody working in it."""
     assert groups_working_in(tmp_path / "gone") == set()
+
+
+def test_a_checkout_on_another_branch_is_refused_with_how_to_fix(tmp_path: Path) -> None:
+    """`batchd run` on a checkout that is not on [batchd] branch stops at once (exit 2) naming both."""
+    import pytest
+
+    from daemon.exceptions import UsageError
+    from daemon.recovery import check_checkout
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "-b", "feature"], check=True)
+    with pytest.raises(UsageError) as caught:
+        check_checkout(tmp_path, "main")
+    assert "'feature'" in caught.value.message and "'main'" in caught.value.message
+    assert caught.value.exit_code == 2
+    assert "git checkout main" in caught.value.hint
