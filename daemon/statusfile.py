@@ -94,6 +94,7 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
         lines.append(
             f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
             f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing"
+            + (f" ({ids(run.verdict.missing)})" if run.verdict.missing else "")
         )
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"- **Todos:** {summary or 'none yet'}")
