@@ -16,7 +16,7 @@ import structlog
 
 from daemon import executor, intake, recovery, scheduler
 from daemon.config import Config, diff_config, load_config
-from daemon.exceptions import BatchdError
+from daemon.exceptions import BatchdError, GitError
 from daemon.lock import DaemonLock
 from daemon.notify import Notifier
 from daemon.phases import write_status
@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 TICK = 0.2  # seconds the loop sleeps when nothing happens (a file event or a signal wakes it sooner)
 MAX_STEPS_PER_TICK = 200
+MAX_TICK_FAILURES = 5  # git errors in a row before the daemon stops (exit 3) instead of retrying
 
 
 def version() -> str:
@@ -105,6 +106,7 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
         notifier.ready()
         log.info("daemon_ready", root=str(config.root), once=once, last_seq=d.proj.last_seq)
         state = {"last_scan": time.monotonic(), "last_status": 0.0}
+        failures = 0
         while True:
             now = time.monotonic()
             notifier.maybe_ping(now)
@@ -113,7 +115,18 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
                 break
             if flags.take_reload():
                 d.config = reload(d.config)
-            tick(d, watcher, now, state)
+            try:
+                tick(d, watcher, now, state)
+                failures = 0
+            except GitError as e:
+                # git can fail for a moment (a lock held by a person's git command): try again a
+                # few times before calling it a condition that needs a person.
+                failures += 1
+                log.error("tick_failed", error=e.render(), failures=failures)  # noqa: TRY400 - the message is the point
+                if failures >= MAX_TICK_FAILURES:
+                    d.fatal = e.render()
+                else:
+                    time.sleep(1.0)
             if d.fatal:
                 log.error("cannot_proceed", reason=d.fatal)
                 code = EXIT_CANNOT_PROCEED
