@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PY, DaemonProcess, base_env, batchd, git, make_repo, read_events
+from procs import PY, DaemonProcess, base_env, batchd, git, make_repo, read_events
 
 from daemon.config import load_config
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from conftest import DaemonProcess, batchd, make_repo, read_events, status_json, todo_states
+from procs import DaemonProcess, batchd, make_repo, read_events, status_json, todo_states
 
 from store.eventlog import StoredEvent
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import base_env, batchd, make_repo, projection, read_events
+from procs import base_env, batchd, make_repo, projection, read_events
 
 # Each stand-in finds the prompt where its preset puts it, and refuses anything else.
 STAND_IN = '''#!{python}
