@@ -61,7 +61,7 @@ AUTO_TITLE = "Auto-planned todos"
 def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
     if phase.commit_message:
         subject = phase.commit_message.splitlines()[0]
-    elif phase.title == AUTO_TITLE and d.config.plan_path is None and todo_ids:
+    elif phase.title == AUTO_TITLE and todo_ids:
         subject = "chore(batchd): resolve todos " + ", ".join(f"#{t}" for t in todo_ids)
     else:
         subject = f"chore(batchd): complete phase {phase.number} - {phase.title.lower()}"

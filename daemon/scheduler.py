@@ -50,38 +50,36 @@ def advance(d: Daemon) -> None:
         advance_phase(d, phase)
         return
     if run.state == RunState.COMPLETED:
-        # Todos dropped (or retried) after the run completed reopen it; under --once too, so a
-        # later `run --once` does that work instead of exiting on the old verdict.
-        plan_more(d)
+        # The plan's further final phases (commit points after the check) come first. Then todos
+        # dropped (or retried) after the run completed reopen it; under --once too, so a later
+        # `run --once` does that work instead of exiting on the old verdict.
+        if not plan_final(d):
+            plan_more(d)
         return
-    if plan_more(d):
+    if plan_more(d) or plan_final(d):
         return
     final_check(d, None)
 
 
 def start_run(d: Daemon) -> None:
-    """Record the run, and import the plan as phases and batches (the final phase included)."""
+    """Record the run, and import the plan as phases and batches.
+
+    The plan's trailing batch-less phases (the final integration check) are kept in the run's
+    start event and planned last, once nothing else is left (see :func:`plan_final`).
+    """
     head = gitops.rev_parse(d.root, d.config.batchd.branch)
     plan_path = d.config.plan_path
-    appends: list[Append | tuple[str, Sequence[object]]] = [
-        (
-            ev.RUN_STREAM,
-            [
-                ev.RunStarted(
-                    run_id=uuid.uuid4().hex[:12],
-                    branch=d.config.batchd.branch,
-                    base_sha=head,
-                    plan_source=str(plan_path or ""),
-                )
-            ],
-        ),
-    ]
+    appends: list[Append | tuple[str, Sequence[object]]] = []
+    final: list[tuple[str, str]] = []
     if plan_path is not None:
         from daemon.plan import load_plan
 
         plan = load_plan(plan_path)
-        for phase in plan.phases:
-            keys = tuple(b.key for b in phase.batches)
+        last_with_batches = max((i for i, p in enumerate(plan.phases) if p.batches), default=-1)
+        for index, phase in enumerate(plan.phases):
+            if index > last_with_batches:
+                final.append((phase.title, phase.commit_message or ""))
+                continue
             appends.append(
                 (
                     ev.phase_stream(phase.number),
@@ -90,8 +88,7 @@ def start_run(d: Daemon) -> None:
                             number=phase.number,
                             title=phase.title,
                             commit_message=phase.commit_message or "",
-                            batches=keys,
-                            final=not phase.batches,
+                            batches=tuple(b.key for b in phase.batches),
                         )
                     ],
                 )
@@ -109,8 +106,36 @@ def start_run(d: Daemon) -> None:
                         ],
                     )
                 )
-    d.emit(*appends)
+    started = ev.RunStarted(
+        run_id=uuid.uuid4().hex[:12],
+        branch=d.config.batchd.branch,
+        base_sha=head,
+        plan_source=str(plan_path or ""),
+        final_titles=tuple(title for title, _ in final),
+        final_messages=tuple(message for _, message in final),
+    )
+    d.emit((ev.RUN_STREAM, [started]), *appends)
     log.info("run_started", run_id=d.proj.run.run_id, plan=str(plan_path or ""))
+
+
+def plan_final(d: Daemon) -> bool:
+    """Plan the next of the plan's final batch-less phases, numbered after every phase so far."""
+    run = d.proj.run
+    planned = sum(1 for p in d.proj.phases.values() if p.final)
+    if planned >= len(run.final_titles):
+        return False
+    number = max((p.number for p in d.proj.phases.values()), default=0) + 1
+    d.emit_one(
+        ev.phase_stream(number),
+        ev.PhasePlanned(
+            number=number,
+            title=run.final_titles[planned],
+            commit_message=run.final_messages[planned],
+            batches=(),
+            final=True,
+        ),
+    )
+    return True
 
 
 def ordered_phases(d: Daemon) -> list[PhaseView]:
@@ -228,7 +253,7 @@ def as_todo_file(d: Daemon, view: TodoView) -> TodoFile:
 def advance_phase(d: Daemon, phase: PhaseView) -> None:
     state = phase.state
     if state == PhaseState.PENDING:
-        if d.proj.run.state != RunState.RUNNING:
+        if d.proj.run.state != RunState.RUNNING and not phase.final:
             return
         head = gitops.rev_parse(d.root, d.config.batchd.branch)
         d.emit_one(ev.phase_stream(phase.number), ev.PhaseStarted(number=phase.number, base_sha=head))

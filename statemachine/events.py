@@ -409,6 +409,10 @@ class RunStarted:
     branch: str
     base_sha: str
     plan_source: str = ""
+    # The plan's trailing batch-less phases (the seed's "Phase 5: Hardening"): planned only when all
+    # other work is done, so auto-planned phases can come before them and numbers stay in run order.
+    final_titles: tuple[str, ...] = ()
+    final_messages: tuple[str, ...] = ()
 
 
 @registry.register("run.daemon_attached", 1)

@@ -330,6 +330,8 @@ def _run_started(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> Non
     r.branch = p["branch"]
     r.base_sha = p["base_sha"]
     r.plan_source = p.get("plan_source", "")
+    r.final_titles = tuple(p.get("final_titles", ()))
+    r.final_messages = tuple(p.get("final_messages", ()))
     r.started_at = e.recorded_at
 
 

@@ -145,6 +145,8 @@ class RunView:
     branch: str = ""
     base_sha: str = ""
     plan_source: str = ""
+    final_titles: tuple[str, ...] = ()
+    final_messages: tuple[str, ...] = ()
     started_at: str = ""
     pid: int | None = None
     daemon_version: str = ""
