@@ -230,7 +230,7 @@ def verify(d: Daemon, batch: BatchView) -> None:
         result = run.result
         d.inbox.put(
             [
-                Append(
+                (
                     ev.batch_stream(batch.key),
                     [
                         ev.BatchVerifyRun(

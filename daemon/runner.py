@@ -80,7 +80,7 @@ class Daemon:
         self.jobs: dict[str, Job] = {}
         self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="batchd-job")
         # Jobs hand progress events (verify runs) to the main thread, which alone appends.
-        self.inbox: queue.Queue[list[Append]] = queue.Queue()
+        self.inbox: queue.Queue[list[Append | tuple[str, Sequence[object]]]] = queue.Queue()
         self.stats = Stats()
         # git serialises writes to the shared repository badly (config, ref and worktree locks):
         # worktree creation and removal from several job threads take turns.
@@ -98,8 +98,6 @@ class Daemon:
         """Replay snapshot + tail into the projection (no side effects fire)."""
         self.proj = replay(self.log)
         self.last_snapshot_seq = self.proj.last_seq
-        for event in self.log.read(since=0):
-            self.versions[event.stream] = event.version
         log.info("replayed", last_seq=self.proj.last_seq)
 
     def sync(self) -> list[StoredEvent]:
@@ -112,17 +110,26 @@ class Daemon:
             self.status_dirty = True
         return new
 
+    def version_of(self, stream: str) -> int:
+        """A stream's version, asked of the log once and then kept current by :meth:`sync`."""
+        if stream not in self.versions:
+            self.versions[stream] = self.log.stream_version(stream)
+        return self.versions[stream]
+
     def emit(self, *appends: Append | tuple[str, Sequence[object]]) -> list[StoredEvent]:
-        """Append events atomically (with the stream versions we decided on) and fold them in."""
-        batch = [
-            a if isinstance(a, Append) else Append(a[0], list(a[1]), self.versions.get(a[0], 0))
-            for a in appends
-        ]
-        batch = [Append(a.stream, a.events, self.versions.get(a.stream, 0)) for a in batch if a.events]
-        if not batch:
+        """Append events atomically and fold them in.
+
+        ``(stream, events)`` parts are appended at the version this daemon decided on (a stale one
+        is a ConcurrencyError, nothing written); an :class:`Append` is taken as given (the control
+        stream, which CLI processes append to as well, is written with no expected version).
+        """
+        parts = [a for a in appends if (a.events if isinstance(a, Append) else a[1])]
+        if not parts:
             return []
-        self.sync()  # another process may have appended to a stream we write (control answers)
-        batch = [Append(a.stream, a.events, self.versions.get(a.stream, 0)) for a in batch]
+        self.sync()  # what other processes appended is folded in first
+        batch = [
+            a if isinstance(a, Append) else Append(a[0], list(a[1]), self.version_of(a[0])) for a in parts
+        ]
         stored = self.log.append_many(batch)
         self.faults.after_append(stored)
         self.sync()
