@@ -198,12 +198,16 @@ def run_batch(d: Daemon, batch: BatchView) -> None:
             executor.launch(d, todo_id, batch.key, batch.base_sha)
     if any(t.state in (TodoState.PLANNED, TodoState.RUNNING) for t in members):
         return
-    candidates = sorted((t.todo_id for t in members if t.state == TodoState.AGENT_DONE), key=numeric)
+    done = [t.todo_id for t in members if t.state == TodoState.AGENT_DONE]
+    # Todos already verifying belong in again: a batch paused by a failed verification and then
+    # resumed starts over with the same candidates, or their work would be stranded.
+    again = [t.todo_id for t in members if t.state == TodoState.VERIFYING]
+    candidates = sorted(done + again, key=numeric)
     if not candidates:
         finish_batch(d, batch, None)
         return
     d.emit(
-        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=batch.key)]) for t in candidates],
+        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=batch.key)]) for t in done],
         (
             ev.batch_stream(batch.key),
             [ev.BatchVerifying(key=batch.key, base_sha=batch.base_sha, candidates=tuple(candidates))],

@@ -126,6 +126,9 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         log.info("agent_started", todo_id=todo_id, attempt=attempt, pid=proc.pid)
 
     def failed(error: BaseException) -> None:
+        current = d.proj.todos[todo_id]
+        if current.state != TodoState.RUNNING or current.attempt != attempt:
+            return  # cancelled or interrupted meanwhile: nothing of this attempt to record
         fail(d, todo_id, attempt, "setup", f"could not prepare the worktree: {error}")
 
     d.submit(f"prepare-{todo_id}", work, done, failed)

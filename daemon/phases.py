@@ -19,7 +19,7 @@ from daemon.runner import Daemon
 from daemon.statusfile import render_status
 from daemon.todofile import TodoStatus, rename_status, set_front_matter_status
 from statemachine import events as ev
-from statemachine.tables import BatchState, TodoState
+from statemachine.tables import BatchState, RunState, TodoState
 from statemachine.views import PhaseView
 
 log = structlog.get_logger(__name__)
@@ -102,9 +102,14 @@ def commit(d: Daemon, phase: PhaseView) -> None:
         found = gitops.find_commits_by_trailer(d.root, "--all", TRAILER_PHASE, str(phase.number))
         mine = [s for s in found if run_id in gitops.run_git(d.root, "log", "-1", "--format=%B", s).stdout]
         if mine:
-            log.info("phase_commit_found", phase=phase.number, sha=mine[0])
             chain = gitops.run_git(d.root, "rev-list", "--reverse", f"{base}..{mine[0]}").stdout.split()
-            return chain or [mine[0]]
+            # Per-todo mode makes several commits: a crash part-way leaves only some. Only the
+            # whole set counts as the phase's commit; a partial one is made again from the base.
+            wanted = max(len(todo_ids), 1) if mode == "todo" else 1
+            if len(chain) == wanted:
+                log.info("phase_commit_found", phase=phase.number, sha=mine[0])
+                return chain
+            log.info("phase_commit_partial", phase=phase.number, found=len(chain), wanted=wanted)
         if mode == "todo":
             return commit_per_todo(
                 d,
@@ -226,10 +231,10 @@ def land(d: Daemon, phase: PhaseView) -> None:
             f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
             "Commit or move aside the file named, then `batchd resume`."
         )
-        if not d.proj.run.paused_reason:
+        if d.proj.run.state == RunState.RUNNING:
             d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
-        if d.once:
-            d.fatal = reason  # unattended: waiting for a person to resume would never end
+        if d.once or d.proj.run.state != RunState.PAUSED:
+            d.fatal = reason  # unattended (or nothing to pause): waiting would never end
         return
     completed = []
     for todo_id in phase.todo_ids:
@@ -273,19 +278,33 @@ def tidy(d: Daemon, todo_ids: list[str]) -> None:
     log.info("worktrees_removed", todos=todo_ids)
 
 
-def move_checkout(d: Daemon, sha: str) -> None:
-    """Fast-forward (or, after a rebase, ``reset --keep``) the checkout, setting aside batchd's own edits."""
+def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
+    """Fast-forward the checkout to ``sha``, setting aside batchd's own edits.
+
+    Only a fast-forward keeps everyone's commits. The one other move allowed is ``reset --keep``
+    from ``replaces`` (batchd's own phase commit, which a push rebased onto the remote): any other
+    commit on the branch is a person's, and dropping it is refused (GitError) rather than done.
+    """
     root = d.root
-    if gitops.head_sha(root) == sha:
+    head = gitops.head_sha(root)
+    if head == sha:
         cleanup_renamed(d, sha)
         return
+    forward = gitops.is_ancestor(root, head, sha)
+    if not forward and head != replaces:
+        raise GitError(
+            f"the branch moved under batchd: {head[:10]} is not in the phase commit {sha[:10]}",
+            command=["git", "merge", "--ff-only", sha],
+            hint="someone committed on the branch while batchd ran; rebase those commits onto "
+            f"{sha[:10]} (or reset the branch to it) and `batchd resume`",
+        )
     status_rel = d.config.batchd.status_file
     tracked = gitops.run_git(root, "ls-files", "--", status_rel).stdout.strip()
     if tracked:
         gitops.run_git(root, "checkout", "--quiet", "HEAD", "--", status_rel)
     elif (root / status_rel).exists():
         (root / status_rel).unlink()
-    if gitops.is_ancestor(root, "HEAD", sha):
+    if forward:
         gitops.ff_merge(root, sha)
     else:
         gitops.reset_keep(root, sha)
@@ -329,13 +348,15 @@ def push(d: Daemon, phase: PhaseView) -> None:
     )
 
     def work() -> gitops.PushResult:
-        vt = ensure_verify_worktree(d, gitops.rev_parse(d.root, branch))
+        # The tested phase commit (it carries earlier phases' commits), never whatever else the
+        # branch may have gained since: nothing untested is pushed.
+        vt = ensure_verify_worktree(d, sha)
         remote = remote_url(d.root, d.config.batchd.remote)
         remote_sha = remote_head(d.root, remote, branch)
         if (
             remote_sha
             and gitops.run_git(d.root, "cat-file", "-e", remote_sha, check=False).returncode == 0
-            and gitops.is_ancestor(d.root, gitops.rev_parse(d.root, branch), remote_sha)
+            and gitops.is_ancestor(d.root, sha, remote_sha)
         ):
             return gitops.PushResult(
                 ok=True, rejected=False, output="already on the remote", attempts=0, sha=remote_sha
@@ -345,10 +366,10 @@ def push(d: Daemon, phase: PhaseView) -> None:
         )
 
     def done(result: gitops.PushResult) -> None:
-        if result.ok and result.sha and result.sha != gitops.rev_parse(d.root, branch):
+        if result.ok and result.sha and result.sha != sha:
             # The push went out rebased onto the remote's new commits (tested again): follow it.
             try:
-                move_checkout(d, result.sha)
+                move_checkout(d, result.sha, replaces=sha)
             except GitError as e:
                 log.warning("checkout_behind_rebased_push", sha=result.sha, error=e.message)
         if result.ok:

@@ -28,7 +28,9 @@ from daemon.faults import FaultInjector
 from daemon.notify import Notifier
 from daemon.scanner import ScanResult
 from daemon.workspace import Workspace
+from statemachine.exceptions import InvalidTransition
 from statemachine.projection import Projection, replay, save_snapshot
+from statemachine.tables import EVENT_TRIGGERS, NEXT_STATE
 from store import Append, EventLog
 from store.eventlog import StoredEvent
 
@@ -130,6 +132,7 @@ class Daemon:
         batch = [
             a if isinstance(a, Append) else Append(a[0], list(a[1]), self.version_of(a[0])) for a in parts
         ]
+        self.check(batch)
         stored = self.log.append_many(batch)
         self.faults.after_append(stored)
         self.sync()
@@ -137,6 +140,30 @@ class Daemon:
             save_snapshot(self.log, self.proj)
             self.last_snapshot_seq = self.proj.last_seq
         return stored
+
+    def check(self, batch: Sequence[Append]) -> None:
+        """Refuse, before anything is written, an event its machine cannot take in its state.
+
+        The fold would refuse it on replay too: written, it would make the log unreadable for
+        every later start. Refused here, it is a bug report and the log stays sound.
+        """
+        states: dict[str, str] = {}
+        for part in batch:
+            for event in part.events:
+                spec = EVENT_TRIGGERS.get(type(event))
+                if spec is None:
+                    continue  # control requests move no machine
+                kind, trigger = spec
+                state = states.get(part.stream) or self.proj.state_of(part.stream)
+                nxt = NEXT_STATE.get((kind, state, trigger))
+                if nxt is None:
+                    raise InvalidTransition(
+                        stream=part.stream,
+                        state=state,
+                        event=getattr(type(event), "event_name", type(event).__name__),
+                        detail="refused before it was written",
+                    )
+                states[part.stream] = nxt
 
     def emit_one(self, stream: str, *events: object) -> list[StoredEvent]:
         return self.emit((stream, list(events)))

@@ -343,16 +343,27 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
         phases.ensure_verify_worktree(d, head)
         return check_baseline(phases.verify_worktree(d), head, runner)
 
-    def done(result: CheckResult) -> None:
-        record_verdict(
-            d,
-            checks_green=result.passed,
-            detail="" if result.passed else f"final check failed: {' '.join(result.failed_command or ())}",
-        )
+    def still_the_end() -> bool:
+        """Work that arrived while the check ran (a dropped or retried todo, a new phase, a moved
+        branch) makes its result stale: the next tick decides again instead of completing the run."""
+        others = any(not p.final and p.state != PhaseState.DONE for p in d.proj.phases.values())
+        moved = gitops.rev_parse(d.root, d.config.batchd.branch) != head
+        return not (others or moved or unplanned_ready(d))
 
-    d.submit(
-        key, work, done, lambda e: record_verdict(d, checks_green=False, detail=f"final check crashed: {e}")
-    )
+    def done(result: CheckResult) -> None:
+        if still_the_end():
+            failed_command = " ".join(result.failed_command or ())
+            record_verdict(
+                d,
+                checks_green=result.passed,
+                detail="" if result.passed else f"final check failed: {failed_command}",
+            )
+
+    def crashed(error: BaseException) -> None:
+        if still_the_end():
+            record_verdict(d, checks_green=False, detail=f"final check crashed: {error}")
+
+    d.submit(key, work, done, crashed)
 
 
 def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
