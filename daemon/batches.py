@@ -15,7 +15,7 @@ from daemon import executor, phases
 from daemon.agents import repair_text
 from daemon.checks import CheckResult, CheckRunner
 from daemon.runner import Daemon
-from daemon.todofile import id_key
+from daemon.todofile import id_key, id_order
 from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 from statemachine import events as ev
 from statemachine.tables import BatchState, RunState, TodoState
@@ -27,10 +27,6 @@ log = structlog.get_logger(__name__)
 DONE_STATES = frozenset({TodoState.ACCEPTED, TodoState.COMPLETE})
 DEAD_STATES = frozenset({TodoState.BLOCKED, TodoState.CANCELLED, TodoState.INVALID})
 PRIORITY_ORDER = {"p1": 0, "p2": 1, "p3": 2}
-
-
-def numeric(todo_id: str) -> tuple[int, str]:
-    return (int(todo_id), todo_id) if todo_id.isdigit() else (1 << 62, todo_id)
 
 
 # --- the phase's head and members ---
@@ -190,7 +186,7 @@ def check_runner(d: Daemon) -> CheckRunner:
 
 def run_batch(d: Daemon, batch: BatchView) -> None:
     members = [t for t in d.proj.todos.values() if t.batch == batch.key]
-    waiting = sorted((t.todo_id for t in members if t.state == TodoState.PLANNED), key=numeric)
+    waiting = sorted((t.todo_id for t in members if t.state == TodoState.PLANNED), key=id_order)
     if not d.stopping and d.proj.run.state == RunState.RUNNING:
         for todo_id in waiting:
             if executor.running_count(d) >= d.config.batchd.max_parallel:
@@ -202,7 +198,7 @@ def run_batch(d: Daemon, batch: BatchView) -> None:
     # Todos already verifying belong in again: a batch paused by a failed verification and then
     # resumed starts over with the same candidates, or their work would be stranded.
     again = [t.todo_id for t in members if t.state == TodoState.VERIFYING]
-    candidates = sorted(done + again, key=numeric)
+    candidates = sorted(done + again, key=id_order)
     if not candidates:
         finish_batch(d, batch, None)
         return
@@ -281,7 +277,7 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
     conflicted: list[str] = []
     failed: list[str] = []
     max_attempts = d.config.batchd.max_attempts
-    for todo in sorted(members, key=lambda t: numeric(t.todo_id)):
+    for todo in sorted(members, key=lambda t: id_order(t.todo_id)):
         stream = ev.todo_stream(todo.todo_id)
         events: list[object] = []
         if todo.state == TodoState.AGENT_FAILED:

@@ -10,13 +10,12 @@ in a small thread pool; only the main thread appends to the log.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,6 @@ class Job:
     failed: Callable[[BaseException], None]
 
 
-@dataclass(slots=True)
-class Stats:
-    started_at: float = field(default_factory=time.monotonic)
-    ticks: int = 0
-
-
 class Daemon:
     """Owns the log, the projection, running agents and jobs. ``tick()`` is one step of the loop."""
 
@@ -83,7 +76,6 @@ class Daemon:
         self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="batchd-job")
         # Jobs hand progress events (verify runs) to the main thread, which alone appends.
         self.inbox: queue.Queue[list[Append | tuple[str, Sequence[object]]]] = queue.Queue()
-        self.stats = Stats()
         # git serialises writes to the shared repository badly (config, ref and worktree locks):
         # worktree creation and removal from several job threads take turns.
         self.git_lock = threading.Lock()
@@ -209,9 +201,6 @@ class Daemon:
             time.sleep(0.05)
 
     # -- housekeeping --------------------------------------------------------------------------
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from daemon.depgraph import find_cycles, format_cycle
 from daemon.exceptions import TodoFileError
-from daemon.todofile import DEFAULT_IGNORE, TodoFile, TodoStatus, id_key, is_ignored, parse_name, parse_todo
+from daemon.todofile import (
+    DEFAULT_IGNORE,
+    TodoFile,
+    TodoStatus,
+    id_key,
+    id_order,
+    is_ignored,
+    parse_name,
+    parse_todo,
+)
 
 __all__ = [
     "Added",
@@ -284,10 +293,6 @@ class Fixed:
 Change = Added | StatusChanged | Edited | Removed | Invalid | Fixed
 
 
-def _order(key: str) -> tuple[int, int, str]:
-    return (0, int(key), "") if key.isdigit() else (1, 0, key)
-
-
 def diff_scan(previous: Mapping[str, KnownTodo], result: ScanResult) -> list[Change]:
     """The changes from what the daemon recorded (by key) to a new scan, in key order."""
     changes: list[Change] = []
@@ -307,5 +312,5 @@ def diff_scan(previous: Mapping[str, KnownTodo], result: ScanResult) -> list[Cha
             changes.append(Invalid(bad))
     present = set(result.todos) | {bad.key for bad in result.invalid}
     changes.extend(Removed(key, known.path) for key, known in previous.items() if key not in present)
-    changes.sort(key=lambda c: _order(c.key))
+    changes.sort(key=lambda c: id_order(c.key))
     return changes

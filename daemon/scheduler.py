@@ -8,7 +8,7 @@ deferred) -> agents (at most ``max_parallel`` at once) -> verification -> the ph
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import structlog
 
@@ -19,13 +19,12 @@ from daemon.batches import (
     PRIORITY_ORDER,
     advance_batch,
     check_runner,
-    numeric,
     phase_members,
 )
 from daemon.checks import CheckResult
 from daemon.plan import plan_batches
 from daemon.runner import Daemon
-from daemon.todofile import Priority, TodoFile, TodoStatus, id_key
+from daemon.todofile import Priority, TodoFile, TodoStatus, id_key, id_order
 from daemon.verify import check_baseline
 from statemachine import events as ev
 from statemachine.tables import BatchState, PhaseState, RunState, TodoState
@@ -162,7 +161,7 @@ def unplanned_ready(d: Daemon) -> list[str]:
     named = {t for b in d.proj.batches.values() if b.phase not in done_phases for t in b.todo_ids}
     return sorted(
         (t.todo_id for t in d.proj.todos.values() if t.state == TodoState.READY and t.todo_id not in named),
-        key=lambda i: (PRIORITY_ORDER.get(d.proj.todos[i].priority, 9), numeric(i)),
+        key=lambda i: (PRIORITY_ORDER.get(d.proj.todos[i].priority, 9), id_order(i)),
     )
 
 
@@ -314,7 +313,7 @@ def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:
                     ev.BatchPlanned(
                         key=key,
                         phase=phase.number,
-                        todo_ids=tuple(sorted(runnable, key=numeric)),
+                        todo_ids=tuple(sorted(runnable, key=id_order)),
                         retry_of=phase.batches[-1],
                     )
                 ],
@@ -373,9 +372,9 @@ def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
         t.todo_id for t in d.proj.todos.values() if t.state not in (TodoState.PENDING, TodoState.NEW)
     }
     complete = sorted(
-        (t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE), key=numeric
+        (t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE), key=id_order
     )
-    missing = sorted((t for t in wanted if t not in complete), key=numeric)
+    missing = sorted((t for t in wanted if t not in complete), key=id_order)
     batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
     # The seed's criteria include "all phases committed and pushed": the latest push must have
     # gone out (a later phase's push carries earlier commits, so only the latest counts).
@@ -400,7 +399,3 @@ def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
         ),
     )
     log.info("run_completed", success=success, complete=len(complete), missing=missing)
-
-
-def ids(values: Iterable[str]) -> str:
-    return ", ".join(f"#{v}" for v in values)

@@ -8,6 +8,7 @@ interrupted, write the status file, ``STOPPING=1``).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from importlib import metadata
@@ -44,7 +45,6 @@ def version() -> str:
 
 
 def tick(d: Daemon, watcher: TodoWatcher | None, now: float, state: dict[str, float]) -> None:
-    d.stats.ticks += 1
     d.sync()
     intake.handle_controls(d)
     changed = watcher.drain(now) if watcher is not None else set()
@@ -98,7 +98,7 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
     try:
         d.load()
         recovery.reconcile(d)
-        d.emit_one(ev.RUN_STREAM, ev.DaemonAttached(pid=d.pid(), version=version()))
+        d.emit_one(ev.RUN_STREAM, ev.DaemonAttached(pid=os.getpid(), version=version()))
         intake.rescan(d)
         ignore = config.batchd.ignore
         watcher = TodoWatcher(config.todos_path, ignore=lambda name: is_ignored(name, ignore))

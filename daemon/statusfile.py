@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from daemon.config import Config
+from daemon.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView
@@ -31,10 +32,6 @@ def cell(text: object) -> str:
 
 def short(sha: str) -> str:
     return sha[:10] if sha else "—"
-
-
-def numeric(todo_id: str) -> tuple[int, str]:
-    return (int(todo_id), todo_id) if todo_id.isdigit() else (1 << 62, todo_id)
 
 
 def duration(seconds: float) -> str:
@@ -175,7 +172,7 @@ def failed_table(proj: Projection) -> list[str]:
         return lines
     lines.append("| Todo ID | Description | Reason | Files Reverted | Action Needed |")
     lines.append("|---------|-------------|--------|----------------|---------------|")
-    for todo in sorted(rows, key=lambda t: numeric(t.todo_id)):
+    for todo in sorted(rows, key=lambda t: id_order(t.todo_id)):
         reverted = ", ".join(todo.files_reverted) or "—"
         reason = f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state)
         lines.append(
@@ -199,7 +196,7 @@ def default_action(state: str, todo_id: str) -> str:
 def earlier_attempts(proj: Projection) -> list[str]:
     """Attempts that failed before the todo got through: the audit trail of reverted changes."""
     rows = []
-    for todo in sorted(proj.todos.values(), key=lambda t: numeric(t.todo_id)):
+    for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
         for record in todo.history:
             if record.outcome in ("rejected", "conflicted", "agent_failed"):
                 rows.append(

@@ -77,6 +77,12 @@ _NAME_RE = re.compile(
 _DIGITS_RE = re.compile(r"^[0-9]+$")
 
 
+def id_order(todo_id: str) -> tuple[int, int, str]:
+    """Sort key for ids and id keys: numeric ids as numbers, lower first (the seed's priority rule);
+    anything else (an invalid file's ``file:<name>`` key) after them."""
+    return (0, int(todo_id), todo_id) if todo_id.isdigit() else (1, 0, todo_id)
+
+
 def id_key(todo_id: str | int) -> str:
     """The canonical key of an id: ``"001"``, ``"1"`` and ``1`` all give ``"1"``."""
     return str(int(todo_id))

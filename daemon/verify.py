@@ -30,6 +30,7 @@ from daemon.checks import CheckResult
 from daemon.config import ConflictMode, Strategy
 from daemon.exceptions import GitError
 from daemon.gitops import abort_in_progress, head_sha, reset_hard, run_git
+from daemon.todofile import id_order
 
 log = structlog.get_logger(__name__)
 
@@ -107,11 +108,6 @@ class BatchVerdict:
     @property
     def accepted_ids(self) -> tuple[str, ...]:
         return tuple(todo_id for todo_id, _ in self.accepted)
-
-
-def id_order(todo_id: str) -> tuple[int, int, str]:
-    """Lower id = higher priority (the seed's rule); numeric ids compare as numbers."""
-    return (0, int(todo_id), todo_id) if todo_id.isdigit() else (1, 0, todo_id)
 
 
 def check_baseline(worktree: Path, base_sha: str, runner: Runner) -> CheckResult:

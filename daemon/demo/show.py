@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -19,12 +18,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from daemon.cli_control import elapsed_since
 from daemon.demo import scenario
 from daemon.demo.project import DemoProject
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from store import EventLog
-from store.eventlog import parse_time
 
 STATE_STYLE = {
     "complete": "green",
@@ -55,10 +54,7 @@ NOTABLE = {
 
 
 def elapsed(recorded_at: str) -> str:
-    if not recorded_at:
-        return ""
-    seconds = (datetime.now(UTC) - parse_time(recorded_at)).total_seconds()
-    return f"{seconds:4.1f}s"
+    return f"{elapsed_since(recorded_at):4.1f}s" if recorded_at else ""
 
 
 def describe_event(proj: Projection, event_type: str, payload: dict[str, object]) -> str | None:
@@ -71,6 +67,7 @@ def describe_event(proj: Projection, event_type: str, payload: dict[str, object]
         detail = payload.get("reason") or payload.get("detail") or ""
         return f"#{todo_id} {title}: {what}" + (f" — {detail}" if detail else "")
     if event_type == "batch.verified":
+
         def names(key: str) -> str:
             value = payload.get(key)
             return ", ".join(map(str, value)) if isinstance(value, list | tuple) and value else "none"
