@@ -136,11 +136,9 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
     if d.has_job(key):
         return
     runner = check_runner(d)
-    vt = phases.verify_worktree(d)
 
     def work() -> CheckResult:
-        phases.ensure_verify_worktree(d, base)
-        return check_baseline(vt, base, runner)
+        return check_baseline(phases.ensure_verify_worktree(d, base), base, runner)
 
     def done(result: CheckResult) -> None:
         run_event = ev.BatchVerifyRun(
@@ -180,7 +178,10 @@ def pause_on_error(d: Daemon, key: str, base: str, error: BaseException) -> None
 
 def check_runner(d: Daemon) -> CheckRunner:
     return CheckRunner(
-        d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries
+        d.config.verify.commands,
+        timeout=d.config.verify.timeout,
+        retries=d.config.verify.retries,
+        sandbox=d.verify_sandbox,
     )
 
 
@@ -221,7 +222,6 @@ def verify(d: Daemon, batch: BatchView) -> None:
         Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files)) for t in members
     ]
     runner = check_runner(d)
-    vt = phases.verify_worktree(d)
     base = batch.base_sha
     counter = [batch.runs]
 
@@ -247,9 +247,8 @@ def verify(d: Daemon, batch: BatchView) -> None:
         )
 
     def work() -> BatchVerdict:
-        phases.ensure_verify_worktree(d, base)
         return verify_batch(
-            vt,
+            phases.ensure_verify_worktree(d, base),
             base,
             candidates,
             runner,

@@ -20,7 +20,10 @@ from typing import IO
 
 import structlog
 
+from daemon.sandbox import Sandbox
+
 log = structlog.get_logger(__name__)
+NO_SANDBOX = Sandbox(kind="none")
 
 TAIL_CHARS = 4000
 
@@ -54,8 +57,11 @@ class CheckRunner:
         retries: int = 0,
         env: Mapping[str, str] | None = None,
         kill_grace: float = 2.0,
+        sandbox: Sandbox = NO_SANDBOX,
     ) -> None:
         self.commands = tuple(tuple(c) for c in commands)
+        # The checks run code the agents wrote: in the sandbox, only the worktree is theirs to write.
+        self.sandbox = sandbox
         self.timeout = timeout
         self.retries = retries
         self.env = dict(env) if env is not None else None
@@ -101,7 +107,7 @@ class CheckRunner:
         with tempfile.TemporaryFile(mode="w+b") as out:
             try:
                 proc = subprocess.Popen(
-                    command,
+                    self.sandbox.wrap(command, workspace=worktree),
                     cwd=worktree,
                     stdin=subprocess.DEVNULL,
                     stdout=out,

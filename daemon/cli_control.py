@@ -1,4 +1,5 @@
-"""``batchd status``, ``logs``, ``replay`` and the control requests ``retry``/``cancel``/``pause``/``resume``.
+"""``batchd status``, ``logs``, ``replay``, and the control requests ``retry``, ``cancel``, ``pause``,
+``resume`` and ``push``.
 
 Control commands only append a request to the log's ``control`` stream: a running daemon acts on
 it within a second, and with no daemon running the next start acts on it. Nothing here needs the
@@ -8,6 +9,7 @@ daemon to be up.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ import click
 
 from daemon.cli import db_option, json_option, parse_time_option, repo_option, resolve_root
 from daemon.exceptions import UsageError
+from daemon.statusfile import review_items
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
 from statemachine.projection import Projection, replay
@@ -70,6 +73,8 @@ def status_data(proj: Projection) -> dict[str, Any]:
             "branch": run.branch,
             "pid": run.pid,
             "paused_reason": run.paused_reason,
+            "sandbox": run.sandbox,
+            "remote_url": run.remote_url,
             "verdict": run.verdict._asdict() if run.verdict is not None else None,
         },
         "phases": [
@@ -81,6 +86,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
                 "commit": p.head_sha,
                 "pushed": p.pushed_sha,
                 "push_failed": p.push_failed_reason,
+                "push_output": p.push_output,
             }
             for p in sorted(proj.phases.values(), key=lambda p: (p.final, p.number))
         ],
@@ -98,6 +104,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
             for b in proj.batches.values()
         ],
         "todos": todos,
+        "review": [{"id": t, "attempt": n, "what": what} for t, n, what in review_items(proj)],
         "last_seq": proj.last_seq,
     }
 
@@ -181,7 +188,8 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
             f"no output for todo #{todo_id} attempt {number} ({path})",
             hint="its agent has not started yet; `batchd status` shows its state",
         )
-    with path.open("rb") as fh:
+    # The log is batchd's, but a link put in its place is not followed.
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
         while True:
             chunk = fh.read(65536)
             if chunk:
@@ -258,6 +266,14 @@ def resume(repo: Path | None, db: str | None) -> None:
     append_control(repo, db, ev.ResumeRequested(), "resume")
 
 
+@click.command("push")
+@repo_option
+@db_option
+def push_command(repo: Path | None, db: str | None) -> None:
+    """Push the last phase commit again, after its push failed (the remote was down, or refused)."""
+    append_control(repo, db, ev.PushRequested(), "push")
+
+
 @click.command("replay")
 @repo_option
 @db_option
@@ -328,5 +344,5 @@ def select_stream(data: dict[str, Any], stream: str) -> dict[str, Any]:
 
 
 def register(cli: click.Group) -> None:
-    for command in (status, logs, retry, cancel, pause, resume, replay_command):
+    for command in (status, logs, retry, cancel, pause, resume, push_command, replay_command):
         cli.add_command(command)

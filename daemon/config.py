@@ -22,12 +22,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+import pathspec
+
 from daemon.exceptions import ConfigError
 
 __all__ = [
     "AGENT_PLACEHOLDERS",
+    "AGENT_WRITABLE",
     "CONFIG_FILE",
     "PRESETS",
+    "TEST_GLOBS",
     "AgentConfig",
     "Argv",
     "BatchdConfig",
@@ -37,6 +41,7 @@ __all__ = [
     "detect_verify_commands",
     "diff_config",
     "load_config",
+    "path_patterns",
     "render_default_config",
 ]
 
@@ -47,6 +52,26 @@ CommitMode = Literal["phase", "todo"]
 Preset = Literal["claude", "codex", "aider"]
 Strategy = Literal["bisect", "incremental"]
 ConflictMode = Literal["merge", "strict"]
+SandboxMode = Literal["auto", "bwrap", "none"]
+TestIntegrity = Literal["report", "reject"]
+
+# Where agents keep their own state (credentials, sessions, caches): writable inside the sandbox.
+AGENT_WRITABLE = ("~/.claude", "~/.claude.json", "~/.codex", "~/.aider", "~/.cache")
+# The usual test locations of the languages batchd detects (gitignore-style patterns).
+TEST_GLOBS = (
+    "tests/**",
+    "test/**",
+    "spec/**",
+    "**/__tests__/**",
+    "**/test_*.py",
+    "**/*_test.py",
+    "**/conftest.py",
+    "**/*_test.go",
+    "**/*.test.[jt]s",
+    "**/*.test.[jt]sx",
+    "**/*.spec.[jt]s",
+    "**/*.spec.[jt]sx",
+)
 
 # Placeholders allowed inside [agent] command elements (substituted by daemon.agents.build_argv).
 AGENT_PLACEHOLDERS = ("prompt", "todo_path", "todo_id", "worktree")
@@ -92,6 +117,11 @@ class AgentConfig:
     prompt_file: str = ""
     setup: tuple[Argv, ...] = ()
     env: Mapping[str, str] = field(default_factory=_empty_env)
+    sandbox: SandboxMode = "auto"
+    writable: tuple[str, ...] = AGENT_WRITABLE
+    protect: tuple[str, ...] = ()
+    max_change_bytes: int = 50 * 1024 * 1024
+    max_log_bytes: int = 20 * 1024 * 1024
 
     @property
     def argv_template(self) -> Argv:
@@ -109,6 +139,10 @@ class VerifyConfig:
     repair: bool = True
     timeout: float = 1800.0
     conflicts: ConflictMode = "merge"
+    sandbox: SandboxMode = "auto"
+    writable: tuple[str, ...] = ("~/.cache",)
+    protect_tests: tuple[str, ...] = TEST_GLOBS
+    test_integrity: TestIntegrity = "report"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +320,22 @@ def _check_placeholders(c: _Checker, key: str, argv: Argv) -> Argv:
     return argv
 
 
+def path_patterns(patterns: Sequence[str]) -> pathspec.GitIgnoreSpec:
+    """A matcher for gitignore-style patterns (``tests/**``, ``**/test_*.py``) on repository paths."""
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def _globs(c: _Checker, key: str, value: object) -> tuple[str, ...]:
+    """gitignore-style patterns, checked to compile."""
+    patterns = c.strings(key, value)
+    for pattern in patterns:
+        try:
+            path_patterns([pattern])
+        except (ValueError, TypeError) as e:
+            raise c.fail(key, f"{pattern!r} is not a valid pattern: {e}", 'write e.g. "tests/**"') from None
+    return patterns
+
+
 _Converter = Callable[[_Checker, str, object], Any]
 
 _BATCHD_KEYS: dict[str, _Converter] = {
@@ -310,6 +360,11 @@ _AGENT_KEYS: dict[str, _Converter] = {
     "prompt_file": _Checker.string,
     "setup": _setup,
     "env": _Checker.env,
+    "sandbox": lambda c, k, v: c.choice(k, v, get_args(SandboxMode)),
+    "writable": _Checker.strings,
+    "protect": _globs,
+    "max_change_bytes": lambda c, k, v: c.integer(k, v, 1),
+    "max_log_bytes": lambda c, k, v: c.integer(k, v, 4096),
 }
 
 _VERIFY_KEYS: dict[str, _Converter] = {
@@ -319,6 +374,10 @@ _VERIFY_KEYS: dict[str, _Converter] = {
     "repair": _Checker.boolean,
     "timeout": lambda c, k, v: c.seconds(k, v, allow_zero=False),
     "conflicts": lambda c, k, v: c.choice(k, v, get_args(ConflictMode)),
+    "sandbox": lambda c, k, v: c.choice(k, v, get_args(SandboxMode)),
+    "writable": _Checker.strings,
+    "protect_tests": _globs,
+    "test_integrity": lambda c, k, v: c.choice(k, v, get_args(TestIntegrity)),
 }
 
 _SECTIONS: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
@@ -507,6 +566,19 @@ prompt_file = {_toml(a.prompt_file)}
 setup = {_toml(list(a.setup))}
 # Extra environment variables for agents, e.g. {{NODE_ENV = "test"}}.
 env = {_toml(a.env)}
+# "auto": run each agent under bubblewrap when it works here (only its workspace, a private /tmp
+# and the writable paths below can be written; the network stays); "bwrap": require it; "none".
+sandbox = {_toml(a.sandbox)}
+# Paths an agent may write besides its workspace (its own credentials and caches); missing ones
+# are skipped.
+writable = {_toml(a.writable)}
+# gitignore-style patterns: an attempt that deletes an existing file under them fails.
+# E.g. ["tests/**", "migrations/**"].
+protect = {_toml(a.protect)}
+# An attempt whose change is larger than this (bytes of new and changed files) fails.
+max_change_bytes = {a.max_change_bytes}
+# An agent's log is cut to its last half when it grows past this many bytes.
+max_log_bytes = {a.max_log_bytes}
 
 [verify]
 # The checks that decide whether a batch is green, each an argv list, run in order.
@@ -523,6 +595,15 @@ repair = {_toml(v.repair)}
 timeout = {_toml(v.timeout)}
 # "merge": git's 3-way merge decides; "strict": any file shared with a lower todo id conflicts.
 conflicts = {_toml(v.conflicts)}
+# The checks run code the agents wrote: "auto" runs them under bubblewrap like the agents.
+sandbox = {_toml(v.sandbox)}
+writable = {_toml(v.writable)}
+# Test files an agent must not make pass by editing: when an attempt changes or deletes existing
+# files under these patterns, its change is also checked with them as they were.
+protect_tests = {_toml(v.protect_tests)}
+# Passing only with its own test edits: "report" (accepted, listed for review in the status
+# file) or "reject" (left out, like a change that breaks the tests).
+test_integrity = {_toml(v.test_integrity)}
 """
 
 

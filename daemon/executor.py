@@ -1,7 +1,12 @@
-"""Agents: prepare a worktree, start the agent, watch it, and turn its exit into an outcome event.
+"""Agents: prepare a workspace, start the agent, watch it, and turn its exit into an outcome event.
 
-intent (``todo.agent_started``) -> worktree + setup (a job) -> spawn (``todo.agent_spawned``) ->
-poll -> squash its change into one commit -> outcome (``todo.agent_finished`` / ``todo.agent_failed``).
+intent (``todo.agent_started``) -> workspace + setup (a job) -> spawn (``todo.agent_spawned``) ->
+poll -> collect its change into one commit -> outcome (``todo.agent_finished`` / ``todo.agent_failed``).
+
+An agent is untrusted: it works in a repository of its own (:mod:`daemon.agentspace`), under the
+sandbox where there is one (:mod:`daemon.sandbox`), and its change comes in through one door
+(:mod:`daemon.collect`). Whatever goes wrong while collecting fails that attempt with the reason;
+it never stops the daemon.
 """
 
 from __future__ import annotations
@@ -10,21 +15,23 @@ import contextlib
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import structlog
 
-from daemon import agents, gitops
-from daemon.exceptions import AgentError, GitError
+from daemon import agentproc, agents, agentspace, collect, safefs
+from daemon.exceptions import AgentError, BatchdError
+from daemon.faults import raise_at
+from daemon.gitops import printable
 from daemon.runner import Daemon
+from daemon.todofile import MAX_TODO_BYTES
 from statemachine import events as ev
 from statemachine.tables import TodoState
 
 log = structlog.get_logger(__name__)
 
-
-def worktree_for(d: Daemon, todo_id: str) -> Path:
-    return d.ws.worktrees / f"todo-{todo_id}"
+SUMMARY_KEYS = ("type", "subtype", "is_error", "num_turns", "session_id", "duration_ms", "total_cost_usd")
 
 
 def branch_for(todo_id: str, attempt: int) -> str:
@@ -36,12 +43,12 @@ def running_count(d: Daemon) -> int:
 
 
 def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
-    """Record the intent, then prepare the worktree in the pool; the agent starts when it is ready."""
+    """Record the intent, then prepare the workspace in the pool; the agent starts when it is ready."""
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
-    worktree = worktree_for(d, todo_id)
+    workspace = d.ws.workspace(todo_id)
     log_path = d.ws.agent_log(todo_id, attempt)
-    todo_file = d.root / todo.path
+    todo_file = workspace / todo.path  # its own copy: the person's checkout is not the agent's to edit
     template = agents.load_template(d.config.agent, d.root)
     prompt = agents.render_prompt(
         template,
@@ -49,11 +56,11 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
         todo_path=todo_file,
         title=todo.title,
         verify_commands=d.config.verify.commands,
-        worktree=worktree,
+        worktree=workspace,
         repair=todo.repair,
     )
     argv = agents.build_argv(
-        d.config.agent, prompt=prompt, todo_path=todo_file, todo_id=todo_id, worktree=worktree
+        d.config.agent, prompt=prompt, todo_path=todo_file, todo_id=todo_id, worktree=workspace
     )
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -61,42 +68,56 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
             todo_id=todo_id,
             attempt=attempt,
             batch=batch_key,
-            worktree=str(worktree.relative_to(d.root)),
+            worktree=str(workspace.relative_to(d.root)),
             branch=branch_for(todo_id, attempt),
             base_sha=base_sha,
             log_path=str(log_path.relative_to(d.root)),
             argv=tuple(argv),
+            token=uuid.uuid4().hex,
         ),
     )
     prepare(d, todo_id, argv)
 
 
 def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
-    """Create a clean worktree and run the set-up commands (in the pool), then spawn the agent."""
+    """Create a fresh workspace and run the set-up commands (in the pool), then spawn the agent."""
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
-    worktree = d.root / todo.worktree
+    workspace = d.root / todo.worktree
     log_path = d.root / todo.log_path
+    exit_path = d.ws.exit_record(todo_id, attempt)
     base_sha = todo.base_sha
     branch = todo.branch
     env = agents.agent_env(
-        d.config.agent, todo_id=todo_id, todo_path=d.root / todo.path, attempt=attempt, worktree=worktree
+        d.config.agent,
+        todo_id=todo_id,
+        todo_path=workspace / todo.path,
+        attempt=attempt,
+        worktree=workspace,
+        token=todo.token,
     )
     setup = d.config.agent.setup
     timeout = d.config.agent.timeout
+    sandbox = d.sandbox
+    root = d.root
 
-    def work() -> agents.SetupResult | None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+    def work() -> agentproc.SetupResult | None:
+        header = f"--- batchd: todo {todo_id} attempt {attempt}, workspace {workspace} ---\n"
         # Appended, not truncated: an attempt re-run after an interruption keeps the first run's output.
-        with log_path.open("a", encoding="utf-8") as out:
-            out.write(f"--- batchd: todo {todo_id} attempt {attempt}, worktree {worktree} ---\n")
-        with d.git_lock:
-            gitops.add_worktree(d.root, worktree, branch, base_sha)
+        safefs.append_text(root, log_path.relative_to(root), header)
+        text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)
+        if text is None:
+            raise AgentError(f"its todo file {todo.path} is gone", hint="it is cancelled by the next scan")
+        agentspace.create(root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text})
+        d.placed[todo_id] = text
+        exit_path.parent.mkdir(parents=True, exist_ok=True)
         if setup:
-            return agents.run_setup(setup, cwd=worktree, log_path=log_path, timeout=timeout, env=env)
+            return agentproc.run_setup(
+                setup, cwd=workspace, log_path=log_path, timeout=timeout, env=env, sandbox=sandbox
+            )
         return None
 
-    def done(result: agents.SetupResult | None) -> None:
+    def done(result: agentproc.SetupResult | None) -> None:
         current = d.proj.todos[todo_id]
         if current.state != TodoState.RUNNING or current.attempt != attempt:
             return  # cancelled or interrupted meanwhile
@@ -114,24 +135,44 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         if d.stopping:
             return  # will be recorded as interrupted by the stop
         try:
-            proc = agents.start_agent(argv, cwd=worktree, log_path=log_path, env=env)
-        except (OSError, AgentError) as e:
+            proc = agentproc.start_agent(
+                argv,
+                cwd=workspace,
+                log_path=log_path,
+                env=env,
+                sandbox=d.sandbox,
+                exit_path=exit_path,
+                readable=[root],
+            )
+        except (OSError, BatchdError) as e:
             fail(d, todo_id, attempt, "start", f"agent could not start: {e}")
             return
         d.agents[todo_id] = proc
         d.emit_one(
             ev.todo_stream(todo_id),
-            ev.AgentSpawned(todo_id=todo_id, attempt=attempt, pid=proc.pid, pgid=proc.pgid),
+            ev.AgentSpawned(
+                todo_id=todo_id,
+                attempt=attempt,
+                pid=proc.pid,
+                pgid=proc.pgid,
+                start_ticks=proc.start_ticks,
+                exit_path=str(exit_path.relative_to(root)),
+            ),
         )
-        log.info("agent_started", todo_id=todo_id, attempt=attempt, pid=proc.pid)
+        log.info("agent_started", todo_id=todo_id, attempt=attempt, pid=proc.pid, sandbox=d.sandbox.kind)
 
     def failed(error: BaseException) -> None:
         current = d.proj.todos[todo_id]
         if current.state != TodoState.RUNNING or current.attempt != attempt:
             return  # cancelled or interrupted meanwhile: nothing of this attempt to record
-        fail(d, todo_id, attempt, "setup", f"could not prepare the worktree: {error}")
+        fail(d, todo_id, attempt, "setup", f"could not prepare the workspace: {_message(error)}")
 
     d.submit(f"prepare-{todo_id}", work, done, failed)
+
+
+def _message(error: BaseException) -> str:
+    text = error.message if isinstance(error, BatchdError) else f"{type(error).__name__}: {error}"
+    return printable(text)
 
 
 def fail(
@@ -152,81 +193,67 @@ def fail(
             todo_id=todo_id,
             attempt=attempt,
             reason=reason,
-            detail=detail,
+            detail=printable(detail),
             returncode=rc,
             duration=duration,
             cost_usd=cost,
-            log_tail=tail[-2000:],
+            log_tail=printable(tail[-2000:]),
         ),
     )
-    log.warning("agent_failed", todo_id=todo_id, attempt=attempt, reason=reason, detail=detail)
+    log.warning("agent_failed", todo_id=todo_id, attempt=attempt, reason=reason, detail=printable(detail))
 
 
 def poll(d: Daemon, now: float) -> None:
-    """Enforce timeouts and collect every agent that exited."""
+    """Collect every agent that exited (looked at first), then enforce timeouts on the rest."""
     for todo_id, proc in list(d.agents.items()):
-        agents.enforce_timeout(proc, d.config.agent.timeout, now)
         if proc.poll() is None:
+            agentproc.enforce_timeout(proc, d.config.agent.timeout, now)
+            agentproc.cap_log(proc.log_path, d.config.agent.max_log_bytes)
             continue
         del d.agents[todo_id]
-        outcome = agents.finish(proc)
-        collect(d, todo_id, outcome)
+        with d.step(todo_id, "agent_exit"):
+            raise_at("agent_exit")
+            agentproc.cap_log(proc.log_path, d.config.agent.max_log_bytes)
+            outcome = agentproc.finish(proc)
+            collect_outcome(d, todo_id, outcome)
 
 
-def collect(d: Daemon, todo_id: str, outcome: agents.AgentOutcome) -> None:
+def collect_outcome(d: Daemon, todo_id: str, outcome: agentproc.AgentOutcome) -> None:
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
     if todo.state != TodoState.RUNNING:
         return
     if d.stopping and outcome.rc < 0 and not outcome.timed_out:
         return  # killed by our own stop: recorded as interrupted
+    end = {"rc": outcome.rc, "duration": outcome.duration, "cost": outcome.cost_usd, "tail": outcome.log_tail}
     if not outcome.ok:
         reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
-        fail(
-            d,
-            todo_id,
-            attempt,
-            reason,
-            outcome.reason,
-            rc=outcome.rc,
-            duration=outcome.duration,
-            cost=outcome.cost_usd,
-            tail=outcome.log_tail,
-        )
+        fail(d, todo_id, attempt, reason, outcome.reason, **end)  # type: ignore[arg-type]
         return
-    worktree = d.root / todo.worktree
     try:
-        change = gitops.collect_change(
-            worktree,
+        raise_at("collect")
+        collected = collect.collect(
+            d.root,
+            d.root / todo.worktree,
             todo.base_sha,
             message=f"batchd: todo {todo_id} attempt {attempt} - {todo.title}",
-            trailers={gitops.TRAILER_TODO: todo_id, gitops.TRAILER_ATTEMPT: str(attempt)},
+            trailers={"Batchd-Todo": todo_id, "Batchd-Attempt": str(attempt)},
+            branch=todo.branch,
+            policy=policy_for(d, todo_id),
         )
-    except GitError as e:
-        fail(
-            d,
-            todo_id,
-            attempt,
-            "exit",
-            f"could not collect the agent's change: {e.message}",
-            rc=outcome.rc,
-            duration=outcome.duration,
-            cost=outcome.cost_usd,
-            tail=outcome.log_tail,
-        )
+    except collect.CollectFailed as e:
+        fail(d, todo_id, attempt, e.reason, e.render(), **end)  # type: ignore[arg-type]
         return
+    except Exception as e:
+        log.exception("collect_crashed", todo_id=todo_id, attempt=attempt)
+        fail(d, todo_id, attempt, "collect", f"could not collect the agent's change: {_message(e)}", **end)  # type: ignore[arg-type]
+        return
+    change = collected.change
     if change is None:
-        fail(
-            d,
-            todo_id,
-            attempt,
-            "no_change",
-            "the agent exited 0 but changed nothing",
-            rc=outcome.rc,
-            duration=outcome.duration,
-            cost=outcome.cost_usd,
-            tail=outcome.log_tail,
-        )
+        detail = "the agent exited 0 but changed nothing"
+        if collected.dropped:
+            detail += " it may change (dropped: " + "; ".join(collected.dropped) + ")"
+        fail(d, todo_id, attempt, "no_change", detail, **end)  # type: ignore[arg-type]
         return
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -239,14 +266,69 @@ def collect(d: Daemon, todo_id: str, outcome: agents.AgentOutcome) -> None:
             files=change.files,
             cost_usd=outcome.cost_usd,
             summary={k: v for k, v in (outcome.summary or {}).items() if k in SUMMARY_KEYS},
+            dropped=change.dropped,
+            warnings=change.warnings,
+            test_edits=change.test_edits,
+            note=change.note,
+            agent_head=change.agent_head,
+            agent_commits=change.agent_commits,
         ),
     )
     log.info(
-        "agent_finished", todo_id=todo_id, attempt=attempt, commit=change.sha[:10], files=len(change.files)
+        "agent_finished",
+        todo_id=todo_id,
+        attempt=attempt,
+        commit=change.sha[:10],
+        files=len(change.files),
+        dropped=len(change.dropped),
     )
 
 
-SUMMARY_KEYS = ("type", "subtype", "is_error", "num_turns", "session_id", "duration_ms", "total_cost_usd")
+def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
+    """What this todo's agent may change, from the configuration and what the run did so far."""
+    todo = d.proj.todos[todo_id]
+    config = d.config
+    protected: dict[str, str] = {}
+
+    def add(path: Path | None, why: str, *, folder: bool = False) -> None:
+        if path is None:
+            return
+        try:
+            rel = safefs.relative_to(d.root, path)
+        except ValueError:
+            return  # outside the repository: no agent can change it through its change
+        protected[rel + "/" if folder else rel] = why
+
+    add(config.path, "batchd's configuration")
+    add(config.plan_path, "the plan")
+    add(d.root / config.agent.prompt_file if config.agent.prompt_file else None, "the agents' prompt")
+    add(config.todos_path, "the todos folder: batchd renames todo files itself", folder=True)
+    add(config.status_path, "the status file, written by batchd")
+    add(d.ws.state_dir, "batchd's own folder", folder=True)
+    earlier: dict[str, str] = {}
+    for other in d.proj.todos.values():
+        if other.todo_id != todo_id and other.state in (TodoState.ACCEPTED, TodoState.COMPLETE):
+            earlier.update(dict.fromkeys(other.agent_files, other.todo_id))
+    placed = d.placed.get(todo_id)
+    return collect.Policy(
+        protected=protected,
+        own_todo=todo.path,
+        own_todo_text=placed if placed is not None else _placed(d, todo.path),
+        todos_dir=safefs.relative_to(d.root, config.todos_path),
+        protect=config.agent.protect,
+        test_globs=config.verify.protect_tests,
+        max_change_bytes=config.agent.max_change_bytes,
+        earlier=earlier,
+        run_base=d.proj.run.base_sha,
+    )
+
+
+def _placed(d: Daemon, rel: str) -> bytes:
+    """The todo file as the person has it now: what batchd wrote into the workspace."""
+    try:
+        return safefs.read_bytes(d.root, rel, limit=MAX_TODO_BYTES + 1) or b""
+    except safefs.LinkRefused:
+        return b""
 
 
 def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
@@ -257,6 +339,12 @@ def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
         poll(d, d.clock())
         if d.agents:
             time.sleep(0.1)
+    kill_all(d)
+    interrupt_running(d, reason)
+
+
+def kill_all(d: Daemon) -> None:
+    """SIGTERM then SIGKILL every agent's process group, at once (the fatal path: no waiting)."""
     for proc in d.agents.values():
         proc.kill_group(signal.SIGTERM)
     for todo_id, proc in list(d.agents.items()):
@@ -264,7 +352,6 @@ def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
             proc.wait(timeout=2)  # it is killed next either way
         proc.kill_group(signal.SIGKILL)
         del d.agents[todo_id]
-    interrupt_running(d, reason)
 
 
 def interrupt_running(d: Daemon, reason: str) -> None:
@@ -274,3 +361,13 @@ def interrupt_running(d: Daemon, reason: str) -> None:
                 ev.todo_stream(todo.todo_id),
                 ev.AgentInterrupted(todo_id=todo.todo_id, attempt=todo.attempt, reason=reason),
             )
+
+
+def stop_agent(d: Daemon, todo_id: str) -> None:
+    """Kill one todo's agent (a person cancelled, deleted or edited its todo)."""
+    proc = d.agents.pop(todo_id, None)
+    if proc is not None:
+        proc.kill_group(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        proc.kill_group(signal.SIGKILL)

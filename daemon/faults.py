@@ -4,6 +4,10 @@ Tests only. ``BATCHD_CRASH_AFTER=todo.agent_started`` kills the daemon right aft
 the first event of that type (``todo.agent_started:3`` after the third); ``BATCHD_CRASH_AT_SEQ=40``
 right after the event with sequence number 40 is durable. Nothing is flushed or cleaned up: it is
 a ``kill -9`` from the inside, so the restart sees exactly what a real crash leaves.
+
+``BATCHD_FAULT_RAISE=agent_exit`` makes :func:`raise_at` raise an unexpected error at that named
+place (a bug, as far as the daemon can tell): how the crash handling and the crash-loop breaker
+are tested.
 """
 
 from __future__ import annotations
@@ -42,3 +46,13 @@ class FaultInjector:
     @staticmethod
     def _die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedFault(RuntimeError):
+    """The unexpected error :func:`raise_at` raises (tests only)."""
+
+
+def raise_at(place: str) -> None:
+    """Raise :class:`InjectedFault` when ``BATCHD_FAULT_RAISE`` names ``place`` (tests only)."""
+    if os.environ.get("BATCHD_FAULT_RAISE") == place:
+        raise InjectedFault(f"fault injected at {place}")

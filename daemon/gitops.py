@@ -1,9 +1,20 @@
-"""Small typed git helpers: worktrees, a todo's change as one commit, trailers, fast-forward, push.
+"""Small typed git helpers: the one way batchd runs git, reading, the verification worktree, commits.
 
-GitPython serves where it has an API (reading HEAD, ancestry, diffs); everything else is the git
-CLI with an argv list. Every failure is a :class:`GitError` carrying the command and git's output.
-Repo objects are opened per call and closed, because GitPython leaks handles and child processes
-in a long-running process otherwise.
+Every call goes through :func:`run_git`, which holds batchd's rules for running git near code it
+does not trust:
+
+- hooks are off (``core.hooksPath=/dev/null``) unless the caller passes the person's hooks as
+  pinned at start-up (pushes, the person's own checkout), and ``core.fsmonitor`` is off: nothing an
+  agent or a test could have planted runs inside batchd's git;
+- the git directory is given explicitly (:class:`WorkTree`) wherever a folder could have been
+  written by someone else, never discovered from a ``.git`` file in it;
+- ``untrusted=True`` reads an agent's own repository without replace refs, grafts, commit-graph or
+  multi-pack-index files, which could make its history look other than it is;
+- output is decoded as UTF-8 with ``surrogateescape``: a file name that is not UTF-8 round-trips
+  to git unchanged and never raises; :func:`printable` shows it escaped (``\\xff``) for people and
+  for the event log.
+
+Every failure is a :class:`GitError` carrying the command and git's output.
 """
 
 from __future__ import annotations
@@ -11,13 +22,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
 import structlog
 
 from daemon.exceptions import GitError
@@ -28,14 +36,164 @@ STATE_DIR = ".batchd"
 TRAILER_TODO = "Batchd-Todo"
 TRAILER_ATTEMPT = "Batchd-Attempt"
 
+# Variables that point git at another repository, index or object store: inherited from whoever
+# started batchd (a hook, a shell with GIT_DIR exported) they would send batchd's git elsewhere.
+_LOCAL_ENV = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_GRAFT_FILE",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_SHALLOW_FILE",
+    "GIT_INTERNAL_SUPER_PREFIX",
+)
+# What makes a repository's recorded history say something other than its commits do.
+_UNTRUSTED_CONFIG = ("-c", "core.commitGraph=false", "-c", "core.multiPackIndex=false")
+_UNTRUSTED_ENV = {"GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull}
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Change:
-    """A todo's work as one commit on its base; ``excluded`` = paths it changed that were left out."""
 
-    sha: str
-    files: tuple[str, ...]
-    excluded: tuple[str, ...] = ()
+def printable(text: str) -> str:
+    """``text`` with any undecodable bytes (surrogate escapes) shown as ``\\xNN``: safe to log and store."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkTree:
+    """A work tree and the git directory batchd gave it.
+
+    batchd runs git there with both named (``--git-dir``/``--work-tree``), so a ``.git`` file that
+    an agent or a test rewrote (to point at the person's repository, say) is never followed.
+    """
+
+    path: Path
+    git_dir: Path
+
+
+GitTarget = Path | WorkTree
+
+
+def run_git(
+    where: GitTarget | str,
+    *args: str,
+    check: bool = True,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    hooks: Path | None = None,
+    untrusted: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git args`` in ``where``; stdout and stderr are returned together in ``stdout`` on failure.
+
+    ``where`` is a folder (its repository is found the usual way: use it only for folders no one
+    else writes to, such as the person's own checkout) or a :class:`WorkTree`. ``hooks`` is the
+    person's pinned hooks folder; without it no hook runs.
+    """
+    argv = ["git", "-c", f"core.hooksPath={hooks or os.devnull}", "-c", "core.fsmonitor=false"]
+    if untrusted:
+        argv += _UNTRUSTED_CONFIG
+    if isinstance(where, WorkTree):
+        argv += [f"--git-dir={where.git_dir}", f"--work-tree={where.path}"]
+        cwd: Path | str = where.path
+    else:
+        cwd = where
+    argv += args
+    full_env = {k: v for k, v in os.environ.items() if k not in _LOCAL_ENV}
+    full_env["GIT_TERMINAL_PROMPT"] = "0"  # a daemon has no one to type a password: fail instead of hang
+    if untrusted:
+        full_env.update(_UNTRUSTED_ENV)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env=full_env,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise GitError(
+            f"git failed with exit code {proc.returncode} in {printable(str(cwd))}",
+            command=[printable(a) for a in argv],
+            output=printable(proc.stderr + proc.stdout),
+            hint="read git's message above; `git status` in that folder shows its state",
+        )
+    return proc
+
+
+def out(where: GitTarget | str, *args: str, **kwargs: object) -> str:
+    return run_git(where, *args, **kwargs).stdout.strip()  # type: ignore[arg-type]
+
+
+def split_z(text: str) -> list[str]:
+    """The records of a ``-z`` listing (NUL-terminated), without the empty tail."""
+    return [r for r in text.split("\0") if r]
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def rev_parse(repo: GitTarget, rev: str) -> str:
+    return out(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
+
+
+def head_sha(repo: GitTarget) -> str:
+    return rev_parse(repo, "HEAD")
+
+
+def has_commit(repo: GitTarget, sha: str) -> bool:
+    proc = run_git(repo, "cat-file", "-e", f"{sha}^{{commit}}", check=False)
+    return proc.returncode == 0
+
+
+def is_ancestor(repo: GitTarget, ancestor: str, descendant: str, *, untrusted: bool = False) -> bool:
+    """Whether ``ancestor`` is ``descendant`` or one of its ancestors (a missing commit is a GitError)."""
+    proc = run_git(
+        repo, "merge-base", "--is-ancestor", ancestor, descendant, check=False, untrusted=untrusted
+    )
+    if proc.returncode in (0, 1):
+        return proc.returncode == 0
+    raise GitError(
+        "cannot compare commits",
+        command=["git", "merge-base", "--is-ancestor", ancestor, descendant],
+        output=printable(proc.stderr),
+        hint="check that both commits exist in this repository",
+    )
+
+
+def changed_files(repo: GitTarget, a: str, b: str) -> tuple[str, ...]:
+    """Paths that differ between two commits (both sides of a rename), sorted; bytes kept as escapes."""
+    listing = run_git(repo, "diff", "--no-ext-diff", "--name-only", "-z", "--no-renames", a, b, "--").stdout
+    return tuple(sorted(set(split_z(listing))))
+
+
+def find_commits_by_trailer(repo: GitTarget, branch: str, key: str, value: str) -> list[str]:
+    """SHAs on ``branch`` (newest first) whose message has the trailer ``key: value``."""
+    fmt = f"%H%x00%(trailers:key={key},valueonly,separator=%x1f)%x1e"
+    text = run_git(repo, "log", f"--format={fmt}", branch, "--").stdout
+    found = []
+    for record in text.split("\x1e"):
+        sha, _, values = record.strip().partition("\x00")
+        if sha and value in (v.strip() for v in values.split("\x1f")):
+            found.append(sha)
+    return found
+
+
+def git_common_dir(repo: Path) -> Path:
+    """The repository's own git directory (for a worktree: the main one's)."""
+    return Path(out(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+
+# --- the verification worktree ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,121 +203,19 @@ class Worktree:
     branch: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RebaseResult:
-    """``brought_new``: the remote had commits we did not, so the rebased tree is untested."""
-
-    sha: str
-    brought_new: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushResult:
-    ok: bool
-    rejected: bool
-    output: str
-    attempts: int = 1
-    sha: str = ""
-    reason: str = ""
-
-
-def run_git(
-    cwd: Path | str,
-    *args: str,
-    check: bool = True,
-    stdin: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``git args`` in ``cwd``; stdout and stderr are returned together in ``stdout``."""
-    argv = ["git", *args]
-    full_env = {**os.environ, **env} if env else None
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise GitError(
-            f"git failed with exit code {proc.returncode} in {cwd}",
-            command=argv,
-            output=proc.stderr + proc.stdout,
-            hint="read git's message above; `git status` in that folder shows its state",
-        )
-    return proc
-
-
-def _out(cwd: Path | str, *args: str) -> str:
-    return run_git(cwd, *args).stdout.strip()
-
-
-@contextmanager
-def open_repo(path: Path | str) -> Iterator[git.Repo]:
-    """A GitPython Repo that is closed on exit (it holds pipes to cat-file processes)."""
-    try:
-        repo = git.Repo(path)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
-        raise GitError(
-            f"{path} is not a git repository", command=["git", "rev-parse"], hint="run batchd in a clone"
-        ) from e
-    try:
-        yield repo
-    finally:
-        repo.close()
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-
-def head_sha(repo: Path | str) -> str:
-    with open_repo(repo) as r:
-        return r.head.commit.hexsha
-
-
-def rev_parse(repo: Path | str, rev: str) -> str:
-    return _out(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
-
-
-def is_ancestor(repo: Path | str, ancestor: str, descendant: str) -> bool:
-    with open_repo(repo) as r:
-        return bool(r.is_ancestor(r.commit(ancestor), r.commit(descendant)))
-
-
-def changed_files(repo: Path | str, a: str, b: str) -> tuple[str, ...]:
-    """Paths that differ between two commits (both sides of a rename), sorted."""
-    with open_repo(repo) as r:
-        diffs = r.commit(a).diff(r.commit(b))
-        paths = {p for d in diffs for p in (d.a_path, d.b_path) if p}
-    return tuple(sorted(paths))
-
-
-def find_commits_by_trailer(repo: Path | str, branch: str, key: str, value: str) -> list[str]:
-    """SHAs on ``branch`` (newest first) whose message has the trailer ``key: value``."""
-    fmt = f"%H%x00%(trailers:key={key},valueonly,separator=%x1f)%x1e"
-    out = run_git(repo, "log", f"--format={fmt}", branch, "--").stdout
-    found = []
-    for record in out.split("\x1e"):
-        sha, _, values = record.strip().partition("\x00")
-        if sha and value in (v.strip() for v in values.split("\x1f")):
-            found.append(sha)
-    return found
-
-
-# --- worktrees -------------------------------------------------------------------------------------
-
-
 def list_worktrees(repo_root: Path) -> list[Worktree]:
-    out = run_git(repo_root, "worktree", "list", "--porcelain").stdout
-    found = []
-    for block in out.strip().split("\n\n"):
-        fields = dict(line.partition(" ")[::2] for line in block.splitlines())
-        if "worktree" not in fields:
+    text = run_git(repo_root, "worktree", "list", "--porcelain", "-z").stdout
+    found: list[Worktree] = []
+    fields: dict[str, str] = {}
+    for record in [*text.split("\0"), ""]:
+        if record:
+            key, _, value = record.partition(" ")
+            fields[key] = value
             continue
-        branch = fields.get("branch", "").removeprefix("refs/heads/") or None
-        found.append(Worktree(path=Path(fields["worktree"]), head=fields.get("HEAD", ""), branch=branch))
+        if "worktree" in fields:
+            branch = fields.get("branch", "").removeprefix("refs/heads/") or None
+            found.append(Worktree(path=Path(fields["worktree"]), head=fields.get("HEAD", ""), branch=branch))
+        fields = {}
     return found
 
 
@@ -168,15 +224,20 @@ def prune_worktrees(repo_root: Path) -> None:
     run_git(repo_root, "worktree", "prune")
 
 
+def remove_tree(path: Path) -> None:
+    """Delete a folder batchd made, whatever is in it; a link in its place is removed, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)  # fd-based on Linux: a link inside is removed, not followed
+
+
 def remove_worktree(repo_root: Path, path: Path, *, delete_branch: bool = False) -> None:
     """Remove a worktree and its folder whatever state it is in; missing is fine."""
-    path = path.resolve()
-    known = {w.path.resolve(): w for w in list_worktrees(repo_root)}
+    path = path.absolute()
+    known = {w.path.absolute(): w for w in list_worktrees(repo_root)}
     wt = known.get(path)
-    if wt is not None:
-        run_git(repo_root, "worktree", "remove", "--force", "--force", str(path))
-    if path.exists():
-        shutil.rmtree(path)
+    remove_tree(path)
     prune_worktrees(repo_root)
     if delete_branch and wt is not None and wt.branch:
         run_git(repo_root, "branch", "-D", "--", wt.branch, check=False)
@@ -192,6 +253,41 @@ def add_worktree(repo_root: Path, path: Path, branch: str, base_sha: str) -> Pat
     return path
 
 
+def open_worktree(repo_root: Path, path: Path) -> WorkTree | None:
+    """The worktree at ``path`` with its git directory as the main repository records it, or None.
+
+    The admin folder is found from the main repository (``worktrees/*/gitdir`` names each worktree's
+    ``.git`` file), never from the ``.git`` file in ``path``, which a test run there could rewrite;
+    that file is written back if it no longer points home, so git inside the worktree keeps working.
+    """
+    wanted = (path.absolute() / ".git").as_posix()
+    admin_root = git_common_dir(repo_root) / "worktrees"
+    if not admin_root.is_dir():
+        return None
+    for admin in sorted(admin_root.iterdir()):
+        try:
+            recorded = (admin / "gitdir").read_text(encoding="utf-8", errors="surrogateescape").strip()
+        except OSError:
+            continue
+        if recorded == wanted and path.is_dir() and not path.is_symlink():
+            _repair_gitfile(path, admin)
+            return WorkTree(path=path, git_dir=admin)
+    return None
+
+
+def _repair_gitfile(path: Path, admin: Path) -> None:
+    gitfile = path / ".git"
+    text = f"gitdir: {admin}\n"
+    try:
+        if gitfile.is_file() and not gitfile.is_symlink() and gitfile.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    remove_tree(gitfile)
+    gitfile.write_text(text, encoding="utf-8")
+    log.warning("worktree_gitfile_repaired", worktree=str(path))
+
+
 # --- in-progress operations, resets ------------------------------------------------------------------
 
 _IN_PROGRESS = (
@@ -203,9 +299,15 @@ _IN_PROGRESS = (
 )
 
 
-def abort_in_progress(worktree: Path) -> list[str]:
+def _git_dir(repo: GitTarget) -> Path:
+    if isinstance(repo, WorkTree):
+        return repo.git_dir
+    return Path(out(repo, "rev-parse", "--absolute-git-dir"))
+
+
+def abort_in_progress(worktree: GitTarget) -> list[str]:
     """Abort an interrupted rebase, cherry-pick, revert or merge; returns the commands aborted."""
-    git_dir = Path(_out(worktree, "rev-parse", "--absolute-git-dir"))
+    git_dir = _git_dir(worktree)
     aborted = []
     for marker, command in _IN_PROGRESS:
         if (git_dir / marker).exists() and command not in aborted:
@@ -216,26 +318,26 @@ def abort_in_progress(worktree: Path) -> list[str]:
     return aborted
 
 
-def reset_hard(worktree: Path, sha: str) -> None:
+def reset_hard(worktree: GitTarget, sha: str) -> None:
     """Make a batchd-owned worktree exactly ``sha``; ignored files (caches, node_modules) stay."""
     run_git(worktree, "reset", "--quiet", "--hard", sha)
     run_git(worktree, "clean", "-fdq")
 
 
-def reset_keep(checkout: Path, sha: str) -> None:
+def reset_keep(checkout: GitTarget, sha: str, *, hooks: Path | None = None) -> None:
     """Move HEAD to ``sha`` keeping a person's local edits, or refuse (GitError) rather than lose one."""
-    run_git(checkout, "reset", "--quiet", "--keep", sha)
+    run_git(checkout, "reset", "--quiet", "--keep", sha, hooks=hooks)
 
 
-def ff_merge(checkout: Path, sha: str) -> None:
+def ff_merge(checkout: GitTarget, sha: str, *, hooks: Path | None = None) -> None:
     """Fast-forward the checked-out branch to ``sha``; anything else is a GitError."""
-    run_git(checkout, "merge", "--quiet", "--ff-only", sha)
+    run_git(checkout, "merge", "--quiet", "--ff-only", sha, hooks=hooks)
 
 
 # --- commits ---------------------------------------------------------------------------------------
 
 
-def with_trailers(cwd: Path, message: str, trailers: Mapping[str, str]) -> str:
+def with_trailers(cwd: GitTarget, message: str, trailers: Mapping[str, str]) -> str:
     """``message`` with ``Key: value`` trailers added to its trailer block (git's own parser)."""
     if not trailers:
         return message
@@ -244,7 +346,7 @@ def with_trailers(cwd: Path, message: str, trailers: Mapping[str, str]) -> str:
 
 
 def commit_paths(
-    worktree: Path,
+    worktree: GitTarget,
     paths: Sequence[str],
     *,
     message: str,
@@ -253,162 +355,12 @@ def commit_paths(
     """Commit exactly ``paths`` (added, changed or deleted) with trailers; other edits stay uncommitted."""
     if not paths:
         raise GitError("nothing to commit", command=["git", "commit"], hint="pass the paths to commit")
-    run_git(worktree, "add", "--all", "--", *paths)
+    run_git(worktree, "--literal-pathspecs", "add", "--all", "--", *paths)
     text = with_trailers(worktree, message, trailers)
-    run_git(worktree, "commit", "--quiet", "--no-verify", "-F", "-", "--only", "--", *paths, stdin=text)
+    run_git(
+        worktree,
+        "--literal-pathspecs",
+        "commit", "--quiet", "--no-verify", "-F", "-", "--only", "--", *paths,
+        stdin=text,
+    )  # fmt: skip
     return head_sha(worktree)
-
-
-def _in_excluded(path: str, exclude: Sequence[str]) -> bool:
-    return any(path == e.rstrip("/") or path.startswith(e.rstrip("/") + "/") for e in exclude)
-
-
-def collect_change(
-    worktree: Path,
-    base_sha: str,
-    *,
-    message: str,
-    trailers: Mapping[str, str],
-    exclude: Sequence[str] = (STATE_DIR,),
-) -> Change | None:
-    """Squash whatever the agent left in ``worktree`` into ONE commit on ``base_sha``; None if no change.
-
-    Committed, staged, unstaged and new untracked files all count; paths under ``exclude`` keep
-    their base content. The worktree's branch is moved to the new commit so reconciliation after
-    a crash finds it by trailer. The agent's own index is not used: a throwaway index is.
-    """
-    abort_in_progress(worktree)
-    agent_head = head_sha(worktree)
-    with tempfile.TemporaryDirectory(prefix="batchd-index-") as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        run_git(worktree, "read-tree", base_sha, env=env)
-        run_git(worktree, "add", "--all", "--", ":/", env=env)
-        for e in exclude:  # back to their base content (exclude pathspecs trip over ignored dirs)
-            run_git(worktree, "reset", "--quiet", base_sha, "--", f":(top){e.rstrip('/')}", env=env)
-        # Files the agent force-committed despite .gitignore: `add --all` skips them, -f does not.
-        committed = [
-            p
-            for p in changed_files(worktree, base_sha, agent_head)
-            if not _in_excluded(p, exclude) and (worktree / p).exists()
-        ]
-        if committed:
-            run_git(worktree, "add", "--force", "--", *committed, env=env)
-        tree = run_git(worktree, "write-tree", env=env).stdout.strip()
-    everything = set(changed_files(worktree, base_sha, agent_head))
-    everything |= set(_dirty_paths(worktree))
-    excluded = tuple(sorted(p for p in everything if _in_excluded(p, exclude)))
-    if excluded:
-        log.info("agent_changes_left_out", worktree=str(worktree), paths=list(excluded))
-    if tree == _out(worktree, "rev-parse", f"{base_sha}^{{tree}}"):
-        return None
-    text = with_trailers(worktree, message, trailers)
-    sha = run_git(worktree, "commit-tree", tree, "-p", base_sha, "-F", "-", stdin=text).stdout.strip()
-    reset_hard(worktree, sha)
-    return Change(sha=sha, files=changed_files(worktree, base_sha, sha), excluded=excluded)
-
-
-def _dirty_paths(worktree: Path) -> list[str]:
-    out = run_git(worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all").stdout
-    paths, records = [], out.split("\0")
-    i = 0
-    while i < len(records):
-        rec = records[i]
-        if len(rec) > 3:
-            paths.append(rec[3:])
-            if rec[0] in "RC":  # a rename's source path follows as its own record
-                i += 1
-        i += 1
-    return paths
-
-
-# --- remote ----------------------------------------------------------------------------------------
-
-
-def push(repo_or_worktree: Path, remote: str, local_ref: str, branch: str) -> PushResult:
-    """``git push remote local_ref:refs/heads/branch``; ``rejected`` = the remote refused the update."""
-    proc = run_git(
-        repo_or_worktree, "push", "--porcelain", remote, f"{local_ref}:refs/heads/{branch}", check=False
-    )
-    output = (proc.stdout + proc.stderr).strip()
-    ok = proc.returncode == 0
-    rejected = not ok and ("[rejected]" in output or "[remote rejected]" in output)
-    return PushResult(ok=ok, rejected=rejected, output=output, sha=rev_parse(repo_or_worktree, local_ref))
-
-
-def pull_rebase(worktree: Path, remote: str, branch: str) -> RebaseResult:
-    """Fetch ``remote/branch`` and rebase HEAD's commits onto it, our side winning every conflict.
-
-    During a rebase git's "ours" is the branch being rebased onto (the remote) and "theirs" the
-    commits being replayed (ours), so `-X theirs` keeps our tested changes. A conflict that no
-    strategy option resolves (modify/delete) aborts the rebase and raises GitError.
-    """
-    run_git(worktree, "fetch", "--quiet", remote, branch)
-    upstream = rev_parse(worktree, "FETCH_HEAD")
-    if is_ancestor(worktree, upstream, "HEAD"):
-        return RebaseResult(sha=head_sha(worktree), brought_new=False)
-    proc = run_git(worktree, "rebase", "--quiet", "-X", "theirs", upstream, check=False)
-    if proc.returncode != 0:
-        abort_in_progress(worktree)
-        raise GitError(
-            f"cannot rebase onto {remote}/{branch}",
-            command=["git", "rebase", "-X", "theirs", upstream],
-            output=proc.stdout + proc.stderr,
-            hint=f"rebase by hand onto {remote}/{branch} and push",
-        )
-    return RebaseResult(sha=head_sha(worktree), brought_new=True)
-
-
-def _refusal(output: str) -> str:
-    """The lines that say why: the ref's status and what the remote's hooks printed."""
-    lines = [ln.strip() for ln in output.splitlines()]
-    why = [ln.split("\t")[-1] for ln in lines if "rejected]" in ln or ln.startswith("remote:")]
-    why = why or [ln for ln in lines if ln and ln != "Done"][-1:]
-    return "; ".join(why)
-
-
-def push_with_retry(
-    worktree: Path,
-    remote: str,
-    branch: str,
-    *,
-    reverify: Callable[[str], bool],
-    attempts: int = 3,
-) -> PushResult:
-    """Push HEAD to ``remote/branch``; on a refusal rebase onto the remote and try again.
-
-    A rebase that brought the remote's new commits makes an untested tree: ``reverify(sha)`` must
-    pass before it is pushed, else the worktree goes back to the tested commit and nothing is
-    pushed. Returns the last result, with ``attempts`` used and ``reason`` on failure.
-    """
-    tested = head_sha(worktree)
-    result = PushResult(ok=False, rejected=False, output="", sha=tested)
-    for attempt in range(1, attempts + 1):
-        result = push(worktree, remote, "HEAD", branch)
-        if result.ok:
-            log.info("push_ok", remote=remote, branch=branch, sha=result.sha, attempt=attempt)
-            return _with(result, attempt, "")
-        log.warning("push_refused", remote=remote, branch=branch, attempt=attempt, output=result.output)
-        if attempt == attempts:
-            break
-        try:
-            rebased = pull_rebase(worktree, remote, branch)
-        except GitError as e:
-            return _with(result, attempt, f"rebase onto the remote failed: {_refusal(e.output)}")
-        if rebased.brought_new and not reverify(rebased.sha):
-            reset_keep(worktree, tested)
-            log.warning("push_reverify_failed", remote=remote, branch=branch, sha=rebased.sha)
-            return _with(result, attempt, "remote's new commits break the tests with ours")
-        tested = rebased.sha
-    prefix = "remote rejected" if result.rejected else "push failed"
-    return _with(result, attempts, f"{prefix}: {_refusal(result.output)}")
-
-
-def _with(result: PushResult, attempts: int, reason: str) -> PushResult:
-    return PushResult(
-        ok=result.ok,
-        rejected=result.rejected,
-        output=result.output,
-        attempts=attempts,
-        sha=result.sha,
-        reason=reason,
-    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.gitops import printable
 from daemon.runner import Daemon
 from daemon.scanner import (
     Added,
@@ -64,6 +65,10 @@ def allowed(d: Daemon, todo_id: str, event: object) -> bool:
     return (kind, str(state), trigger) in NEXT_STATE
 
 
+# A person's change to a todo whose agent is at work (or done, not yet verified) wins over the agent.
+_HONOURED = (TodoState.RUNNING, TodoState.AGENT_DONE)
+
+
 def rescan(d: Daemon) -> int:
     """Full scan of the todos folder; returns how many events it produced."""
     folder = d.config.todos_path
@@ -76,6 +81,10 @@ def rescan(d: Daemon) -> int:
         if event is None:
             continue
         todo_id = change.key
+        view = d.proj.todos.get(todo_id)
+        if view is not None and view.state in _HONOURED and honoured(d, todo_id, change, event):
+            appends.append((ev.todo_stream(todo_id), honour(d, todo_id, change, event)))
+            continue
         if not allowed(d, todo_id, event):
             log.info(
                 "todo_change_deferred",
@@ -92,11 +101,55 @@ def rescan(d: Daemon) -> int:
     return len(appends)
 
 
+def honoured(d: Daemon, todo_id: str, change: object, event: object) -> bool:
+    """Whether a person's change wins over the todo's attempt: a new text, a new status, or no file;
+    a rename that keeps the text (a new priority, say) waits for the attempt as before."""
+    todo = d.proj.todos[todo_id]
+    if isinstance(change, Edited) and change.todo.digest == todo.digest:
+        return False
+    state = TodoState.PLANNED if todo.state == TodoState.RUNNING else todo.state
+    kind, trigger = EVENT_TRIGGERS[type(event)]
+    return (kind, str(state), trigger) in NEXT_STATE
+
+
+def honour(d: Daemon, todo_id: str, change: object, event: object) -> list[object]:
+    """A person edited, renamed or deleted the file of a todo whose agent runs or just finished: the
+    attempt gives way. Its agent is stopped and the attempt recorded as interrupted (not counted);
+    then the person's change applies: deleted -> cancelled, renamed pending -> pending, renamed
+    complete -> complete, broken -> invalid, edited -> run again with the new text."""
+    todo = d.proj.todos[todo_id]
+    events: list[object] = []
+    what = type(change).__name__.lower()
+    if todo.state == TodoState.RUNNING:
+        from daemon.executor import stop_agent
+
+        stop_agent(d, todo_id)
+        events.append(
+            ev.AgentInterrupted(
+                todo_id=todo_id, attempt=todo.attempt, reason=f"a person changed its todo file ({what})"
+            )
+        )
+    events.append(event)
+    if isinstance(event, ev.TodoUpdated) and todo.state == TodoState.AGENT_DONE:
+        # Its change was made for the old text: it runs again (a new attempt, not counted as used).
+        events.append(
+            ev.TodoRetryScheduled(
+                todo_id=todo_id,
+                next_attempt=todo.attempt + 1,
+                reason="its todo file was edited after its agent finished",
+            )
+        )
+    log.info("todo_change_honoured", todo_id=todo_id, change=type(change).__name__, state=str(todo.state))
+    return events
+
+
 def _rel(d: Daemon, path: Path) -> str:
+    """A path as the log keeps it: relative to the repository, undecodable bytes shown escaped."""
     try:
-        return str(path.relative_to(d.root))
+        text = str(path.relative_to(d.root))
     except ValueError:
-        return str(path)
+        text = str(path)
+    return printable(text)
 
 
 def _fields(d: Daemon, todo: TodoFile) -> dict[str, object]:
@@ -184,9 +237,9 @@ def answer(
         if todo is None:
             return [], "refused", f"no todo #{todo_id}"
         if todo.state == TodoState.RUNNING:
-            proc = d.agents.pop(todo_id, None)
-            if proc is not None:
-                proc.kill_group()
+            from daemon.executor import stop_agent
+
+            stop_agent(d, todo_id)
             executor_events = [ev.AgentInterrupted(todo_id=todo_id, attempt=todo.attempt, reason="cancelled")]
             return (
                 [
@@ -213,6 +266,26 @@ def answer(
             "done",
             "",
         )
+    if type_ == "control.push":
+        from daemon.pushes import retry_target
+
+        target = retry_target(d)
+        if isinstance(target, str):
+            return [], "refused", target
+        appends_push: list[Append | tuple[str, Sequence[object]]] = [
+            (
+                ev.phase_stream(target.number),
+                [
+                    ev.PhasePushing(
+                        number=target.number, attempt=target.push_attempts + 1, sha=target.head_sha
+                    )
+                ],
+            )
+        ]
+        if d.proj.run.state == RunState.COMPLETED:
+            # The verdict counted the failed push: it is decided again once this one is done.
+            appends_push.insert(0, (ev.RUN_STREAM, [ev.RunReopened(reason="batchd push")]))
+        return appends_push, "done", f"pushing phase {target.number} again"
     if type_ == "control.resume":
         appends: list[Append | tuple[str, Sequence[object]]] = [
             (ev.batch_stream(b.key), [ev.BatchResumed(key=b.key)])

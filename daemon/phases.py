@@ -1,8 +1,12 @@
-"""After the last batch of a phase: one commit, the checkout fast-forwarded to it, the push.
+"""After the last batch of a phase: one commit, and the person's checkout fast-forwarded to it.
 
 Intent -> effect -> outcome, each step checkable after a crash: the commit is found again by its
-``Batchd-Run``/``Batchd-Phase`` trailers before it is made twice, the checkout is compared with the
-commit before merging, and the remote branch with ours before pushing.
+``Batchd-Run``/``Batchd-Phase`` trailers before it is made twice, and the checkout is compared with
+the commit before merging. The push is :mod:`daemon.pushes`.
+
+batchd's worktree for verification and commits is used with its git directory named explicitly
+(:func:`daemon.gitops.open_worktree`), and every file batchd writes (renamed todos, the status
+file) is written without following a link (:mod:`daemon.safefs`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ from pathlib import Path
 
 import structlog
 
-from daemon import gitops
-from daemon.checks import CheckRunner
+from daemon import gitops, safefs
 from daemon.exceptions import GitError
+from daemon.gitops import WorkTree
 from daemon.runner import Daemon
 from daemon.statusfile import render_status
-from daemon.todofile import TodoStatus, rename_status, set_front_matter_status
+from daemon.todofile import MAX_TODO_BYTES, TodoStatus, rename_status, set_front_matter_status
 from statemachine import events as ev
 from statemachine.tables import BatchState, RunState, TodoState
 from statemachine.views import PhaseView
@@ -27,22 +31,31 @@ log = structlog.get_logger(__name__)
 VERIFY_BRANCH = "batchd/verify"
 TRAILER_RUN = "Batchd-Run"
 TRAILER_PHASE = "Batchd-Phase"
-PUSH_ATTEMPTS = 3
+AUTO_TITLE = "Auto-planned todos"
 
 
-def verify_worktree(d: Daemon) -> Path:
-    return d.ws.worktrees / "verify"
+def verify_worktree(d: Daemon) -> WorkTree:
+    """batchd's own worktree (made on first use), its git directory as the repository records it."""
+    path = d.ws.verify_worktree
+    found = gitops.open_worktree(d.root, path)
+    if found is None:
+        with d.git_lock:
+            gitops.add_worktree(d.root, path, VERIFY_BRANCH, gitops.head_sha(d.root))
+        found = gitops.open_worktree(d.root, path)
+    if found is None:
+        raise GitError(
+            f"batchd's worktree {path} is not registered in the repository",
+            command=["git", "worktree", "list"],
+            hint="run `git worktree prune` and start batchd again",
+        )
+    return found
 
 
-def ensure_verify_worktree(d: Daemon, sha: str) -> Path:
+def ensure_verify_worktree(d: Daemon, sha: str) -> WorkTree:
     """batchd's own worktree for verification and phase commits, at ``sha`` and clean."""
     vt = verify_worktree(d)
-    if not (vt / ".git").exists():
-        with d.git_lock:
-            gitops.add_worktree(d.root, vt, VERIFY_BRANCH, sha)
-    else:
-        gitops.abort_in_progress(vt)
-        gitops.reset_hard(vt, sha)
+    gitops.abort_in_progress(vt)
+    gitops.reset_hard(vt, sha)
     return vt
 
 
@@ -53,9 +66,6 @@ def accepted_in(d: Daemon, phase: PhaseView) -> list[str]:
         batch = d.proj.batches[key]
         out.extend(t for t in batch.accepted if t not in out)
     return out
-
-
-AUTO_TITLE = "Auto-planned todos"
 
 
 def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
@@ -94,11 +104,11 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     renames = {t: plan_rename(d, t) for t in todo_ids}
     commits_by_todo = {t: d.proj.todos[t].accepted_commit for t in todo_ids}
     titles = {t: d.proj.todos[t].title for t in todo_ids}
+    notes = {t: d.proj.todos[t].note for t in todo_ids}
     status_rel = d.config.batchd.status_file
     status_text = render_status(d.proj, d.config, committing=phase.number)
 
     def work() -> list[str]:
-        vt = verify_worktree(d)
         found = gitops.find_commits_by_trailer(d.root, "--all", TRAILER_PHASE, str(phase.number))
         mine = [s for s in found if run_id in gitops.run_git(d.root, "log", "-1", "--format=%B", s).stdout]
         if mine:
@@ -118,16 +128,17 @@ def commit(d: Daemon, phase: PhaseView) -> None:
                 commits=commits_by_todo,
                 titles=titles,
                 renames=renames,
+                notes=notes,
                 trailers=trailers,
                 status_rel=status_rel,
                 status_text=status_text,
             )
-        ensure_verify_worktree(d, head)
+        vt = ensure_verify_worktree(d, head)
         gitops.run_git(vt, "reset", "--quiet", "--soft", base)
-        paths = apply_renames(d, vt, renames.values())
-        write(vt / status_rel, status_text)
+        paths = apply_renames(d, vt, [(*renames[t], notes[t]) for t in todo_ids])
+        safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
         paths.append(status_rel)
-        gitops.run_git(vt, "add", "--all", "--", *paths)
+        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", *paths)
         text = gitops.with_trailers(vt, message, trailers)
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         return [gitops.head_sha(vt)]
@@ -162,19 +173,27 @@ def plan_rename(d: Daemon, todo_id: str) -> tuple[str, str]:
     return rel, str(path.with_name(rename_status(path.name, TodoStatus.COMPLETE)))
 
 
-def apply_renames(d: Daemon, vt: Path, renames: Iterable[tuple[str, str]]) -> list[str]:
-    """Rename ``-ready-`` files to ``-complete-`` in the worktree (status in front matter too)."""
+def apply_renames(d: Daemon, vt: WorkTree, renames: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Rename ``-ready-`` files to ``-complete-`` in the worktree (status in front matter too), with
+    the work-log note each todo's agent appended to its copy (``(src, dst, note)``)."""
     paths: list[str] = []
-    for src, dst in renames:
+    for src, dst, note in renames:
         # The person's checkout holds the todo as they last wrote it (maybe never committed).
-        source = d.root / src if (d.root / src).exists() else vt / src
-        if not source.exists():
-            source = d.root / dst
-        text = source.read_text(encoding="utf-8") if source.exists() else ""
-        if (vt / src).exists() and src != dst:
+        data = None
+        for base, rel in ((d.root, src), (vt.path, src), (d.root, dst)):
+            try:
+                data = safefs.read_bytes(base, rel, limit=MAX_TODO_BYTES + 1)
+            except safefs.LinkRefused:
+                data = None
+            if data is not None:
+                break
+        text = (data or b"").decode("utf-8", "replace")
+        if note and note not in text:
+            text = text.rstrip("\n") + "\n\n" + note.rstrip("\n") + "\n"
+        if src != dst and gitops.run_git(vt, "ls-files", "-z", "--", src).stdout:
             # Staged as a deletion here; `git add` of a path no longer on disk would fail.
-            gitops.run_git(vt, "rm", "--quiet", "--", src)
-        write(vt / dst, set_front_matter_status(text, TodoStatus.COMPLETE))
+            gitops.run_git(vt, "--literal-pathspecs", "rm", "--quiet", "--", src)
+        safefs.write_text(vt.path, dst, set_front_matter_status(text, TodoStatus.COMPLETE), replace_link=True)
         paths.append(dst)
     return paths
 
@@ -187,6 +206,7 @@ def commit_per_todo(
     commits: dict[str, str],
     titles: dict[str, str],
     renames: dict[str, tuple[str, str]],
+    notes: dict[str, str],
     trailers: dict[str, str],
     status_rel: str,
     status_text: str,
@@ -195,27 +215,22 @@ def commit_per_todo(
     made: list[str] = []
     for i, todo_id in enumerate(todo_ids):
         gitops.run_git(vt, "cherry-pick", "--no-commit", "--allow-empty", commits[todo_id])
-        paths = apply_renames(d, vt, [renames[todo_id]])
+        paths = apply_renames(d, vt, [(*renames[todo_id], notes[todo_id])])
         if i == len(todo_ids) - 1:
-            write(vt / status_rel, status_text)
+            safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
             paths.append(status_rel)
-        gitops.run_git(vt, "add", "--all", "--", *paths)
+        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", *paths)
         message = f"{titles[todo_id]}\n\nResolves todo #{todo_id}.\n"
         text = gitops.with_trailers(vt, message, {**trailers, gitops.TRAILER_TODO: todo_id})
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         made.append(gitops.head_sha(vt))
     if not made:
-        write(vt / status_rel, status_text)
-        gitops.run_git(vt, "add", "--all", "--", status_rel)
+        safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
+        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", status_rel)
         text = gitops.with_trailers(vt, "chore(batchd): phase status\n", trailers)
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         made.append(gitops.head_sha(vt))
     return made
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 # --- the checkout ---------------------------------------------------------------------------------
@@ -223,13 +238,15 @@ def write(path: Path, text: str) -> None:
 
 def land(d: Daemon, phase: PhaseView) -> None:
     """Bring the person's checkout to the phase commit (fast-forward only), mark todos complete."""
+    from daemon import pushes
+
     sha = phase.head_sha
     try:
         move_checkout(d, sha)
     except GitError as e:
         reason = (
             f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
-            "Commit or move aside the file named, then `batchd resume`."
+            "Commit or move aside what is named, then `batchd resume`."
         )
         if d.proj.run.state == RunState.RUNNING:
             d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
@@ -249,15 +266,15 @@ def land(d: Daemon, phase: PhaseView) -> None:
             )
     d.emit(*completed)
     d.status_dirty = True
-    if d.config.batchd.remote:
+    if d.pinned is not None:
         d.emit_one(ev.phase_stream(phase.number), ev.PhasePushing(number=phase.number, attempt=1, sha=sha))
-        push(d, d.proj.phases[phase.number])
+        pushes.push(d, d.proj.phases[phase.number])
     else:
         finish(d, phase)
 
 
 def finish(d: Daemon, phase: PhaseView) -> None:
-    """The phase is done: record it, and tidy the worktrees of its completed todos away."""
+    """The phase is done: record it, and tidy the workspaces of its completed todos away."""
     d.emit_one(ev.phase_stream(phase.number), ev.PhaseDone(number=phase.number))
     done = [t for t in phase.todo_ids if d.proj.todos[t].state == TodoState.COMPLETE]
     if done:
@@ -265,49 +282,54 @@ def finish(d: Daemon, phase: PhaseView) -> None:
 
 
 def tidy(d: Daemon, todo_ids: list[str]) -> None:
-    """Remove the worktrees and ``batchd/todo-<id>-a<n>`` branches of completed todos: their work is in
-    the phase commit. Blocked and failed todos keep theirs, for a person to look at. Idempotent."""
+    """Remove the workspaces and ``batchd/todo-<id>-a<n>`` branches of completed todos: their work is
+    in the phase commit. Blocked and failed todos keep theirs, for a person to look at. Idempotent."""
     with d.git_lock:
         for todo_id in todo_ids:
-            gitops.remove_worktree(d.root, d.ws.worktrees / f"todo-{todo_id}")
+            gitops.remove_tree(d.ws.workspace(todo_id))
             refs = gitops.run_git(
                 d.root, "for-each-ref", "--format=%(refname:short)", f"refs/heads/batchd/todo-{todo_id}-a*"
             ).stdout.split()
             if refs:
                 gitops.run_git(d.root, "branch", "--quiet", "-D", "--", *refs, check=False)
-    log.info("worktrees_removed", todos=todo_ids)
+    log.info("workspaces_removed", todos=todo_ids)
 
 
 def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
     """Fast-forward the checkout to ``sha``, setting aside batchd's own edits.
 
-    Only a fast-forward keeps everyone's commits. The one other move allowed is ``reset --keep``
-    from ``replaces`` (batchd's own phase commit, which a push rebased onto the remote): any other
-    commit on the branch is a person's, and dropping it is refused (GitError) rather than done.
+    Only a fast-forward keeps everyone's commits. Two other cases are allowed: the checkout already
+    contains ``sha`` (a person rebased their commits onto the phase commit, as the pause message
+    asks: nothing to move), and ``reset --keep`` from ``replaces`` (batchd's own phase commit, which a
+    push rebased onto the remote). Any other commit on the branch is a person's, and dropping it is
+    refused (GitError naming it) rather than done.
     """
     root = d.root
+    hooks = d.pinned.hooks if d.pinned is not None else None
     head = gitops.head_sha(root)
-    if head == sha:
+    if head == sha or gitops.is_ancestor(root, sha, head):
         cleanup_renamed(d, sha)
         return
     forward = gitops.is_ancestor(root, head, sha)
     if not forward and head != replaces:
+        subject = gitops.run_git(root, "log", "-1", "--format=%an: %s", head).stdout.strip()
         raise GitError(
-            f"the branch moved under batchd: {head[:10]} is not in the phase commit {sha[:10]}",
+            f"the branch moved under batchd: it is at {head[:10]} ({gitops.printable(subject)}), "
+            f"which is not in the phase commit {sha[:10]}",
             command=["git", "merge", "--ff-only", sha],
             hint="someone committed on the branch while batchd ran; rebase those commits onto "
-            f"{sha[:10]} (or reset the branch to it) and `batchd resume`",
+            f"{sha[:10]} (`git rebase {sha[:10]}`) or reset the branch to it, then `batchd resume`",
         )
     status_rel = d.config.batchd.status_file
-    tracked = gitops.run_git(root, "ls-files", "--", status_rel).stdout.strip()
+    tracked = gitops.run_git(root, "ls-files", "-z", "--", status_rel).stdout
     if tracked:
-        gitops.run_git(root, "checkout", "--quiet", "HEAD", "--", status_rel)
-    elif (root / status_rel).exists():
+        gitops.run_git(root, "--literal-pathspecs", "checkout", "--quiet", "HEAD", "--", status_rel)
+    elif (root / status_rel).is_file() or (root / status_rel).is_symlink():
         (root / status_rel).unlink()
     if forward:
-        gitops.ff_merge(root, sha)
+        gitops.ff_merge(root, sha, hooks=hooks)
     else:
-        gitops.reset_keep(root, sha)
+        gitops.reset_keep(root, sha, hooks=hooks)
     cleanup_renamed(d, sha)
     write_status(d)
 
@@ -321,99 +343,24 @@ def cleanup_renamed(d: Daemon, sha: str) -> None:
         if "-ready-" not in src.name or not src.exists():
             continue
         dst = src.with_name(rename_status(src.name, TodoStatus.COMPLETE))
-        tracked = gitops.run_git(d.root, "ls-files", "--", todo.path).stdout.strip()
+        tracked = gitops.run_git(d.root, "ls-files", "-z", "--", todo.path).stdout
         if dst.exists() and not tracked:
             src.unlink()
 
 
+_refused_status_links: set[str] = set()
+
+
 def write_status(d: Daemon) -> None:
-    path = d.config.status_path
-    text = render_status(d.proj, d.config)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        write(path, text)
+    """The status file in the person's checkout, rewritten when it changed; never through a link."""
+    rel = d.config.batchd.status_file
+    text = render_status(d.proj, d.config, sandbox=d.sandbox.note if not d.sandbox.active else "")
+    try:
+        current = safefs.read_bytes(d.root, rel, limit=len(text.encode("utf-8")) + 1)
+        if current is None or current.decode("utf-8", "replace") != text:
+            safefs.write_text(d.root, rel, text)
+    except safefs.LinkRefused as e:
+        if rel not in _refused_status_links:  # said once: it would repeat after every batch
+            _refused_status_links.add(rel)
+            log.warning("status_file_refused", path=rel, error=e.render())
     d.status_dirty = False
-
-
-# --- push -----------------------------------------------------------------------------------------
-
-
-def push(d: Daemon, phase: PhaseView) -> None:
-    key = f"push-{phase.number}"
-    if d.has_job(key):
-        return
-    branch = d.config.batchd.branch
-    sha = phase.head_sha
-    runner = CheckRunner(
-        d.config.verify.commands, timeout=d.config.verify.timeout, retries=d.config.verify.retries
-    )
-
-    def work() -> gitops.PushResult:
-        # The tested phase commit (it carries earlier phases' commits), never whatever else the
-        # branch may have gained since: nothing untested is pushed.
-        vt = ensure_verify_worktree(d, sha)
-        remote = remote_url(d.root, d.config.batchd.remote)
-        remote_sha = remote_head(d.root, remote, branch)
-        if (
-            remote_sha
-            and gitops.run_git(d.root, "cat-file", "-e", remote_sha, check=False).returncode == 0
-            and gitops.is_ancestor(d.root, sha, remote_sha)
-        ):
-            return gitops.PushResult(
-                ok=True, rejected=False, output="already on the remote", attempts=0, sha=remote_sha
-            )
-        return gitops.push_with_retry(
-            vt, remote, branch, reverify=lambda s: runner(vt).passed, attempts=PUSH_ATTEMPTS
-        )
-
-    def done(result: gitops.PushResult) -> None:
-        if result.ok and result.sha and result.sha != sha:
-            # The push went out rebased onto the remote's new commits (tested again): follow it.
-            try:
-                move_checkout(d, result.sha, replaces=sha)
-            except GitError as e:
-                log.warning("checkout_behind_rebased_push", sha=result.sha, error=e.message)
-        if result.ok:
-            d.emit_one(
-                ev.phase_stream(phase.number),
-                ev.PhasePushed(number=phase.number, sha=result.sha, attempts=max(result.attempts, 1)),
-            )
-        else:
-            d.emit_one(
-                ev.phase_stream(phase.number),
-                ev.PhasePushFailed(
-                    number=phase.number,
-                    sha=sha,
-                    attempts=result.attempts,
-                    reason=result.reason or result.output[-500:],
-                ),
-            )
-        d.status_dirty = True
-
-    def failed(error: BaseException) -> None:
-        d.status_dirty = True
-        d.emit_one(
-            ev.phase_stream(phase.number),
-            ev.PhasePushFailed(
-                number=phase.number, sha=sha, attempts=0, reason=f"{type(error).__name__}: {error}"
-            ),
-        )
-
-    d.submit(key, work, done, failed)
-
-
-def remote_url(root: Path, remote: str) -> str:
-    """A remote whose URL is a relative path is resolved against the repository: batchd pushes from
-    its own worktree, where the relative path would point elsewhere."""
-    proc = gitops.run_git(root, "remote", "get-url", remote, check=False)
-    url = proc.stdout.strip()
-    if proc.returncode != 0 or not url or "://" in url or ":" in url.split("/")[0]:
-        return remote
-    path = Path(url)
-    return str((root / path).resolve()) if not path.is_absolute() else remote
-
-
-def remote_head(root: Path, remote: str, branch: str) -> str:
-    proc = gitops.run_git(root, "ls-remote", "--heads", remote, f"refs/heads/{branch}", check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return ""
-    return proc.stdout.split()[0]

@@ -1,22 +1,26 @@
 """Reconcile the world with the log after a crash, before anything new starts.
 
-The log says what was intended; the world (processes, worktrees, git refs, the remote) says what
+The log says what was intended; the world (processes, workspaces, git refs, the remote) says what
 happened. Each intent without its outcome is settled here or by the step that owns it: an agent
-whose daemon died is killed (its process group) and re-run as a new, uncounted attempt; an
-interrupted cherry-pick, merge or rebase in batchd's worktrees is aborted; records of vanished
-worktrees are pruned. Commits and pushes are settled by their steps (found by trailer, compared
-with the remote) so they are never made twice.
+whose daemon died is killed (only the processes batchd started: checked by start time and token)
+and re-run as a new, uncounted attempt; an interrupted cherry-pick, merge or rebase in batchd's
+worktree is aborted; records of vanished worktrees are pruned. Commits and pushes are settled by
+their steps (found by trailer, compared with the remote) so they are never made twice. A crash
+that repeats at the same place is stopped here (:func:`break_crash_loop`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import structlog
 
-from daemon import agents, gitops
+from daemon import agentproc, gitops
 from daemon.exceptions import UsageError
+from daemon.gitops import STATE_DIR
 from daemon.runner import Daemon
 from statemachine import events as ev
 from statemachine.tables import TodoState
@@ -85,46 +89,39 @@ def ensure_identity(root: Path) -> bool:
     return True
 
 
-def groups_working_in(folder: Path) -> set[int]:
-    """Process groups (other than ours) of processes whose working directory is inside ``folder``."""
-    found: set[int] = set()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    target = folder.resolve()
-    own = os.getpgrp()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = (entry / "cwd").resolve(strict=True)
-            pgid = os.getpgid(int(entry.name))
-        except (OSError, RuntimeError):
-            continue  # gone, or not ours to look at
-        if pgid != own and (cwd == target or target in cwd.parents):
-            found.add(pgid)
-    return found
+def check_state_dir(root: Path) -> None:
+    """``.batchd/`` must be batchd's own folder, not a link to somewhere else (it holds the log,
+    the logs, the workspaces, and batchd writes there all the time)."""
+    state = root / STATE_DIR
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        raise UsageError(
+            f"{state} is a link or a file, not batchd's folder",
+            hint=f"remove it (batchd makes it again): `rm {state}`",
+        )
+    state.mkdir(exist_ok=True)
 
 
 def reconcile(d: Daemon) -> None:
     """Settle what a dead daemon left behind (idempotent: running it twice changes nothing more)."""
     gitops.prune_worktrees(d.root)
-    for wt in gitops.list_worktrees(d.root):
-        if d.ws.worktrees in wt.path.parents and wt.path.exists():
-            aborted = gitops.abort_in_progress(wt.path)
-            if aborted:
-                log.info("recovered_git_operation", worktree=str(wt.path), aborted=aborted)
+    verify = gitops.open_worktree(d.root, d.ws.verify_worktree)
+    if verify is not None:
+        aborted = gitops.abort_in_progress(verify)
+        if aborted:
+            log.info("recovered_git_operation", worktree=str(verify.path), aborted=aborted)
     interrupted = []
     for todo in list(d.proj.todos.values()):
         if todo.state != TodoState.RUNNING or todo.todo_id in d.agents:
             continue
+        # Only what batchd started: the group whose leader has the recorded start time, and the
+        # processes carrying the attempt's token (a crash before the pid was recorded). A reused
+        # pid, or a person's shell in the workspace, is never killed.
         if todo.pgid:
-            agents.kill_leftover_group(todo.pgid)
-        if todo.worktree:
-            # A crash between starting the agent and recording its group leaves no pgid in the log:
-            # what still works inside the todo's worktree is that agent (or something it started).
-            for pgid in groups_working_in(d.root / todo.worktree):
-                agents.kill_leftover_group(pgid)
+            agentproc.kill_leftover_group(todo.pgid, start_ticks=todo.start_ticks)
+        for pid in agentproc.token_holders(todo.token):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                log.info("leftover_agent_killed", todo_id=todo.todo_id, pid=pid)
         interrupted.append(
             (
                 ev.todo_stream(todo.todo_id),
@@ -140,3 +137,33 @@ def reconcile(d: Daemon) -> None:
     d.emit(*interrupted)
     if interrupted:
         log.info("recovered_agents", todos=[stream for stream, _ in interrupted])
+    break_crash_loop(d)
+
+
+CRASH_LOOP = 3  # the same unexpected error at the same place this many times in a row
+
+
+def break_crash_loop(d: Daemon) -> None:
+    """After the same crash at the same place three times in a row, stop trying: block the todo whose
+    step it was (paying for its agent again and again would be the cost), or pause the run."""
+    run = d.proj.run
+    if run.crash_count < CRASH_LOOP:
+        return
+    reason = (
+        f"batchd failed {run.crash_count} times in a row at {run.crash_place}: {run.crash_error} "
+        f"(traceback in {d.ws.crash_log.relative_to(d.root)})"
+    )
+    todo = d.proj.todos.get(run.crash_todo) if run.crash_todo else None
+    if todo is not None and d.proj.may(todo.stream, "block"):
+        d.emit_one(
+            todo.stream,
+            ev.TodoBlocked(
+                todo_id=todo.todo_id,
+                reason=reason,
+                action=f"report the bug with that file; `batchd retry {todo.todo_id}` once batchd is fixed",
+            ),
+        )
+        log.error("crash_loop_broken", todo_id=todo.todo_id, place=run.crash_place)
+    elif run.state == "running":
+        d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
+        log.error("crash_loop_paused", place=run.crash_place)

@@ -10,21 +10,23 @@ in a small thread pool; only the main thread appends to the log.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from daemon.agents import AgentProcess
+from daemon.agentproc import AgentProcess
 from daemon.config import Config
 from daemon.faults import FaultInjector
 from daemon.notify import Notifier
+from daemon.remote import PinnedRemote
+from daemon.sandbox import Sandbox, resolve
 from daemon.scanner import ScanResult
 from daemon.workspace import Workspace
 from statemachine.exceptions import InvalidTransition
@@ -60,8 +62,11 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         faults: FaultInjector | None = None,
+        pinned: PinnedRemote | None = None,
     ) -> None:
         self.config = config
+        self.pinned = pinned
+        self.sandbox, self.verify_sandbox = sandboxes(config)
         self.root = config.root
         self.ws = Workspace(config.root)
         self.once = once
@@ -83,8 +88,28 @@ class Daemon:
         self.last_scan: ScanResult | None = None
         self.last_snapshot_seq = 0
         self.stopping = False
+        self.attached = False  # the run is this process's (after daemon_attached): errors are crashes now
         self.exit_code: int | None = None
         self.fatal: str | None = None
+        # The todo file batchd wrote into each running agent's workspace (to tell its edits from ours).
+        self.placed: dict[str, bytes] = {}
+        # The step the main thread is in (todo id, place): what a crash is blamed on.
+        self.current_step: tuple[str, str] = ("", "")
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded ``batchd.toml`` (SIGHUP); the sandboxes follow it."""
+        self.config = config
+        self.sandbox, self.verify_sandbox = sandboxes(config)
+
+    @contextlib.contextmanager
+    def step(self, todo_id: str, place: str) -> Iterator[None]:
+        """Mark the main thread as working on ``todo_id`` at ``place``: an unexpected error raised
+        inside is blamed on it (see the crash-loop breaker in :mod:`daemon.service`)."""
+        before = self.current_step
+        self.current_step = (todo_id, place)
+        yield
+        # Not in a finally: when the step raises, the crash handler reads where it was.
+        self.current_step = before
 
     # -- the log -------------------------------------------------------------------------------
 
@@ -209,5 +234,8 @@ class Daemon:
         self.log.close()
 
 
-def todo_path(daemon: Daemon, relative: str) -> Path:
-    return daemon.root / relative
+def sandboxes(config: Config) -> tuple[Sandbox, Sandbox]:
+    """The agents' sandbox and the checks' (``[agent] sandbox``, ``[verify] sandbox``)."""
+    agent = resolve(config.agent.sandbox, config.agent.writable, key="[agent] sandbox")
+    check = resolve(config.verify.sandbox, config.verify.writable, key="[verify] sandbox")
+    return agent, check

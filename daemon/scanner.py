@@ -308,7 +308,9 @@ def diff_scan(previous: Mapping[str, KnownTodo], result: ScanResult) -> list[Cha
             changes.append(Edited(todo))
     for bad in result.invalid:
         known = previous.get(bad.key)
-        if known is None or known.invalid_reason != bad.reason or known.path != bad.path:
+        # The log keeps names escaped (a name that is not UTF-8 shows as \xff): compare them so.
+        moved = known is not None and _printable(str(known.path)) != _printable(str(bad.path))
+        if known is None or known.invalid_reason != bad.reason or moved:
             changes.append(Invalid(bad))
     present = set(result.todos) | {bad.key for bad in result.invalid}
     changes.extend(Removed(key, known.path) for key, known in previous.items() if key not in present)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon import gitops, phases
+from daemon import gitops, phases, pushes
 from daemon.batches import (
     DEAD_STATES,
     DONE_STATES,
@@ -151,7 +151,8 @@ def current_phase(d: Daemon) -> PhaseView | None:
 
 
 def planned_ids(d: Daemon) -> set[str]:
-    return {t for b in d.proj.batches.values() for t in b.todo_ids}
+    """Every todo a batch was planned with (not only those it started: a pending one counts too)."""
+    return {t for b in d.proj.batches.values() for t in (*b.planned_ids, *b.todo_ids)}
 
 
 def unplanned_ready(d: Daemon) -> list[str]:
@@ -272,7 +273,7 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
     elif state == PhaseState.COMMITTED:
         phases.land(d, phase)
     elif state == PhaseState.PUSHING:
-        phases.push(d, phase)
+        pushes.push(d, phase)
     elif state in (PhaseState.PUSHED, PhaseState.PUSH_FAILED):
         phases.finish(d, phase)
 
@@ -339,8 +340,7 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
     head = gitops.rev_parse(d.root, d.config.batchd.branch)
 
     def work() -> CheckResult:
-        phases.ensure_verify_worktree(d, head)
-        return check_baseline(phases.verify_worktree(d), head, runner)
+        return check_baseline(phases.ensure_verify_worktree(d, head), head, runner)
 
     def still_the_end() -> bool:
         """Work that arrived while the check ran (a dropped or retried todo, a new phase, a moved

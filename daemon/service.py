@@ -1,9 +1,16 @@
 """``batchd run``: the long-running loop around :class:`daemon.runner.Daemon`.
 
-Start-up: lock -> replay -> reconcile -> attach -> scan -> READY. Then single ticks until there is
-nothing left (``--once``) or a signal asks to stop. Signal handlers only set flags; the loop does
-the rest (stop starting agents, wait ``stop_timeout`` for the running ones, record the rest as
-interrupted, write the status file, ``STOPPING=1``).
+Start-up: checks -> lock -> pin the remote -> verify the log's tail -> replay -> reconcile ->
+attach -> scan -> READY. Then single ticks until there is nothing left (``--once``) or a signal
+asks to stop. Signal handlers only set flags; the loop does the rest (stop starting agents, wait
+``stop_timeout`` for the running ones, record the rest as interrupted, write the status file,
+``STOPPING=1``).
+
+Whatever ends the daemon, its agents go first. An unexpected error (a bug) is caught here, at the
+root: the traceback goes to the log and to ``.batchd/logs/daemon-crashes.log``, every agent's
+process group is killed, the crash is recorded (``run.daemon_crashed``) and the daemon exits 3. The
+same crash at the same place three times in a row is not retried again (see
+:func:`daemon.recovery.break_crash_loop`).
 """
 
 from __future__ import annotations
@@ -11,24 +18,29 @@ from __future__ import annotations
 import os
 import signal
 import time
+import traceback
+from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 
 import structlog
 
-from daemon import executor, intake, recovery, scheduler
+from daemon import executor, intake, recovery, safefs, scheduler
 from daemon.config import Config, diff_config, load_config
 from daemon.exceptions import BatchdError, GitError
 from daemon.lock import DaemonLock
 from daemon.notify import Notifier
 from daemon.phases import write_status
+from daemon.remote import pin_remote
 from daemon.runner import Daemon
 from daemon.signals import SignalFlags
 from daemon.statusfile import one_line_status
 from daemon.todofile import is_ignored
 from daemon.watcher import TodoWatcher
 from statemachine import events as ev
+from statemachine.projection import SNAPSHOT_NAME
 from statemachine.tables import RunState
-from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_OK
+from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_OK, LogCorrupted
 
 log = structlog.get_logger(__name__)
 
@@ -84,67 +96,153 @@ def exit_code_for(d: Daemon) -> int:
     return EXIT_OK if verdict is not None and verdict.success else EXIT_FAILURES
 
 
+def check_log(d: Daemon) -> None:
+    """Refuse a tampered log before anything is built on it: the latest snapshot's own hash and the
+    chain from it to the head (``batchd audit verify --full`` walks all of it)."""
+    report = d.log.verify_tail(SNAPSHOT_NAME)
+    if not report.ok:
+        raise LogCorrupted(path=d.log.location, seq=report.first_bad_seq, detail=report.problem)
+
+
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
+    recovery.check_state_dir(config.root)
     recovery.check_checkout(config.root, config.batchd.branch)
     recovery.ensure_excluded(config.root)
     recovery.ensure_identity(config.root)
     lock = DaemonLock(config.root / ".batchd" / "daemon.lock").acquire()
+    d: Daemon | None = None
     flags = flags if flags is not None else SignalFlags().install()
     notifier = Notifier.from_env()
-    d = Daemon(config, once=once, notifier=notifier)
-    watcher: TodoWatcher | None = None
-    code = EXIT_OK
     try:
+        pinned = pin_remote(config.root, config.batchd.remote, config.root / ".batchd")
+        d = Daemon(config, once=once, notifier=notifier, pinned=pinned)
+        return _run(d, flags, once=once)
+    except Exception as e:
+        if isinstance(e, BatchdError) and (d is None or not d.attached):
+            raise  # a start-up refusal (configuration, remote, sandbox, tampered log): the CLI says it
+        return crashed(d, e)
+    finally:
+        notifier.stopping()
+        if d is not None:
+            d.close()
+        lock.release()
+        flags.restore()
+
+
+def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
+    config = d.config
+    watcher: TodoWatcher | None = None
+    try:
+        check_log(d)
         d.load()
         recovery.reconcile(d)
-        d.emit_one(ev.RUN_STREAM, ev.DaemonAttached(pid=os.getpid(), version=version()))
+        d.emit_one(
+            ev.RUN_STREAM,
+            ev.DaemonAttached(
+                pid=os.getpid(),
+                version=version(),
+                sandbox=d.sandbox.note,
+                remote_url=d.pinned.url if d.pinned is not None else "",
+            ),
+        )
+        d.attached = True
+        if not d.sandbox.active:
+            log.warning(
+                "agents_unconfined", reason=d.sandbox.note, hint="install bubblewrap to confine agents"
+            )
         intake.rescan(d)
         ignore = config.batchd.ignore
         watcher = TodoWatcher(config.todos_path, ignore=lambda name: is_ignored(name, ignore))
         watcher.start()
-        notifier.ready()
+        d.notifier.ready()
         log.info("daemon_ready", root=str(config.root), once=once, last_seq=d.proj.last_seq)
-        state = {"last_scan": time.monotonic(), "last_status": 0.0}
-        failures = 0
-        while True:
-            now = time.monotonic()
-            notifier.maybe_ping(now)
-            if flags.stop_requested is not None:
-                code = stop(d, flags.stop_requested, once=once)
-                break
-            if flags.take_reload():
-                d.config = reload(d.config)
-            try:
-                tick(d, watcher, now, state)
-                failures = 0
-            except GitError as e:
-                # git can fail for a moment (a lock held by a person's git command): try again a
-                # few times before calling it a condition that needs a person.
-                failures += 1
-                log.error("tick_failed", error=e.render(), failures=failures)  # noqa: TRY400 - the message is the point
-                if failures >= MAX_TICK_FAILURES:
-                    d.fatal = e.render()
-                else:
-                    time.sleep(1.0)
-            if d.fatal:
-                log.error("cannot_proceed", reason=d.fatal)
-                code = EXIT_CANNOT_PROCEED
-                stop(d, None, once=once)
-                break
-            if once and finished(d):
-                code = exit_code_for(d)
-                break
-            watcher.wait(TICK)
+        code = _loop(d, watcher, flags, once=once)
         write_status(d)
         return code
     finally:
-        notifier.stopping()
         if watcher is not None:
             watcher.stop()
-        d.close()
-        lock.release()
-        flags.restore()
+
+
+def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) -> int:
+    state = {"last_scan": time.monotonic(), "last_status": 0.0}
+    failures = 0
+    while True:
+        now = time.monotonic()
+        d.notifier.maybe_ping(now)
+        if flags.stop_requested is not None:
+            return stop(d, flags.stop_requested, once=once)
+        if flags.take_reload():
+            d.reconfigure(reload(d.config))
+        try:
+            tick(d, watcher, now, state)
+            failures = 0
+        except GitError as e:
+            # git can fail for a moment (a lock held by a person's git command): try again a
+            # few times before calling it a condition that needs a person.
+            failures += 1
+            log.error("tick_failed", error=e.render(), failures=failures)  # noqa: TRY400 - the message is the point
+            if failures >= MAX_TICK_FAILURES:
+                d.fatal = e.render()
+            else:
+                time.sleep(1.0)
+        if d.fatal:
+            log.error("cannot_proceed", reason=d.fatal)
+            stop(d, None, once=once)
+            return EXIT_CANNOT_PROCEED
+        if once and finished(d):
+            return exit_code_for(d)
+        watcher.wait(TICK)
+
+
+def crashed(d: Daemon | None, error: Exception) -> int:
+    """The daemon hit an error nothing expected: kill its agents, write the traceback down, record it."""
+    text = traceback.format_exc()
+    todo_id, place = d.current_step if d is not None else ("", "")
+    where = place or _innermost(error)
+    log.error("daemon_crashed", error=str(error), error_type=type(error).__name__, place=where, exc_info=True)
+    if d is None:
+        return EXIT_CANNOT_PROCEED
+    d.stopping = True
+    _best_effort(lambda: executor.kill_all(d))
+    try:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        safefs.append_text(d.root, d.ws.crash_log.relative_to(d.root), f"--- {stamp} at {where}\n{text}\n")
+    except (OSError, BatchdError) as e:
+        log.error("crash_log_unwritable", error=str(e))  # noqa: TRY400 - no traceback: the crash's is logged
+    _best_effort(lambda: executor.interrupt_running(d, f"the daemon crashed ({type(error).__name__})"))
+    _best_effort(
+        lambda: d.emit_one(
+            ev.RUN_STREAM,
+            ev.DaemonCrashed(
+                error=f"{type(error).__name__}: {error}"[:2000],
+                place=f"{type(error).__name__} at {where}",
+                todo_id=todo_id,
+                traceback=text[-4000:],
+            ),
+        )
+    )
+    _best_effort(lambda: write_status(d))
+    return EXIT_CANNOT_PROCEED
+
+
+def _best_effort(step: object) -> None:
+    """One step of the crash path: its own failure is logged, never raised over the first one."""
+    try:
+        step()  # type: ignore[operator]
+    except Exception:
+        log.exception("crash_step_failed")
+
+
+def _innermost(error: BaseException) -> str:
+    """``module:function`` of the deepest frame of batchd's own code in the traceback."""
+    found = "unknown"
+    for frame in traceback.extract_tb(error.__traceback__):
+        path = Path(frame.filename)
+        if "daemon" in path.parts or "statemachine" in path.parts or "store" in path.parts:
+            found = f"{path.stem}:{frame.name}"
+    return found
 
 
 def stop(d: Daemon, signum: int | None, *, once: bool) -> int:

@@ -61,7 +61,10 @@ def todo_state(proj: Projection, todo_id: str, committing: int | None) -> str:
     return str(todo.state)
 
 
-def render_status(proj: Projection, config: Config, *, committing: int | None = None) -> str:
+def render_status(
+    proj: Projection, config: Config, *, committing: int | None = None, sandbox: str = ""
+) -> str:
+    """The status file's text; ``sandbox`` says why agents are not confined ("" when they are)."""
     run = proj.run
     todos = proj.todos
     lines = ["# Execution Status", ""]
@@ -101,6 +104,8 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
     cost = sum(t.cost_usd for t in todos.values())
     if cost:
         lines.append(f"- **Agent cost:** ${cost:.2f}")
+    if sandbox:
+        lines.append(f"- **Warning:** agents run without a sandbox ({cell(sandbox)})")
     lines.append("")
     lines.append("## Phases")
     lines.append("")
@@ -155,6 +160,7 @@ def render_status(proj: Projection, config: Config, *, committing: int | None = 
             )
         lines.append("")
     lines.extend(failed_table(proj))
+    lines.extend(review_table(proj))
     lines.extend(earlier_attempts(proj))
     return "\n".join(lines).rstrip() + "\n"
 
@@ -179,6 +185,28 @@ def failed_table(proj: Projection) -> list[str]:
             f"| {cell(todo.todo_id)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
             f"| {cell(todo.action or default_action(str(todo.state), todo.todo_id))} |"
         )
+    lines.append("")
+    return lines
+
+
+def review_items(proj: Projection) -> list[tuple[str, int, str]]:
+    """(todo id, attempt, what) for each thing a person should look at in the latest attempts."""
+    items: list[tuple[str, int, str]] = []
+    for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
+        if todo.review:
+            items.append((todo.todo_id, todo.attempt, todo.review))
+        items.extend((todo.todo_id, todo.attempt, f"dropped from its change: {d}") for d in todo.dropped)
+        items.extend((todo.todo_id, todo.attempt, w) for w in todo.warnings)
+    return items
+
+
+def review_table(proj: Projection) -> list[str]:
+    """What batchd kept out of a change or let in with a note: for a person to look at."""
+    items = review_items(proj)
+    if not items:
+        return []
+    lines = ["## Review", "", "| Todo ID | Attempt | What |", "|---------|---------|------|"]
+    lines += [f"| {cell(t)} | {n} | {cell(what)} |" for t, n, what in items]
     lines.append("")
     return lines
 

@@ -29,7 +29,16 @@ import structlog
 from daemon.checks import CheckResult
 from daemon.config import ConflictMode, Strategy
 from daemon.exceptions import GitError
-from daemon.gitops import abort_in_progress, head_sha, reset_hard, run_git
+from daemon.gitops import (
+    GitTarget,
+    WorkTree,
+    abort_in_progress,
+    head_sha,
+    printable,
+    reset_hard,
+    run_git,
+    split_z,
+)
 from daemon.todofile import id_order
 
 log = structlog.get_logger(__name__)
@@ -110,15 +119,19 @@ class BatchVerdict:
         return tuple(todo_id for todo_id, _ in self.accepted)
 
 
-def check_baseline(worktree: Path, base_sha: str, runner: Runner) -> CheckResult:
+def work_path(worktree: GitTarget) -> Path:
+    return worktree.path if isinstance(worktree, WorkTree) else worktree
+
+
+def check_baseline(worktree: GitTarget, base_sha: str, runner: Runner) -> CheckResult:
     """The checks on ``base_sha`` alone; red means nothing in the batch can be blamed."""
     abort_in_progress(worktree)
     reset_hard(worktree, base_sha)
-    return runner(worktree)
+    return runner(work_path(worktree))
 
 
 def verify_batch(
-    worktree: Path,
+    worktree: GitTarget,
     base_sha: str,
     candidates: Iterable[Candidate],
     runner: Runner,
@@ -162,7 +175,7 @@ def is_named(text: str, path: str) -> bool:
 class _Session:
     def __init__(
         self,
-        worktree: Path,
+        worktree: GitTarget,
         base_sha: str,
         runner: Runner,
         on_run: Callable[[VerifyRun], None] | None,
@@ -219,7 +232,8 @@ class _Session:
                 picks.append((c.todo_id, head_sha(self.worktree)))
                 applied.append(c)
                 continue
-            unmerged = run_git(self.worktree, "diff", "--name-only", "--diff-filter=U").stdout.split()
+            listing = run_git(self.worktree, "diff", "--name-only", "-z", "--diff-filter=U").stdout
+            unmerged = [printable(f) for f in split_z(listing)]
             abort_in_progress(self.worktree)
             if not unmerged:
                 raise GitError(
@@ -243,7 +257,7 @@ class _Session:
     def _test(self, extra: Sequence[Candidate]) -> tuple[CheckResult, list[Candidate]]:
         """Run the checks on green head + ``extra``; green extends the accepted set."""
         applied, picks = self._build(extra)
-        result = self.runner(self.worktree)
+        result = self.runner(work_path(self.worktree))
         self.runs += 1
         ids = tuple(todo_id for todo_id, _ in picks)
         log.info("verify_run", run=self.runs, todo_ids=list(ids), passed=result.passed, flaky=result.flaky)

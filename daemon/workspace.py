@@ -23,12 +23,33 @@ class Workspace:
         return self.root / STATE_DIR
 
     @property
-    def worktrees(self) -> Path:
-        return self.state_dir / "worktrees"
+    def workspaces(self) -> Path:
+        """Agents' own repositories, one per todo (see :mod:`daemon.agentspace`)."""
+        return self.state_dir / "workspaces"
+
+    def workspace(self, todo_id: str) -> Path:
+        return self.workspaces / f"todo-{todo_id}"
+
+    @property
+    def verify_worktree(self) -> Path:
+        """batchd's own worktree for verification, phase commits and pushes."""
+        return self.state_dir / "verify"
 
     @property
     def logs(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def exits(self) -> Path:
+        """Agents' exit records, written by :mod:`daemon.agentshim`."""
+        return self.state_dir / "exits"
+
+    def exit_record(self, todo_id: str, attempt: int) -> Path:
+        return self.exits / f"todo-{todo_id}-attempt-{attempt}.json"
+
+    @property
+    def crash_log(self) -> Path:
+        return self.logs / "daemon-crashes.log"
 
     @property
     def lock_path(self) -> Path:

@@ -113,6 +113,8 @@ class AgentStarted:
     base_sha: str
     log_path: str
     argv: tuple[str, ...] = ()
+    # In the agent's environment (BATCHD_AGENT_TOKEN): how recovery finds its processes, and only them.
+    token: str = ""
 
 
 @registry.register("todo.agent_spawned", 1)
@@ -124,6 +126,8 @@ class AgentSpawned:
     attempt: int
     pid: int
     pgid: int
+    start_ticks: int | None = None  # the leader's start time (/proc): a reused pid is never killed
+    exit_path: str = ""  # where the shim writes the agent's exit code and end time
 
 
 @registry.register("todo.agent_finished", 1)
@@ -139,6 +143,12 @@ class AgentFinished:
     files: tuple[str, ...]
     cost_usd: float | None = None
     summary: Json = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()  # "path (why)": changes an agent may not make, put back as on the base
+    warnings: tuple[str, ...] = ()  # for review: deletions or reverts of earlier work, embedded repositories
+    test_edits: tuple[str, ...] = ()  # existing test files it changed or deleted
+    note: str = ""  # work-log text it appended to its own todo file (carried into the committed file)
+    agent_head: str = ""  # the commit its own repository was at
+    agent_commits: tuple[str, ...] = ()  # commits it made itself (recognised if they reach the remote)
 
 
 @registry.register("todo.agent_failed", 1)
@@ -148,7 +158,9 @@ class AgentFailed:
 
     todo_id: str
     attempt: int
-    reason: str  # exit | timeout | no_change | is_error | setup | start
+    # exit | timeout | no_change | is_error | setup | start | history | workspace | too_large |
+    # protected | embedded | collect | crash_loop
+    reason: str
     detail: str
     returncode: int | None = None
     duration: float = 0.0
@@ -179,6 +191,7 @@ class TodoAccepted:
     todo_id: str
     batch: str
     commit: str  # on the verification branch
+    review: str = ""  # why a person should look at it (it passed only with its own test edits)
 
 
 @registry.register("todo.rejected", 1)
@@ -193,6 +206,7 @@ class TodoRejected:
     output_tail: str
     files_reverted: tuple[str, ...]
     action: str
+    reason: str = ""  # when not simply "the command failed" (passing only with its own test edits)
 
 
 @registry.register("todo.conflicted", 1)
@@ -391,6 +405,7 @@ class PhasePushFailed:
     sha: str
     attempts: int
     reason: str
+    output: str = ""  # git's whole message
 
 
 @registry.register("phase.done", 1)
@@ -422,6 +437,20 @@ class DaemonAttached:
 
     pid: int
     version: str
+    sandbox: str = ""  # what confines agents (bubblewrap, or why nothing does)
+    remote_url: str = ""  # where pushes go, pinned at start-up
+
+
+@registry.register("run.daemon_crashed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonCrashed:
+    """The daemon stopped on an unexpected error (a bug); ``place`` is where, ``todo_id`` the todo whose
+    step it was in, if any. Three in a row at one place block that todo (a crash loop costs agents)."""
+
+    error: str
+    place: str
+    todo_id: str = ""
+    traceback: str = ""
 
 
 @registry.register("run.paused", 1)
@@ -488,6 +517,12 @@ class PauseRequested:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResumeRequested:
     pass
+
+
+@registry.register("control.push", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushRequested:
+    """``batchd push``: push the last phase commit again (after a failed push)."""
 
 
 @registry.register("control.handled", 1)

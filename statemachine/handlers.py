@@ -32,6 +32,9 @@ def on(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
+_MAX_AGENT_COMMITS = 1000  # per todo, all attempts
+
+
 def _float(value: Any) -> float:
     return 0.0 if value is None else float(value)
 
@@ -92,10 +95,14 @@ def _agent_started(pr: Projection, t: TodoView, p: Payload, e: StoredEvent) -> N
     t.branch = p["branch"]
     t.base_sha = p["base_sha"]
     t.log_path = p["log_path"]
+    t.token = p.get("token", "")
     t.agent_started_at = e.recorded_at
-    t.pid = t.pgid = None
+    t.pid = t.pgid = t.start_ticks = None
+    t.exit_path = ""
     t.agent_commit = ""
     t.agent_files = ()
+    t.dropped = t.warnings = t.test_edits = ()
+    t.note = t.review = ""
     pr.agents_started += 1
 
 
@@ -103,6 +110,8 @@ def _agent_started(pr: Projection, t: TodoView, p: Payload, e: StoredEvent) -> N
 def _agent_spawned(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.pid = p["pid"]
     t.pgid = p["pgid"]
+    t.start_ticks = p.get("start_ticks")
+    t.exit_path = p.get("exit_path", "")
 
 
 def _agent_ended(t: TodoView, p: Payload) -> None:
@@ -119,6 +128,12 @@ def _agent_finished(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -
     _agent_ended(t, p)
     t.agent_commit = p["commit"]
     t.agent_files = tuple(p["files"])
+    t.dropped = tuple(p.get("dropped", ()))
+    t.warnings = tuple(p.get("warnings", ()))
+    t.test_edits = tuple(p.get("test_edits", ()))
+    t.note = p.get("note", "")
+    made = [c for c in p.get("agent_commits", ()) if c not in t.agent_commits]
+    t.agent_commits = (*t.agent_commits, *made)[-_MAX_AGENT_COMMITS:]
 
 
 @on("todo.agent_failed")
@@ -146,6 +161,7 @@ def _verifying(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> Non
 @on("todo.accepted")
 def _accepted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.accepted_commit = p["commit"]
+    t.review = p.get("review", "")
     t.history.append(AttemptRecord(t.attempt, "accepted", "", t.last_duration, t.last_cost_usd))
 
 
@@ -153,7 +169,7 @@ def _accepted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None
 def _rejected(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.attempts_used += 1
     t.problem = "rejected"
-    t.reason = f"`{' '.join(p['command'])}` failed"
+    t.reason = p.get("reason") or f"`{' '.join(p['command'])}` failed"
     t.output_tail = p["output_tail"]
     t.files_reverted = tuple(p["files_reverted"])
     t.action = p["action"]
@@ -178,10 +194,12 @@ def _retry(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
 
 
 @on("todo.blocked")
-def _blocked(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
+def _blocked(pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.problem = "blocked"
     t.reason = p["reason"]
     t.action = p["action"]
+    if pr.run.crash_todo == t.todo_id:
+        _clear_crashes(pr.run)  # the crash loop is broken: this todo no longer runs
 
 
 @on("todo.cancelled")
@@ -207,7 +225,7 @@ def _completed(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> Non
 @on("batch.planned")
 def _batch_planned(pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
     b.phase = p["phase"]
-    b.todo_ids = tuple(p["todo_ids"])
+    b.todo_ids = b.planned_ids = tuple(p["todo_ids"])
     b.retry_of = p.get("retry_of", "")
     phase = pr.phase_view(b.phase)
     if b.key not in phase.batches:
@@ -306,7 +324,7 @@ def _phase_pushing(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) 
 def _phase_pushed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
     ph.pushed_sha = p["sha"]
     ph.push_attempts = p["attempts"]
-    ph.push_failed_reason = ""
+    ph.push_failed_reason = ph.push_output = ""
 
 
 @on("phase.push_failed")
@@ -314,6 +332,7 @@ def _phase_push_failed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEve
     ph.push_sha = p["sha"]
     ph.push_attempts = p["attempts"]
     ph.push_failed_reason = p["reason"]
+    ph.push_output = p.get("output", "")
 
 
 @on("phase.done")
@@ -340,15 +359,32 @@ def _run_attached(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> No
     r.pid = p["pid"]
     r.daemon_version = p["version"]
     r.attached_at = e.recorded_at
+    r.sandbox = p.get("sandbox", "")
+    r.remote_url = p.get("remote_url", "")
     r.stop_reason = ""
     if r.state == "stopping":
         # Attaching after a stop resumes the run (see tables): an old pause no longer holds.
         r.paused_reason = ""
 
 
+@on("run.daemon_crashed")
+def _run_crashed(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    place, todo = p["place"], p.get("todo_id", "")
+    same = r.crash_place == place and r.crash_todo == todo
+    r.crash_count = r.crash_count + 1 if same else 1
+    r.crash_place, r.crash_todo, r.crash_error = place, todo, p["error"]
+
+
+def _clear_crashes(r: RunView) -> None:
+    r.crash_place = r.crash_todo = r.crash_error = ""
+    r.crash_count = 0
+
+
 @on("run.paused")
 def _run_paused(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.paused_reason = p["reason"]
+    if p.get("by") == "daemon" and r.crash_count:
+        _clear_crashes(r)  # a crash loop the daemon paused the run for: a person decides what next
 
 
 @on("run.resumed")
@@ -359,6 +395,7 @@ def _run_resumed(_pr: Projection, r: RunView, _p: Payload, _e: StoredEvent) -> N
 @on("run.stopping")
 def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.stop_reason = p["reason"]
+    _clear_crashes(r)  # a clean stop ends a run of crashes
 
 
 @on("run.completed")

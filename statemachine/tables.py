@@ -79,11 +79,17 @@ T = TodoState
 _WAITING = (T.PENDING, T.READY, T.PLANNED)
 _UNHAPPY = (T.AGENT_FAILED, T.REJECTED, T.CONFLICTED, T.BLOCKED)
 
+# A person's edit, rename or delete of a todo file is honoured while its agent runs (the attempt is
+# interrupted first, back to planned) and after it finished, until verification takes the change.
+_EDITABLE = (*_WAITING, T.AGENT_DONE)
+
 TODO_TRANSITIONS: tuple[Transition, ...] = (
-    Transition("record", (T.NEW, T.INVALID, T.READY, T.CANCELLED, *_UNHAPPY), T.PENDING),
+    Transition(
+        "record", (T.NEW, T.INVALID, T.READY, T.PLANNED, T.AGENT_DONE, T.CANCELLED, *_UNHAPPY), T.PENDING
+    ),
     Transition("queue", (T.NEW, T.PENDING, T.INVALID, T.COMPLETE, T.CANCELLED), T.READY),
-    Transition("update", (*_WAITING, T.CANCELLED, *_UNHAPPY), None),
-    Transition("invalidate", (T.NEW, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.INVALID),
+    Transition("update", (*_EDITABLE, T.CANCELLED, *_UNHAPPY), None),
+    Transition("invalidate", (T.NEW, *_EDITABLE, T.INVALID, T.CANCELLED, *_UNHAPPY), T.INVALID),
     Transition("plan", (T.READY,), T.PLANNED),
     Transition("start_agent", (T.PLANNED,), T.RUNNING),
     Transition("spawned", (T.RUNNING,), None),
@@ -94,11 +100,12 @@ TODO_TRANSITIONS: tuple[Transition, ...] = (
     Transition("accept", (T.VERIFYING,), T.ACCEPTED),
     Transition("reject", (T.VERIFYING,), T.REJECTED),
     Transition("conflict", (T.VERIFYING, T.AGENT_DONE), T.CONFLICTED),
-    Transition("retry", (*_UNHAPPY, T.CANCELLED, T.INVALID), T.READY),
+    # AGENT_DONE: its file was edited after its agent finished: run again with the new text.
+    Transition("retry", (*_UNHAPPY, T.CANCELLED, T.INVALID, T.AGENT_DONE), T.READY),
     Transition("block", (T.PENDING, T.READY, T.PLANNED, T.AGENT_FAILED, T.REJECTED, T.CONFLICTED), T.BLOCKED),
-    Transition("cancel", (*_WAITING, T.INVALID, *_UNHAPPY), T.CANCELLED),
+    Transition("cancel", (*_EDITABLE, T.INVALID, *_UNHAPPY), T.CANCELLED),
     # NEW: a file already -complete- when first seen (history, or a dependency done elsewhere).
-    Transition("complete", (T.NEW, T.ACCEPTED, *_WAITING, T.INVALID, T.CANCELLED, *_UNHAPPY), T.COMPLETE),
+    Transition("complete", (T.NEW, T.ACCEPTED, *_EDITABLE, T.INVALID, T.CANCELLED, *_UNHAPPY), T.COMPLETE),
 )
 
 B = BatchState
@@ -119,7 +126,8 @@ PHASE_TRANSITIONS: tuple[Transition, ...] = (
     Transition("start", (P.PENDING,), P.RUNNING),
     Transition("commit", (P.RUNNING,), P.COMMITTING),
     Transition("committed", (P.COMMITTING,), P.COMMITTED),
-    Transition("push", (P.COMMITTED, P.PUSHING, P.PUSH_FAILED), P.PUSHING),
+    # DONE: `batchd push` retries a phase whose push failed, once the remote is back.
+    Transition("push", (P.COMMITTED, P.PUSHING, P.PUSH_FAILED, P.DONE), P.PUSHING),
     Transition("pushed", (P.PUSHING,), P.PUSHED),
     Transition("push_fail", (P.PUSHING,), P.PUSH_FAILED),
     Transition("done", (P.COMMITTED, P.PUSHED, P.PUSH_FAILED), P.DONE),
@@ -135,6 +143,7 @@ RUN_TRANSITIONS: tuple[Transition, ...] = (
     Transition("stop", (R.RUNNING, R.PAUSED), R.STOPPING),
     Transition("complete", (R.RUNNING,), R.COMPLETED),
     Transition("reopen", (R.COMPLETED,), R.RUNNING),
+    Transition("crash", tuple(R), None),
 )
 
 TRANSITIONS: dict[Kind, tuple[Transition, ...]] = {
@@ -196,6 +205,7 @@ EVENT_TRIGGERS: dict[type[object], tuple[Kind, str]] = {
     ev.PhaseDone: (Kind.PHASE, "done"),
     ev.RunStarted: (Kind.RUN, "start"),
     ev.DaemonAttached: (Kind.RUN, "attach"),
+    ev.DaemonCrashed: (Kind.RUN, "crash"),
     ev.RunPaused: (Kind.RUN, "pause"),
     ev.RunResumed: (Kind.RUN, "resume"),
     ev.RunStopping: (Kind.RUN, "stop"),
@@ -209,6 +219,7 @@ CONTROL_EVENTS: tuple[type[object], ...] = (
     ev.CancelRequested,
     ev.PauseRequested,
     ev.ResumeRequested,
+    ev.PushRequested,
     ev.ControlHandled,
 )
 

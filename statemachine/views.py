@@ -62,6 +62,9 @@ class TodoView:
     log_path: str = ""
     pid: int | None = None
     pgid: int | None = None
+    token: str = ""
+    start_ticks: int | None = None
+    exit_path: str = ""
     agent_started_at: str = ""
     last_duration: float = 0.0
     last_cost_usd: float | None = None
@@ -69,6 +72,12 @@ class TodoView:
     cost_usd: float = 0.0
     agent_commit: str = ""
     agent_files: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    test_edits: tuple[str, ...] = ()
+    note: str = ""
+    review: str = ""
+    agent_commits: tuple[str, ...] = ()  # every commit its agents made themselves, all attempts
     accepted_commit: str = ""
     completed_commit: str = ""
     problem: str = ""  # agent_failed | rejected | conflicted | blocked | invalid | cancelled
@@ -92,6 +101,7 @@ class BatchView:
     state: str = "new"
     phase: int | None = None
     todo_ids: tuple[str, ...] = ()
+    planned_ids: tuple[str, ...] = ()  # as planned (``todo_ids`` becomes those that ran)
     retry_of: str = ""
     base_sha: str = ""
     candidates: tuple[str, ...] = ()
@@ -130,6 +140,7 @@ class PhaseView:
     push_attempts: int = 0
     pushed_sha: str = ""
     push_failed_reason: str = ""
+    push_output: str = ""
 
     @property
     def stream(self) -> str:
@@ -154,6 +165,12 @@ class RunView:
     paused_reason: str = ""
     stop_reason: str = ""
     reopened_reason: str = ""
+    sandbox: str = ""
+    remote_url: str = ""
+    crash_place: str = ""  # the last unexpected error's place, and how many times in a row
+    crash_todo: str = ""
+    crash_count: int = 0
+    crash_error: str = ""
     verdict: RunVerdict | None = None
 
     @property

@@ -41,10 +41,20 @@ def head_mismatch(last_seq: int, last_hash: str, head: str | None) -> tuple[int,
     return last_seq, f"the last event {last_seq} does not match the recorded head {head!r} (edited)"
 
 
-def walk_chain(cur: Any, head: str | None, progress: Callable[[int], None] | None) -> AuditReport:
-    """Check rows fetched from ``cur`` (seq order) against the chain, versions and the recorded head."""
-    prev = GENESIS_HASH
-    expected_seq = 1
+def walk_chain(
+    cur: Any,
+    head: str | None,
+    progress: Callable[[int], None] | None,
+    *,
+    prev: str = GENESIS_HASH,
+    first_seq: int = 1,
+) -> AuditReport:
+    """Check rows fetched from ``cur`` (seq order) against the chain, versions and the recorded head.
+
+    From ``first_seq`` (with ``prev`` the stored hash of the event before it) only the rest of the
+    chain is walked: a stream first seen there may start at any version, then must count up by one.
+    """
+    expected_seq = first_seq
     checked = 0
     versions: dict[str, int] = {}
     while rows := cur.fetchmany(5000):
@@ -55,7 +65,7 @@ def walk_chain(cur: Any, head: str | None, progress: Callable[[int], None] | Non
             if chain_hash(prev, seq, stream_, version, type_, type_version, payload, at) != digest:
                 problem = "content does not match its hash (edited or moved)"
                 return AuditReport(checked, seq - 1, seq, problem)
-            before = versions.get(stream_, 0)
+            before = versions.get(stream_, 0 if first_seq == 1 else version - 1)
             if version != before + 1:
                 problem = f"stream {stream_!r} jumps to version {version} after {before}"
                 return AuditReport(checked, seq - 1, seq, problem)

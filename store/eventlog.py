@@ -139,6 +139,7 @@ class Snapshot:
     seq: int
     state: dict[str, Any]
     recorded_at: str
+    check: str = "ok"  # against the hash saved with it: ok | unhashed (an older batchd) | edited
 
 
 # (type name, type version, payload dict, payload JSON) of one event, encoded before the lock is taken.
@@ -554,30 +555,43 @@ class EventLog:
     # -- snapshots ---------------------------------------------------------------------------
 
     def save_snapshot(self, name: str, seq: int, state: dict[str, Any]) -> None:
-        """Keep ``state`` (a projection's JSON-able state after event ``seq``) as the latest snapshot."""
-        row = (name, seq, canonical_json(state), format_time(self._clock()))
+        """Keep ``state`` (a projection's JSON-able state after event ``seq``) as the latest snapshot,
+        with its hash (checked at start-up, see :meth:`verify_tail`)."""
+        text = canonical_json(state)
+        row = (name, seq, text, format_time(self._clock()))
+        key = _snapshot_key(name)
         with self._translate(), self._write() as cur:
             cur.execute(self._sql.delete_snapshot, (name,))
             cur.execute(self._sql.insert_snapshot, row)
+            cur.execute(self._sql.delete_meta, (key,))
+            cur.execute(self._sql.insert_meta, (key, _snapshot_digest(seq, text)))
 
     def load_snapshot(self, name: str) -> Snapshot | None:
         with self._read() as cur:
             cur.execute(self._sql.get_snapshot, (name,))
             row = cur.fetchone()
+            cur.execute(self._sql.get_meta, (_snapshot_key(name),))
+            digest = cur.fetchone()
         if row is None:
             return None
         name_, seq, text, recorded_at = row
+        check = (
+            "unhashed"
+            if digest is None
+            else ("ok" if _snapshot_digest(int(seq), text) == digest[0] else "edited")
+        )
         try:
             state = _loads(text)
         except ValueError as e:
             detail = f"snapshot {name!r} is not JSON"
             raise LogCorrupted(path=self.location, seq=int(seq), detail=detail) from e
-        return Snapshot(name=name_, seq=int(seq), state=state, recorded_at=recorded_at)
+        return Snapshot(name=name_, seq=int(seq), state=state, recorded_at=recorded_at, check=check)
 
     # -- audit -------------------------------------------------------------------------------
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> AuditReport:
-        """Walk the hash chain from the first event; name the first seq that does not check out."""
+    def verify(self, progress: Callable[[int], None] | None = None, *, from_seq: int = 1) -> AuditReport:
+        """Walk the hash chain from the first event (or from ``from_seq``, anchored on the stored hash
+        of the event before it) to the recorded head; name the first seq that does not check out."""
         with self._read() as cur:
             if self._is_sqlite:
                 cur.execute("PRAGMA quick_check(1)")
@@ -589,9 +603,36 @@ class EventLog:
             try:
                 cur.execute(self._sql.get_head)
                 head_row = cur.fetchone()
-                cur.execute(self._sql.all_events)
-                report = walk_chain(cur, head_row[0] if head_row else None, progress)
+                head = head_row[0] if head_row else None
+                prev = GENESIS_HASH
+                if from_seq > 1:
+                    cur.execute(self._sql.hash_at, (from_seq - 1,))
+                    anchor = cur.fetchone()
+                    if anchor is None:
+                        problem = f"event {from_seq - 1} is missing"
+                        return AuditReport(checked=0, last_seq=0, first_bad_seq=from_seq - 1, problem=problem)
+                    prev = str(anchor[0])
+                cur.execute(self._sql.events_from, (from_seq,))
+                report = walk_chain(cur, head, progress, prev=prev, first_seq=from_seq)
             finally:
                 if self._is_sqlite:
                     cur.execute("COMMIT")
         return report
+
+    def verify_tail(self, snapshot: str, progress: Callable[[int], None] | None = None) -> AuditReport:
+        """What start-up checks: the latest snapshot's own hash, and the chain from it to the head
+        (the whole chain when there is no usable snapshot)."""
+        snap = self.load_snapshot(snapshot)
+        if snap is not None and snap.check == "edited":
+            problem = f"the snapshot {snapshot!r} does not match its recorded hash (edited)"
+            return AuditReport(checked=0, last_seq=0, first_bad_seq=snap.seq, problem=problem)
+        usable = snap is not None and snap.check == "ok" and snap.seq > 0
+        return self.verify(progress, from_seq=snap.seq if usable and snap is not None else 1)
+
+
+def _snapshot_key(name: str) -> str:
+    return f"snapshot:{name}"
+
+
+def _snapshot_digest(seq: int, text: str) -> str:
+    return hashlib.sha256(f"{seq}\n{text}".encode()).hexdigest()

@@ -82,6 +82,7 @@ def config_text(
     max_attempts: int = 1,
     commit_mode: str = "phase",
     repair: bool = False,
+    verify_writable: tuple[str, ...] = (),
 ) -> str:
     return textwrap.dedent(
         f"""\
@@ -105,6 +106,7 @@ def config_text(
         retries = 0
         repair = {json.dumps(repair)}
         timeout = 60
+        writable = {json.dumps(list(verify_writable))}
         """
     )
 

@@ -13,26 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agents import (
+from daemon.agentproc import (
     AgentOutcome,
     AgentProcess,
-    agent_env,
-    build_argv,
-    check_agent_command,
-    default_template,
     enforce_timeout,
     finish,
     group_members,
     kill_leftover_group,
-    load_template,
     process_alive,
     process_start_ticks,
     read_result,
-    render_prompt,
-    repair_text,
     run_agent,
     run_setup,
     start_agent,
+    token_holders,
+)
+from daemon.agents import (
+    agent_env,
+    build_argv,
+    check_agent_command,
+    default_template,
+    load_template,
+    render_prompt,
+    repair_text,
     todo_title,
 )
 from daemon.config import AgentConfig
@@ -461,8 +464,9 @@ def test_kill_leftover_group_kills_a_live_group(tmp_path: Path, stray_pids: list
 def test_kill_leftover_group_of_gone_group_is_quiet() -> None:
     """A group that no longer exists is no error."""
     child = subprocess.Popen(["true"], start_new_session=True)
+    ticks = process_start_ticks(child.pid)
     child.wait()
-    assert kill_leftover_group(child.pid) is False
+    assert kill_leftover_group(child.pid, start_ticks=ticks) is False
 
 
 def test_kill_leftover_group_spares_reused_pid(stray_pids: list[int]) -> None:
@@ -479,7 +483,30 @@ def test_kill_leftover_group_spares_reused_pid(stray_pids: list[int]) -> None:
 
 def test_kill_leftover_group_refuses_own_group() -> None:
     """batchd never signals its own process group."""
-    assert kill_leftover_group(os.getpgrp()) is False
+    assert kill_leftover_group(os.getpgrp(), start_ticks=process_start_ticks(os.getpgrp())) is False
+
+
+def test_kill_leftover_group_without_a_recorded_start_time_kills_nothing(stray_pids: list[int]) -> None:
+    """A pid recorded without its start time (an older log) is never killed on the pid alone."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stray_pids.append(child.pid)
+    assert kill_leftover_group(child.pid, start_ticks=None) is False
+    assert child.poll() is None
+    child.kill()
+    child.wait()
+
+
+def test_token_holders_finds_only_the_attempts_processes(stray_pids: list[int]) -> None:
+    """Processes are found by the attempt's token in their environment, and no others."""
+    env = {**os.environ, "BATCHD_AGENT_TOKEN": "tok-123"}
+    marked = subprocess.Popen(["sleep", "60"], env=env)
+    other = subprocess.Popen(["sleep", "60"], env={**os.environ, "BATCHD_AGENT_TOKEN": "tok-1234"})
+    stray_pids += [marked.pid, other.pid]
+    assert token_holders("tok-123") == [marked.pid]
+    assert token_holders("") == []
+    for child in (marked, other):
+        child.kill()
+        child.wait()
 
 
 # ---------------------------------------------------------------------------- setup

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agents import agent_env, build_argv, enforce_timeout, finish, read_result, run_agent, start_agent
+from daemon.agentproc import enforce_timeout, finish, read_result, run_agent, start_agent
+from daemon.agents import agent_env, build_argv
 from daemon.config import AgentConfig
 
 PY = sys.executable

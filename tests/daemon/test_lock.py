@@ -63,9 +63,7 @@ def test_acquire_creates_lock_file_with_our_pid(tmp_path: Path) -> None:
         assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
 
 
-def test_second_process_gets_lock_held_with_holder_pid(
-    tmp_path: Path, holder: subprocess.Popen[str]
-) -> None:
+def test_second_process_gets_lock_held_with_holder_pid(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """Acquiring while another process holds the lock raises LockHeld naming that pid."""
     with pytest.raises(LockHeld) as info:
         DaemonLock.for_repo(tmp_path).acquire()

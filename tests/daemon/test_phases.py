@@ -239,8 +239,15 @@ class Moved:
 def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     """Another clone pushed a commit touching a different file; the daemon's main is behind."""
     tmp = tmp_path_factory.mktemp("moved")
-    checks = tmp / "checks.log"
-    r = build_repo(tmp, {"1": module("1")}, files={"mods/witness.py": witness(checks)})
+    (tmp / "witness").mkdir()
+    checks = tmp / "witness" / "checks.log"
+    # The checks run sandboxed: the witness's folder is made writable for them.
+    r = build_repo(
+        tmp,
+        {"1": module("1")},
+        files={"mods/witness.py": witness(checks)},
+        verify_writable=(str(checks.parent),),
+    )
     other = r.push_from_other({"mods/other.py": GOOD_MOD})
     assert r.run() == 0
     return Moved(repo=r, other=other, checks=checks)

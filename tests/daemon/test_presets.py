@@ -17,7 +17,7 @@ import pytest
 from procs import base_env, batchd, make_repo, projection, read_events
 
 # Each stand-in finds the prompt where its preset puts it, and refuses anything else.
-STAND_IN = '''#!{python}
+STAND_IN = """#!{python}
 import json, os, subprocess, sys
 args = sys.argv[1:]
 name = os.path.basename(sys.argv[0])
@@ -39,7 +39,7 @@ if name == "claude":
                       "is_error": failing, "result": "done", "duration_ms": 1200, "num_turns": 4,
                       "session_id": "s-" + os.environ["BATCHD_TODO_ID"], "total_cost_usd": 0.25}}))
 sys.exit(rc)
-'''
+"""
 
 
 def install_stand_ins(folder: Path) -> Path:

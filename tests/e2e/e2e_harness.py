@@ -60,21 +60,24 @@ class DaemonRun:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_daemon(root: Path, *, once: bool = True, env: Mapping[str, str] | None = None,
-                 log_name: str = "daemon") -> tuple[subprocess.Popen[bytes], Path]:
+def start_daemon(
+    root: Path, *, once: bool = True, env: Mapping[str, str] | None = None, log_name: str = "daemon"
+) -> tuple[subprocess.Popen[bytes], Path]:
     """Start ``batchd run`` on ``root``; its output goes to a numbered log file beside the repository."""
     logs = root.parent / "logs"
     logs.mkdir(exist_ok=True)
     log_path = logs / f"{log_name}-{len(list(logs.iterdir())):02d}.log"
     argv = batchd_argv("run", *(["--once"] if once else []), "-C", str(root), "--log-json")
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=root, env=daemon_env(env), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=root, env=daemon_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return proc, log_path
 
 
-def wait_daemon(proc: subprocess.Popen[bytes], log_path: Path, started: float,
-                timeout: float = RUN_TIMEOUT) -> DaemonRun:
+def wait_daemon(
+    proc: subprocess.Popen[bytes], log_path: Path, started: float, timeout: float = RUN_TIMEOUT
+) -> DaemonRun:
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -86,16 +89,18 @@ def wait_daemon(proc: subprocess.Popen[bytes], log_path: Path, started: float,
     return DaemonRun(returncode=rc, seconds=time.monotonic() - started, log_path=log_path)
 
 
-def run_daemon(root: Path, *, env: Mapping[str, str] | None = None,
-               timeout: float = RUN_TIMEOUT) -> DaemonRun:
+def run_daemon(
+    root: Path, *, env: Mapping[str, str] | None = None, timeout: float = RUN_TIMEOUT
+) -> DaemonRun:
     """``batchd run --once`` to its end (or its injected crash)."""
     started = time.monotonic()
     proc, log_path = start_daemon(root, env=env)
     return wait_daemon(proc, log_path, started, timeout)
 
 
-def run_until_done(root: Path, *, first_env: Mapping[str, str] | None = None,
-                   max_restarts: int = 4) -> list[DaemonRun]:
+def run_until_done(
+    root: Path, *, first_env: Mapping[str, str] | None = None, max_restarts: int = 4
+) -> list[DaemonRun]:
     """Run once with ``first_env`` (a crash switch), then restart without it until a normal exit."""
     runs = [run_daemon(root, env=first_env)]
     while runs[-1].returncode == -signal.SIGKILL and len(runs) <= max_restarts:
@@ -146,8 +151,15 @@ def reap(marker: str) -> None:
 
 
 def batchd(root: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(batchd_argv(*args, "-C", str(root)), cwd=root, env=daemon_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        batchd_argv(*args, "-C", str(root)),
+        cwd=root,
+        env=daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def events(root: Path) -> list[dict[str, Any]]:
@@ -189,8 +201,9 @@ def tree_files(repo: Path, rev: str, *, without: Sequence[str] = ()) -> dict[str
     return out
 
 
-def commit_messages(repo: Path, rev: str, *,
-                    since: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
+def commit_messages(
+    repo: Path, rev: str, *, since: str | None = None
+) -> list[tuple[str, str, dict[str, str]]]:
     """(subject, body without trailers, trailers) of each commit, oldest first."""
     span = f"{since}..{rev}" if since else rev
     raw = git(repo, "log", "--reverse", "--format=%H", span).split()
@@ -240,8 +253,15 @@ class Tally:
         return {k: n for k, n in self.counts.items() if n > 1}
 
 
-AGENT_EVENTS = ("todo.agent_started", "todo.agent_spawned", "todo.agent_finished", "todo.agent_failed",
-                "todo.agent_interrupted", "todo.rejected", "todo.conflicted")
+AGENT_EVENTS = (
+    "todo.agent_started",
+    "todo.agent_spawned",
+    "todo.agent_finished",
+    "todo.agent_failed",
+    "todo.agent_interrupted",
+    "todo.rejected",
+    "todo.conflicted",
+)
 
 
 def once_only_tally(log: Sequence[Mapping[str, Any]]) -> Tally:

@@ -95,19 +95,32 @@ TODOS: tuple[SampleTodo, ...] = (
     SampleTodo("101", "p1", "add-alpha", "Add alpha", _adds_module("alpha", 1), ("app/alpha.py",)),
     SampleTodo("102", "p1", "add-beta", "Add beta", _adds_module("beta", 2), ("app/beta.py",)),
     SampleTodo(
-        "103", "p1", "shout-greeting", "Shout the greeting",
-        {"replace": [{"path": "app/core.py", "find": 'GREETING = "hello"', "with": 'GREETING = "HELLO"'}],
-         "stdout": "the greeting is louder now\n"},
+        "103",
+        "p1",
+        "shout-greeting",
+        "Shout the greeting",
+        {
+            "replace": [{"path": "app/core.py", "find": 'GREETING = "hello"', "with": 'GREETING = "HELLO"'}],
+            "stdout": "the greeting is louder now\n",
+        },
         ("app/core.py",),
     ),
     SampleTodo("104", "p2", "add-gamma", "Add gamma", _adds_module("gamma", 3), ("app/gamma.py",)),
     SampleTodo(
-        "105", "p2", "retry-setting", "Add a retries setting",
-        {"append": [{"path": "app/settings.py", "text": "RETRIES = 2\n"}]}, ("app/settings.py",),
+        "105",
+        "p2",
+        "retry-setting",
+        "Add a retries setting",
+        {"append": [{"path": "app/settings.py", "text": "RETRIES = 2\n"}]},
+        ("app/settings.py",),
     ),
     SampleTodo(
-        "106", "p2", "backoff-setting", "Add a backoff setting",
-        {"append": [{"path": "app/settings.py", "text": "BACKOFF = 3\n"}]}, ("app/settings.py",),
+        "106",
+        "p2",
+        "backoff-setting",
+        "Add a backoff setting",
+        {"append": [{"path": "app/settings.py", "text": "BACKOFF = 3\n"}]},
+        ("app/settings.py",),
     ),
     SampleTodo("107", "p3", "add-delta", "Add delta", _adds_module("delta", 4), ("app/delta.py",)),
 )
@@ -172,8 +185,13 @@ class Sample:
     remote: Path
 
 
-def build_sample(dest: Path, *, todos: tuple[SampleTodo, ...] = TODOS, with_plan: bool = True,
-                 rescan_interval: float = 30.0) -> Sample:
+def build_sample(
+    dest: Path,
+    *,
+    todos: tuple[SampleTodo, ...] = TODOS,
+    with_plan: bool = True,
+    rescan_interval: float = 30.0,
+) -> Sample:
     """The sample repository at ``dest/repo`` (committed on main, pushed to ``dest/remote.git``)."""
     root, remote = dest / "repo", dest / "remote.git"
     files = dict(SOURCES)

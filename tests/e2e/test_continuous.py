@@ -69,12 +69,16 @@ def _wait_pushed(root: Path, remote: Path, todo: SampleTodo, proc: subprocess.Po
     want = f"todos/{todo.filename.replace('-ready-', '-complete-')}"
     while time.monotonic() - started < DEADLINE:
         assert proc.poll() is None, f"the daemon exited ({proc.returncode}) before #{todo.todo_id} was done"
-        if (root / ".batchd" / "events.db").exists() and _state(root, todo.todo_id) == "complete" \
-                and want in tree_files(remote, "main"):
+        if (
+            (root / ".batchd" / "events.db").exists()
+            and _state(root, todo.todo_id) == "complete"
+            and want in tree_files(remote, "main")
+        ):
             return time.monotonic() - started
         time.sleep(0.3)
-    raise AssertionError(f"#{todo.todo_id} was not complete and pushed within {DEADLINE}s "
-                         f"(state {_state(root, todo.todo_id)})")
+    raise AssertionError(
+        f"#{todo.todo_id} was not complete and pushed within {DEADLINE}s (state {_state(root, todo.todo_id)})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +129,15 @@ def test_each_todo_was_planned_run_and_verified(session: Session) -> None:
     """The log shows each todo planned, its agent run, verified and accepted, then completed."""
     for todo in DROPPED:
         kinds = [e["type"] for e in session.log if e["stream"] == f"todo-{todo.todo_id}"]
-        wanted = ["todo.queued", "todo.planned", "todo.agent_started", "todo.agent_finished",
-                  "todo.verifying", "todo.accepted", "todo.completed"]
+        wanted = [
+            "todo.queued",
+            "todo.planned",
+            "todo.agent_started",
+            "todo.agent_finished",
+            "todo.verifying",
+            "todo.accepted",
+            "todo.completed",
+        ]
         assert [k for k in kinds if k in wanted] == wanted, kinds
     assert {f"app/{name}.py" for name in ("alpha", "beta", "gamma")} <= set(tree_files(session.root, "main"))
 

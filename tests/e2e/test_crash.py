@@ -114,10 +114,18 @@ WORKERS = int(os.environ.get("BATCHD_E2E_WORKERS", "3"))
 
 def scenarios(sweep: bool) -> list[str]:
     if not sweep:
-        return [*(f"after:{k}" for k in CI_KILL_POINTS), *(f"seq-seed:{s}" for s in CI_SEQ_SEEDS),
-                *(f"kill9-seed:{s}" for s in CI_KILL9_SEEDS), *(f"chain-seed:{s}" for s in CI_CHAIN_SEEDS)]
-    return [*(f"after:{k}" for k in SWEEP_KILL_POINTS), *(f"seq-seed:{s}" for s in SWEEP_SEQ_SEEDS),
-            *(f"kill9-seed:{s}" for s in SWEEP_KILL9_SEEDS), *(f"chain-seed:{s}" for s in SWEEP_CHAIN_SEEDS)]
+        return [
+            *(f"after:{k}" for k in CI_KILL_POINTS),
+            *(f"seq-seed:{s}" for s in CI_SEQ_SEEDS),
+            *(f"kill9-seed:{s}" for s in CI_KILL9_SEEDS),
+            *(f"chain-seed:{s}" for s in CI_CHAIN_SEEDS),
+        ]
+    return [
+        *(f"after:{k}" for k in SWEEP_KILL_POINTS),
+        *(f"seq-seed:{s}" for s in SWEEP_SEQ_SEEDS),
+        *(f"kill9-seed:{s}" for s in SWEEP_KILL9_SEEDS),
+        *(f"chain-seed:{s}" for s in SWEEP_CHAIN_SEEDS),
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -228,8 +236,10 @@ def _scenario_of(item: pytest.Item) -> str | None:
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # Start every scenario selected in this module at once: they run side by side in the pool.
     selected = [
-        name for item in request.session.items
-        if isinstance(item, pytest.Function) and item.module is request.module
+        name
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.module is request.module
         and (name := _scenario_of(item)) is not None
     ]
     opened = Lab(tmp_path_factory.mktemp("crash"), list(dict.fromkeys(selected)))
@@ -294,8 +304,12 @@ def test_crash_and_restart_leave_a_clean_log_and_no_processes(lab: Lab, scenario
 # --- an agent still running when the daemon dies --------------------------------------------------
 
 HANGING = SampleTodo(
-    "201", "p1", "hang", "Hang after the change",
-    {"write": [{"path": "app/hang.py", "content": "HANG = 1\n"}], "hang": True}, ("app/hang.py",),
+    "201",
+    "p1",
+    "hang",
+    "Hang after the change",
+    {"write": [{"path": "app/hang.py", "content": "HANG = 1\n"}], "hang": True},
+    ("app/hang.py",),
 )
 
 
@@ -315,8 +329,11 @@ def test_restart_kills_the_agent_group_a_crashed_daemon_left_running(reaper: Pat
             time.sleep(0.1)
         still = set(orphans) & set(processes_mentioning(str(sample.root)))
         # The attempt is re-run: wait for its new agent before stopping the daemon.
-        while time.monotonic() < deadline and proc.poll() is None and \
-                sum(e["type"] == "todo.agent_spawned" for e in events(sample.root)) < 2:
+        while (
+            time.monotonic() < deadline
+            and proc.poll() is None
+            and sum(e["type"] == "todo.agent_spawned" for e in events(sample.root)) < 2
+        ):
             time.sleep(0.2)
         running = proc.poll() is None
     finally:

@@ -194,7 +194,6 @@ def test_no_agent_process_is_left(demo: DemoRun) -> None:
     assert demo.outcome.leftovers == {}
 
 
-
 def test_each_phase_commit_renames_its_resolved_todos(demo: DemoRun) -> None:
     """A phase's commit is the one that renames its resolved todos to -complete- (and no others)."""
     root = demo.project.root

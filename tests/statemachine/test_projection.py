@@ -110,7 +110,13 @@ def test_rejection_records_command_files_and_action() -> None:
     """A rejected todo shows which command failed, which files were reverted and what to do."""
     steps = ("queue", "plan", "start_agent", "agent_done", "verify")
     rej = event(
-        T, "reject", command=("pytest", "-x"), files_reverted=("a.py",), action="see log", output_tail="E"
+        T,
+        "reject",
+        command=("pytest", "-x"),
+        files_reverted=("a.py",),
+        action="see log",
+        output_tail="E",
+        reason="",
     )
     pr = _fold([*_todo("7", *steps), ("todo-7", rej)])
     t = pr.todos["7"]

@@ -1,0 +1,120 @@
+"""Running a program with only its workspace writable: bubblewrap where it works, else nothing.
+
+``[agent] sandbox`` (and ``[verify] sandbox`` for the checks, which run code the agents wrote):
+
+- ``"bwrap"``: the program runs under bubblewrap (``bwrap``, the sandbox Claude Code itself uses on
+  Linux): the whole file system read-only, its workspace read-write, a private ``/tmp``, the paths
+  in ``writable`` (an agent's own home: ``~/.claude``, caches) read-write, the network as it is, and
+  its own pid namespace, so nothing it starts outlives a kill (not even a process that ``setsid``\\ s);
+- ``"none"``: no sandbox; batchd says so in the log and the status file;
+- ``"auto"`` (default): ``bwrap`` when it is installed and works here, else ``none``.
+
+The person's checkout, its ``.git`` (config, hooks, refs) and ``.batchd/`` stay read-only, so a
+hostile agent's writes outside its workspace fail (EROFS) instead of landing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from daemon.exceptions import UsageError
+
+log = structlog.get_logger(__name__)
+
+SandboxMode = Literal["auto", "bwrap", "none"]
+_PROBE_TIMEOUT = 10.0
+# The sandbox's own /tmp (a fresh tmpfs): the host's is not shared with what runs inside.
+_TMP = "/tmp"  # noqa: S108 - a path inside the sandbox, not a temporary file of ours
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sandbox:
+    """How programs are wrapped: ``kind`` is what is in force, ``note`` why (for the log and status)."""
+
+    kind: Literal["bwrap", "none"]
+    bwrap: str = ""
+    writable: tuple[Path, ...] = ()
+    note: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.kind == "bwrap"
+
+    def wrap(self, argv: Sequence[str], *, workspace: Path, readable: Iterable[Path] = ()) -> list[str]:
+        """``argv`` to run ``argv`` in this sandbox with ``workspace`` read-write (as is when none).
+
+        ``/tmp`` is private: paths under it that the program needs to read (the repository, the
+        Python running batchd, absolute paths on its command line and PATH) are shown read-only.
+        """
+        if not self.active:
+            return list(argv)
+        wrapped = [
+            self.bwrap,
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--tmpfs", _TMP,
+            "--unshare-pid",
+        ]  # fmt: skip
+        for path in _under_tmp([*readable, *_needed(argv)]):
+            wrapped += ["--ro-bind-try", str(path), str(path)]
+        wrapped += ["--bind", str(workspace), str(workspace)]
+        for path in self.writable:
+            wrapped += ["--bind-try", str(path), str(path)]
+        wrapped += ["--setenv", "TMPDIR", _TMP, "--chdir", str(workspace), "--", *argv]
+        return wrapped
+
+
+def _needed(argv: Sequence[str]) -> list[Path]:
+    found = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
+    found += [Path(a) for a in argv if a.startswith("/")]
+    found += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
+    return found
+
+
+def _under_tmp(paths: Iterable[Path]) -> list[Path]:
+    tmp = Path(_TMP)
+    out: list[Path] = []
+    for path in paths:
+        if (tmp in path.parents) and path.exists() and path not in out:
+            out.append(path)
+    return out
+
+
+@cache
+def _probe(bwrap: str) -> str:
+    """ "" when bubblewrap can build a sandbox here, else what it said (no user namespaces, say)."""
+    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", _TMP]
+    argv += ["--unshare-pid", "--", "true"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return "" if proc.returncode == 0 else (proc.stderr.strip() or f"exit code {proc.returncode}")
+
+
+def resolve(mode: SandboxMode, writable: Iterable[str], *, key: str) -> Sandbox:
+    """The sandbox for ``mode`` on this machine; ``bwrap`` that cannot run is a :class:`UsageError`."""
+    homes = tuple(Path(p).expanduser().absolute() for p in writable)
+    if mode == "none":
+        return Sandbox(kind="none", note=f'{key} = "none": programs run unconfined')
+    found = shutil.which("bwrap")
+    problem = _probe(found) if found else "bwrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
+    if not problem and found:
+        return Sandbox(kind="bwrap", bwrap=found, writable=homes, note="bubblewrap")
+    if mode == "bwrap":
+        raise UsageError(
+            f'{key} = "bwrap", but bubblewrap cannot run here: {problem}',
+            hint='install bubblewrap (`apt install bubblewrap`), or set it to "auto" or "none"',
+        )
+    return Sandbox(kind="none", note=f"no sandbox: {problem}")
