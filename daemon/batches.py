@@ -182,6 +182,7 @@ def check_runner(d: Daemon) -> CheckRunner:
         timeout=d.config.verify.timeout,
         retries=d.config.verify.retries,
         sandbox=d.verify_sandbox,
+        readable=[d.root],
     )
 
 
@@ -219,7 +220,8 @@ def verify(d: Daemon, batch: BatchView) -> None:
         return
     members = [t for t in d.proj.todos.values() if t.batch == batch.key and t.state == TodoState.VERIFYING]
     candidates = [
-        Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files)) for t in members
+        Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files), test_edits=t.test_edits)
+        for t in members
     ]
     runner = check_runner(d)
     base = batch.base_sha
@@ -254,6 +256,7 @@ def verify(d: Daemon, batch: BatchView) -> None:
             runner,
             strategy=d.config.verify.strategy,
             conflicts=d.config.verify.conflicts,
+            integrity=d.config.verify.test_integrity,
             on_run=on_run,
         )
 
@@ -287,13 +290,18 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
             if todo.todo_id in accepted_shas:
                 accepted.append(todo.todo_id)
                 events.append(
-                    ev.TodoAccepted(todo_id=todo.todo_id, batch=batch.key, commit=accepted_shas[todo.todo_id])
+                    ev.TodoAccepted(
+                        todo_id=todo.todo_id,
+                        batch=batch.key,
+                        commit=accepted_shas[todo.todo_id],
+                        review=verdict.review.get(todo.todo_id, ""),
+                    )
                 )
             elif todo.todo_id in verdict.rejected:
                 rej = verdict.rejected[todo.todo_id]
                 rejected.append(todo.todo_id)
                 command = tuple(rej.command or ())
-                reason = f"broke `{' '.join(command)}`"
+                reason = rej.reason or f"broke `{' '.join(command)}`"
                 events.append(
                     ev.TodoRejected(
                         todo_id=todo.todo_id,
@@ -305,9 +313,14 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
                         action="its change was left out; it is retried with the failure in its prompt"
                         if d.config.verify.repair and todo.attempt < max_attempts
                         else "fix by hand or `batchd retry`",
+                        reason=rej.reason,
                     )
                 )
-                repair = repair_text(command, rej.output_tail[-2000:]) if d.config.verify.repair else ""
+                repair = ""
+                if d.config.verify.repair:
+                    repair = repair_text(command, rej.output_tail[-2000:])
+                    if rej.reason:
+                        repair = f"Your change {rej.reason}. Make it pass the tests as they are.\n{repair}"
                 events += retry_or_block(d, todo, reason, repair, max_attempts)
             elif todo.todo_id in verdict.conflicted:
                 con = verdict.conflicted[todo.todo_id]

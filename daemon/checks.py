@@ -58,10 +58,12 @@ class CheckRunner:
         env: Mapping[str, str] | None = None,
         kill_grace: float = 2.0,
         sandbox: Sandbox = NO_SANDBOX,
+        readable: Sequence[Path] = (),
     ) -> None:
         self.commands = tuple(tuple(c) for c in commands)
         # The checks run code the agents wrote: in the sandbox, only the worktree is theirs to write.
         self.sandbox = sandbox
+        self.readable = tuple(readable)
         self.timeout = timeout
         self.retries = retries
         self.env = dict(env) if env is not None else None
@@ -107,7 +109,7 @@ class CheckRunner:
         with tempfile.TemporaryFile(mode="w+b") as out:
             try:
                 proc = subprocess.Popen(
-                    self.sandbox.wrap(command, workspace=worktree),
+                    self.sandbox.wrap(command, workspace=worktree, readable=self.readable),
                     cwd=worktree,
                     stdin=subprocess.DEVNULL,
                     stdout=out,

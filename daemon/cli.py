@@ -147,17 +147,17 @@ def audit() -> None:
 @click.option(
     "--full",
     is_flag=True,
-    help="Walk the whole chain and check the snapshot against a replay from zero "
-    "(default: what start-up checks, the snapshot's hash and the chain from it to the head).",
+    help="Also rebuild the state from the first event and compare it with the latest snapshot.",
 )
 def audit_verify(repo: Path | None, db: str | None, as_json: bool, full: bool) -> None:
-    """Check the hash chain; exit 1 naming the first bad sequence number if an event was changed or gone."""
+    """Walk the whole hash chain and check the snapshot's hash; exit 1 naming the first bad sequence
+    number if an event was changed or removed. (Start-up checks only the snapshot and what follows it.)"""
     from statemachine.projection import SNAPSHOT_NAME, snapshot_matches_replay
 
     log = open_log(resolve_root(repo), db)
     try:
         progress = None if as_json else _progress_printer("checked")
-        report = log.verify(progress=progress) if full else log.verify_tail(SNAPSHOT_NAME, progress=progress)
+        report = log.verify_tail(SNAPSHOT_NAME, progress=progress, whole=True)
         if full and report.ok:
             report = snapshot_matches_replay(log, report)
     finally:

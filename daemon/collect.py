@@ -29,7 +29,7 @@ import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import structlog
 
@@ -257,6 +257,7 @@ class _Builder:
         """Put back what the agent may not change; return those paths with why (printable)."""
         dropped: list[str] = []
         restore: list[str] = []
+        own_touched = False
         protect = path_patterns(self.policy.protect)
         tests = path_patterns(self.policy.test_globs)
         refused: list[str] = []
@@ -275,7 +276,9 @@ class _Builder:
                     why = f"a symbolic link to {printable(target)}, outside the repository"
             if why is not None:
                 restore.append(e.path)
-                if not self._batchds_own(e.path):
+                if self._batchds_own(e.path):
+                    own_touched = True
+                else:
                     dropped.append(f"{printable(e.path)} ({why})")
                 continue
             existed = e.old_mode != "000000"
@@ -293,16 +296,28 @@ class _Builder:
             )
         for chunk in _chunks(restore, 200):
             self.git("reset", "--quiet", self.base, "--", *chunk)
+        if own_touched and not _work_log(self.tree.path, self.policy) and self._own_edited():
+            dropped.append(
+                f"{printable(self.policy.own_todo)} (its own todo file: batchd renames it; only a work log "
+                "appended at its end is kept)"
+            )
         return dropped
 
-    def _batchds_own(self, path: str) -> bool:
-        """The todo file batchd itself wrote into the workspace, unchanged: not the agent's doing."""
-        if path != self.policy.own_todo:
-            return False
+    def _own_edited(self) -> bool:
+        files = _own_todo_files(self.tree.path, self.policy)
         try:
-            return (self.tree.path / path).read_bytes() == self.policy.own_todo_text
+            return not files or any(f.read_bytes() != self.policy.own_todo_text for f in files)
         except OSError:
-            return False
+            return True
+
+    def _batchds_own(self, path: str) -> bool:
+        """Its own todo file (where batchd put it, or renamed as the seed says): batchd renames it, and
+        a work log the agent appended is carried over; whatever else happened to it is said once."""
+        own = PurePosixPath(self.policy.own_todo)
+        mine, name = parse_name(own.name), parse_name(PurePosixPath(path).name)
+        return PurePosixPath(path).parent == own.parent and (
+            path == self.policy.own_todo or (mine is not None and name is not None and name.key == mine.key)
+        )
 
     def _review(self, e: _Entry) -> None:
         owner = self.policy.earlier.get(e.path)

@@ -88,14 +88,18 @@ def run_git(
     env: Mapping[str, str] | None = None,
     hooks: Path | None = None,
     untrusted: bool = False,
+    as_configured: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git args`` in ``where``; stdout and stderr are returned together in ``stdout`` on failure.
 
     ``where`` is a folder (its repository is found the usual way: use it only for folders no one
     else writes to, such as the person's own checkout) or a :class:`WorkTree`. ``hooks`` is the
-    person's pinned hooks folder; without it no hook runs.
+    person's pinned hooks folder; without it no hook runs. ``as_configured`` drops batchd's
+    overrides, to read what the person's config says (where their hooks are).
     """
-    argv = ["git", "-c", f"core.hooksPath={hooks or os.devnull}", "-c", "core.fsmonitor=false"]
+    argv = ["git"]
+    if not as_configured:
+        argv += ["-c", f"core.hooksPath={hooks or os.devnull}", "-c", "core.fsmonitor=false"]
     if untrusted:
         argv += _UNTRUSTED_CONFIG
     if isinstance(where, WorkTree):

@@ -23,7 +23,7 @@ from daemon.runner import Daemon
 from daemon.statusfile import render_status
 from daemon.todofile import MAX_TODO_BYTES, TodoStatus, rename_status, set_front_matter_status
 from statemachine import events as ev
-from statemachine.tables import BatchState, RunState, TodoState
+from statemachine.tables import BatchState, PhaseState, RunState, TodoState
 from statemachine.views import PhaseView
 
 log = structlog.get_logger(__name__)
@@ -187,15 +187,20 @@ def apply_renames(d: Daemon, vt: WorkTree, renames: Iterable[tuple[str, str, str
                 data = None
             if data is not None:
                 break
-        text = (data or b"").decode("utf-8", "replace")
-        if note and note not in text:
-            text = text.rstrip("\n") + "\n\n" + note.rstrip("\n") + "\n"
+        text = completed_text((data or b"").decode("utf-8", "replace"), note)
         if src != dst and gitops.run_git(vt, "ls-files", "-z", "--", src).stdout:
             # Staged as a deletion here; `git add` of a path no longer on disk would fail.
             gitops.run_git(vt, "--literal-pathspecs", "rm", "--quiet", "--", src)
-        safefs.write_text(vt.path, dst, set_front_matter_status(text, TodoStatus.COMPLETE), replace_link=True)
+        safefs.write_text(vt.path, dst, text, replace_link=True)
         paths.append(dst)
     return paths
+
+
+def completed_text(text: str, note: str) -> str:
+    """A todo file's text as the phase commit writes it: ``status: complete``, the agent's work log."""
+    if note and note not in text:
+        text = text.rstrip("\n") + "\n\n" + note.rstrip("\n") + "\n"
+    return set_front_matter_status(text, TodoStatus.COMPLETE)
 
 
 def commit_per_todo(
@@ -250,6 +255,7 @@ def land(d: Daemon, phase: PhaseView) -> None:
         )
         if d.proj.run.state == RunState.RUNNING:
             d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
+        set_aside_status(d)  # so that the person's rebase or merge is not blocked by batchd's file
         if d.once or d.proj.run.state != RunState.PAUSED:
             d.fatal = reason  # unattended (or nothing to pause): waiting would never end
         return
@@ -320,18 +326,54 @@ def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
             hint="someone committed on the branch while batchd ran; rebase those commits onto "
             f"{sha[:10]} (`git rebase {sha[:10]}`) or reset the branch to it, then `batchd resume`",
         )
-    status_rel = d.config.batchd.status_file
-    tracked = gitops.run_git(root, "ls-files", "-z", "--", status_rel).stdout
-    if tracked:
-        gitops.run_git(root, "--literal-pathspecs", "checkout", "--quiet", "HEAD", "--", status_rel)
-    elif (root / status_rel).is_file() or (root / status_rel).is_symlink():
-        (root / status_rel).unlink()
+    set_aside_status(d)
+    set_aside_carried_todos(d, sha)
     if forward:
         gitops.ff_merge(root, sha, hooks=hooks)
     else:
         gitops.reset_keep(root, sha, hooks=hooks)
     cleanup_renamed(d, sha)
     write_status(d)
+
+
+def set_aside_status(d: Daemon) -> None:
+    """Put the checkout's status file back as committed (or remove it when untracked): it is batchd's
+    own edit, written again from the log, and it must not block a merge or a person's rebase."""
+    root, rel = d.root, d.config.batchd.status_file
+    if gitops.run_git(root, "ls-files", "-z", "--", rel).stdout:
+        gitops.run_git(root, "--literal-pathspecs", "checkout", "--quiet", "HEAD", "--", rel)
+    elif (root / rel).is_file() or (root / rel).is_symlink():
+        (root / rel).unlink()
+
+
+def waiting_for_checkout(d: Daemon) -> bool:
+    """Paused because a phase commit cannot reach the checkout (a person's commit or edit is in the
+    way): while the person sorts that out, batchd writes nothing into their checkout."""
+    committed = any(p.state == PhaseState.COMMITTED for p in d.proj.phases.values())
+    return committed and d.proj.run.state == RunState.PAUSED
+
+
+def set_aside_carried_todos(d: Daemon, sha: str) -> None:
+    """A person's uncommitted edit of a todo file that the phase commit already carries (its text is the
+    committed ``-complete-`` file's) is set aside for the merge: nothing of it is lost. Any other edit
+    is left alone and blocks the merge, which pauses the run naming the file."""
+    for todo in d.proj.todos.values():
+        if todo.state != TodoState.ACCEPTED or "-ready-" not in Path(todo.path).name:
+            continue
+        changed = gitops.run_git(d.root, "diff", "--name-only", "-z", "HEAD", "--", todo.path).stdout
+        if not changed:
+            continue
+        _, dst = plan_rename(d, todo.todo_id)
+        try:
+            current = safefs.read_bytes(d.root, todo.path, limit=MAX_TODO_BYTES + 1)
+        except safefs.LinkRefused:
+            continue
+        committed = gitops.run_git(d.root, "show", f"{sha}:{dst}", check=False)
+        if current is None or committed.returncode != 0:
+            continue
+        if completed_text(current.decode("utf-8", "replace"), todo.note) == committed.stdout:
+            gitops.run_git(d.root, "--literal-pathspecs", "checkout", "--quiet", "HEAD", "--", todo.path)
+            log.info("carried_todo_edit_set_aside", todo_id=todo.todo_id, path=todo.path)
 
 
 def cleanup_renamed(d: Daemon, sha: str) -> None:
@@ -354,6 +396,9 @@ _refused_status_links: set[str] = set()
 def write_status(d: Daemon) -> None:
     """The status file in the person's checkout, rewritten when it changed; never through a link."""
     rel = d.config.batchd.status_file
+    d.status_dirty = False
+    if waiting_for_checkout(d):
+        return
     text = render_status(d.proj, d.config, sandbox=d.sandbox.note if not d.sandbox.active else "")
     try:
         current = safefs.read_bytes(d.root, rel, limit=len(text.encode("utf-8")) + 1)
@@ -363,4 +408,3 @@ def write_status(d: Daemon) -> None:
         if rel not in _refused_status_links:  # said once: it would repeat after every batch
             _refused_status_links.add(rel)
             log.warning("status_file_refused", path=rel, error=e.render())
-    d.status_dirty = False

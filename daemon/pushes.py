@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 
 from daemon import remote
-from daemon.checks import CheckRunner
+from daemon.batches import check_runner
 from daemon.exceptions import GitError
 from daemon.runner import Daemon
 from statemachine import events as ev
@@ -42,12 +42,7 @@ def push(d: Daemon, phase: PhaseView) -> None:
     pinned = d.pinned
     branch = d.config.batchd.branch
     sha = phase.head_sha
-    runner = CheckRunner(
-        d.config.verify.commands,
-        timeout=d.config.verify.timeout,
-        retries=d.config.verify.retries,
-        sandbox=d.verify_sandbox,
-    )
+    runner = check_runner(d)
     plan = remote.PushPlan(last_pushed=last_pushed(d), agent_commits=agent_commits(d), attempts=PUSH_ATTEMPTS)
 
     def work() -> remote.PushResult:

@@ -120,7 +120,7 @@ def _absolute(root: Path, url: str) -> str:
 
 def _snapshot_hooks(root: Path, dest: Path) -> Path:
     """Copy the person's hooks folder (``core.hooksPath`` or ``.git/hooks``) as it is now."""
-    source = Path(out(root, "rev-parse", "--path-format=absolute", "--git-path", "hooks"))
+    source = Path(out(root, "rev-parse", "--path-format=absolute", "--git-path", "hooks", as_configured=True))
     remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():

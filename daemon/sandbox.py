@@ -77,6 +77,8 @@ class Sandbox:
 
 def _needed(argv: Sequence[str]) -> list[Path]:
     found = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
+    # batchd's own code (the demo agent is `python -m daemon.demo.agent`), also from a source tree.
+    found += [Path(p) for p in sys.path if p.startswith("/")]
     found += [Path(a) for a in argv if a.startswith("/")]
     found += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
     return found

@@ -19,15 +19,15 @@ group (adaptive group testing), so one or two unnamed culprits cost a few runs, 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import structlog
 
+from daemon.blame import is_named
 from daemon.checks import CheckResult
-from daemon.config import ConflictMode, Strategy
+from daemon.config import ConflictMode, Strategy, TestIntegrity
 from daemon.exceptions import GitError
 from daemon.gitops import (
     GitTarget,
@@ -48,31 +48,6 @@ Runner = Callable[[Path], CheckResult]
 # Groups this small are searched one by one: when the output names every member, each is
 # probably broken, and one run per member beats halving.
 _ONE_BY_ONE_MAX = 3
-# Stems too common in test output to mean "this file failed".
-_GENERIC_STEMS = frozenset(
-    {
-        "__init__",
-        "__main__",
-        "index",
-        "main",
-        "test",
-        "tests",
-        "util",
-        "utils",
-        "setup",
-        "conftest",
-        "types",
-        "config",
-        "common",
-        "helpers",
-        "init",
-        "base",
-        "core",
-        "models",
-        "views",
-        "errors",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +57,7 @@ class Candidate:
     todo_id: str
     sha: str
     files: tuple[str, ...]
+    test_edits: tuple[str, ...] = ()  # existing test files it changed or deleted ([verify] protect_tests)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +66,7 @@ class Rejection:
     output_tail: str
     files: tuple[str, ...]
     returncode: int = 1
+    reason: str = ""  # when not simply "broke the command": passing only with its own test edits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +88,7 @@ class BatchVerdict:
     accepted: tuple[tuple[str, str], ...]  # (todo_id, sha on the verification branch)
     rejected: dict[str, Rejection] = field(default_factory=dict)
     conflicted: dict[str, Conflict] = field(default_factory=dict)
+    review: dict[str, str] = field(default_factory=dict)  # accepted, but a person should look (why)
     head_sha: str
     runs: int
 
@@ -138,12 +116,18 @@ def verify_batch(
     *,
     strategy: Strategy = "bisect",
     conflicts: ConflictMode = "merge",
+    integrity: TestIntegrity = "report",
     on_run: Callable[[VerifyRun], None] | None = None,
 ) -> BatchVerdict:
     """Decide each candidate: accepted, rejected (with the run that condemned it) or conflicted.
 
     ``worktree`` is batchd's verification worktree (its branch is reset to ``base_sha`` and
     rebuilt); ``base_sha`` must be green. Candidates are taken in ascending todo id.
+
+    Then the test-integrity gate: an accepted todo that changed or deleted existing test files is
+    tested again with those files as they were on the base (its new test files kept). Red means it
+    passes only with its own test edits: put on the review list (``integrity="report"``) or
+    rejected, the accepted set searched again without it (``"reject"``).
     """
     ordered = sorted(candidates, key=lambda c: id_order(c.todo_id))
     session = _Session(worktree, base_sha, runner, on_run, ordered)
@@ -152,24 +136,8 @@ def verify_batch(
         session.incremental(live)
     else:
         session.bisect(live)
+    session.test_integrity(integrity)
     return session.verdict()
-
-
-def is_named(text: str, path: str) -> bool:
-    """Whether failing output points at ``path``: the path, its file name, or its module name."""
-    p = PurePosixPath(path)
-    if path in text:
-        return True
-    if re.search(rf"(?<![\w.-]){re.escape(p.name)}(?!\w)", text):
-        return True
-    if p.suffix == ".py" and len(p.parts) > 1 and ".".join(p.with_suffix("").parts) in text:
-        return True
-    stem = p.stem
-    return (
-        len(stem) >= 4
-        and stem.lower() not in _GENERIC_STEMS
-        and re.search(rf"(?<![\w.-]){re.escape(stem)}(?![\w-])", text) is not None
-    )
 
 
 class _Session:
@@ -191,6 +159,7 @@ class _Session:
         self.good_picks: list[tuple[str, str]] = []
         self.rejected: dict[str, Rejection] = {}
         self.conflicted: dict[str, Conflict] = {}
+        self.review: dict[str, str] = {}
         self.runs = 0
         abort_in_progress(worktree)
 
@@ -269,11 +238,15 @@ class _Session:
             self.good_picks = picks
         return result, applied
 
-    def _reject(self, c: Candidate, red: CheckResult) -> None:
+    def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
         self.rejected[c.todo_id] = Rejection(
-            command=red.failed_command, output_tail=red.output_tail, files=c.files, returncode=red.returncode
+            command=red.failed_command,
+            output_tail=red.output_tail,
+            files=c.files,
+            returncode=red.returncode,
+            reason=reason,
         )
-        log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()))
+        log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()), reason=reason)
 
     def _live(self, pool: Iterable[Candidate]) -> list[Candidate]:
         """The undecided members of ``pool`` (not conflicted, rejected or already accepted)."""
@@ -367,6 +340,57 @@ class _Session:
         self._reject(pool[lo], red)
         self._search(pool[hi:], None)
 
+    # --- the test-integrity gate -------------------------------------------------------------------
+
+    def test_integrity(self, mode: TestIntegrity) -> None:
+        checked: set[str] = set()
+        while True:
+            todo = next((c for c in self.good if c.test_edits and c.todo_id not in checked), None)
+            if todo is None:
+                return
+            checked.add(todo.todo_id)
+            red = self._without_test_edits(todo)
+            if red is None:
+                continue
+            command = " ".join(red.failed_command or ())
+            why = (
+                f"passes only with its own edits to {', '.join(todo.test_edits)}: "
+                f"`{command}` fails with them as they were"
+            )
+            log.warning("test_integrity_failed", todo_id=todo.todo_id, files=list(todo.test_edits))
+            if mode == "report":
+                self.review[todo.todo_id] = why
+                continue
+            self._reject(todo, red, reason=why)
+            # Search the rest again without it: the accepted set must be a tree that passed whole.
+            rest = [c for c in self.good if c.todo_id != todo.todo_id]
+            self.good, self.good_head, self.good_picks = [], self.base_sha, []
+            self._search(rest, None)
+
+    def _without_test_edits(self, todo: Candidate) -> CheckResult | None:
+        """The checks on the accepted head with ``todo``'s edited test files as they were on the base;
+        None when green (or when they cannot be put back: nothing to say then)."""
+        reset_hard(self.worktree, self.good_head)
+        proc = run_git(
+            self.worktree,
+            "--literal-pathspecs",
+            "checkout",
+            self.base_sha,
+            "--",
+            *todo.test_edits,
+            check=False,
+        )
+        if proc.returncode != 0:
+            log.warning("test_integrity_skipped", todo_id=todo.todo_id, output=printable(proc.stderr))
+            reset_hard(self.worktree, self.good_head)
+            return None
+        result = self.runner(work_path(self.worktree))
+        self.runs += 1
+        if self.on_run is not None:
+            self.on_run(VerifyRun(todo_ids=tuple(t for t, _ in self.good_picks), result=result))
+        reset_hard(self.worktree, self.good_head)
+        return None if result.passed else result
+
     # --- result ---------------------------------------------------------------------------------
 
     def verdict(self) -> BatchVerdict:
@@ -375,6 +399,7 @@ class _Session:
             accepted=tuple(self.good_picks),
             rejected=dict(self.rejected),
             conflicted=dict(self.conflicted),
+            review={t: why for t, why in self.review.items() if any(t == g for g, _ in self.good_picks)},
             head_sha=self.good_head,
             runs=self.runs,
         )

@@ -619,14 +619,16 @@ class EventLog:
                     cur.execute("COMMIT")
         return report
 
-    def verify_tail(self, snapshot: str, progress: Callable[[int], None] | None = None) -> AuditReport:
+    def verify_tail(
+        self, snapshot: str, progress: Callable[[int], None] | None = None, *, whole: bool = False
+    ) -> AuditReport:
         """What start-up checks: the latest snapshot's own hash, and the chain from it to the head
-        (the whole chain when there is no usable snapshot)."""
+        (``whole``, or without a usable snapshot: the whole chain)."""
         snap = self.load_snapshot(snapshot)
         if snap is not None and snap.check == "edited":
             problem = f"the snapshot {snapshot!r} does not match its recorded hash (edited)"
             return AuditReport(checked=0, last_seq=0, first_bad_seq=snap.seq, problem=problem)
-        usable = snap is not None and snap.check == "ok" and snap.seq > 0
+        usable = snap is not None and snap.check == "ok" and snap.seq > 0 and not whole
         return self.verify(progress, from_seq=snap.seq if usable and snap is not None else 1)
 
 

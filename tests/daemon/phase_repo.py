@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,18 @@ def todo_text(todo_id: str, script: str, *, status: str = "ready") -> str:
         f'---\nstatus: {status}\npriority: p2\nissue_id: "{todo_id}"\ntags: []\ndependencies: []\n---\n\n'
         f"# Thing {todo_id}\n\nDo thing {todo_id}.\n\n"
         f"```batchd-agent\n{textwrap.dedent(script).strip()}\n```\n"
+    )
+
+
+HOSTILE = [PY, str(Path(__file__).resolve().parents[1] / "agents" / "hostile.py"), "{todo_path}"]
+
+
+def hostile_text(todo_id: str, *actions: str, status: str = "ready") -> str:
+    """A todo for ``tests/agents/hostile.py``: its ``hostile`` block lists the actions, one a line."""
+    block = "\n".join(actions)
+    return (
+        f'---\nstatus: {status}\npriority: p2\nissue_id: "{todo_id}"\n---\n\n# Thing {todo_id}\n\n'
+        f"Do thing {todo_id}.\n\n```hostile\n{block}\n```\n"
     )
 
 
@@ -83,7 +95,12 @@ def config_text(
     commit_mode: str = "phase",
     repair: bool = False,
     verify_writable: tuple[str, ...] = (),
+    agent: list[str] | None = None,
+    agent_timeout: float = 30,
+    agent_extra: str = "",
+    verify_extra: str = "",
 ) -> str:
+    """``batchd.toml``; ``agent_extra``/``verify_extra`` are TOML lines added to those sections."""
     return textwrap.dedent(
         f"""\
         [batchd]
@@ -97,9 +114,10 @@ def config_text(
         rescan_interval = 30
 
         [agent]
-        command = {json.dumps(AGENT)}
-        timeout = 30
+        command = {json.dumps(agent or AGENT)}
+        timeout = {agent_timeout}
         env = {{ BATCHD_DEMO_SPEED = "0" }}
+        {agent_extra}
 
         [verify]
         commands = [{json.dumps(CHECK)}]
@@ -107,6 +125,7 @@ def config_text(
         repair = {json.dumps(repair)}
         timeout = 60
         writable = {json.dumps(list(verify_writable))}
+        {verify_extra}
         """
     )
 
@@ -175,13 +194,17 @@ def build_repo(
     plan: Mapping[int, tuple[str, list[list[str]], str]] | None = None,
     files: Mapping[str, str] | None = None,
     untracked: Collection[str] = (),
+    hostile: Mapping[str, Sequence[str]] | None = None,
     **config: object,
 ) -> PhaseRepo:
     """A repository ``tmp_path/repo`` on ``main``, pushed to the bare ``tmp_path/remote.git``.
 
     ``todos`` maps ids to agent scripts; the ids in ``untracked`` are left untracked (dropped into
-    the folder, never committed), as people often do.
+    the folder, never committed), as people often do. With ``hostile`` (id -> actions) the agent is
+    ``tests/agents/hostile.py`` and those todos list its actions.
     """
+    if hostile is not None:
+        config.setdefault("agent", HOSTILE)
     root = tmp_path / "repo"
     remote = tmp_path / "remote.git"
     root.mkdir()
@@ -196,9 +219,11 @@ def build_repo(
     for rel, text in tree.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text, encoding="utf-8")
-    for todo_id, script in todos.items():
-        (root / "todos" / todo_name(todo_id)).write_text(todo_text(todo_id, script), encoding="utf-8")
-    git(root, "add", "--", *tree, *[f"todos/{todo_name(t)}" for t in todos if t not in untracked])
+    texts = {t: todo_text(t, script) for t, script in todos.items()}
+    texts.update({t: hostile_text(t, *actions) for t, actions in (hostile or {}).items()})
+    for todo_id, text in texts.items():
+        (root / "todos" / todo_name(todo_id)).write_text(text, encoding="utf-8")
+    git(root, "add", "--", *tree, *[f"todos/{todo_name(t)}" for t in texts if t not in untracked])
     git(root, "commit", "-q", "-m", "initial")
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
     git(root, "remote", "add", "origin", str(remote))

@@ -20,10 +20,11 @@ from gitrepo import (
     module_candidate,
 )
 
+from daemon.blame import is_named
 from daemon.checks import CheckRunner
 from daemon.config import ConflictMode, Strategy
 from daemon.gitops import add_worktree
-from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, is_named, verify_batch
+from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 
 
 @pytest.fixture
@@ -301,3 +302,52 @@ def test_is_named_matches_path_basename_and_module() -> None:
     assert is_named("error in bookingService while saving", "server/bookingService.ts")
     assert not is_named("FAILED test_invoice.py::test_total", "src/billing/invoice.py")
     assert not is_named("error in index", "src/index.ts")
+
+
+# --- the test-integrity gate -----------------------------------------------------------------------
+
+GUARD = "import os\n\ndef check():\n    return not os.path.exists('mods/feature.py')\n"
+GUARD_GAMED = "def check():\n    return True\n"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Path:
+    """A repository whose 'test' mods/guard.py fails once mods/feature.py exists."""
+    return init_repo(tmp_path / "guarded", {"check.py": CHECK_PY, "mods/guard.py": GUARD})
+
+
+def _gamed(repo: Path, todo_id: str = "1") -> Candidate:
+    """A todo that adds the feature that breaks the guard, and edits the guard to pass anyway."""
+    c = candidate(repo, head(repo), todo_id, {"mods/feature.py": GOOD_MOD, "mods/guard.py": GUARD_GAMED})
+    return Candidate(todo_id=c.todo_id, sha=c.sha, files=c.files, test_edits=("mods/guard.py",))
+
+
+def _integrity(repo: Path, cands: Sequence[Candidate], mode: str) -> BatchVerdict:
+    wt = add_worktree(repo, repo / ".batchd" / "verify", "batchd/verify", head(repo))
+    return verify_batch(wt, head(repo), cands, _runner(), integrity=mode)  # type: ignore[arg-type]
+
+
+def test_passing_only_with_its_own_test_edits_is_reported(guarded: Path) -> None:
+    """report: the todo is accepted, and the verdict says it passes only with its own edits to the test."""
+    verdict = _integrity(guarded, [_gamed(guarded)], "report")
+    assert verdict.accepted_ids == ("1",)
+    assert "passes only with its own edits to mods/guard.py" in verdict.review["1"]
+    assert verdict.runs == 2
+
+
+def test_passing_only_with_its_own_test_edits_is_rejected_in_reject_mode(guarded: Path) -> None:
+    """reject: the gamed todo is left out with that reason; an honest todo beside it is still accepted,
+    on a head that passed as a whole."""
+    honest = module_candidate(guarded, head(guarded), "2")
+    verdict = _integrity(guarded, [_gamed(guarded), honest], "reject")
+    assert verdict.accepted_ids == ("2",)
+    assert "passes only with its own edits" in verdict.rejected["1"].reason
+    assert _runner()(guarded / ".batchd" / "verify").passed
+
+
+def test_a_test_edit_the_change_does_not_need_is_not_flagged(guarded: Path) -> None:
+    """A todo that tidies an existing test but passes with the original too is not on the review list."""
+    c = candidate(guarded, head(guarded), "3", {"mods/guard.py": GUARD + "\n# tidied\n"})
+    tidy = Candidate(todo_id="3", sha=c.sha, files=c.files, test_edits=("mods/guard.py",))
+    verdict = _integrity(guarded, [tidy], "report")
+    assert verdict.accepted_ids == ("3",) and verdict.review == {}
