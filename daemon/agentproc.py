@@ -222,6 +222,7 @@ def start_agent(
     executable = resolve_executable(argv[0], cwd=cwd, env=env, what="agent command", fix=AGENT_FIX)
     command = sandbox.wrap([executable, *argv[1:]], workspace=cwd, readable=readable)
     if exit_path is not None:
+        exit_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()
         command = [sys.executable, "-I", "-S", _SHIM, str(exit_path), *command]

@@ -166,6 +166,10 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
             t["id"], f"[{colour}]{t['state']}[/]", str(t["attempt"]), t["batch"] or "", t["title"], why
         )
     console.print(todos)
+    for item in data["review"]:
+        console.print(f"[yellow]review[/] #{item['id']} (attempt {item['attempt']}): {item['what']}")
+    if run["sandbox"] and not run["sandbox"].startswith("bubblewrap"):
+        console.print(f"[yellow]warning[/]: agents run without a sandbox ({run['sandbox']})")
 
 
 @click.command()
@@ -183,13 +187,19 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
         raise UsageError(f"no todo #{todo_id} in the log", hint="`batchd status` lists the todos")
     number = attempt or todo.attempt
     path = Workspace(root).agent_log(key, number)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UsageError(
             f"no output for todo #{todo_id} attempt {number} ({path})",
             hint="its agent has not started yet; `batchd status` shows its state",
         )
-    # The log is batchd's, but a link put in its place is not followed.
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
+    try:
+        # The log is batchd's, but a link put in its place is not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(
+            f"cannot read {path}: {e.strerror}", hint="batchd never follows a link put in place of a log"
+        ) from e
+    with os.fdopen(fd, "rb") as fh:
         while True:
             chunk = fh.read(65536)
             if chunk:

@@ -106,7 +106,7 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     titles = {t: d.proj.todos[t].title for t in todo_ids}
     notes = {t: d.proj.todos[t].note for t in todo_ids}
     status_rel = d.config.batchd.status_file
-    status_text = render_status(d.proj, d.config, committing=phase.number)
+    status_text = status_of(d, committing=phase.number)
 
     def work() -> list[str]:
         found = gitops.find_commits_by_trailer(d.root, "--all", TRAILER_PHASE, str(phase.number))
@@ -393,13 +393,19 @@ def cleanup_renamed(d: Daemon, sha: str) -> None:
 _refused_status_links: set[str] = set()
 
 
+def status_of(d: Daemon, *, committing: int | None = None) -> str:
+    """The status file's text now (``committing``: as the phase commit about to be made shows it)."""
+    unconfined = d.sandbox.note if not d.sandbox.active else ""
+    return render_status(d.proj, d.config, committing=committing, sandbox=unconfined)
+
+
 def write_status(d: Daemon) -> None:
     """The status file in the person's checkout, rewritten when it changed; never through a link."""
     rel = d.config.batchd.status_file
     d.status_dirty = False
     if waiting_for_checkout(d):
         return
-    text = render_status(d.proj, d.config, sandbox=d.sandbox.note if not d.sandbox.active else "")
+    text = status_of(d)
     try:
         current = safefs.read_bytes(d.root, rel, limit=len(text.encode("utf-8")) + 1)
         if current is None or current.decode("utf-8", "replace") != text:

@@ -76,6 +76,37 @@ def test_a_todo_edited_while_its_agent_runs_is_run_again_with_the_new_text(
     assert "A person's added detail." in repo.git("show", "main:todos/1-complete-p2-thing-1.md")
 
 
+def test_a_todo_renamed_pending_while_its_agent_runs_goes_back_to_pending(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """A person renames the todo -pending- while its agent works: the agent stops, the todo is pending,
+    and nothing of it is committed."""
+    repo = hostile_repo(tmp_path, {"1": ["sleep 30"]})
+    daemon = start_daemon(repo.root, "--once")
+    daemon.wait_events("todo.agent_spawned")
+    repo.todo("1").rename(repo.root / "todos" / "1-pending-p2-thing-1.md")
+    daemon.wait_events("todo.recorded")
+    assert daemon.wait(60) in (0, 1)
+    assert "mods/m1.py" not in repo.git("ls-tree", "-r", "--name-only", "main").split()
+    assert payloads(repo, "todo.agent_interrupted")
+    assert not payloads(repo, "todo.completed")
+
+
+def test_a_todo_deleted_after_its_agent_finished_is_not_committed(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Todo 1's agent is done and waits for todo 2's in the same batch; a person deletes todo 1's file:
+    it is cancelled before verification takes its change, and only todo 2's change lands."""
+    repo = hostile_repo(tmp_path, {"1": [], "2": ["sleep 4"]}, max_parallel=2)
+    daemon = start_daemon(repo.root, "--once")
+    daemon.wait_events("todo.agent_finished")
+    repo.todo("1").unlink()
+    assert daemon.wait(60) in (0, 1)
+    assert payloads(repo, "todo.cancelled")[-1]["todo_id"] == "1"
+    names = repo.git("ls-tree", "-r", "--name-only", "main").split()
+    assert "mods/m2.py" in names and "mods/m1.py" not in names
+
+
 def test_a_persons_force_push_rewrite_is_never_undone(tmp_path: Path) -> None:
     """After phase 1 was pushed, a person force-pushes a rewrite that drops it: phase 2's push stops with
     that reason, the remote keeps the person's history, and the verdict fails."""
