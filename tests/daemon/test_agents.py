@@ -166,11 +166,13 @@ def test_default_prompt_follows_seed_template() -> None:
     assert "{" not in prompt
 
 
-def test_default_prompt_forbids_rename_and_commit() -> None:
-    """The agent is told that batchd, not it, renames the todo and commits."""
+def test_default_prompt_says_batchd_renames_and_takes_the_change() -> None:
+    """The agent is told that batchd, not it, renames the todo and takes its change (committed or not),
+    and not to push or weaken existing tests."""
     prompt = render(default_template())
     assert "Do NOT rename" in prompt
-    assert "do NOT commit" in prompt
+    assert "committed or not" in prompt and "do not push" in prompt
+    assert "do not weaken or delete" in prompt
     assert "-complete-" not in prompt
 
 
