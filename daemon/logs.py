@@ -5,11 +5,23 @@ Named ``logs`` rather than ``logging`` so it never shadows the standard library 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import TextIO
 
 import structlog
+
+
+class _LineLogger(structlog.PrintLogger):
+    """structlog's print logger, except that a log line that cannot be written (stderr closed, a pipe
+    whose reader went away) is dropped: a lost log line must never stop the daemon and its agents."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
 
 def configure_logging(*, level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
@@ -30,6 +42,6 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None, json
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_args: _LineLogger(file=out),
         cache_logger_on_first_use=False,
     )

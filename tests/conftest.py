@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 TEST_IDENTITY = {
     "GIT_AUTHOR_NAME": "batchd tests",
@@ -37,3 +38,12 @@ def git_identity() -> Iterator[None]:
     yield
     for key in added:
         os.environ.pop(key, None)
+
+
+@pytest.fixture(autouse=True)
+def structlog_config() -> Iterator[None]:
+    """A test that configures logging (a CLI command or a benchmark run in-process, writing to the
+    test's captured stream) must not leave later tests logging to a stream that is closed by then."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
