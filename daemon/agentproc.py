@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -190,8 +191,8 @@ def read_exit_record(path: Path) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        record = json.loads(data)
-    except ValueError:
+        record = _json.decode(data.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
         return None
     if (
         isinstance(record, dict)
@@ -200,6 +201,15 @@ def read_exit_record(path: Path) -> dict[str, Any] | None:
     ):
         return record
     return None
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not a number JSON may carry")
+
+
+# What agents print is read with NaN and Infinity refused (they cannot be stored as JSON), and a
+# nesting deep enough to exhaust the stack is a value like any other bad one (RecursionError caught).
+_json = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def start_agent(
@@ -254,16 +264,12 @@ def enforce_timeout(proc: AgentProcess, timeout: float, now: float, *, grace: fl
     """Kill ``proc``'s group once it ran past ``timeout`` (monotonic ``now``); never blocks.
 
     Call it only after :meth:`AgentProcess.poll` said the process still runs: an agent that has
-    ended is never timed out. The first call past the deadline sends SIGTERM to the group (unless
-    the exit record shows the agent ended in time); a call ``grace`` seconds later sends SIGKILL.
-    Returns whether the process timed out.
+    ended is never timed out. The first call past the deadline sends SIGTERM to the group; a call
+    ``grace`` seconds later sends SIGKILL. Returns whether the process timed out.
     """
     if proc.ended is not None or now - proc.started < timeout:
         return proc.timed_out
     if not proc.timed_out:
-        record = proc.exit_record()
-        if record is not None and record["ended_at"] - proc.started_wall < timeout:
-            return False  # it ended in time; the shim is on its way out
         proc.timed_out = True
         proc.term_sent_at = now
         log.warning("agent_timed_out", pid=proc.pid, timeout=timeout)
@@ -360,15 +366,14 @@ def read_result(log_path: Path) -> dict[str, Any] | None:
     or pretty-printed from a line starting with ``{``."""
     text = tail_bytes(log_path, _RESULT_SCAN_BYTES)
     lines = text.splitlines()
-    decoder = json.JSONDecoder()
     for i in range(len(lines) - 1, -1, -1):
         stripped = lines[i].strip()
         if not stripped.startswith("{"):
             continue
         candidate = stripped if not lines[i].startswith("{") else "\n".join(lines[i:])
         try:
-            obj, _ = decoder.raw_decode(candidate)
-        except ValueError:
+            obj, _ = _json.raw_decode(candidate)
+        except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
             return obj
@@ -376,7 +381,10 @@ def read_result(log_path: Path) -> dict[str, Any] | None:
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
@@ -388,9 +396,17 @@ def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
         log.info("agent_leftovers_killed", pid=proc.pid, pgid=proc.pgid)
     duration = proc.elapsed
     record = proc.exit_record()
-    if record is not None:
+    # The record says when the agent ended; it counts only when it agrees with how the shim itself
+    # ended (an agent outside a sandbox could write a record of its own) and falls within the run.
+    trusted = (
+        record is not None
+        and not proc.timed_out
+        and (record["rc"] == rc or (record["rc"] >= 0 and record["rc"] & 0xFF == rc))
+        and proc.started_wall <= record["ended_at"] <= time.time() + 1
+    )
+    if trusted and record is not None:
         rc = record["rc"]
-        duration = max(0.0, record["ended_at"] - proc.started_wall)
+        duration = record["ended_at"] - proc.started_wall
     summary = read_result(proc.log_path)
     is_error = False
     cost = turns = session = None
@@ -406,7 +422,7 @@ def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
     outcome = AgentOutcome(
         rc=rc,
         duration=duration,
-        timed_out=proc.timed_out and record is None,
+        timed_out=proc.timed_out,
         summary=summary,
         is_error=is_error,
         cost_usd=cost,

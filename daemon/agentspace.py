@@ -7,18 +7,23 @@ whose objects are borrowed from the person's repository through ``objects/info/a
 same as ``git clone --shared``, without copying the person's refs or any remote). Its config, hooks
 and refs are its own; it has no remote that leads anywhere; whatever it pushes or rewrites stays in it.
 
-batchd reads such a repository only with its git directory named explicitly and ``untrusted=True``
-(see :func:`daemon.gitops.run_git`), and never writes to it after the agent started: the change is
+batchd reads such a repository as data only, never through git's view of it: HEAD and the branch it
+names are parsed by batchd, and commits are read through the person's repository with the agent's
+objects folder as an extra alternate, so the agent's config (a partial-clone remote, an
+sshCommand, filters) never runs. batchd never writes to it after the agent started: the change is
 collected from its files by :mod:`daemon.collect` into the person's repository, and the workspace is
 deleted as a folder (never ``reset``), so a ``.git`` the agent rewrote cannot redirect anything.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import structlog
 
+from daemon import safefs
 from daemon.exceptions import BatchdError
 from daemon.gitops import WorkTree, git_common_dir, out, printable, remove_tree, run_git, split_z
 
@@ -68,11 +73,6 @@ def create(root: Path, path: Path, *, branch: str, base_sha: str, files: dict[st
     return path
 
 
-def _agents(path: Path) -> WorkTree:
-    """The agent's repository, with its git directory named (after checking it is still a folder)."""
-    return WorkTree(path=path, git_dir=checked_git_dir(path))
-
-
 def checked_git_dir(path: Path) -> Path:
     """``path/.git`` when it is still the real folder batchd made; else a :class:`WorkspaceError`."""
     git_dir = path / ".git"
@@ -89,49 +89,91 @@ def checked_git_dir(path: Path) -> Path:
     return git_dir
 
 
-def agent_head(path: Path) -> str:
-    """The commit the agent's repository is at (read without trusting anything it may have added)."""
-    proc = run_git(
-        _agents(path), "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False, untrusted=True
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
+# The agent's repository is read as data only: its refs by batchd's own parsing, its objects through
+# the person's repository (its objects folder as an extra alternate). Git never reads the agent's
+# config, so nothing the agent wrote there (a partial-clone remote, an sshCommand, an uploadpack,
+# filters) runs outside its sandbox; and no transport at all may start (protocol.allow=never).
+_NO_TRANSPORT = ("-c", "protocol.allow=never")
+_HEX = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_REF = re.compile(r"^refs/(?:heads|tags)/[A-Za-z0-9._/-]+$")
+
+
+def _objects(path: Path) -> dict[str, str]:
+    objects = checked_git_dir(path) / "objects"
+    if objects.is_symlink() or not objects.is_dir():
         raise WorkspaceError(
-            "the agent's repository has no HEAD commit (its branch was deleted or emptied)",
+            "the agent replaced its repository's objects folder", hint="the attempt cannot be collected"
+        )
+    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects.absolute())}
+
+
+def _read(root: Path, path: Path, *args: str, index: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = _objects(path)
+    if index is not None:
+        env["GIT_INDEX_FILE"] = str(index)
+    return run_git(root, *_NO_TRANSPORT, *args, env=env, check=False, untrusted=True)
+
+
+def _small(path: Path) -> str:
+    """A ref file's text (a few bytes at most), never through a link."""
+    try:
+        data = safefs.read_bytes(path.parent, path.name, limit=4096)
+    except (OSError, safefs.LinkRefused):
+        return ""
+    return (data or b"").decode("ascii", "replace").strip()
+
+
+def agent_head(root: Path, path: Path) -> str:
+    """The commit the agent's repository is at: its HEAD (and the branch it names) parsed by batchd,
+    and the commit checked to exist; a :class:`WorkspaceError` when there is none."""
+    git_dir = checked_git_dir(path)
+    head = _small(git_dir / "HEAD")
+    if head.startswith("ref:"):
+        ref = head.removeprefix("ref:").strip()
+        sha = _small(git_dir / ref) if _REF.match(ref) and ".." not in ref else ""
+        if not sha and _REF.match(ref):
+            for line in _small_lines(git_dir / "packed-refs"):
+                value, _, name = line.partition(" ")
+                if name == ref:
+                    sha = value
+        head = sha
+    if not _HEX.match(head) or _read(root, path, "cat-file", "-e", f"{head}^{{commit}}").returncode != 0:
+        raise WorkspaceError(
+            "the agent's repository has no HEAD commit (its branch was deleted, emptied or forged)",
             hint="an agent must leave its workspace on a commit that descends from its base",
         )
-    return proc.stdout.strip()
+    return head
 
 
-def descends(path: Path, base_sha: str, head: str) -> bool:
-    proc = run_git(_agents(path), "merge-base", "--is-ancestor", base_sha, head, check=False, untrusted=True)
-    return proc.returncode == 0
+def _small_lines(path: Path) -> list[str]:
+    try:
+        data = safefs.read_bytes(path.parent, path.name, limit=1 << 20)
+    except (OSError, safefs.LinkRefused):
+        return []
+    return (data or b"").decode("ascii", "replace").splitlines()
 
 
-def agent_commits(path: Path, base_sha: str, head: str) -> tuple[str, ...]:
+def descends(root: Path, path: Path, base_sha: str, head: str) -> bool:
+    return _read(root, path, "merge-base", "--is-ancestor", base_sha, head).returncode == 0
+
+
+def agent_commits(root: Path, path: Path, base_sha: str, head: str) -> tuple[str, ...]:
     """The commits the agent made on top of its base (newest first, at most :data:`MAX_AGENT_COMMITS`)."""
-    proc = run_git(
-        _agents(path), "rev-list", f"--max-count={MAX_AGENT_COMMITS}", head, f"^{base_sha}", "--",
-        check=False, untrusted=True,
-    )  # fmt: skip
+    proc = _read(root, path, "rev-list", f"--max-count={MAX_AGENT_COMMITS}", head, f"^{base_sha}", "--")
     return tuple(proc.stdout.split()) if proc.returncode == 0 else ()
 
 
-def tracked_paths(path: Path, head: str) -> list[str]:
+def tracked_paths(root: Path, path: Path, head: str) -> list[str]:
     """Paths the agent's own index or its HEAD holds: how a file it added despite ``.gitignore`` is found.
 
     Only names come out of here; their content is read from the workspace's files, so a lie in the
     agent's index or objects can at worst add a file that is really there.
     """
-    agents = _agents(path)
     names: set[str] = set()
-    index = agents.git_dir / "index"
+    index = checked_git_dir(path) / "index"
     if index.is_file() and not index.is_symlink():
-        listing = run_git(agents, "ls-files", "-z", "--cached", check=False, untrusted=True)
-        names.update(split_z(listing.stdout))
-    tree = run_git(
-        agents, "ls-tree", "-r", "-z", "--name-only", "--full-tree", head, check=False, untrusted=True
-    )
-    names.update(split_z(tree.stdout))
+        names.update(split_z(_read(root, path, "ls-files", "-z", "--cached", index=index).stdout))
+    names.update(split_z(_read(root, path, "ls-tree", "-r", "-z", "--name-only", "--full-tree", head).stdout))
     return sorted(n for n in names if _plain(n))
 
 

@@ -37,7 +37,7 @@ from daemon import agentspace
 from daemon.config import path_patterns
 from daemon.exceptions import BatchdError
 from daemon.gitops import WorkTree, git_common_dir, out, printable, run_git, split_z, with_trailers
-from daemon.todofile import parse_name
+from daemon.todofile import MAX_TODO_BYTES, parse_name
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,8 @@ class Policy:
     own_todo_text: bytes  # what batchd wrote there
     todos_dir: str
     protect: Sequence[str] = ()  # [agent] protect: deleting a file under these fails the attempt
-    test_globs: Sequence[str] = ()  # [verify] protect_tests
+    test_globs: Sequence[str] = ()  # [verify] protect_tests: changing or deleting one is a test edit
+    test_infra: Sequence[str] = ()  # how tests run (the verify commands' own files): adding one too
     max_change_bytes: int = 50 * 1024 * 1024
     earlier: Mapping[str, str] = field(default_factory=dict)  # path -> the earlier todo that changed it
     run_base: str = ""
@@ -94,9 +95,13 @@ class Collected:
 
 
 def _under(path: str, protected: Mapping[str, str]) -> str | None:
+    """Why ``path`` is batchd's (None when it is not): it is, or is inside, a protected path, or it is
+    a file where a protected path's folder is (a file ``plans`` would leave no room for the status file)."""
     for key, why in protected.items():
         if (key.endswith("/") and (path + "/").startswith(key)) or path == key:
             return why
+        if key.rstrip("/").startswith(path + "/"):
+            return f"a file where the folder of {why} must be"
     return None
 
 
@@ -113,22 +118,22 @@ def collect(
     """Squash what the agent left in ``workspace`` into ONE commit on ``base_sha`` in ``root``'s
     repository, on ``branch``; raises :class:`CollectFailed` when the attempt cannot count."""
     try:
-        head = agentspace.agent_head(workspace)
+        head = agentspace.agent_head(root, workspace)
     except agentspace.WorkspaceError as e:
         raise CollectFailed("workspace", e.message, hint=e.hint) from None
-    if head != base_sha and not agentspace.descends(workspace, base_sha, head):
+    if head != base_sha and not agentspace.descends(root, workspace, base_sha, head):
         raise CollectFailed(
             "history",
             f"the workspace no longer descends from its base {base_sha[:10]} (its HEAD is {head[:10]}): "
             "the agent ran `git reset --hard`, rebased, or checked out something else",
             hint="agents must build on the commit they were given; the attempt is not counted as work",
         )
-    made = agentspace.agent_commits(workspace, base_sha, head) if head != base_sha else ()
+    made = agentspace.agent_commits(root, workspace, base_sha, head) if head != base_sha else ()
     tree = WorkTree(path=workspace, git_dir=git_common_dir(root))
     with tempfile.TemporaryDirectory(prefix="batchd-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         builder = _Builder(tree, base_sha, env, policy)
-        builder.add_everything(agentspace.tracked_paths(workspace, head))
+        builder.add_everything(agentspace.tracked_paths(root, workspace, head))
         dropped = builder.apply_policy()
         tree_sha = out(tree, "write-tree", env=env)
         if tree_sha == out(tree, "rev-parse", f"{base_sha}^{{tree}}"):
@@ -190,12 +195,20 @@ class _Builder:
             self.git("add", "--force", "--", *chunk)
 
     def _refuse_huge_new_files(self) -> None:
-        """Before anything is hashed into the person's repository: new files larger than allowed."""
+        """Before anything is hashed into the person's repository: new files, and tracked files that
+        changed size, larger than allowed in all (a file grown to gigabytes is refused unread)."""
         total = 0
         for rel in split_z(self.git("ls-files", "-z", "--others", "--exclude-standard")):
             with contextlib.suppress(OSError):
                 st = os.lstat(self.tree.path / rel)
                 total += st.st_size if not rel.endswith("/") else 0
+        for record in split_z(self.git("ls-tree", "-r", "-l", "-z", "--full-tree", self.base)):
+            meta, _, rel = record.partition("\t")
+            size = meta.split()[-1]
+            with contextlib.suppress(OSError):
+                st = os.lstat(self.tree.path / rel)
+                if size.isdigit() and st.st_size != int(size):
+                    total += st.st_size
         if total > self.policy.max_change_bytes:
             raise self._too_large(total)
 
@@ -260,6 +273,7 @@ class _Builder:
         own_touched = False
         protect = path_patterns(self.policy.protect)
         tests = path_patterns(self.policy.test_globs)
+        infra = path_patterns(self.policy.test_infra)
         refused: list[str] = []
         for e in self.entries():
             why = _under(e.path, self.policy.protected)
@@ -284,7 +298,7 @@ class _Builder:
             existed = e.old_mode != "000000"
             if e.status == "D" and protect.match_file(e.path):
                 refused.append(e.path)
-            if existed and e.status in "DMT" and tests.match_file(e.path):
+            if (existed and e.status in "DMT" and tests.match_file(e.path)) or infra.match_file(e.path):
                 self.test_edits.append(e.path)
             self._review(e)
         if refused:
@@ -305,10 +319,7 @@ class _Builder:
 
     def _own_edited(self) -> bool:
         files = _own_todo_files(self.tree.path, self.policy)
-        try:
-            return not files or any(f.read_bytes() != self.policy.own_todo_text for f in files)
-        except OSError:
-            return True
+        return not files or any(_bounded(f) != self.policy.own_todo_text for f in files)
 
     def _batchds_own(self, path: str) -> bool:
         """Its own todo file (where batchd put it, or renamed as the seed says): batchd renames it, and
@@ -376,17 +387,34 @@ def _work_log(workspace: Path, policy: Policy) -> str:
     the end is not carried (it is dropped with the rest of the todos folder)."""
     placed = policy.own_todo_text
     for candidate in _own_todo_files(workspace, policy):
+        data = _bounded(candidate)
+        if data is None or data == placed:
+            continue
         try:
-            data = candidate.read_bytes()
-        except OSError:
-            continue
-        if data == placed:
-            continue
-        text, before = data.decode("utf-8", "replace"), placed.decode("utf-8", "replace")
+            text, before = data.decode("utf-8"), placed.decode("utf-8", "replace")
+        except UnicodeDecodeError:
+            continue  # not text: nothing of it goes into the todo file
         body, body_before = _body(text), _body(before)
         if body.startswith(body_before) and len(body) > len(body_before):
-            return body[len(body_before) :].strip("\n")[:NOTE_CAP]
+            note = body[len(body_before) :].strip("\n")[:NOTE_CAP]
+            if not any(ord(c) < 32 and c not in "\n\t\r" for c in note):
+                return note
     return ""
+
+
+def _bounded(path: Path) -> bytes | None:
+    """A todo file's bytes, None when it is gone or larger than a todo file may be (never read whole)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_TODO_BYTES + 1)
+    finally:
+        os.close(fd)
+    return None if len(data) > MAX_TODO_BYTES else data
 
 
 def _own_todo_files(workspace: Path, policy: Policy) -> list[Path]:

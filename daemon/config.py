@@ -32,6 +32,7 @@ __all__ = [
     "CONFIG_FILE",
     "PRESETS",
     "TEST_GLOBS",
+    "TEST_INFRA",
     "AgentConfig",
     "Argv",
     "BatchdConfig",
@@ -56,7 +57,7 @@ SandboxMode = Literal["auto", "bwrap", "none"]
 TestIntegrity = Literal["report", "reject"]
 
 # Where agents keep their own state (credentials, sessions, caches): writable inside the sandbox.
-AGENT_WRITABLE = ("~/.claude", "~/.claude.json", "~/.codex", "~/.aider", "~/.cache")
+AGENT_WRITABLE = ("~/.claude", "~/.claude.json", "~/.codex", "~/.aider")
 # The usual test locations of the languages batchd detects (gitignore-style patterns).
 TEST_GLOBS = (
     "tests/**",
@@ -71,6 +72,19 @@ TEST_GLOBS = (
     "**/*.test.[jt]sx",
     "**/*.spec.[jt]s",
     "**/*.spec.[jt]sx",
+)
+# Files that decide how tests run (which are collected, skipped or expected to fail): a change that
+# adds one counts as a test edit too (a new conftest.py can skip every test).
+TEST_INFRA = (
+    "**/conftest.py",
+    "**/pytest.ini",
+    "**/tox.ini",
+    "**/.coveragerc",
+    "**/jest.config.*",
+    "**/vitest.config.*",
+    "**/.mocharc*",
+    "**/karma.conf.*",
+    "**/phpunit.xml*",
 )
 
 # Placeholders allowed inside [agent] command elements (substituted by daemon.agents.build_argv).
@@ -140,7 +154,7 @@ class VerifyConfig:
     timeout: float = 1800.0
     conflicts: ConflictMode = "merge"
     sandbox: SandboxMode = "auto"
-    writable: tuple[str, ...] = ("~/.cache",)
+    writable: tuple[str, ...] = ()
     protect_tests: tuple[str, ...] = TEST_GLOBS
     test_integrity: TestIntegrity = "report"
 

@@ -12,15 +12,18 @@ it never stops the daemon.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from daemon import agentproc, agents, agentspace, collect, safefs
+from daemon.config import TEST_INFRA
 from daemon.exceptions import AgentError, BatchdError
 from daemon.faults import raise_at
 from daemon.gitops import printable
@@ -213,47 +216,95 @@ def poll(d: Daemon, now: float) -> None:
         del d.agents[todo_id]
         with d.step(todo_id, "agent_exit"):
             raise_at("agent_exit")
-            agentproc.cap_log(proc.log_path, d.config.agent.max_log_bytes)
-            outcome = agentproc.finish(proc)
-            collect_outcome(d, todo_id, outcome)
+            collect_exited(d, todo_id, proc)
 
 
-def collect_outcome(d: Daemon, todo_id: str, outcome: agentproc.AgentOutcome) -> None:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Collected:
+    """What the pool found of an exited agent: its outcome, and its change or why there is none."""
+
+    outcome: agentproc.AgentOutcome
+    change: collect.Change | None = None
+    reason: str = ""  # the failure code when the attempt failed
+    detail: str = ""
+
+
+def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> None:
+    """Read the exited agent's outcome and collect its change in the pool (a large workspace takes
+    seconds: the loop, the watchdog and the other agents go on meanwhile); the result is recorded on
+    the main thread. Whatever fails in there fails this attempt, never the daemon."""
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
-    if todo.state != TodoState.RUNNING:
-        return
+    root = d.root
+    max_log = d.config.agent.max_log_bytes
+    policy = policy_for(d, todo_id)
+    workspace, base, branch, title = d.root / todo.worktree, todo.base_sha, todo.branch, todo.title
+
+    def work() -> _Collected:
+        agentproc.cap_log(proc.log_path, max_log)
+        outcome = agentproc.finish(proc)
+        if not outcome.ok:
+            reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
+            return _Collected(outcome=outcome, reason=reason, detail=outcome.reason)
+        try:
+            raise_at("collect")
+            collected = collect.collect(
+                root,
+                workspace,
+                base,
+                message=f"batchd: todo {todo_id} attempt {attempt} - {title}",
+                trailers={"Batchd-Todo": todo_id, "Batchd-Attempt": str(attempt)},
+                branch=branch,
+                policy=policy,
+            )
+        except collect.CollectFailed as e:
+            return _Collected(outcome=outcome, reason=e.reason, detail=e.render())
+        except Exception as e:
+            log.exception("collect_crashed", todo_id=todo_id, attempt=attempt)
+            return _Collected(
+                outcome=outcome,
+                reason="collect",
+                detail=f"could not collect the agent's change: {_message(e)}",
+            )
+        if collected.change is None:
+            detail = "the agent exited 0 but changed nothing"
+            if collected.dropped:
+                detail += " it may change (dropped: " + "; ".join(collected.dropped) + ")"
+            return _Collected(outcome=outcome, reason="no_change", detail=detail)
+        return _Collected(outcome=outcome, change=collected.change)
+
+    def done(result: _Collected) -> None:
+        with d.step(todo_id, "agent_outcome"):
+            record_outcome(d, todo_id, attempt, result)
+
+    def failed(error: BaseException) -> None:
+        current = d.proj.todos[todo_id]
+        if current.state == TodoState.RUNNING and current.attempt == attempt:
+            fail(d, todo_id, attempt, "collect", f"could not read the agent's outcome: {_message(error)}")
+
+    d.submit(f"collect-{todo_id}", work, done, failed)
+
+
+def record_outcome(d: Daemon, todo_id: str, attempt: int, result: _Collected) -> None:
+    todo = d.proj.todos[todo_id]
+    outcome = result.outcome
+    if todo.state != TodoState.RUNNING or todo.attempt != attempt:
+        return  # cancelled or interrupted meanwhile
     if d.stopping and outcome.rc < 0 and not outcome.timed_out:
         return  # killed by our own stop: recorded as interrupted
-    end = {"rc": outcome.rc, "duration": outcome.duration, "cost": outcome.cost_usd, "tail": outcome.log_tail}
-    if not outcome.ok:
-        reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
-        fail(d, todo_id, attempt, reason, outcome.reason, **end)  # type: ignore[arg-type]
-        return
-    try:
-        raise_at("collect")
-        collected = collect.collect(
-            d.root,
-            d.root / todo.worktree,
-            todo.base_sha,
-            message=f"batchd: todo {todo_id} attempt {attempt} - {todo.title}",
-            trailers={"Batchd-Todo": todo_id, "Batchd-Attempt": str(attempt)},
-            branch=todo.branch,
-            policy=policy_for(d, todo_id),
-        )
-    except collect.CollectFailed as e:
-        fail(d, todo_id, attempt, e.reason, e.render(), **end)  # type: ignore[arg-type]
-        return
-    except Exception as e:
-        log.exception("collect_crashed", todo_id=todo_id, attempt=attempt)
-        fail(d, todo_id, attempt, "collect", f"could not collect the agent's change: {_message(e)}", **end)  # type: ignore[arg-type]
-        return
-    change = collected.change
+    change = result.change
     if change is None:
-        detail = "the agent exited 0 but changed nothing"
-        if collected.dropped:
-            detail += " it may change (dropped: " + "; ".join(collected.dropped) + ")"
-        fail(d, todo_id, attempt, "no_change", detail, **end)  # type: ignore[arg-type]
+        fail(
+            d,
+            todo_id,
+            attempt,
+            result.reason,
+            result.detail,
+            rc=outcome.rc,
+            duration=outcome.duration,
+            cost=outcome.cost_usd,
+            tail=outcome.log_tail,
+        )
         return
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -265,7 +316,7 @@ def collect_outcome(d: Daemon, todo_id: str, outcome: agentproc.AgentOutcome) ->
             commit=change.sha,
             files=change.files,
             cost_usd=outcome.cost_usd,
-            summary={k: v for k, v in (outcome.summary or {}).items() if k in SUMMARY_KEYS},
+            summary=plain_summary(outcome.summary),
             dropped=change.dropped,
             warnings=change.warnings,
             test_edits=change.test_edits,
@@ -282,6 +333,22 @@ def collect_outcome(d: Daemon, todo_id: str, outcome: agentproc.AgentOutcome) ->
         files=len(change.files),
         dropped=len(change.dropped),
     )
+
+
+def plain_summary(summary: dict[str, object] | None) -> dict[str, object]:
+    """The agent's result object as the log keeps it: the known keys, plain values, short texts."""
+    kept: dict[str, object] = {}
+    for key in SUMMARY_KEYS:
+        value = (summary or {}).get(key)
+        if (
+            isinstance(value, bool)
+            or (isinstance(value, int) and abs(value) < 2**53)
+            or (isinstance(value, float) and math.isfinite(value))
+        ):
+            kept[key] = value
+        elif isinstance(value, str):
+            kept[key] = printable(value[:500])
+    return kept
 
 
 def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
@@ -317,10 +384,24 @@ def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
         todos_dir=safefs.relative_to(d.root, config.todos_path),
         protect=config.agent.protect,
         test_globs=config.verify.protect_tests,
+        test_infra=test_infrastructure(d),
         max_change_bytes=config.agent.max_change_bytes,
         earlier=earlier,
         run_base=d.proj.run.base_sha,
     )
+
+
+def test_infrastructure(d: Daemon) -> tuple[str, ...]:
+    """What decides how the tests run: the usual test configuration files, and every file of the
+    repository the verify commands name (``check.py``, ``scripts/test.sh``): editing the script
+    that runs the tests is editing the tests."""
+    named = []
+    for command in d.config.verify.commands:
+        for arg in command:
+            path = Path(arg)
+            if not path.is_absolute() and ".." not in path.parts and (d.root / path).is_file():
+                named.append("/" + path.as_posix())  # anchored at the root, as gitignore patterns are
+    return (*TEST_INFRA, *named)
 
 
 def _placed(d: Daemon, rel: str) -> bytes:
@@ -332,12 +413,13 @@ def _placed(d: Daemon, rel: str) -> bytes:
 
 
 def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
-    """SIGTERM every agent group, wait up to ``grace`` seconds, SIGKILL the rest; record them interrupted."""
+    """Give running agents up to ``grace`` seconds (an agent that ends is collected, not lost), then
+    SIGTERM and SIGKILL the rest of the groups; record them interrupted."""
     deadline = d.clock() + grace
-    while d.agents and d.clock() < deadline:
+    while (d.agents or any(k.startswith("collect-") for k in d.jobs)) and d.clock() < deadline:
         d.poll_jobs()
         poll(d, d.clock())
-        if d.agents:
+        if d.agents or d.jobs:
             time.sleep(0.1)
     kill_all(d)
     interrupt_running(d, reason)

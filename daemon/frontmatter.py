@@ -108,11 +108,28 @@ def _fast_load(raw: str) -> dict[str, Any] | None:
     return out
 
 
+def _refuse_aliases(raw: str) -> None:
+    """YAML aliases (``*name``) can make a few hundred bytes expand to billions of values (the
+    "billion laughs"): no todo needs them, so a front matter that uses one is refused, unread."""
+    if "*" not in raw:
+        return
+    for event in yaml.parse(raw, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            line = mark.line + 2 if mark is not None else None
+            raise FrontMatterError(
+                f"front matter uses a YAML alias (*{event.anchor}) at line {line}, which batchd does "
+                "not read: write the value out",
+                line,
+            )
+
+
 def load_front_matter(raw: str) -> dict[str, Any]:
     """The front matter as a mapping with string keys; FrontMatterError for bad YAML or a non-mapping."""
     data: Any = _fast_load(raw)
     if data is None:
         try:
+            _refuse_aliases(raw)
             data = yaml.load(raw, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)

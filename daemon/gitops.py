@@ -323,9 +323,30 @@ def abort_in_progress(worktree: GitTarget) -> list[str]:
 
 
 def reset_hard(worktree: GitTarget, sha: str) -> None:
-    """Make a batchd-owned worktree exactly ``sha``; ignored files (caches, node_modules) stay."""
+    """Make a batchd-owned worktree exactly ``sha``: ignored files and nested repositories go too.
+
+    The checks that ran there ran code the agents wrote: a cache they left (forged bytecode that
+    makes the next tree pass) or a ``git init`` in a folder (which hides the folder's files from the
+    next ``git add``) must not outlive the tree they came with.
+    """
     run_git(worktree, "reset", "--quiet", "--hard", sha)
-    run_git(worktree, "clean", "-fdq")
+    run_git(worktree, "clean", "-ffdxq")
+
+
+def stage(worktree: GitTarget, paths: Sequence[str]) -> None:
+    """``git add`` batchd's own files (renamed todos, the status file) whatever ``.gitignore`` says,
+    and check that each one is really in the index: a file a nested repository or an ignore rule
+    hid would otherwise be left out of the commit without a word."""
+    run_git(worktree, "--literal-pathspecs", "add", "--force", "--all", "--", *paths)
+    listed = set(split_z(run_git(worktree, "--literal-pathspecs", "ls-files", "-z", "--", *paths).stdout))
+    missing = [p for p in paths if p not in listed]
+    if missing:
+        raise GitError(
+            f"batchd could not stage its own file(s) {', '.join(printable(p) for p in missing)}",
+            command=["git", "add", "--force", "--", *map(printable, missing)],
+            hint="something in the worktree hides them from git (a nested repository?); "
+            "`git status` in .batchd/verify shows it",
+        )
 
 
 def reset_keep(checkout: GitTarget, sha: str, *, hooks: Path | None = None) -> None:

@@ -11,6 +11,7 @@ file) is written without following a link (:mod:`daemon.safefs`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,17 +110,19 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     status_text = status_of(d, committing=phase.number)
 
     def work() -> list[str]:
-        found = gitops.find_commits_by_trailer(d.root, "--all", TRAILER_PHASE, str(phase.number))
-        mine = [s for s in found if run_id in gitops.run_git(d.root, "log", "-1", "--format=%B", s).stdout]
-        if mine:
-            chain = gitops.run_git(d.root, "rev-list", "--reverse", f"{base}..{mine[0]}").stdout.split()
-            # Per-todo mode makes several commits: a crash part-way leaves only some. Only the
-            # whole set counts as the phase's commit; a partial one is made again from the base.
-            wanted = max(len(todo_ids), 1) if mode == "todo" else 1
-            if len(chain) == wanted:
-                log.info("phase_commit_found", phase=phase.number, sha=mine[0])
-                return chain
-            log.info("phase_commit_partial", phase=phase.number, found=len(chain), wanted=wanted)
+        # Made before a crash, its outcome not recorded: found again on batchd's own branch only, and
+        # only if it is what batchd would make (see found_commit), never a look-alike someone forged.
+        found = found_commit(
+            d.root,
+            run_id=run_id,
+            number=phase.number,
+            base=base,
+            wanted=max(len(todo_ids), 1) if mode == "todo" else 1,
+            head=head,
+            own={status_rel, *(p for pair in renames.values() for p in pair)},
+        )
+        if found:
+            return found
         if mode == "todo":
             return commit_per_todo(
                 d,
@@ -138,7 +141,7 @@ def commit(d: Daemon, phase: PhaseView) -> None:
         paths = apply_renames(d, vt, [(*renames[t], notes[t]) for t in todo_ids])
         safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
         paths.append(status_rel)
-        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", *paths)
+        gitops.stage(vt, paths)
         text = gitops.with_trailers(vt, message, trailers)
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         return [gitops.head_sha(vt)]
@@ -154,6 +157,40 @@ def commit(d: Daemon, phase: PhaseView) -> None:
         d.fatal = f"phase {phase.number}: the commit could not be made: {error}"
 
     d.submit(key, work, done, failed)
+
+
+def found_commit(
+    root: Path, *, run_id: str, number: int, base: str, wanted: int, head: str, own: set[str]
+) -> list[str]:
+    """Phase ``number``'s commit(s) if a dead daemon already made them, else [].
+
+    Searched on ``batchd/verify`` only (``--all`` would take any ref, a branch an agent pushed into
+    the repository with copied trailers included). A candidate counts only when it is whole: it
+    starts on the phase's base, has one commit per todo in ``todo`` mode, and differs from the
+    tested head only in batchd's own files (the renamed todos and the status file), so its code is
+    exactly the tree that passed.
+    """
+    branch = f"refs/heads/{VERIFY_BRANCH}"
+    if gitops.run_git(root, "rev-parse", "--verify", "--quiet", branch, check=False).returncode != 0:
+        return []
+    for sha in gitops.find_commits_by_trailer(root, branch, TRAILER_PHASE, str(number)):
+        if run_id not in gitops.run_git(root, "log", "-1", "--format=%B", sha).stdout:
+            continue
+        chain = gitops.run_git(
+            root, "rev-list", "--reverse", "--first-parent", f"{base}..{sha}"
+        ).stdout.split()
+        # Per-todo mode makes several commits: a crash part-way leaves only some. Only the whole
+        # set counts as the phase's commit; a partial one is made again from the base.
+        if len(chain) != wanted or gitops.rev_parse(root, f"{chain[0]}^") != base:
+            log.info("phase_commit_partial", phase=number, found=len(chain), wanted=wanted)
+            return []
+        differs = gitops.split_z(gitops.run_git(root, "diff", "--name-only", "-z", head, sha, "--").stdout)
+        if not set(differs) <= own:
+            log.warning("phase_commit_lookalike", phase=number, sha=sha, paths=differs[:5])
+            return []
+        log.info("phase_commit_found", phase=number, sha=sha)
+        return chain
+    return []
 
 
 def phase_head(d: Daemon, phase: PhaseView) -> str:
@@ -224,14 +261,14 @@ def commit_per_todo(
         if i == len(todo_ids) - 1:
             safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
             paths.append(status_rel)
-        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", *paths)
+        gitops.stage(vt, paths)
         message = f"{titles[todo_id]}\n\nResolves todo #{todo_id}.\n"
         text = gitops.with_trailers(vt, message, {**trailers, gitops.TRAILER_TODO: todo_id})
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         made.append(gitops.head_sha(vt))
     if not made:
         safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
-        gitops.run_git(vt, "--literal-pathspecs", "add", "--all", "--", status_rel)
+        gitops.stage(vt, [status_rel])
         text = gitops.with_trailers(vt, "chore(batchd): phase status\n", trailers)
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         made.append(gitops.head_sha(vt))
@@ -311,7 +348,6 @@ def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
     refused (GitError naming it) rather than done.
     """
     root = d.root
-    hooks = d.pinned.hooks if d.pinned is not None else None
     head = gitops.head_sha(root)
     if head == sha or gitops.is_ancestor(root, sha, head):
         cleanup_renamed(d, sha)
@@ -328,10 +364,11 @@ def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
         )
     set_aside_status(d)
     set_aside_carried_todos(d, sha)
-    if forward:
-        gitops.ff_merge(root, sha, hooks=hooks)
-    else:
-        gitops.reset_keep(root, sha, hooks=hooks)
+    with d.person_hooks() as hooks:  # the person's post-merge/post-checkout, as at start-up
+        if forward:
+            gitops.ff_merge(root, sha, hooks=hooks)
+        else:
+            gitops.reset_keep(root, sha, hooks=hooks)
     cleanup_renamed(d, sha)
     write_status(d)
 
@@ -342,8 +379,9 @@ def set_aside_status(d: Daemon) -> None:
     root, rel = d.root, d.config.batchd.status_file
     if gitops.run_git(root, "ls-files", "-z", "--", rel).stdout:
         gitops.run_git(root, "--literal-pathspecs", "checkout", "--quiet", "HEAD", "--", rel)
-    elif (root / rel).is_file() or (root / rel).is_symlink():
-        (root / rel).unlink()
+    else:
+        with contextlib.suppress(safefs.LinkRefused, IsADirectoryError):
+            safefs.unlink(root, rel)
 
 
 def waiting_for_checkout(d: Daemon) -> bool:
@@ -387,7 +425,8 @@ def cleanup_renamed(d: Daemon, sha: str) -> None:
         dst = src.with_name(rename_status(src.name, TodoStatus.COMPLETE))
         tracked = gitops.run_git(d.root, "ls-files", "-z", "--", todo.path).stdout
         if dst.exists() and not tracked:
-            src.unlink()
+            with contextlib.suppress(safefs.LinkRefused, IsADirectoryError):
+                safefs.unlink(d.root, todo.path)
 
 
 _refused_status_links: set[str] = set()
@@ -395,8 +434,7 @@ _refused_status_links: set[str] = set()
 
 def status_of(d: Daemon, *, committing: int | None = None) -> str:
     """The status file's text now (``committing``: as the phase commit about to be made shows it)."""
-    unconfined = d.sandbox.note if not d.sandbox.active else ""
-    return render_status(d.proj, d.config, committing=committing, sandbox=unconfined)
+    return render_status(d.proj, d.config, committing=committing, warnings=d.warnings())
 
 
 def write_status(d: Daemon) -> None:

@@ -8,6 +8,8 @@ person repaired a rewritten branch).
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 
 from daemon import remote
@@ -33,6 +35,16 @@ def agent_commits(d: Daemon) -> frozenset[str]:
     return frozenset(c for t in d.proj.todos.values() for c in t.agent_commits)
 
 
+def guarded_inputs(d: Daemon) -> tuple[str, ...]:
+    """batchd's own inputs, repository-relative: its configuration, the plan, the prompt file."""
+    found = []
+    for path in (d.config.path, d.config.plan_path, d.root / d.config.agent.prompt_file):
+        if path is not None and path != d.root:
+            with contextlib.suppress(ValueError):
+                found.append(path.absolute().relative_to(d.root.absolute()).as_posix())
+    return tuple(found)
+
+
 def push(d: Daemon, phase: PhaseView) -> None:
     from daemon.phases import ensure_verify_worktree, move_checkout
 
@@ -43,7 +55,12 @@ def push(d: Daemon, phase: PhaseView) -> None:
     branch = d.config.batchd.branch
     sha = phase.head_sha
     runner = check_runner(d)
-    plan = remote.PushPlan(last_pushed=last_pushed(d), agent_commits=agent_commits(d), attempts=PUSH_ATTEMPTS)
+    plan = remote.PushPlan(
+        last_pushed=last_pushed(d),
+        agent_commits=agent_commits(d),
+        attempts=PUSH_ATTEMPTS,
+        guarded=guarded_inputs(d),
+    )
 
     def work() -> remote.PushResult:
         if pinned is None:

@@ -6,8 +6,8 @@ once at start-up, from the person's config:
 
 - the push URL of ``[batchd] remote`` as git resolves it then (``pushurl`` and ``insteadOf`` rules
   applied); every push goes to that URL, never to the remote's name;
-- the person's hooks, copied into ``.batchd/hooks`` (a pre-push hook keeps gating pushes; a hook
-  written during the run never runs);
+- the person's hooks (:mod:`daemon.hooks`: a pre-push hook keeps gating pushes; a hook written
+  during the run never runs);
 - the SSH command and credential helpers, passed explicitly to every push and fetch.
 
 Before a push the URL rewriting rules (``url.*.insteadOf``) are compared with those of start-up:
@@ -20,7 +20,6 @@ force-pushed), nothing is rebased back on top of it.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,11 @@ from daemon.gitops import (
     is_ancestor,
     out,
     printable,
-    remove_tree,
     reset_keep,
     run_git,
+    split_z,
 )
+from daemon.hooks import PersonHooks
 
 log = structlog.get_logger(__name__)
 
@@ -52,14 +52,15 @@ class PinnedRemote:
 
     name: str
     url: str
-    hooks: Path
+    hooks: PersonHooks
     rules: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     config: tuple[str, ...] = ()
 
     def git(self, where: GitTarget, *args: str, check: bool = True) -> str:
         """A git command that talks to the remote, with the pinned helpers and the pinned hooks."""
-        proc = run_git(where, *self.config, *args, check=check, env=self.env, hooks=self.hooks)
+        with self.hooks.folder() as hooks:
+            proc = run_git(where, *self.config, *args, check=check, env=self.env, hooks=hooks)
         return proc.stdout + proc.stderr
 
 
@@ -73,7 +74,7 @@ class PushResult:
     reason: str = ""
 
 
-def pin_remote(root: Path, name: str, state_dir: Path) -> PinnedRemote | None:
+def pin_remote(root: Path, name: str, hooks: PersonHooks) -> PinnedRemote | None:
     """Resolve the remote ``name`` once (None when ``name`` is empty: batchd never pushes)."""
     if not name:
         return None
@@ -88,7 +89,6 @@ def pin_remote(root: Path, name: str, state_dir: Path) -> PinnedRemote | None:
             'or remote = "" to never push',
         )
     url = _absolute(root, url)
-    hooks = _snapshot_hooks(root, state_dir / "hooks")
     env: dict[str, str] = {}
     # The environment beats the config: an sshCommand written into the config later changes nothing.
     if not os.environ.get("GIT_SSH_COMMAND") and not os.environ.get("GIT_SSH"):
@@ -101,7 +101,7 @@ def pin_remote(root: Path, name: str, state_dir: Path) -> PinnedRemote | None:
         *(a for h in helpers if h for a in ("-c", f"credential.helper={h}")),
     )
     pinned = PinnedRemote(name=name, url=url, hooks=hooks, rules=rewrites(root), env=env, config=config)
-    log.info("remote_pinned", remote=name, url=printable(url), hooks=str(hooks))
+    log.info("remote_pinned", remote=name, url=printable(url))
     return pinned
 
 
@@ -116,19 +116,6 @@ def _absolute(root: Path, url: str) -> str:
         return url
     path = Path(url)
     return url if path.is_absolute() else str((root / path).resolve())
-
-
-def _snapshot_hooks(root: Path, dest: Path) -> Path:
-    """Copy the person's hooks folder (``core.hooksPath`` or ``.git/hooks``) as it is now."""
-    source = Path(out(root, "rev-parse", "--path-format=absolute", "--git-path", "hooks", as_configured=True))
-    remove_tree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        # Linked hooks are copied as the files they point to now (symlinks=False).
-        shutil.copytree(source, dest, symlinks=False, ignore_dangling_symlinks=True)
-    else:
-        dest.mkdir()
-    return dest
 
 
 def rewrites(root: Path) -> tuple[str, ...]:
@@ -170,14 +157,15 @@ def fetch(where: GitTarget, pinned: PinnedRemote, branch: str) -> str:
 
 def push_ref(where: GitTarget, pinned: PinnedRemote, sha: str, branch: str) -> PushResult:
     """``git push URL sha:refs/heads/branch``; ``rejected`` = the remote refused the update."""
-    proc = run_git(
-        where,
-        *pinned.config,
-        "push", "--porcelain", pinned.url, f"{sha}:refs/heads/{branch}",
-        check=False,
-        env=pinned.env,
-        hooks=pinned.hooks,
-    )  # fmt: skip
+    with pinned.hooks.folder() as hooks:
+        proc = run_git(
+            where,
+            *pinned.config,
+            "push", "--porcelain", pinned.url, f"{sha}:refs/heads/{branch}",
+            check=False,
+            env=pinned.env,
+            hooks=hooks,
+        )  # fmt: skip
     output = printable(proc.stdout + proc.stderr).strip()
     ok = proc.returncode == 0
     rejected = not ok and ("[rejected]" in output or "[remote rejected]" in output)
@@ -219,6 +207,9 @@ class PushPlan:
     last_pushed: str = ""
     agent_commits: Collection[str] = frozenset()
     attempts: int = 3
+    # batchd's own inputs (batchd.toml, the plan, the prompt): new commits on the remote that change
+    # them are not rebased onto and pushed on (a change of the gate must come in through a person).
+    guarded: Collection[str] = ()
 
 
 def push_tested(
@@ -280,8 +271,14 @@ def push_tested(
 
 
 def _history_check(worktree: GitTarget, branch: str, tip: str, tested: str, plan: PushPlan) -> str:
-    """ "" to go on, "already" when the remote holds ``tested``, else why nothing may be pushed."""
+    """Nothing ("") to go on, "already" when the remote holds ``tested``, else why nothing may be pushed."""
     if not tip:
+        if plan.last_pushed:
+            return (
+                f"the remote has no branch {branch} any more, though batchd pushed {plan.last_pushed[:10]} "
+                "to it: someone deleted it (or the push URL leads elsewhere now). Check the remote, "
+                "then `batchd push`"
+            )
         return ""
     if is_ancestor(worktree, tested, tip):
         return "already"
@@ -299,6 +296,18 @@ def _history_check(worktree: GitTarget, branch: str, tip: str, tested: str, plan
             f"the remote's {branch} holds {theirs[0][:10]}, a commit an agent made and pushed itself "
             "(never verified by batchd). batchd will not build on it: reset the remote's "
             f"{branch} to {(plan.last_pushed or tested)[:10]} or review that commit, then `batchd push`"
+        )
+    touched = split_z(
+        run_git(
+            worktree, "log", "--format=", "--name-only", "-z", "--no-renames", tip, f"^{tested}", "--"
+        ).stdout
+    )
+    gate = sorted(set(touched) & set(plan.guarded))
+    if gate:
+        return (
+            f"new commits on the remote's {branch} change {', '.join(printable(p) for p in gate)}, which "
+            "decide what batchd checks: batchd does not take such a change from the remote. Look at it "
+            "(`git log -p ..FETCH_HEAD`), pull it yourself if it is right, restart batchd, then `batchd push`"
         )
     return ""
 

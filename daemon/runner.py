@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ import structlog
 from daemon.agentproc import AgentProcess
 from daemon.config import Config
 from daemon.faults import FaultInjector
+from daemon.hooks import PersonHooks
 from daemon.notify import Notifier
 from daemon.remote import PinnedRemote
 from daemon.sandbox import Sandbox, resolve
@@ -63,9 +65,11 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         faults: FaultInjector | None = None,
         pinned: PinnedRemote | None = None,
+        hooks: PersonHooks | None = None,
     ) -> None:
         self.config = config
         self.pinned = pinned
+        self.hooks = hooks
         self.sandbox, self.verify_sandbox = sandboxes(config)
         self.root = config.root
         self.ws = Workspace(config.root)
@@ -95,11 +99,29 @@ class Daemon:
         self.placed: dict[str, bytes] = {}
         # The step the main thread is in (todo id, place): what a crash is blamed on.
         self.current_step: tuple[str, str] = ("", "")
+        self.notes: list[str] = []  # found at start-up, shown in the status file
+
+    @contextlib.contextmanager
+    def person_hooks(self) -> Iterator[Path | None]:
+        """The person's hooks as pinned at start-up (none when they were not pinned)."""
+        if self.hooks is None:
+            yield None
+            return
+        with self.hooks.folder() as folder:
+            yield folder
 
     def reconfigure(self, config: Config) -> None:
-        """A reloaded ``batchd.toml`` (SIGHUP); the sandboxes follow it."""
-        self.config = config
-        self.sandbox, self.verify_sandbox = sandboxes(config)
+        """A reloaded ``batchd.toml`` (SIGHUP); the sandboxes follow it. A sandbox that cannot be had
+        (``"bwrap"`` where it cannot run) raises before anything changes: the old config stays."""
+        agent, check = sandboxes(config)
+        self.config, self.sandbox, self.verify_sandbox = config, agent, check
+
+    def warnings(self) -> list[str]:
+        """What the status file says a person should know about this daemon's set-up."""
+        found = list(self.notes)
+        if not self.sandbox.active:
+            found.append(f"agents run without a sandbox ({self.sandbox.note})")
+        return found
 
     @contextlib.contextmanager
     def step(self, todo_id: str, place: str) -> Iterator[None]:

@@ -22,16 +22,25 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LinkRefused(BatchdError):
-    """A path batchd was about to write through is (or passes through) a symbolic link."""
+    """A path batchd was about to write through is (or passes through) a symbolic link, or a folder
+    on the way is a file (``not_a_folder``)."""
 
     code = "link_refused"
 
-    def __init__(self, *, path: str) -> None:
+    def __init__(self, *, path: str, not_a_folder: bool = False) -> None:
         self.path = path
-        super().__init__(
-            f"{path} is (or is inside) a symbolic link; batchd never writes through a link",
-            hint="replace the link with a real file or folder (git rm it if it was committed)",
-        )
+        self.not_a_folder = not_a_folder
+        if not_a_folder:
+            message = f"{path} is a file, where batchd needs a folder"
+            hint = "move the file away (git rm it if it was committed)"
+        else:
+            message = f"{path} is (or is inside) a symbolic link; batchd never writes through a link"
+            hint = "replace the link with a real file or folder (git rm it if it was committed)"
+        super().__init__(message, hint=hint)
+
+
+def _refusal(walked: Path) -> LinkRefused:
+    return LinkRefused(path=str(walked), not_a_folder=walked.exists() and not walked.is_symlink())
 
 
 def _parts(rel: str | Path) -> list[str]:
@@ -59,7 +68,7 @@ def _folder(base: Path, parts: list[str], *, create: bool) -> Iterator[int]:
                 nxt = _open_dir_at(fd, part, walked)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise LinkRefused(path=str(walked)) from None
+                    raise _refusal(walked) from None
                 raise
             os.close(fd)
             fd = nxt
@@ -73,7 +82,7 @@ def _open_dir_at(fd: int, part: str, walked: Path) -> int:
         return os.open(part, _DIR_FLAGS, dir_fd=fd)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise LinkRefused(path=str(walked)) from None
+            raise _refusal(walked) from None
         raise
 
 
@@ -153,6 +162,16 @@ def append_text(base: Path, rel: str | Path, text: str) -> None:
         os.write(fd, text.encode("utf-8", "surrogateescape"))
     finally:
         os.close(fd)
+
+
+def unlink(base: Path, rel: str | Path) -> None:
+    """Remove ``base/rel`` (a link itself, never what it points at; no folder on the way followed)."""
+    parts = _parts(rel)
+    try:
+        with _folder(base, parts[:-1], create=False) as fd:
+            os.unlink(parts[-1], dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return
 
 
 def relative_to(base: Path, path: Path) -> str:

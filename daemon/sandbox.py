@@ -71,8 +71,57 @@ class Sandbox:
         wrapped += ["--bind", str(workspace), str(workspace)]
         for path in self.writable:
             wrapped += ["--bind-try", str(path), str(path)]
-        wrapped += ["--setenv", "TMPDIR", _TMP, "--chdir", str(workspace), "--", *argv]
+        # Inside a writable home, what steers later sessions (settings with hooks, commands, agent
+        # instructions) stays read-only: planted there, it would run in the person's own sessions.
+        for path in _readonly_in(self.writable):
+            wrapped += ["--ro-bind-try", str(path), str(path)]
+        # Sockets that hand out more than the sandbox has: the container engines (root on the host)
+        # and the person's session bus, agents and keyrings under /run/user.
+        if Path("/run/user").is_dir():
+            wrapped += ["--tmpfs", "/run/user"]
+        for sock in _ENGINE_SOCKETS:
+            if Path(sock).exists():
+                wrapped += ["--ro-bind", "/dev/null", sock]
+        for name, value in _ENV.items():
+            wrapped += ["--setenv", name, value]
+        wrapped += ["--unsetenv", "SSH_AUTH_SOCK", "--unsetenv", "DBUS_SESSION_BUS_ADDRESS"]
+        wrapped += ["--chdir", str(workspace), "--", *argv]
         return wrapped
+
+
+# Caches go to the private /tmp: nothing a confined program writes there can poison what the
+# person's own tools later read back (a pip wheel, an npm tarball).
+_ENV = {"TMPDIR": _TMP, "XDG_CACHE_HOME": f"{_TMP}/.cache", "npm_config_cache": f"{_TMP}/.npm"}
+_ENGINE_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+    "/run/crio/crio.sock",
+)
+# Agents' configuration that can run programs or steer the next session (relative to a home).
+AGENT_READONLY = (
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".claude/CLAUDE.md",
+    ".claude/commands",
+    ".claude/agents",
+    ".claude/hooks",
+    ".claude/plugins",
+    ".codex/config.toml",
+    ".codex/AGENTS.md",
+    ".aider.conf.yml",
+)
+
+
+def _readonly_in(writable: Iterable[Path]) -> list[Path]:
+    home = Path.home()
+    found = []
+    for rel in AGENT_READONLY:
+        path = home / rel
+        if any(path == w or w in path.parents for w in writable):
+            found.append(path)
+    return found
 
 
 def _needed(argv: Sequence[str]) -> list[Path]:

@@ -28,6 +28,7 @@ import structlog
 from daemon import executor, intake, recovery, safefs, scheduler
 from daemon.config import Config, diff_config, load_config
 from daemon.exceptions import BatchdError, GitError
+from daemon.hooks import snapshot as snapshot_hooks
 from daemon.lock import DaemonLock
 from daemon.notify import Notifier
 from daemon.phases import write_status
@@ -104,6 +105,17 @@ def check_log(d: Daemon) -> None:
         raise LogCorrupted(path=d.log.location, seq=report.first_bad_seq, detail=report.problem)
 
 
+def note_remote_change(d: Daemon) -> None:
+    """A run that resumes with another push URL than it started with (someone changed the remote's
+    config between the two starts, maybe an agent without a sandbox): said in the log and the status."""
+    before = d.proj.run.remote_url
+    now = d.pinned.url if d.pinned is not None else ""
+    if d.proj.run.run_id and before and now != before:
+        note = f"the push URL changed since this run last started: {before} -> {now or '(none)'}"
+        d.notes.append(note)
+        log.warning("remote_url_changed", before=before, now=now)
+
+
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
     recovery.check_state_dir(config.root)
@@ -115,8 +127,9 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
     flags = flags if flags is not None else SignalFlags().install()
     notifier = Notifier.from_env()
     try:
-        pinned = pin_remote(config.root, config.batchd.remote, config.root / ".batchd")
-        d = Daemon(config, once=once, notifier=notifier, pinned=pinned)
+        hooks = snapshot_hooks(config.root, config.root / ".batchd" / "tmp")
+        pinned = pin_remote(config.root, config.batchd.remote, hooks)
+        d = Daemon(config, once=once, notifier=notifier, pinned=pinned, hooks=hooks)
         return _run(d, flags, once=once)
     except Exception as e:
         if isinstance(e, BatchdError) and (d is None or not d.attached):
@@ -136,6 +149,7 @@ def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
     try:
         check_log(d)
         d.load()
+        note_remote_change(d)
         recovery.reconcile(d)
         d.emit_one(
             ev.RUN_STREAM,
@@ -174,7 +188,10 @@ def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) ->
         if flags.stop_requested is not None:
             return stop(d, flags.stop_requested, once=once)
         if flags.take_reload():
-            d.reconfigure(reload(d.config))
+            try:
+                d.reconfigure(reload(d.config))
+            except BatchdError as e:
+                log.error("config_reload_rejected", error=e.render())  # noqa: TRY400 - the message is the point
         try:
             tick(d, watcher, now, state)
             failures = 0

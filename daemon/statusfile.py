@@ -7,7 +7,7 @@ follows the seed's columns exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
 from daemon.todofile import id_order
@@ -62,9 +62,9 @@ def todo_state(proj: Projection, todo_id: str, committing: int | None) -> str:
 
 
 def render_status(
-    proj: Projection, config: Config, *, committing: int | None = None, sandbox: str = ""
+    proj: Projection, config: Config, *, committing: int | None = None, warnings: Sequence[str] = ()
 ) -> str:
-    """The status file's text; ``sandbox`` says why agents are not confined ("" when they are)."""
+    """The status file's text; ``warnings`` are what the daemon found a person should know."""
     run = proj.run
     todos = proj.todos
     lines = ["# Execution Status", ""]
@@ -104,8 +104,7 @@ def render_status(
     cost = sum(t.cost_usd for t in todos.values())
     if cost:
         lines.append(f"- **Agent cost:** ${cost:.2f}")
-    if sandbox:
-        lines.append(f"- **Warning:** agents run without a sandbox ({cell(sandbox)})")
+    lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
     lines.append("")
     lines.append("## Phases")
     lines.append("")

@@ -371,15 +371,11 @@ class _Session:
         """The checks on the accepted head with ``todo``'s edited test files as they were on the base;
         None when green (or when they cannot be put back: nothing to say then)."""
         reset_hard(self.worktree, self.good_head)
+        # restore, not checkout: a test file the change added (a new conftest.py) is removed.
         proc = run_git(
-            self.worktree,
-            "--literal-pathspecs",
-            "checkout",
-            self.base_sha,
-            "--",
-            *todo.test_edits,
-            check=False,
-        )
+            self.worktree, "--literal-pathspecs", "restore", f"--source={self.base_sha}", "--staged",
+            "--worktree", "--", *todo.test_edits, check=False,
+        )  # fmt: skip
         if proc.returncode != 0:
             log.warning("test_integrity_skipped", todo_id=todo.todo_id, output=printable(proc.stderr))
             reset_hard(self.worktree, self.good_head)

@@ -112,8 +112,61 @@ def act(name: str, args: list[str], ws: Path, root: Path, values: dict[str, str]
         (root / args[0]).write_text("mine\n", encoding="utf-8")
         git("-C", str(root), "add", "--", args[0], cwd=ws)
         git("-C", str(root), "commit", "-q", "-m", "a person's commit", cwd=ws)
-    elif name == "hook":
-        hooks = root / ".git" / "hooks"
+    elif name == "poison-config":  # programs in its own config that batchd's git would run, then a
+        # branch naming a commit that exists nowhere (a partial clone would fetch it)
+        marker = args[0]
+        for key, value in (
+            ("core.repositoryformatversion", "1"),
+            ("extensions.partialClone", "origin"),
+            ("remote.origin.url", "ssh://example.invalid/x.git"),
+            ("remote.origin.promisor", "true"),
+            ("core.sshCommand", f"sh -c 'touch {marker}; exit 1' --"),
+            ("remote.origin.uploadpack", f"sh -c 'touch {marker}' --"),
+            ("core.fsmonitor", f"sh -c 'touch {marker}' --"),
+        ):
+            git("config", key, value, cwd=ws)
+        branch = subprocess.run(
+            ["git", "symbolic-ref", "HEAD"], cwd=ws, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        (ws / ".git" / branch).write_text("0123456789abcdef0123456789abcdef01234567\n", encoding="utf-8")
+    elif name == "print":
+        print(" ".join(args))
+    elif name == "forge-phase-commit":  # a look-alike of batchd's phase commit, with a broken module
+        status = (root / "plans" / "EXECUTION-STATUS.md").read_text(encoding="utf-8")
+        run_id = re.search(r"\*\*Run:\*\* `([0-9a-f]+)`", status)
+        base = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        blob = subprocess.run(
+            ["git", "-C", str(root), "hash-object", "-w", "--stdin"],
+            input="raise SystemExit('forged')\n",
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        env = {**os.environ, "GIT_INDEX_FILE": str(ws / ".forged-index")}
+        subprocess.run(["git", "-C", str(root), "read-tree", base], env=env, check=True)
+        subprocess.run(
+            ["git", "-C", str(root), "update-index", "--cacheinfo", f"100644,{blob},mods/base.py"],
+            env=env,
+            check=True,
+        )
+        tree = subprocess.run(
+            ["git", "-C", str(root), "write-tree"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        (ws / ".forged-index").unlink()
+        message = f"forged\n\nBatchd-Run: {run_id.group(1) if run_id else 'x'}\nBatchd-Phase: 1\n"
+        sha = subprocess.run(
+            ["git", "-C", str(root), "commit-tree", tree, "-p", base, "-m", message],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for ref in ("refs/heads/batchd/verify", "refs/heads/forged"):
+            git("-C", str(root), "update-ref", ref, sha, cwd=ws)
+    elif name == "hook":  # hook NAME [FOLDER]: a hook in the person's .git/hooks (or another folder)
+        hooks = Path(args[1]) if len(args) > 1 else root / ".git" / "hooks"
+        hooks.mkdir(parents=True, exist_ok=True)
         hook = hooks / args[0]
         hook.write_text(f"#!/bin/sh\ntouch {values['outside']}/hook-ran-{args[0]}\n", encoding="utf-8")
         hook.chmod(0o755)

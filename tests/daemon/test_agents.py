@@ -557,3 +557,43 @@ def test_agent_env_drops_the_daemons_notify_socket_and_fault_switches() -> None:
     env = agent_env(AgentConfig(), todo_id="1", todo_path="/t.md", attempt=1, worktree="/w", base=base)
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env and "BATCHD_CRASH_AFTER" not in env
     assert env["PATH"] == "/usr/bin" and env["BATCHD_TODO_ID"] == "1"
+
+
+# ---------------------------------------------------------------------------- what agents print
+
+
+def test_a_result_nested_deep_enough_to_break_the_parser_is_no_result(tmp_path: Path) -> None:
+    """A line of a hundred thousand brackets is not a result, and reading it raises nothing."""
+    log = tmp_path / "a.log"
+    log.write_text('{"type": "result", "x": ' + "[" * 100_000 + "\n")
+    assert read_result(log) is None
+
+
+def test_nan_and_infinity_in_a_result_are_refused(tmp_path: Path) -> None:
+    """NaN cannot be stored as JSON: a result carrying it is not taken."""
+    log = tmp_path / "a.log"
+    log.write_text(
+        '{"type": "result", "total_cost_usd": NaN}\n{"type": "result", "total_cost_usd": Infinity}\n'
+    )
+    assert read_result(log) is None
+
+
+def test_an_exit_record_written_by_someone_else_does_not_hide_a_timeout(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """An agent that writes its own 'I ended in time' exit record and runs on is still timed out."""
+    record = tmp_path / "exit.json"
+    code = (
+        "import json, time\n"
+        f"open({str(record)!r} + '.tmp', 'w').write(json.dumps({{'rc': 0, 'ended_at': time.time()}}))\n"
+        f"import os; os.replace({str(record)!r} + '.tmp', {str(record)!r})\n"
+        "time.sleep(30)\n"
+    )
+    proc = start_agent(py_agent(code), cwd=tmp_path, log_path=tmp_path / "a.log", env=env, exit_path=record)
+    deadline = time.monotonic() + 20
+    while proc.poll() is None:
+        enforce_timeout(proc, 1.0, time.monotonic(), grace=1)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    outcome = finish(proc)
+    assert outcome.timed_out and not outcome.ok

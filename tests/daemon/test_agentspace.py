@@ -77,10 +77,10 @@ def test_agent_head_and_commits_are_read(repo: Path, ws: Path) -> None:
         (ws / f"f{n}").write_text("x\n")
         git(ws, "add", "-A")
         git(ws, "commit", "-qm", f"c{n}")
-    sha = agentspace.agent_head(ws)
+    sha = agentspace.agent_head(repo, ws)
     assert sha == head(ws)
-    assert agentspace.descends(ws, base, sha)
-    assert agentspace.agent_commits(ws, base, sha) == (sha, head(ws, "HEAD~1"))
+    assert agentspace.descends(repo, ws, base, sha)
+    assert agentspace.agent_commits(repo, ws, base, sha) == (sha, head(ws, "HEAD~1"))
 
 
 def test_a_git_folder_replaced_by_a_link_is_refused(repo: Path, ws: Path) -> None:
@@ -88,7 +88,7 @@ def test_a_git_folder_replaced_by_a_link_is_refused(repo: Path, ws: Path) -> Non
     shutil.rmtree(ws / ".git")
     (ws / ".git").symlink_to(repo / ".git")
     with pytest.raises(WorkspaceError, match=r"replaced its workspace's \.git"):
-        agentspace.agent_head(ws)
+        agentspace.agent_head(repo, ws)
 
 
 def test_remove_deletes_the_folder_and_never_follows_a_link_inside(

@@ -272,3 +272,58 @@ def test_a_file_name_that_is_not_utf8_is_collected_and_shown_escaped(repo: Path,
         ["git", "ls-tree", "-z", "--name-only", change.sha], cwd=repo, capture_output=True, check=True
     ).stdout
     assert b"caf\xe9.txt\0" in listed
+
+
+def test_a_file_where_the_status_files_folder_must_be_is_dropped(repo: Path, ws: Path) -> None:
+    """A file named `plans` would leave no room for plans/EXECUTION-STATUS.md: it is put back (here:
+    removed), so the phase commit can still write the status file."""
+    write(ws, {"plans": "not a folder\n", "src/app.py": "x = 6\n"})
+    collected = run(repo, ws)
+    assert collected.change is not None
+    assert "plans" not in tree(repo, collected.change.sha)
+    assert any(d.startswith("plans (a file where the folder of the status file") for d in collected.dropped)
+
+
+def test_its_own_todo_grown_huge_is_not_read_or_carried(repo: Path, ws: Path) -> None:
+    """An agent that grows its todo file to many megabytes: nothing of it is read whole or carried."""
+    with (ws / TODO).open("ab") as f:
+        f.truncate(8 * 1024 * 1024)
+    write(ws, {"src/app.py": "x = 7\n"})
+    collected = run(repo, ws)
+    assert collected.change is not None and collected.change.note == ""
+    assert any("its own todo file" in d for d in collected.dropped)
+
+
+def test_a_tracked_file_grown_past_the_limit_fails_before_it_is_hashed(repo: Path, ws: Path) -> None:
+    """Growing an existing file counts against max_change_bytes like a new one."""
+    with (ws / "src" / "app.py").open("ab") as f:
+        f.truncate(3 * 1024 * 1024)
+    with pytest.raises(CollectFailed) as failed:
+        run(repo, ws, max_change_bytes=1024 * 1024)
+    assert failed.value.reason == "too_large"
+
+
+def test_a_work_log_with_control_bytes_is_not_carried(repo: Path, ws: Path) -> None:
+    """A 'note' holding NUL or other control bytes is not text for a todo file."""
+    with (ws / TODO).open("ab") as f:
+        f.write(b"\n## Work Log\n\x00\x01 binary\n")
+    write(ws, {"src/app.py": "x = 8\n"})
+    change = run(repo, ws).change
+    assert change is not None and change.note == ""
+
+
+def test_the_verify_commands_own_script_and_a_new_conftest_are_test_edits(repo: Path, ws: Path) -> None:
+    """Editing the script the checks run, or adding a conftest.py, is editing how the tests judge."""
+    write(repo, {"check.sh": "exit 1\n"})
+    git(repo, "add", "check.sh")
+    git(repo, "commit", "-qm", "check")
+    ws2 = agentspace.create(
+        repo, repo / ".batchd" / "workspaces" / "todo-8", branch="b8", base_sha=head(repo), files={}
+    )
+    write(ws2, {"check.sh": "exit 0\n", "src/conftest.py": "collect_ignore = ['.']\n"})
+    change = collect(
+        repo, ws2, head(repo), message="m", trailers={}, branch="b8",
+        policy=policy(test_infra=("**/conftest.py", "/check.sh")),
+    ).change  # fmt: skip
+    assert change is not None
+    assert change.test_edits == ("check.sh", "src/conftest.py")

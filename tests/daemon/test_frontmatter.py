@@ -113,3 +113,16 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     """Absurdly nested YAML is a FrontMatterError, not RecursionError."""
     with pytest.raises(FrontMatterError):
         load_front_matter("a: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
+def test_yaml_aliases_are_refused_unread() -> None:
+    """A 'billion laughs' front matter is refused at once, naming the alias, instead of expanding it."""
+    import time
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    start = time.monotonic()
+    with pytest.raises(FrontMatterError, match=r"YAML alias \(\*a\)"):
+        load_front_matter(bomb)
+    assert time.monotonic() - start < 1.0

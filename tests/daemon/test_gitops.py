@@ -29,6 +29,7 @@ from daemon.gitops import (
     reset_keep,
     run_git,
     split_z,
+    stage,
 )
 
 TRAILERS = {"Batchd-Todo": "273", "Batchd-Attempt": "1"}
@@ -223,3 +224,33 @@ def test_open_worktree_of_a_folder_that_is_not_one(repo: Path, tmp_path: Path) -
     fake.mkdir()
     (fake / ".git").write_text(f"gitdir: {repo / '.git'}\n")
     assert open_worktree(repo, fake) is None
+
+
+def test_reset_hard_removes_ignored_files_and_nested_repositories(repo: Path) -> None:
+    """A batchd worktree is made exactly the commit: a cache a check left (ignored) and a `git init`
+    inside a folder are gone, so neither can sway the next tree's checks or hide files from git add."""
+    wt = _worktree(repo)
+    write(wt, {"cache.pyc": "forged\n", "todos/inner/x.txt": "x\n"})
+    git(wt / "todos" / "inner", "init", "-q")
+    (repo / ".gitignore").write_text("*.pyc\n")
+    reset_hard(wt, head(repo))
+    assert not (wt / "cache.pyc").exists()
+    assert not (wt / "todos" / "inner").exists()
+
+
+def test_stage_refuses_to_leave_a_hidden_file_out(repo: Path) -> None:
+    """A file git cannot see (its folder became a nested repository) is a GitError, not a silent gap."""
+    wt = _worktree(repo)
+    (wt / "plans").mkdir()
+    git(wt / "plans", "init", "-q")
+    write(wt, {"plans/EXECUTION-STATUS.md": "status\n"})
+    with pytest.raises(GitError, match="could not stage its own file"):
+        stage(wt, ["plans/EXECUTION-STATUS.md"])
+
+
+def test_stage_adds_a_file_gitignore_would_skip(repo: Path) -> None:
+    """batchd's own files go in whatever a .gitignore (maybe an agent's) says."""
+    wt = _worktree(repo)
+    write(wt, {".gitignore": "*-complete-*.md\n", "todos/273-complete-p1-x.md": "done\n"})
+    stage(wt, ["todos/273-complete-p1-x.md"])
+    assert "todos/273-complete-p1-x.md" in git(wt, "ls-files")

@@ -10,6 +10,7 @@ from gitrepo import bare_remote, clone, git, head, init_repo, refuse_pushes, wri
 
 from daemon.exceptions import UsageError
 from daemon.gitops import commit_paths
+from daemon.hooks import snapshot
 from daemon.remote import PinnedRemote, PushPlan, pin_remote, push_tested
 
 
@@ -23,9 +24,13 @@ def remote(tmp_path: Path, repo: Path) -> Path:
     return bare_remote(tmp_path / "remote.git", repo)
 
 
+def pin(repo: Path, name: str = "origin") -> PinnedRemote | None:
+    return pin_remote(repo, name, snapshot(repo, repo / ".batchd" / "tmp"))
+
+
 @pytest.fixture
 def pinned(repo: Path, remote: Path) -> PinnedRemote:
-    found = pin_remote(repo, "origin", repo / ".batchd")
+    found = pin(repo)
     assert found is not None
     return found
 
@@ -54,12 +59,12 @@ def test_a_remote_that_is_not_configured_is_refused_naming_the_ones_that_are(
 ) -> None:
     """[batchd] remote naming no remote is a start-up error that lists the remotes there are."""
     with pytest.raises(UsageError) as caught:
-        pin_remote(repo, "upstream", repo / ".batchd")
+        pin(repo, "upstream")
     assert "no remote 'upstream'" in caught.value.message and "origin" in caught.value.message
 
 
 def test_an_empty_remote_means_never_push(repo: Path) -> None:
-    assert pin_remote(repo, "", repo / ".batchd") is None
+    assert pin(repo, "") is None
 
 
 def test_a_push_is_confirmed_on_the_remote(repo: Path, remote: Path, pinned: PinnedRemote) -> None:
@@ -198,9 +203,37 @@ def test_the_persons_pre_push_hook_gates_pushes_but_a_later_hook_never_runs(
     hook = repo / ".git" / "hooks" / "pre-push"
     hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
     hook.chmod(0o755)
-    pinned = pin_remote(repo, "origin", repo / ".batchd")
+    pinned = pin(repo)
     assert pinned is not None
     hook.write_text(f"#!/bin/sh\ntouch {late}\nexit 1\n")
     _ours(repo)
     assert _push(repo, pinned).ok
     assert marker.exists() and not late.exists()
+
+
+def test_remote_commits_that_change_batchd_toml_are_not_pushed_on(
+    tmp_path: Path, repo: Path, remote: Path, pinned: PinnedRemote
+) -> None:
+    """Someone (an agent with the person's credentials, say) pushed a commit switching the checks off:
+    batchd does not rebase onto it and push; the reason says what to do."""
+    write(repo, {"batchd.toml": "[verify]\ncommands = [['make', 'test']]\n"})
+    commit_paths(repo, ["batchd.toml"], message="config", trailers={})
+    assert _push(repo, pinned).ok
+    theirs = _other_pushes(tmp_path, remote, {"batchd.toml": "[verify]\ncommands = [['true']]\n"})
+    _ours(repo)
+    result = _push(repo, pinned, PushPlan(guarded=("batchd.toml",)))
+    assert not result.ok
+    assert "change batchd.toml" in result.reason and "pull it yourself" in result.reason
+    assert git(remote, "rev-parse", "main") == theirs
+
+
+def test_a_deleted_remote_branch_is_not_silently_recreated(
+    repo: Path, remote: Path, pinned: PinnedRemote
+) -> None:
+    """The branch batchd pushed to is gone from the remote: batchd stops and says so."""
+    pushed = _ours(repo)
+    assert _push(repo, pinned).ok
+    git(remote, "update-ref", "-d", "refs/heads/main")
+    _ours(repo, "more\n")
+    result = _push(repo, pinned, PushPlan(last_pushed=pushed))
+    assert not result.ok and "no branch main any more" in result.reason

@@ -154,3 +154,62 @@ def test_auto_without_bwrap_falls_back_to_none_and_says_why(monkeypatch: pytest.
     monkeypatch.setenv("PATH", "/nonexistent")
     sandbox = resolve("auto", [], key="[agent] sandbox")
     assert not sandbox.active and "not installed" in sandbox.note
+
+
+@needs_bwrap
+def test_a_container_engines_socket_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket like /var/run/docker.sock (root on the host) is replaced by /dev/null inside."""
+    import socket
+
+    from daemon import sandbox as sandbox_module
+
+    path = tmp_path / "engine.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    monkeypatch.setattr(sandbox_module, "_ENGINE_SOCKETS", (str(path),))
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(path)!r})\nexcept OSError as e:\n    print('refused', e.errno)\n"
+        "else:\n    print('connected')\n"
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = resolve("bwrap", [], key="x").wrap(
+        [sys.executable, "-c", code], workspace=ws, readable=(tmp_path,)
+    )
+    done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=True)
+    server.close()
+    assert done.stdout.startswith("refused"), done.stdout + done.stderr
+
+
+@needs_bwrap
+def test_caches_go_to_the_private_tmp(tmp_path: Path) -> None:
+    """XDG_CACHE_HOME and npm's cache point into the sandbox's own /tmp."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    code = "import os; print(os.environ['XDG_CACHE_HOME'], os.environ['npm_config_cache'])"
+    argv = resolve("bwrap", [], key="x").wrap([sys.executable, "-c", code], workspace=ws)
+    done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["/tmp/.cache", "/tmp/.npm"]
+
+
+@needs_bwrap
+def test_agent_settings_inside_a_writable_home_stay_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~/.claude is writable (sessions, credentials) but ~/.claude/settings.json (hooks) is not."""
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / "settings.json").write_text("{}\n")
+    monkeypatch.setenv("HOME", str(home))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sandbox = resolve("bwrap", [str(home / ".claude")], key="x")
+    results = run_in(sandbox, ws, home / ".claude" / "session.jsonl", home / ".claude" / "settings.json")
+    assert results[str(home / ".claude" / "session.jsonl")] == "ok"
+    assert results[str(home / ".claude" / "settings.json")] == "refused"
+    assert (home / ".claude" / "settings.json").read_text() == "{}\n"

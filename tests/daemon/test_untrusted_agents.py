@@ -71,14 +71,32 @@ def test_a_pushurl_set_by_an_agent_never_moves_batchds_pushes(tmp_path: Path) ->
 
 
 def test_hooks_an_agent_writes_never_run_in_batchds_git(tmp_path: Path) -> None:
-    """Hooks written into the person's .git/hooks during the run (no sandbox) run in none of batchd's
-    commits, merges or pushes."""
-    repo = hostile_repo(
-        tmp_path, {"1": ["hook pre-push", "hook post-merge", "hook post-commit", "hook post-checkout"]}
-    )
+    """Hooks written during the run (no sandbox) into the person's .git/hooks or batchd's own folders
+    run in none of batchd's commits, merges, fetches or pushes."""
+    hooks = [
+        "hook pre-push",
+        "hook post-merge",
+        "hook post-commit",
+        "hook post-checkout",
+        "hook reference-transaction",
+        "hook pre-push {root}/.batchd/hooks",
+        "hook post-merge {root}/.batchd/tmp",
+    ]
+    repo = hostile_repo(tmp_path, {"1": hooks})
     assert repo.run() == 0
     assert events(repo, "phase.pushed")
     assert sorted(p.name for p in tmp_path.glob("hook-ran-*")) == []
+
+
+def test_programs_in_the_agents_own_git_config_never_run_in_batchd(tmp_path: Path) -> None:
+    """The agent names programs in its repository's config (a partial-clone remote's sshCommand, an
+    uploadpack, an fsmonitor) and points its branch at a commit that exists nowhere: batchd reads its
+    repository as data only, so none of them runs, and the attempt fails for want of a real HEAD."""
+    marker = tmp_path / "pwned"
+    repo = hostile_repo(tmp_path, {"1": [f"poison-config {marker}"]})
+    assert repo.run() == 1
+    assert not marker.exists()
+    assert events(repo, "todo.agent_failed")[-1]["reason"] == "workspace"
 
 
 @needs_bwrap
@@ -368,3 +386,32 @@ def test_test_integrity_reject_keeps_such_a_change_out(tmp_path: Path) -> None:
     assert "passes only with its own edits" in str(rejected["reason"])
     assert "mods/feature.py" not in repo.git("ls-tree", "-r", "--name-only", "main").split()
     assert repo.git("show", "main:mods/test_guard.py") == GUARD.rstrip("\n")
+
+
+def test_a_forged_phase_commit_is_never_adopted(tmp_path: Path) -> None:
+    """Without a sandbox, an agent plants a commit that looks like batchd's phase commit (the run's
+    trailers, on batchd's own branch) but holds a broken module: batchd makes its own commit, and the
+    branch never gets the forged tree."""
+    repo = hostile_repo(tmp_path, {"1": ["forge-phase-commit"]})
+    assert repo.run() == 0
+    run_id = str(events(repo, "run.started")[0]["run_id"])
+    assert f"Batchd-Run: {run_id}" in repo.git("log", "-1", "--format=%B", "forged")  # the forgery was made
+    assert repo.git("show", "main:mods/base.py") == repo.git("show", "HEAD~1:mods/base.py")
+    assert "def check():" in repo.git("show", "main:mods/base.py")
+    assert "forged" not in repo.git("log", "--format=%s", "main")
+
+
+def test_a_gitignore_hiding_completed_todos_does_not_stop_the_phase_commit(tmp_path: Path) -> None:
+    """The change adds `*-complete-*.md` to .gitignore: batchd's own renamed todo is committed anyway."""
+    repo = hostile_repo(tmp_path, {"1": ["write .gitignore *-complete-*.md"]})
+    assert repo.run() == 0
+    assert "todos/1-complete-p2-thing-1.md" in repo.git("ls-tree", "-r", "--name-only", "main").split()
+
+
+def test_a_result_with_nan_fails_nothing(tmp_path: Path) -> None:
+    """An agent whose JSON result carries NaN and Infinity finishes like any other; no crash."""
+    repo = hostile_repo(
+        tmp_path, {"1": ['print {"type": "result", "total_cost_usd": NaN, "num_turns": Infinity}']}
+    )
+    assert repo.run() == 0
+    assert events(repo, "todo.agent_finished")
