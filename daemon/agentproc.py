@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -59,6 +60,7 @@ log = structlog.get_logger(__name__)
 
 TAIL_CHARS = 4000
 _RESULT_SCAN_BYTES = 1 << 20  # the claude result object is at the end; a long log need not be read whole
+_RESULT_CANDIDATES = 50  # lines starting with "{" tried, from the end
 _SHIM = str(Path(agentshim.__file__).resolve())
 NO_SANDBOX = Sandbox(kind="none")
 
@@ -365,14 +367,20 @@ def read_result(log_path: Path) -> dict[str, Any] | None:
     """The last JSON object in the log: one line (claude ``--output-format json``/stream-json)
     or pretty-printed from a line starting with ``{``."""
     text = tail_bytes(log_path, _RESULT_SCAN_BYTES)
-    lines = text.splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        stripped = lines[i].strip()
-        if not stripped.startswith("{"):
-            continue
-        candidate = stripped if not lines[i].startswith("{") else "\n".join(lines[i:])
+    # Lines that start an object, newest first, only the last few (a log of a million lines of "{" is
+    # not a result): one at the start of a line may run over several lines (pretty-printed) and is
+    # parsed in place; an indented one is a nested value unless it is whole on its own line.
+    starts = list(re.finditer(r"(?m)^([ \t]*)\{", text))[-_RESULT_CANDIDATES:]
+    # Objects at the start of a line first: an indented whole-line object is more often a nested one.
+    starts.sort(key=lambda m: (not m.group(1), m.start()))
+    for match in reversed(starts):
+        begin = match.end() - 1
         try:
-            obj, _ = _json.raw_decode(candidate)
+            if match.group(1):
+                line_end = text.find("\n", begin)
+                obj, _ = _json.raw_decode(text[begin : line_end if line_end >= 0 else len(text)])
+            else:
+                obj, _ = _json.raw_decode(text, begin)
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
@@ -380,11 +388,17 @@ def read_result(log_path: Path) -> dict[str, Any] | None:
     return None
 
 
+MAX_COST_USD = 1e6  # a cost an agent reports above this is not a cost: it is not recorded
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return None
+    return number if math.isfinite(number) and 0 <= number <= MAX_COST_USD else None
 
 
 def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
@@ -417,7 +431,7 @@ def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
         )
         cost = _number(summary.get("total_cost_usd", summary.get("cost_usd")))
         raw_turns = summary.get("num_turns")
-        turns = raw_turns if isinstance(raw_turns, int) and not isinstance(raw_turns, bool) else None
+        turns = raw_turns if type(raw_turns) is int and 0 <= raw_turns < 2**31 else None
         session = summary.get("session_id") if isinstance(summary.get("session_id"), str) else None
     outcome = AgentOutcome(
         rc=rc,

@@ -17,7 +17,9 @@ deleted as a folder (never ``reset``), so a ``.git`` the agent rewrote cannot re
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import structlog
 
 from daemon import safefs
 from daemon.exceptions import BatchdError
-from daemon.gitops import WorkTree, git_common_dir, out, printable, remove_tree, run_git, split_z
+from daemon.gitops import WorkTree, git_common_dir, out, printable, records, remove_tree, run_git
 
 log = structlog.get_logger(__name__)
 
@@ -98,20 +100,52 @@ _HEX = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _REF = re.compile(r"^refs/(?:heads|tags)/[A-Za-z0-9._/-]+$")
 
 
-def _objects(path: Path) -> dict[str, str]:
+MAX_OBJECT_ENTRIES = 200_000
+MAX_TRACKED = 200_000  # names of files an agent's commits or index changed
+_AS_GIT_WROTE = "an agent must leave its repository's objects as git wrote them"
+READ_TIMEOUT = 300.0  # seconds any read of an agent's repository may take
+
+
+def _objects(root: Path, path: Path) -> dict[str, str]:
+    """The agent's objects folder, once checked to hold only files and folders (a FIFO there would
+    make git block forever) and the alternates file batchd wrote, as an extra alternate."""
     objects = checked_git_dir(path) / "objects"
     if objects.is_symlink() or not objects.is_dir():
         raise WorkspaceError(
             "the agent replaced its repository's objects folder", hint="the attempt cannot be collected"
         )
+    seen = 0
+    for folder, dirs, files in os.walk(objects):
+        for name in (*dirs, *files):
+            seen += 1
+            mode = (Path(folder) / name).lstat().st_mode
+            if seen > MAX_OBJECT_ENTRIES:
+                raise WorkspaceError("the agent's objects folder holds too many entries", hint=_AS_GIT_WROTE)
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise WorkspaceError(
+                    f"the agent's objects folder holds {printable(name)}, which is not a file",
+                    hint=_AS_GIT_WROTE,
+                )
+    if _small(objects / "info" / "alternates") != str(git_common_dir(root) / "objects"):
+        raise WorkspaceError(
+            "the agent changed its repository's alternates file", hint="the attempt cannot be collected"
+        )
     return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects.absolute())}
 
 
 def _read(root: Path, path: Path, *args: str, index: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = _objects(path)
+    env = _objects(root, path)
     if index is not None:
         env["GIT_INDEX_FILE"] = str(index)
-    return run_git(root, *_NO_TRANSPORT, *args, env=env, check=False, untrusted=True)
+    try:
+        return run_git(
+            root, *_NO_TRANSPORT, *args, env=env, check=False, untrusted=True, timeout=READ_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkspaceError(
+            f"reading the agent's repository took more than {READ_TIMEOUT:.0f}s",
+            hint="an agent must not leave its repository in a state git cannot read",
+        ) from None
 
 
 def _small(path: Path) -> str:
@@ -163,17 +197,32 @@ def agent_commits(root: Path, path: Path, base_sha: str, head: str) -> tuple[str
     return tuple(proc.stdout.split()) if proc.returncode == 0 else ()
 
 
-def tracked_paths(root: Path, path: Path, head: str) -> list[str]:
-    """Paths the agent's own index or its HEAD holds: how a file it added despite ``.gitignore`` is found.
+def tracked_paths(root: Path, path: Path, base_sha: str, head: str) -> list[str]:
+    """Paths the agent's commits or its own index changed from the base: how a file it added despite
+    ``.gitignore`` is found. Only what differs from the base is listed (bounded by the change, not
+    the repository), and at most :data:`MAX_TRACKED` names.
 
     Only names come out of here; their content is read from the workspace's files, so a lie in the
     agent's index or objects can at worst add a file that is really there.
     """
     names: set[str] = set()
     index = checked_git_dir(path) / "index"
+    env = _objects(root, path)
+    listings: list[tuple[dict[str, str], tuple[str, ...]]] = [
+        (env, ("diff", "--name-only", "-z", "--no-renames", base_sha, head, "--"))
+    ]
     if index.is_file() and not index.is_symlink():
-        names.update(split_z(_read(root, path, "ls-files", "-z", "--cached", index=index).stdout))
-    names.update(split_z(_read(root, path, "ls-tree", "-r", "-z", "--name-only", "--full-tree", head).stdout))
+        listings.append(
+            ({**env, "GIT_INDEX_FILE": str(index)}, ("diff-index", "--cached", "--name-only", "-z", base_sha))
+        )
+    for listing_env, args in listings:
+        found, more = records(root, *_NO_TRANSPORT, *args, limit=MAX_TRACKED, env=listing_env, untrusted=True)
+        if more:
+            raise WorkspaceError(
+                f"the agent's change lists more than {MAX_TRACKED} files",
+                hint="a change that large is not a todo's; the attempt fails",
+            )
+        names.update(found)
     return sorted(n for n in names if _plain(n))
 
 

@@ -193,6 +193,8 @@ def run_batch(d: Daemon, batch: BatchView) -> None:
         for todo_id in waiting:
             if executor.running_count(d) >= d.config.batchd.max_parallel:
                 break
+            if executor.settling(d, todo_id):
+                continue
             executor.launch(d, todo_id, batch.key, batch.base_sha)
     if any(t.state in (TodoState.PLANNED, TodoState.RUNNING) for t in members):
         return

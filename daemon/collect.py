@@ -102,6 +102,8 @@ def _under(path: str, protected: Mapping[str, str]) -> str | None:
             return why
         if key.rstrip("/").startswith(path + "/"):
             return f"a file where the folder of {why} must be"
+        if path.startswith(key.rstrip("/") + "/"):
+            return f"inside the name of {why}"
     return None
 
 
@@ -133,7 +135,7 @@ def collect(
     with tempfile.TemporaryDirectory(prefix="batchd-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         builder = _Builder(tree, base_sha, env, policy)
-        builder.add_everything(agentspace.tracked_paths(root, workspace, head))
+        builder.add_everything(agentspace.tracked_paths(root, workspace, base_sha, head))
         dropped = builder.apply_policy()
         tree_sha = out(tree, "write-tree", env=env)
         if tree_sha == out(tree, "rev-parse", f"{base_sha}^{{tree}}"):
@@ -185,7 +187,7 @@ class _Builder:
 
     def add_everything(self, agent_tracked: Sequence[str]) -> None:
         self.git("read-tree", self.base)
-        self._refuse_huge_new_files()
+        self._refuse_huge_new_files(agent_tracked)
         with self._embedded_as_files():
             self.git("add", "--all")
         # A file the agent added or committed despite .gitignore: `add --all` skips it, -f does not.
@@ -194,11 +196,13 @@ class _Builder:
         for chunk in _chunks(forced, 200):
             self.git("add", "--force", "--", *chunk)
 
-    def _refuse_huge_new_files(self) -> None:
-        """Before anything is hashed into the person's repository: new files, and tracked files that
-        changed size, larger than allowed in all (a file grown to gigabytes is refused unread)."""
+    def _refuse_huge_new_files(self, agent_tracked: Sequence[str]) -> None:
+        """Before anything is hashed into the person's repository: new files (also those the agent
+        added despite .gitignore), and tracked files that changed size, larger than allowed in all
+        (a file grown to gigabytes is refused unread)."""
         total = 0
-        for rel in split_z(self.git("ls-files", "-z", "--others", "--exclude-standard")):
+        others = split_z(self.git("ls-files", "-z", "--others", "--exclude-standard"))
+        for rel in dict.fromkeys([*others, *agent_tracked]):
             with contextlib.suppress(OSError):
                 st = os.lstat(self.tree.path / rel)
                 total += st.st_size if not rel.endswith("/") else 0

@@ -334,6 +334,11 @@ def _check_placeholders(c: _Checker, key: str, argv: Argv) -> Argv:
     return argv
 
 
+def _path(value: str) -> str:
+    """A path as batchd compares it with what git lists: ``./plans/X`` is ``plans/X``."""
+    return Path(value).as_posix() if value else value
+
+
 def path_patterns(patterns: Sequence[str]) -> pathspec.GitIgnoreSpec:
     """A matcher for gitignore-style patterns (``tests/**``, ``**/test_*.py``) on repository paths."""
     return pathspec.GitIgnoreSpec.from_lines(patterns)
@@ -353,9 +358,9 @@ def _globs(c: _Checker, key: str, value: object) -> tuple[str, ...]:
 _Converter = Callable[[_Checker, str, object], Any]
 
 _BATCHD_KEYS: dict[str, _Converter] = {
-    "todos_dir": _Checker.nonempty,
-    "plan": _Checker.string,
-    "status_file": _Checker.nonempty,
+    "todos_dir": lambda c, k, v: _path(c.nonempty(k, v)),
+    "plan": lambda c, k, v: _path(c.string(k, v)),
+    "status_file": lambda c, k, v: _path(c.nonempty(k, v)),
     "branch": _Checker.nonempty,
     "remote": _Checker.string,
     "max_parallel": lambda c, k, v: c.integer(k, v, 1),
@@ -371,7 +376,7 @@ _AGENT_KEYS: dict[str, _Converter] = {
     "preset": lambda c, k, v: c.choice(k, v, get_args(Preset)),
     "command": lambda c, k, v: _check_placeholders(c, k, c.argv(k, v, allow_empty=True)),
     "timeout": lambda c, k, v: c.seconds(k, v, allow_zero=False),
-    "prompt_file": _Checker.string,
+    "prompt_file": lambda c, k, v: _path(c.string(k, v)),
     "setup": _setup,
     "env": _Checker.env,
     "sandbox": lambda c, k, v: c.choice(k, v, get_args(SandboxMode)),

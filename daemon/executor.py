@@ -12,6 +12,7 @@ it never stops the daemon.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import subprocess
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon import agentproc, agents, agentspace, collect, safefs
-from daemon.config import TEST_INFRA
+from daemon import agentproc, agents, agentspace, collect, homeguard, safefs, testinfra
 from daemon.exceptions import AgentError, BatchdError
 from daemon.faults import raise_at
 from daemon.gitops import printable
@@ -43,6 +43,12 @@ def branch_for(todo_id: str, attempt: int) -> str:
 
 def running_count(d: Daemon) -> int:
     return sum(1 for t in d.proj.todos.values() if t.state == TodoState.RUNNING)
+
+
+def settling(d: Daemon, todo_id: str) -> bool:
+    """The todo's last agent exited and its outcome is still being read: it must not start again
+    before that is done (its workspace is being collected)."""
+    return any(d.has_job(f"{job}-{todo_id}") for job in ("prepare", "collect")) or todo_id in d.agents
 
 
 def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
@@ -120,9 +126,11 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
             )
         return None
 
+    token = todo.token
+
     def done(result: agentproc.SetupResult | None) -> None:
         current = d.proj.todos[todo_id]
-        if current.state != TodoState.RUNNING or current.attempt != attempt:
+        if current.state != TodoState.RUNNING or current.token != token:
             return  # cancelled or interrupted meanwhile
         if result is not None and not result.ok:
             fail(
@@ -137,6 +145,8 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
             return
         if d.stopping:
             return  # will be recorded as interrupted by the stop
+        homes = d.sandbox.writable if d.sandbox.active else (Path.home(),)
+        d.home_snapshots[todo_id] = homeguard.take(homeguard.steering_paths(Path.home(), homes))
         try:
             proc = agentproc.start_agent(
                 argv,
@@ -166,7 +176,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
 
     def failed(error: BaseException) -> None:
         current = d.proj.todos[todo_id]
-        if current.state != TodoState.RUNNING or current.attempt != attempt:
+        if current.state != TodoState.RUNNING or current.token != token:
             return  # cancelled or interrupted meanwhile: nothing of this attempt to record
         fail(d, todo_id, attempt, "setup", f"could not prepare the workspace: {_message(error)}")
 
@@ -227,6 +237,7 @@ class _Collected:
     change: collect.Change | None = None
     reason: str = ""  # the failure code when the attempt failed
     detail: str = ""
+    put_back: tuple[str, ...] = ()  # agent settings in its home it changed, put back
 
 
 def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> None:
@@ -234,13 +245,19 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     seconds: the loop, the watchdog and the other agents go on meanwhile); the result is recorded on
     the main thread. Whatever fails in there fails this attempt, never the daemon."""
     todo = d.proj.todos[todo_id]
-    attempt = todo.attempt
+    attempt, token = todo.attempt, todo.token  # the token is new on every start, the attempt is not
     root = d.root
     max_log = d.config.agent.max_log_bytes
     policy = policy_for(d, todo_id)
     workspace, base, branch, title = d.root / todo.worktree, todo.base_sha, todo.branch, todo.title
+    home = d.home_snapshots.pop(todo_id, None)
 
     def work() -> _Collected:
+        result = read_and_collect()
+        put_back = tuple(homeguard.restore(home)) if home is not None else ()
+        return dataclasses.replace(result, put_back=put_back) if put_back else result
+
+    def read_and_collect() -> _Collected:
         agentproc.cap_log(proc.log_path, max_log)
         outcome = agentproc.finish(proc)
         if not outcome.ok:
@@ -275,21 +292,22 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
 
     def done(result: _Collected) -> None:
         with d.step(todo_id, "agent_outcome"):
-            record_outcome(d, todo_id, attempt, result)
+            record_outcome(d, todo_id, token, result)
 
     def failed(error: BaseException) -> None:
         current = d.proj.todos[todo_id]
-        if current.state == TodoState.RUNNING and current.attempt == attempt:
+        if current.state == TodoState.RUNNING and current.token == token:
             fail(d, todo_id, attempt, "collect", f"could not read the agent's outcome: {_message(error)}")
 
     d.submit(f"collect-{todo_id}", work, done, failed)
 
 
-def record_outcome(d: Daemon, todo_id: str, attempt: int, result: _Collected) -> None:
+def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> None:
     todo = d.proj.todos[todo_id]
+    attempt = todo.attempt
     outcome = result.outcome
-    if todo.state != TodoState.RUNNING or todo.attempt != attempt:
-        return  # cancelled or interrupted meanwhile
+    if todo.state != TodoState.RUNNING or todo.token != token:
+        return  # cancelled or interrupted meanwhile (and maybe started again: another token)
     if d.stopping and outcome.rc < 0 and not outcome.timed_out:
         return  # killed by our own stop: recorded as interrupted
     change = result.change
@@ -299,7 +317,7 @@ def record_outcome(d: Daemon, todo_id: str, attempt: int, result: _Collected) ->
             todo_id,
             attempt,
             result.reason,
-            result.detail,
+            result.detail + ("; put back: " + "; ".join(result.put_back) if result.put_back else ""),
             rc=outcome.rc,
             duration=outcome.duration,
             cost=outcome.cost_usd,
@@ -317,7 +335,7 @@ def record_outcome(d: Daemon, todo_id: str, attempt: int, result: _Collected) ->
             files=change.files,
             cost_usd=outcome.cost_usd,
             summary=plain_summary(outcome.summary),
-            dropped=change.dropped,
+            dropped=(*change.dropped, *result.put_back),
             warnings=change.warnings,
             test_edits=change.test_edits,
             note=change.note,
@@ -384,24 +402,11 @@ def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
         todos_dir=safefs.relative_to(d.root, config.todos_path),
         protect=config.agent.protect,
         test_globs=config.verify.protect_tests,
-        test_infra=test_infrastructure(d),
+        test_infra=testinfra.patterns(d.root, config.verify.commands),
         max_change_bytes=config.agent.max_change_bytes,
         earlier=earlier,
         run_base=d.proj.run.base_sha,
     )
-
-
-def test_infrastructure(d: Daemon) -> tuple[str, ...]:
-    """What decides how the tests run: the usual test configuration files, and every file of the
-    repository the verify commands name (``check.py``, ``scripts/test.sh``): editing the script
-    that runs the tests is editing the tests."""
-    named = []
-    for command in d.config.verify.commands:
-        for arg in command:
-            path = Path(arg)
-            if not path.is_absolute() and ".." not in path.parts and (d.root / path).is_file():
-                named.append("/" + path.as_posix())  # anchored at the root, as gitignore patterns are
-    return (*TEST_INFRA, *named)
 
 
 def _placed(d: Daemon, rel: str) -> bytes:

@@ -78,8 +78,11 @@ def _scalar(token: str) -> str | int | None:
     if token[0] in "\"'":
         return token[1:-1]
     if token[0].isdigit():
-        return int(token)
+        return int(token) if len(token) <= _MAX_DIGITS else None
     return None if token in _RESERVED else token
+
+
+_MAX_DIGITS = 18  # longer numbers go to the YAML loader (and are refused there if they cannot be)
 
 
 def _fast_load(raw: str) -> dict[str, Any] | None:
@@ -139,6 +142,8 @@ def load_front_matter(raw: str) -> dict[str, Any]:
             raise FrontMatterError(f"front matter is not valid YAML{where}: {problem}", line) from None
         except RecursionError:
             raise FrontMatterError("front matter nests too deeply") from None
+        except (ValueError, OverflowError) as e:  # a value YAML cannot make (2026-02-30, a huge int)
+            raise FrontMatterError(f"front matter has a value that cannot be read: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

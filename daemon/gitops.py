@@ -19,12 +19,17 @@ Every failure is a :class:`GitError` carrying the command and git's output.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import shutil
+import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -89,6 +94,7 @@ def run_git(
     hooks: Path | None = None,
     untrusted: bool = False,
     as_configured: bool = False,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git args`` in ``where``; stdout and stderr are returned together in ``stdout`` on failure.
 
@@ -97,6 +103,38 @@ def run_git(
     person's pinned hooks folder; without it no hook runs. ``as_configured`` drops batchd's
     overrides, to read what the person's config says (where their hooks are).
     """
+    argv, cwd, full_env = _command(where, args, env, hooks, untrusted=untrusted, as_configured=as_configured)
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env=full_env,
+        check=False,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise GitError(
+            f"git failed with exit code {proc.returncode} in {printable(str(cwd))}",
+            command=[printable(a) for a in argv],
+            output=printable(proc.stderr + proc.stdout),
+            hint="read git's message above; `git status` in that folder shows its state",
+        )
+    return proc
+
+
+def _command(
+    where: GitTarget | str,
+    args: Sequence[str],
+    env: Mapping[str, str] | None,
+    hooks: Path | None,
+    *,
+    untrusted: bool,
+    as_configured: bool,
+) -> tuple[list[str], Path | str, dict[str, str]]:
+    """argv, working folder and environment of one git command under batchd's rules."""
     argv = ["git"]
     if not as_configured:
         argv += ["-c", f"core.hooksPath={hooks or os.devnull}", "-c", "core.fsmonitor=false"]
@@ -114,24 +152,35 @@ def run_git(
         full_env.update(_UNTRUSTED_ENV)
     if env:
         full_env.update(env)
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-        env=full_env,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise GitError(
-            f"git failed with exit code {proc.returncode} in {printable(str(cwd))}",
-            command=[printable(a) for a in argv],
-            output=printable(proc.stderr + proc.stdout),
-            hint="read git's message above; `git status` in that folder shows its state",
-        )
-    return proc
+    return argv, cwd, full_env
+
+
+def records(
+    where: GitTarget | str,
+    *args: str,
+    limit: int,
+    env: Mapping[str, str] | None = None,
+    untrusted: bool = False,
+) -> tuple[list[str], bool]:
+    """The first ``limit`` records of a ``-z`` listing, read as they come (a listing of millions of
+    names is never held whole); and whether there were more. A failing command gives what it wrote."""
+    argv, cwd, full_env = _command(where, args, env, None, untrusted=untrusted, as_configured=False)
+    found: list[str] = []
+    pending = b""
+    more = False
+    with subprocess.Popen(
+        argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as proc:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 16):
+            parts = (pending + chunk).split(b"\0")
+            pending = parts.pop()
+            found.extend(os.fsdecode(p) for p in parts if p)
+            if len(found) > limit:
+                more = True
+                proc.kill()
+                break
+    return found[:limit], more
 
 
 def out(where: GitTarget | str, *args: str, **kwargs: object) -> str:
@@ -229,11 +278,26 @@ def prune_worktrees(repo_root: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a folder batchd made, whatever is in it; a link in its place is removed, never followed."""
+    """Delete a folder batchd made, whatever is in it; a link in its place is removed, never followed,
+    and a folder someone made read-only inside is made writable to be emptied."""
     if path.is_symlink() or path.is_file():
         path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)  # fd-based on Linux: a link inside is removed, not followed
+    elif not path.exists():
+        return
+    # fd-based on Linux: a link inside is removed, not followed.
+    elif sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=_writable_and_retry)
+
+
+def _writable_and_retry(func: Callable[..., Any], target: str, _exc: object) -> None:
+    """rmtree met a folder it may not empty (made read-only inside): make it writable, try again."""
+    for folder in (Path(target).parent, Path(target)):
+        with contextlib.suppress(OSError):
+            if not folder.is_symlink() and folder.is_dir():
+                folder.chmod(folder.stat().st_mode | 0o700)
+    func(target)
 
 
 def remove_worktree(repo_root: Path, path: Path, *, delete_branch: bool = False) -> None:
@@ -329,14 +393,33 @@ def reset_hard(worktree: GitTarget, sha: str) -> None:
     makes the next tree pass) or a ``git init`` in a folder (which hides the folder's files from the
     next ``git add``) must not outlive the tree they came with.
     """
+    _make_writable_and_drop_nested_git(worktree.path if isinstance(worktree, WorkTree) else worktree)
     run_git(worktree, "reset", "--quiet", "--hard", sha)
     run_git(worktree, "clean", "-ffdxq")
+
+
+def _make_writable_and_drop_nested_git(top: Path) -> None:
+    """What ``git clean -ffdx`` leaves: a ``.git`` inside a tracked folder (it hides the folder's files
+    from ``git add``) and folders made read-only (``git rm`` would fail there). Links are not followed."""
+    for folder, dirs, files in os.walk(top):
+        here = Path(folder)
+        for name in dirs:
+            path = here / name
+            with contextlib.suppress(OSError):
+                mode = path.lstat().st_mode
+                if stat.S_ISDIR(mode) and mode & 0o700 != 0o700:
+                    path.chmod(mode | 0o700)
+        if here != top and ".git" in (*dirs, *files):
+            remove_tree(here / ".git")
+            log.warning("nested_git_removed", folder=str(here))
+        dirs[:] = [d for d in dirs if d != ".git"]
 
 
 def stage(worktree: GitTarget, paths: Sequence[str]) -> None:
     """``git add`` batchd's own files (renamed todos, the status file) whatever ``.gitignore`` says,
     and check that each one is really in the index: a file a nested repository or an ignore rule
     hid would otherwise be left out of the commit without a word."""
+    paths = [posixpath.normpath(p) for p in paths]
     run_git(worktree, "--literal-pathspecs", "add", "--force", "--all", "--", *paths)
     listed = set(split_z(run_git(worktree, "--literal-pathspecs", "ls-files", "-z", "--", *paths).stdout))
     missing = [p for p in paths if p not in listed]

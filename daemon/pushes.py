@@ -12,7 +12,7 @@ import contextlib
 
 import structlog
 
-from daemon import remote
+from daemon import remote, testinfra
 from daemon.batches import check_runner
 from daemon.exceptions import GitError
 from daemon.runner import Daemon
@@ -36,13 +36,14 @@ def agent_commits(d: Daemon) -> frozenset[str]:
 
 
 def guarded_inputs(d: Daemon) -> tuple[str, ...]:
-    """batchd's own inputs, repository-relative: its configuration, the plan, the prompt file."""
+    """What decides what batchd checks, as patterns anchored at the repository: its configuration,
+    the plan, the prompt file, and the test infrastructure (see :func:`daemon.testinfra.patterns`)."""
     found = []
     for path in (d.config.path, d.config.plan_path, d.root / d.config.agent.prompt_file):
         if path is not None and path != d.root:
             with contextlib.suppress(ValueError):
-                found.append(path.absolute().relative_to(d.root.absolute()).as_posix())
-    return tuple(found)
+                found.append("/" + path.absolute().relative_to(d.root.absolute()).as_posix())
+    return (*found, *testinfra.patterns(d.root, d.config.verify.commands))
 
 
 def push(d: Daemon, phase: PhaseView) -> None:

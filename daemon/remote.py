@@ -26,6 +26,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.config import path_patterns
 from daemon.exceptions import GitError, UsageError
 from daemon.gitops import (
     GitTarget,
@@ -207,8 +208,9 @@ class PushPlan:
     last_pushed: str = ""
     agent_commits: Collection[str] = frozenset()
     attempts: int = 3
-    # batchd's own inputs (batchd.toml, the plan, the prompt): new commits on the remote that change
-    # them are not rebased onto and pushed on (a change of the gate must come in through a person).
+    # What decides what batchd checks (batchd.toml, the plan, the prompt, the test infrastructure),
+    # as gitignore-style patterns: new commits on the remote that change it are not rebased onto and
+    # pushed on (a change of the gate must come in through a person, not through the remote).
     guarded: Collection[str] = ()
 
 
@@ -297,12 +299,11 @@ def _history_check(worktree: GitTarget, branch: str, tip: str, tested: str, plan
             "(never verified by batchd). batchd will not build on it: reset the remote's "
             f"{branch} to {(plan.last_pushed or tested)[:10]} or review that commit, then `batchd push`"
         )
-    touched = split_z(
-        run_git(
-            worktree, "log", "--format=", "--name-only", "-z", "--no-renames", tip, f"^{tested}", "--"
-        ).stdout
-    )
-    gate = sorted(set(touched) & set(plan.guarded))
+    # What the remote's new commits change, merges included: the difference from where both meet.
+    meet = run_git(worktree, "merge-base", tested, tip, check=False).stdout.strip() or tested
+    touched = split_z(run_git(worktree, "diff", "--name-only", "-z", "--no-renames", meet, tip, "--").stdout)
+    guarded = path_patterns(list(plan.guarded))
+    gate = sorted(p for p in touched if guarded.match_file(p))
     if gate:
         return (
             f"new commits on the remote's {branch} change {', '.join(printable(p) for p in gate)}, which "

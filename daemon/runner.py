@@ -25,6 +25,7 @@ import structlog
 from daemon.agentproc import AgentProcess
 from daemon.config import Config
 from daemon.faults import FaultInjector
+from daemon.homeguard import Snapshot
 from daemon.hooks import PersonHooks
 from daemon.notify import Notifier
 from daemon.remote import PinnedRemote
@@ -100,6 +101,8 @@ class Daemon:
         # The step the main thread is in (todo id, place): what a crash is blamed on.
         self.current_step: tuple[str, str] = ("", "")
         self.notes: list[str] = []  # found at start-up, shown in the status file
+        # What steers later agent sessions, noted before each attempt (see daemon.homeguard).
+        self.home_snapshots: dict[str, Snapshot] = {}
 
     @contextlib.contextmanager
     def person_hooks(self) -> Iterator[Path | None]:

@@ -15,10 +15,12 @@ hostile agent's writes outside its workspace fail (EROFS) instead of landing.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +30,7 @@ from typing import Literal
 import structlog
 
 from daemon.exceptions import UsageError
+from daemon.homeguard import steering_paths
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +69,19 @@ class Sandbox:
             "--tmpfs", _TMP,
             "--unshare-pid",
         ]  # fmt: skip
+        # The person's session bus, agents and keyrings under /run/user: out of reach.
+        if Path("/run/user").is_dir():
+            wrapped += ["--tmpfs", "/run/user"]
         for path in _under_tmp([*readable, *_needed(argv)]):
             wrapped += ["--ro-bind-try", str(path), str(path)]
+        # The person's credentials for other services (an agent needs none of them to change code;
+        # with them it could push where it likes) and the container engines' sockets (root on the
+        # host): hidden, the credentials unless listed as writable.
+        for path in _credentials(self.writable):
+            wrapped += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", str(_empty()), str(path)]
+        for sock in _ENGINE_SOCKETS:
+            if Path(sock).exists():
+                wrapped += ["--ro-bind", str(_empty()), sock]
         wrapped += ["--bind", str(workspace), str(workspace)]
         for path in self.writable:
             wrapped += ["--bind-try", str(path), str(path)]
@@ -75,13 +89,6 @@ class Sandbox:
         # instructions) stays read-only: planted there, it would run in the person's own sessions.
         for path in _readonly_in(self.writable):
             wrapped += ["--ro-bind-try", str(path), str(path)]
-        # Sockets that hand out more than the sandbox has: the container engines (root on the host)
-        # and the person's session bus, agents and keyrings under /run/user.
-        if Path("/run/user").is_dir():
-            wrapped += ["--tmpfs", "/run/user"]
-        for sock in _ENGINE_SOCKETS:
-            if Path(sock).exists():
-                wrapped += ["--ro-bind", "/dev/null", sock]
         for name, value in _ENV.items():
             wrapped += ["--setenv", name, value]
         wrapped += ["--unsetenv", "SSH_AUTH_SOCK", "--unsetenv", "DBUS_SESSION_BUS_ADDRESS"]
@@ -99,29 +106,45 @@ _ENGINE_SOCKETS = (
     "/run/podman/podman.sock",
     "/run/crio/crio.sock",
 )
-# Agents' configuration that can run programs or steer the next session (relative to a home).
-AGENT_READONLY = (
-    ".claude/settings.json",
-    ".claude/settings.local.json",
-    ".claude/CLAUDE.md",
-    ".claude/commands",
-    ".claude/agents",
-    ".claude/hooks",
-    ".claude/plugins",
-    ".codex/config.toml",
-    ".codex/AGENTS.md",
-    ".aider.conf.yml",
+
+
+CREDENTIALS = (
+    ".ssh",
+    ".git-credentials",
+    ".netrc",
+    ".config/git/credentials",
+    ".config/gh",
+    ".config/hub",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".docker/config.json",
+    ".kube",
+    ".pypirc",
 )
 
 
-def _readonly_in(writable: Iterable[Path]) -> list[Path]:
+@cache
+def _empty() -> Path:
+    """An empty file to put in place of a hidden one (a device node such as /dev/null cannot be
+    opened where the host's /dev is mounted nodev)."""
+    folder = Path(tempfile.mkdtemp(prefix="batchd-sandbox-"))
+    atexit.register(shutil.rmtree, folder, True)
+    empty = folder / "empty"
+    empty.write_bytes(b"")
+    empty.chmod(0o444)
+    return empty
+
+
+def _credentials(writable: Iterable[Path]) -> list[Path]:
     home = Path.home()
-    found = []
-    for rel in AGENT_READONLY:
-        path = home / rel
-        if any(path == w or w in path.parents for w in writable):
-            found.append(path)
-    return found
+    listed = set(writable)
+    return [home / rel for rel in CREDENTIALS if (home / rel).exists() and home / rel not in listed]
+
+
+def _readonly_in(writable: Iterable[Path]) -> tuple[Path, ...]:
+    return steering_paths(Path.home(), writable)
 
 
 def _needed(argv: Sequence[str]) -> list[Path]:

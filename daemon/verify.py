@@ -369,17 +369,28 @@ class _Session:
 
     def _without_test_edits(self, todo: Candidate) -> CheckResult | None:
         """The checks on the accepted head with ``todo``'s edited test files as they were on the base;
-        None when green (or when they cannot be put back: nothing to say then)."""
+        None when green. Files that cannot be put back count as red: the gate is never skipped."""
         reset_hard(self.worktree, self.good_head)
+        # The records keep names escaped; git needs them as they are (a name that is not UTF-8).
+        shown = set(todo.test_edits)
+        changed = split_z(
+            run_git(
+                self.worktree, "diff", "--name-only", "-z", "--no-renames", self.base_sha, todo.sha
+            ).stdout
+        )
+        paths = [p for p in changed if printable(p) in shown]
         # restore, not checkout: a test file the change added (a new conftest.py) is removed.
         proc = run_git(
             self.worktree, "--literal-pathspecs", "restore", f"--source={self.base_sha}", "--staged",
-            "--worktree", "--", *todo.test_edits, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            log.warning("test_integrity_skipped", todo_id=todo.todo_id, output=printable(proc.stderr))
+            "--worktree", "--", *paths, check=False,
+        ) if paths else None  # fmt: skip
+        if proc is None or proc.returncode != 0:
+            log.warning("test_integrity_unrestorable", todo_id=todo.todo_id, files=list(todo.test_edits))
             reset_hard(self.worktree, self.good_head)
-            return None
+            output = printable(proc.stderr) if proc is not None else "no such files in the change"
+            return CheckResult(
+                passed=False, failed_command=("git", "restore"), returncode=1, output_tail=output
+            )
         result = self.runner(work_path(self.worktree))
         self.runs += 1
         if self.on_run is not None:

@@ -9,6 +9,7 @@ rather than event dataclasses: this is the fold's hot path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +34,13 @@ def on(name: str) -> Callable[[Handler], Handler]:
 
 
 _MAX_AGENT_COMMITS = 1000  # per todo, all attempts
+_MAX_SUM = 1e12
 
 
 def _float(value: Any) -> float:
-    return 0.0 if value is None else float(value)
+    """A number from a payload; what cannot be a sum (infinite, not a number) counts as 0."""
+    number = 0.0 if value is None else float(value)
+    return number if math.isfinite(number) else 0.0
 
 
 # --- todo ---------------------------------------------------------------------------------------
@@ -119,8 +123,9 @@ def _agent_ended(t: TodoView, p: Payload) -> None:
     t.last_duration = _float(p.get("duration"))
     t.agent_seconds += t.last_duration
     cost = p.get("cost_usd")
-    t.last_cost_usd = None if cost is None else float(cost)
-    t.cost_usd += _float(cost)
+    t.last_cost_usd = None if cost is None else _float(cost)
+    # A sum that overflows (two absurd costs) would make the snapshot unwritable: it stays finite.
+    t.cost_usd = min(t.cost_usd + _float(cost), _MAX_SUM)
 
 
 @on("todo.agent_finished")
@@ -360,7 +365,8 @@ def _run_attached(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> No
     r.daemon_version = p["version"]
     r.attached_at = e.recorded_at
     r.sandbox = p.get("sandbox", "")
-    r.remote_url = p.get("remote_url", "")
+    # The URL the run started pushing to: a later start with another one is said, not forgotten.
+    r.remote_url = r.remote_url or p.get("remote_url", "")
     r.stop_reason = ""
     if r.state == "stopping":
         # Attaching after a stop resumes the run (see tables): an old pause no longer holds.

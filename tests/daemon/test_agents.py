@@ -597,3 +597,18 @@ def test_an_exit_record_written_by_someone_else_does_not_hide_a_timeout(
         time.sleep(0.05)
     outcome = finish(proc)
     assert outcome.timed_out and not outcome.ok
+
+
+def test_a_pretty_printed_result_is_read_whole_not_a_nested_object(tmp_path: Path) -> None:
+    """An indented object inside a pretty-printed result is not taken for the result."""
+    log = tmp_path / "a.log"
+    log.write_text('done\n{\n  "type": "result",\n  "items": [\n    {"a": 1}\n  ],\n  "is_error": false\n}\n')
+    assert read_result(log) == {"type": "result", "items": [{"a": 1}], "is_error": False}
+
+
+def test_a_log_of_many_opening_braces_is_no_result(tmp_path: Path) -> None:
+    """Half a million lines of '{' (each a start of a would-be object) give no result: only the last few
+    are tried, each in place (before, every one re-parsed the rest of the log: hours)."""
+    log = tmp_path / "a.log"
+    log.write_text("{\n" * 500_000)
+    assert read_result(log) is None

@@ -327,3 +327,12 @@ def test_the_verify_commands_own_script_and_a_new_conftest_are_test_edits(repo: 
     ).change  # fmt: skip
     assert change is not None
     assert change.test_edits == ("check.sh", "src/conftest.py")
+
+
+def test_a_folder_in_place_of_the_status_file_is_dropped(repo: Path, ws: Path) -> None:
+    """plans/EXECUTION-STATUS.md/x would make the status file a folder: put back."""
+    write(ws, {"plans/EXECUTION-STATUS.md/x": "x\n", "src/app.py": "x = 9\n"})
+    collected = run(repo, ws)
+    assert collected.change is not None
+    assert not any(p.startswith("plans/") for p in tree(repo, collected.change.sha))
+    assert any("inside the name of the status file" in d for d in collected.dropped)

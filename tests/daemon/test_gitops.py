@@ -254,3 +254,20 @@ def test_stage_adds_a_file_gitignore_would_skip(repo: Path) -> None:
     write(wt, {".gitignore": "*-complete-*.md\n", "todos/273-complete-p1-x.md": "done\n"})
     stage(wt, ["todos/273-complete-p1-x.md"])
     assert "todos/273-complete-p1-x.md" in git(wt, "ls-files")
+
+
+def test_reset_hard_removes_a_git_folder_inside_a_tracked_folder(repo: Path) -> None:
+    """`git clean -ffdx` keeps a .git in a folder with tracked files; batchd removes it too."""
+    wt = _worktree(repo)
+    git(wt / "todos", "init", "-q")
+    reset_hard(wt, head(repo))
+    assert not (wt / "todos" / ".git").exists()
+    assert (wt / "todos" / "273-ready-p1-x.md").exists()
+
+
+def test_reset_hard_makes_read_only_folders_writable_again(repo: Path) -> None:
+    """A check that chmods a folder read-only does not make the next git rm there fail."""
+    wt = _worktree(repo)
+    (wt / "todos").chmod(0o555)
+    reset_hard(wt, head(repo))
+    assert (wt / "todos").stat().st_mode & 0o700 == 0o700

@@ -213,3 +213,20 @@ def test_agent_settings_inside_a_writable_home_stay_read_only(
     assert results[str(home / ".claude" / "session.jsonl")] == "ok"
     assert results[str(home / ".claude" / "settings.json")] == "refused"
     assert (home / ".claude" / "settings.json").read_text() == "{}\n"
+
+
+@needs_bwrap
+def test_the_persons_credentials_are_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.ssh and ~/.git-credentials cannot be read inside: an agent has no way to push like the person."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".git-credentials").write_text("https://user:token@example.com\n")
+    monkeypatch.setenv("HOME", str(home))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ssh, creds = str(home / ".ssh"), str(home / ".git-credentials")
+    code = f"import os\nprint(sorted(os.listdir({ssh!r})), repr(open({creds!r}).read()))\n"
+    argv = resolve("bwrap", [], key="x").wrap([sys.executable, "-c", code], workspace=ws, readable=(home,))
+    done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[] ''"
