@@ -68,8 +68,6 @@ def advance_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
         verify(d, batch)
     elif batch.state == BatchState.VERIFIED:
         d.emit_one(ev.batch_stream(batch.key), ev.BatchDone(key=batch.key))
-    elif batch.state == BatchState.PAUSED and d.once:
-        d.fatal = f"batch {batch.key}: the baseline is red ({' '.join(batch.pause_command)})"
 
 
 def start_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
@@ -272,7 +270,7 @@ def verify(d: Daemon, batch: BatchView) -> None:
 
 def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> None:
     """Record every todo's fate and the batch's verdict in one transaction, with retries decided."""
-    d.poll_jobs()  # verify-run progress events first, so run numbers stay in order
+    d.drain_inbox()  # verify-run progress events first, so run numbers stay in order
     batch = d.proj.batches[batch.key]
     members = [t for t in d.proj.todos.values() if t.batch == batch.key]
     appends: list[Append | tuple[str, Sequence[object]]] = []

@@ -5,13 +5,17 @@ Each names what went wrong, where (file, key, todo, command) and how to fix it.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_USAGE, BatchdError
 
 __all__ = [
     "AgentError",
     "BatchdError",
+    "CannotProceed",
     "ConfigError",
     "GitError",
+    "Halt",
     "LockHeld",
     "PlanError",
     "TodoFileError",
@@ -96,3 +100,24 @@ class LockHeld(BatchdError):
             f"another batchd daemon ({who}) already runs on this repository (lock {path})",
             hint=f"stop it first (kill {pid})" if pid else "stop the other daemon first",
         )
+
+
+class Halt(StrEnum):
+    """Why a daemon stops instead of waiting: the conditions nothing but a person can clear."""
+
+    BASELINE_RED = "baseline_red"  # --once: the tests fail before any todo ran
+    COMMIT_FAILED = "commit_failed"  # the phase commit could not be made
+    CHECKOUT_BLOCKED = "checkout_blocked"  # the person's checkout cannot take the phase commit
+    PAUSED = "paused"  # --once: the daemon paused the run (a crash loop, a blocked checkout)
+    GIT_FAILING = "git_failing"  # git failed tick after tick
+
+
+class CannotProceed(BatchdError):
+    """The run cannot go on without a person; the daemon stops its agents and exits 3."""
+
+    code = "cannot_proceed"
+    exit_code = EXIT_CANNOT_PROCEED
+
+    def __init__(self, message: str, *, cause: Halt, hint: str = "") -> None:
+        self.cause = cause
+        super().__init__(message, hint=hint)

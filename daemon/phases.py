@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from daemon import gitops, safefs
-from daemon.exceptions import GitError
+from daemon.exceptions import CannotProceed, GitError, Halt
 from daemon.gitops import WorkTree
 from daemon.runner import Daemon
 from daemon.statusfile import render_status
@@ -154,7 +154,11 @@ def commit(d: Daemon, phase: PhaseView) -> None:
         log.info("phase_committed", phase=phase.number, sha=commits[-1], commits=len(commits))
 
     def failed(error: BaseException) -> None:
-        d.fatal = f"phase {phase.number}: the commit could not be made: {error}"
+        d.fatal = CannotProceed(
+            f"phase {phase.number}: the commit could not be made: {error}",
+            cause=Halt.COMMIT_FAILED,
+            hint="fix what git said, then start batchd again: the phase is committed from where it was",
+        )
 
     d.submit(key, work, done, failed)
 
@@ -293,8 +297,8 @@ def land(d: Daemon, phase: PhaseView) -> None:
         if d.proj.run.state == RunState.RUNNING:
             d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
         set_aside_status(d)  # so that the person's rebase or merge is not blocked by batchd's file
-        if d.once or d.proj.run.state != RunState.PAUSED:
-            d.fatal = reason  # unattended (or nothing to pause): waiting would never end
+        if d.proj.run.state != RunState.PAUSED:  # nothing to pause: waiting would never end
+            d.fatal = CannotProceed(reason, cause=Halt.CHECKOUT_BLOCKED)
         return
     completed = []
     for todo_id in phase.todo_ids:

@@ -24,6 +24,7 @@ import structlog
 
 from daemon.agentproc import AgentProcess
 from daemon.config import Config
+from daemon.exceptions import CannotProceed
 from daemon.faults import FaultInjector
 from daemon.homeguard import Snapshot
 from daemon.hooks import PersonHooks
@@ -95,7 +96,7 @@ class Daemon:
         self.stopping = False
         self.attached = False  # the run is this process's (after daemon_attached): errors are crashes now
         self.exit_code: int | None = None
-        self.fatal: str | None = None
+        self.fatal: CannotProceed | None = None
         # The todo file batchd wrote into each running agent's workspace (to tell its edits from ours).
         self.placed: dict[str, bytes] = {}
         # The step the main thread is in (todo id, place): what a crash is blamed on.
@@ -226,17 +227,26 @@ class Daemon:
     def has_job(self, key: str) -> bool:
         return key in self.jobs
 
-    def poll_jobs(self) -> None:
+    def drain_inbox(self) -> None:
+        """Append the progress events jobs handed over (verify runs), in the order they came."""
         while True:
             try:
                 appends = self.inbox.get_nowait()
             except queue.Empty:
-                break
+                return
             self.emit(*appends)
-        for key, job in list(self.jobs.items()):
-            if not job.future.done():
-                continue
-            del self.jobs[key]
+
+    def poll_jobs(self) -> None:
+        """Turn finished jobs into events, each exactly once.
+
+        A job is taken out of ``jobs`` before its callback runs, so a callback that reaches this
+        method again (directly or through a step) cannot run it twice or trip over its removal.
+        """
+        self.drain_inbox()
+        for key in [k for k, job in self.jobs.items() if job.future.done()]:
+            job = self.jobs.pop(key, None)
+            if job is None:
+                continue  # a nested poll took it already
             error = job.future.exception()
             if error is None:
                 job.done(job.future.result())

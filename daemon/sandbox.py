@@ -157,12 +157,16 @@ def _needed(argv: Sequence[str]) -> list[Path]:
 
 
 def _under_tmp(paths: Iterable[Path]) -> list[Path]:
+    """The paths under the host's /tmp to show in the sandbox's own: each that exists (and where a
+    link leads), outermost first, none inside another (bwrap cannot mount a file over a path that
+    a read-only mount already shows: a venv's ``bin/python`` link inside the venv, say)."""
     tmp = Path(_TMP)
-    out: list[Path] = []
+    found: set[Path] = set()
     for path in paths:
-        if (tmp in path.parents) and path.exists() and path not in out:
-            out.append(path)
-    return out
+        for candidate in (path, path.resolve()):
+            if tmp in candidate.parents and candidate.exists():
+                found.add(candidate)
+    return [p for p in sorted(found) if not any(parent in found for parent in p.parents)]
 
 
 @cache

@@ -27,7 +27,7 @@ import structlog
 
 from daemon import executor, intake, recovery, safefs, scheduler
 from daemon.config import Config, diff_config, load_config
-from daemon.exceptions import BatchdError, GitError
+from daemon.exceptions import BatchdError, CannotProceed, GitError, Halt
 from daemon.hooks import snapshot as snapshot_hooks
 from daemon.lock import DaemonLock
 from daemon.notify import Notifier
@@ -40,7 +40,7 @@ from daemon.todofile import is_ignored
 from daemon.watcher import TodoWatcher
 from statemachine import events as ev
 from statemachine.projection import SNAPSHOT_NAME
-from statemachine.tables import RunState
+from statemachine.tables import BatchState, RunState
 from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_OK, LogCorrupted
 
 log = structlog.get_logger(__name__)
@@ -201,16 +201,38 @@ def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) ->
             failures += 1
             log.error("tick_failed", error=e.render(), failures=failures)  # noqa: TRY400 - the message is the point
             if failures >= MAX_TICK_FAILURES:
-                d.fatal = e.render()
+                d.fatal = CannotProceed(
+                    f"git failed {failures} times in a row: {e.message}", cause=Halt.GIT_FAILING, hint=e.hint
+                )
             else:
                 time.sleep(1.0)
+        if once and d.fatal is None:
+            d.fatal = unattended_halt(d)
         if d.fatal:
-            log.error("cannot_proceed", reason=d.fatal)
+            log.error("cannot_proceed", cause=str(d.fatal.cause), reason=d.fatal.render())
             stop(d, None, once=once)
             return EXIT_CANNOT_PROCEED
         if once and finished(d):
             return exit_code_for(d)
         watcher.wait(TICK)
+
+
+def unattended_halt(d: Daemon) -> CannotProceed | None:
+    """Under ``--once`` nobody is there to clear a pause: a paused batch (a red baseline) or a run
+    the daemon paused ends the run (exit 3) instead of waiting forever."""
+    for batch in d.proj.batches.values():
+        if batch.state == BatchState.PAUSED:
+            command = " ".join(batch.pause_command)
+            why = "its verification crashed" if command == "batchd" else f"the baseline is red ({command})"
+            return CannotProceed(
+                f"batch {batch.key}: {why}",
+                cause=Halt.BASELINE_RED,
+                hint="make the branch's tests pass, then `batchd resume` and run again",
+            )
+    run = d.proj.run
+    if run.state == RunState.PAUSED and run.paused_by == "daemon":
+        return CannotProceed(run.paused_reason, cause=Halt.PAUSED, hint="then `batchd resume`")
+    return None
 
 
 def crashed(d: Daemon | None, error: Exception) -> int:

@@ -370,7 +370,7 @@ def _run_attached(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> No
     r.stop_reason = ""
     if r.state == "stopping":
         # Attaching after a stop resumes the run (see tables): an old pause no longer holds.
-        r.paused_reason = ""
+        r.paused_reason = r.paused_by = ""
 
 
 @on("run.daemon_crashed")
@@ -389,13 +389,14 @@ def _clear_crashes(r: RunView) -> None:
 @on("run.paused")
 def _run_paused(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.paused_reason = p["reason"]
+    r.paused_by = p.get("by", "person")
     if p.get("by") == "daemon" and r.crash_count:
         _clear_crashes(r)  # a crash loop the daemon paused the run for: a person decides what next
 
 
 @on("run.resumed")
 def _run_resumed(_pr: Projection, r: RunView, _p: Payload, _e: StoredEvent) -> None:
-    r.paused_reason = ""
+    r.paused_reason = r.paused_by = ""
 
 
 @on("run.stopping")

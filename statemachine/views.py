@@ -163,6 +163,7 @@ class RunView:
     daemon_version: str = ""
     attached_at: str = ""
     paused_reason: str = ""
+    paused_by: str = ""  # "person" or "daemon"
     stop_reason: str = ""
     reopened_reason: str = ""
     sandbox: str = ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,5 +28,37 @@ def test_a_reload_asking_for_a_sandbox_that_cannot_run_keeps_the_old_config(
         with pytest.raises(UsageError, match="bubblewrap"):
             d.reconfigure(load_config(root))
         assert (d.config, d.sandbox) == before
+    finally:
+        d.close()
+
+
+def test_two_jobs_finishing_in_one_tick_each_report_once_even_when_a_callback_polls_again(
+    tmp_path: Path,
+) -> None:
+    """A verify job's callback used to poll the jobs again from inside the poll: with a second job
+    finished in the same tick, the outer poll removed it a second time and the daemon died (KeyError)."""
+    root = make_repo(tmp_path / "repo", {})
+    d = Daemon(load_config(root))
+    reported: list[str] = []
+    try:
+        release = threading.Event()
+
+        def work(name: str) -> str:
+            release.wait(10)
+            return name
+
+        def first_done(result: str) -> None:
+            reported.append(result)
+            d.poll_jobs()  # a step that reaches the poll again, as finish_batch did
+
+        d.submit("verify-1.1", lambda: work("verify"), first_done, lambda e: reported.append(repr(e)))
+        d.submit("tidy-1", lambda: work("tidy"), reported.append, lambda e: reported.append(repr(e)))
+        release.set()
+        deadline = time.monotonic() + 10
+        while not all(job.future.done() for job in d.jobs.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        d.poll_jobs()
+        assert sorted(reported) == ["tidy", "verify"]
+        assert not d.jobs
     finally:
         d.close()

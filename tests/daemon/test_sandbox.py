@@ -230,3 +230,20 @@ def test_the_persons_credentials_are_hidden(tmp_path: Path, monkeypatch: pytest.
     argv = resolve("bwrap", [], key="x").wrap([sys.executable, "-c", code], workspace=ws, readable=(home,))
     done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[] ''"
+
+
+@needs_bwrap
+def test_a_repository_and_its_virtualenv_under_tmp_run_in_the_sandbox(tmp_path: Path) -> None:
+    """A clone under /tmp whose verify command is its own venv's `bin/python` (a link to the real
+    one): the private /tmp shows the venv, and the link inside it, without bwrap refusing to mount."""
+    assert Path("/tmp") in tmp_path.parents  # noqa: S108 - the case under test is a path below /tmp
+    repo = tmp_path / "repo"
+    ws = repo / ".batchd" / "verify"
+    ws.mkdir(parents=True)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    python = repo / ".venv" / "bin" / "python"
+    python.symlink_to(Path(sys.executable).resolve())
+    sandbox = resolve("bwrap", [], key="[verify] sandbox")
+    argv = sandbox.wrap([str(python), "-c", "print('ran')"], workspace=ws, readable=[repo, repo / ".venv"])
+    done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "ran"), done.stderr
