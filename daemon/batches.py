@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon import executor, phases
+from daemon import executor, gitops, phases
 from daemon.agents import repair_text
 from daemon.checks import CheckResult, CheckRunner
 from daemon.runner import Daemon
@@ -68,9 +68,35 @@ def advance_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
         verify(d, batch)
     elif batch.state == BatchState.VERIFIED:
         d.emit_one(ev.batch_stream(batch.key), ev.BatchDone(key=batch.key))
+    elif batch.state == BatchState.PAUSED:
+        rebase = rebase_if_moved(d, phase)
+        if rebase:  # a person committed (a fix?): try again from there, no `batchd resume` needed
+            d.emit(*rebase, (ev.batch_stream(batch.key), [ev.BatchResumed(key=batch.key, by="daemon")]))
+
+
+def rebase_if_moved(d: Daemon, phase: PhaseView) -> list[Append | tuple[str, Sequence[object]]]:
+    """The phase re-based on the branch's head when that moved on from the phase's base (a person's
+    commit on top) before the phase accepted anything; [] otherwise. Once a change is accepted the
+    phase stays on its base: its commit must be the tree that was verified."""
+    if phases.accepted_in(d, phase):
+        return []
+    head = gitops.rev_parse(d.root, d.config.batchd.branch)
+    if head == phase.base_sha or not gitops.is_ancestor(d.root, phase.base_sha, head):
+        return []
+    log.info("phase_rebased", phase=phase.number, base=head, previous=phase.base_sha)
+    return [
+        (
+            ev.phase_stream(phase.number),
+            [ev.PhaseRebased(number=phase.number, base_sha=head, previous=phase.base_sha)],
+        )
+    ]
 
 
 def start_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
+    rebase = rebase_if_moved(d, phase)
+    if rebase:
+        d.emit(*rebase)  # the next step starts the batch from the new base
+        return
     base = phases.phase_head(d, phase)
     if base not in green_shas(d):
         baseline(d, batch, base)

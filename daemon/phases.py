@@ -198,11 +198,12 @@ def found_commit(
 
 
 def phase_head(d: Daemon, phase: PhaseView) -> str:
-    """The phase's current head: the last finished batch's verified result, or the phase's base."""
+    """The phase's current head: the verified result of the last finished batch that accepted a
+    change, or the phase's base (which moves with the branch until something is accepted)."""
     head = phase.base_sha
     for key in phase.batches:
         batch = d.proj.batches[key]
-        if batch.state == BatchState.DONE and batch.head_sha:
+        if batch.state == BatchState.DONE and batch.head_sha and batch.accepted:
             head = batch.head_sha
     return str(head)
 

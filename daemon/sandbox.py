@@ -149,8 +149,10 @@ def _readonly_in(writable: Iterable[Path]) -> tuple[Path, ...]:
 
 def _needed(argv: Sequence[str]) -> list[Path]:
     found = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
-    # batchd's own code (the demo agent is `python -m daemon.demo.agent`), also from a source tree.
+    # batchd's own code (the demo agent is `python -m daemon.demo.agent`), also from a source tree
+    # that an editable install finds by its own import hook rather than by sys.path.
     found += [Path(p) for p in sys.path if p.startswith("/")]
+    found.append(Path(__file__).resolve().parents[1])
     found += [Path(a) for a in argv if a.startswith("/")]
     found += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p.startswith("/")]
     return found

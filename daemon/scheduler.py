@@ -266,8 +266,12 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
         )
         if batch is not None:
             advance_batch(d, phase, batch)
-        elif not plan_retry_batch(d, phase):
+        elif plan_retry_batch(d, phase):
+            return
+        elif phase.final or phases.accepted_in(d, phase):
             phases.start_commit(d, phase)
+        else:
+            skip_phase(d, phase)
     elif state == PhaseState.COMMITTING:
         phases.commit(d, phase)
     elif state == PhaseState.COMMITTED:
@@ -276,6 +280,18 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
         pushes.push(d, phase)
     elif state in (PhaseState.PUSHED, PhaseState.PUSH_FAILED):
         phases.finish(d, phase)
+
+
+def skip_phase(d: Daemon, phase: PhaseView) -> None:
+    """Nothing of the phase was accepted: no empty commit and no push; the status file says why."""
+    by_state: dict[str, list[str]] = {}
+    for todo_id in phase_members(d, phase):
+        state = d.proj.todos[todo_id].state if todo_id in d.proj.todos else "missing"
+        by_state.setdefault(str(state), []).append(f"#{todo_id}")
+    detail = "; ".join(f"{state}: {', '.join(ids)}" for state, ids in sorted(by_state.items()))
+    reason = "nothing was accepted" + (f" ({detail})" if detail else "")
+    d.emit_one(ev.phase_stream(phase.number), ev.PhaseSkipped(number=phase.number, reason=reason))
+    log.info("phase_skipped", phase=phase.number, reason=reason)
 
 
 def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:

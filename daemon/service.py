@@ -165,10 +165,12 @@ def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
             log.warning(
                 "agents_unconfined", reason=d.sandbox.note, hint="install bubblewrap to confine agents"
             )
-        intake.rescan(d)
         ignore = config.batchd.ignore
         watcher = TodoWatcher(config.todos_path, ignore=lambda name: is_ignored(name, ignore))
+        # Watching before the first scan: a file written while it runs is caught by its event
+        # instead of waiting a whole rescan_interval.
         watcher.start()
+        intake.rescan(d)
         d.notifier.ready()
         log.info("daemon_ready", root=str(config.root), once=once, last_seq=d.proj.last_seq)
         code = _loop(d, watcher, flags, once=once)

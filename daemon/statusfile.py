@@ -42,6 +42,8 @@ def duration(seconds: float) -> str:
 
 
 def phase_result(phase: PhaseView) -> str:
+    if phase.skipped_reason:
+        return f"done, no commit: {phase.skipped_reason}"
     parts = [str(phase.state)]
     if phase.head_sha:
         parts.append(f"commit `{short(phase.head_sha)}`")

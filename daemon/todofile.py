@@ -27,6 +27,7 @@ from typing import Any
 
 from daemon.exceptions import TodoFileError
 from daemon.frontmatter import FrontMatterError, load_front_matter, replace_status, split_front_matter
+from statemachine.ids import id_order
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -36,6 +37,8 @@ __all__ = [
     "TodoName",
     "TodoStatus",
     "id_key",
+    "id_order",
+    "is_editor_temp",
     "is_ignored",
     "parse_name",
     "parse_todo",
@@ -47,8 +50,6 @@ MAX_TODO_BYTES = 1024 * 1024
 DEFAULT_IGNORE: tuple[str, ...] = ("README.md", ".gitkeep", "TEMPLATE*.md")
 
 # Editors write these next to the file they save; none of them is ever a todo.
-_EDITOR_SUFFIXES = (".swp", ".swo", ".swx", ".tmp", "~")
-_EDITOR_NAMES = frozenset({"4913"})  # vim's probe file, written to test that the folder is writable
 
 _NAME_HINT = (
     "name it ID-STATUS-PRIORITY-DESCRIPTION.md, e.g. 273-ready-p1-tenant-filter.md "
@@ -75,12 +76,6 @@ _NAME_RE = re.compile(
     r"-(?P<description>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)\.md$"
 )
 _DIGITS_RE = re.compile(r"^[0-9]+$")
-
-
-def id_order(todo_id: str) -> tuple[int, int, str]:
-    """Sort key for ids and id keys: numeric ids as numbers, lower first (the seed's priority rule);
-    anything else (an invalid file's ``file:<name>`` key) after them."""
-    return (0, int(todo_id), todo_id) if todo_id.isdigit() else (1, 0, todo_id)
 
 
 def id_key(todo_id: str | int) -> str:
@@ -165,9 +160,24 @@ def parse_name(name: str) -> TodoName | None:
     )
 
 
+_VIM_SWAP = re.compile(r"\.sw[a-z]\Z")  # .swp, .swo, ... and .swx, vim's writability probe
+_TEMP_SUFFIXES = ("~", ".tmp", ".part", "___jb_tmp___", "___jb_old___")
+
+
+def is_editor_temp(name: str) -> bool:
+    """True for names editors write next to the file they save: never a todo, never reported."""
+    return (
+        name.startswith(".")  # dot files, emacs lock files (.#x), vim's .x.swp
+        or (name.startswith("#") and name.endswith("#"))  # emacs auto-save
+        or name.isdigit()  # vim's 4913 probe (and 5036, ... when 4913 exists)
+        or name.endswith(_TEMP_SUFFIXES)
+        or _VIM_SWAP.search(name) is not None
+    )
+
+
 def is_ignored(name: str, ignore_globs: Iterable[str] = DEFAULT_IGNORE) -> bool:
     """True for names that are not todos: non-.md files, dot files, editor temp files, ignore globs."""
-    if name.startswith(".") or name in _EDITOR_NAMES or name.endswith(_EDITOR_SUFFIXES):
+    if is_editor_temp(name):
         return True
     if not name.endswith(".md"):
         return True

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import sys
 import threading
@@ -51,6 +50,9 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
 )
+
+# One set of editor-temp rules for the watcher and the scanner (a name never reported is never read).
+from daemon.todofile import is_editor_temp
 
 __all__ = ["TodoWatcher", "is_editor_temp"]
 
@@ -74,20 +76,6 @@ _EVENT_FILTER = [
 DEFAULT_OPEN_GRACE = 1.0
 # While the folder is not watched (missing, deleted, watch failed), how often to try again.
 _REATTACH_POLL = 0.5
-
-_VIM_SWAP = re.compile(r"\.sw[a-z]\Z")  # .swp, .swo, ... and .swx, vim's writability probe
-_TEMP_SUFFIXES = ("~", ".tmp", ".part", "___jb_tmp___", "___jb_old___")
-
-
-def is_editor_temp(name: str) -> bool:
-    """True for names editors write next to the file they save: never a todo, never reported."""
-    return (
-        name.startswith(".")  # dot files, emacs lock files (.#x), vim's .x.swp
-        or (name.startswith("#") and name.endswith("#"))  # emacs auto-save
-        or name.isdigit()  # vim's 4913 probe (and 5036, ... when 4913 exists)
-        or name.endswith(_TEMP_SUFFIXES)
-        or _VIM_SWAP.search(name) is not None
-    )
 
 
 @dataclass(slots=True)

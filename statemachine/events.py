@@ -364,6 +364,17 @@ class PhaseStarted:
     base_sha: str
 
 
+@registry.register("phase.rebased", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseRebased:
+    """The branch moved (a person's commit, say the fix of a red baseline) before the phase accepted
+    anything: the phase goes on from the branch's new head instead of the one it started from."""
+
+    number: int
+    base_sha: str
+    previous: str
+
+
 @registry.register("phase.committing", 1)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhaseCommitting:
@@ -412,6 +423,15 @@ class PhasePushFailed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PhaseDone:
     number: int
+
+
+@registry.register("phase.skipped", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseSkipped:
+    """Nothing of the phase was accepted: no commit and no push (an empty commit says nothing)."""
+
+    number: int
+    reason: str
 
 
 # --- run ----------------------------------------------------------------------------------------

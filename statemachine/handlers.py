@@ -307,6 +307,11 @@ def _phase_started(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) 
     ph.base_sha = p["base_sha"]
 
 
+@on("phase.rebased")
+def _phase_rebased(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.base_sha = p["base_sha"]
+
+
 @on("phase.committing")
 def _phase_committing(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
     ph.todo_ids = tuple(p["todo_ids"])
@@ -343,6 +348,11 @@ def _phase_push_failed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEve
 @on("phase.done")
 def _phase_done(_pr: Projection, _ph: PhaseView, _p: Payload, _e: StoredEvent) -> None:
     return
+
+
+@on("phase.skipped")
+def _phase_skipped(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -> None:
+    ph.skipped_reason = p["reason"]
 
 
 # --- run ----------------------------------------------------------------------------------------

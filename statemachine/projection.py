@@ -27,6 +27,7 @@ import structlog
 
 from statemachine.exceptions import InvalidTransition, SnapshotIncompatible
 from statemachine.handlers import HANDLERS, Handler, Payload
+from statemachine.ids import id_order
 from statemachine.machines import LiveMachines, LiveModel
 from statemachine.tables import CONTROL_EVENTS, EVENT_TRIGGERS, NEXT_STATE, Kind
 from statemachine.views import (
@@ -106,11 +107,6 @@ def parse_stream(stream: str) -> tuple[Kind, str]:
     if sep and key and prefix in ("todo", "batch", "phase") and (prefix != "phase" or key.isdigit()):
         return Kind(prefix), key
     raise ValueError(f"{stream!r} is not the stream of a todo, batch, phase or the run")
-
-
-def _id_key(todo_id: str) -> tuple[int, int, str]:
-    """Numeric ids in number order (``9`` before ``10``), others after them in text order."""
-    return (0, int(todo_id), todo_id) if todo_id.isdigit() else (1, 0, todo_id)
 
 
 def _upcast(e: StoredEvent) -> Payload:
@@ -278,7 +274,9 @@ class Projection:
     def todos_in(self, *states: str) -> list[TodoView]:
         """Todos in any of ``states``, in id order."""
         wanted = set(states)
-        return sorted((t for t in self.todos.values() if t.state in wanted), key=lambda t: _id_key(t.todo_id))
+        return sorted(
+            (t for t in self.todos.values() if t.state in wanted), key=lambda t: id_order(t.todo_id)
+        )
 
     def batch_todos(self, key: str) -> list[TodoView]:
         """The todos of batch ``key``, in the batch's order (ids the log never recorded are left out)."""
@@ -310,7 +308,7 @@ class Projection:
         """Todos not complete and not cancelled (blocked, invalid and failed ones included), in id order."""
         done = _FINISHED_STATES[Kind.TODO]
         return sorted(
-            (t for t in self.todos.values() if t.state not in done), key=lambda t: _id_key(t.todo_id)
+            (t for t in self.todos.values() if t.state not in done), key=lambda t: id_order(t.todo_id)
         )
 
     # -- live machines -----------------------------------------------------------------------

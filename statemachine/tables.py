@@ -124,6 +124,7 @@ P = PhaseState
 PHASE_TRANSITIONS: tuple[Transition, ...] = (
     Transition("plan", (P.NEW,), P.PENDING),
     Transition("start", (P.PENDING,), P.RUNNING),
+    Transition("rebase", (P.RUNNING,), None),
     Transition("commit", (P.RUNNING,), P.COMMITTING),
     Transition("committed", (P.COMMITTING,), P.COMMITTED),
     # DONE: `batchd push` retries a phase whose push failed, once the remote is back.
@@ -131,6 +132,7 @@ PHASE_TRANSITIONS: tuple[Transition, ...] = (
     Transition("pushed", (P.PUSHING,), P.PUSHED),
     Transition("push_fail", (P.PUSHING,), P.PUSH_FAILED),
     Transition("done", (P.COMMITTED, P.PUSHED, P.PUSH_FAILED), P.DONE),
+    Transition("skip", (P.RUNNING,), P.DONE),
 )
 
 R = RunState
@@ -197,12 +199,14 @@ EVENT_TRIGGERS: dict[type[object], tuple[Kind, str]] = {
     ev.BatchDone: (Kind.BATCH, "done"),
     ev.PhasePlanned: (Kind.PHASE, "plan"),
     ev.PhaseStarted: (Kind.PHASE, "start"),
+    ev.PhaseRebased: (Kind.PHASE, "rebase"),
     ev.PhaseCommitting: (Kind.PHASE, "commit"),
     ev.PhaseCommitted: (Kind.PHASE, "committed"),
     ev.PhasePushing: (Kind.PHASE, "push"),
     ev.PhasePushed: (Kind.PHASE, "pushed"),
     ev.PhasePushFailed: (Kind.PHASE, "push_fail"),
     ev.PhaseDone: (Kind.PHASE, "done"),
+    ev.PhaseSkipped: (Kind.PHASE, "skip"),
     ev.RunStarted: (Kind.RUN, "start"),
     ev.DaemonAttached: (Kind.RUN, "attach"),
     ev.DaemonCrashed: (Kind.RUN, "crash"),

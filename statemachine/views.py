@@ -141,6 +141,7 @@ class PhaseView:
     pushed_sha: str = ""
     push_failed_reason: str = ""
     push_output: str = ""
+    skipped_reason: str = ""  # set when nothing was accepted: no commit, no push
 
     @property
     def stream(self) -> str:

@@ -8,6 +8,8 @@ Each run is a real repository with a real bare remote; the daemon runs in-proces
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from phase_repo import (
     todo_name,
     writes,
 )
+from procs import DaemonProcess
 
 MESSAGE_1 = "fix(security): complete phase 1 - critical security fixes"
 MESSAGE_3 = "chore(scheduling): complete phase 3 - production hardening"
@@ -407,3 +410,78 @@ def test_run_once_exits_2_on_a_broken_config(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert "max_parallel" in done.stdout + done.stderr
     assert not (r.root / ".batchd" / "events.db").exists()
+
+
+def test_a_phase_that_accepted_nothing_makes_no_commit_and_says_why(tmp_path: Path) -> None:
+    """Phase 1's only todo fails for good: no empty commit, no push of one; the status file says
+    the phase is done with no commit and why; phase 2 is committed on top of the base as usual."""
+    r = build_repo(
+        tmp_path,
+        {"1": "exit: 1", "2": module("2")},
+        plan={1: ("One", [["1"]], ""), 2: ("Two", [["2"]], "")},
+    )
+    base = r.git("rev-parse", "HEAD")
+    assert r.run() == 1  # 1 is blocked: not success
+    assert not [e for e in r.events("phase.committing") if e.payload["number"] == 1]
+    skipped = phase_event(r, "phase.skipped", 1)
+    assert skipped["reason"] == "nothing was accepted (blocked: #1)"
+    subjects = r.git("log", "--format=%s", f"{base}..main").splitlines()
+    assert subjects == ["chore(batchd): complete phase 2 - two"]
+    assert r.remote_git("rev-parse", "main") == r.git("rev-parse", "main")
+    assert "done, no commit: nothing was accepted (blocked: #1)" in r.status()
+
+
+# --- a red baseline heals ----------------------------------------------------------------------
+
+
+def _paused_on_red_baseline(tmp_path: Path) -> tuple[PhaseRepo, DaemonProcess, str]:
+    r = build_repo(
+        tmp_path, {"1": module("1")}, files={"mods/broken.py": NAMED_BREAK}, plan={1: ("One", [["1"]], "")}
+    )
+    daemon = DaemonProcess(r.root)
+    daemon.wait_events("batch.paused")
+    red = r.git("rev-parse", "HEAD")
+    return r, daemon, red
+
+
+def _fix_the_branch(r: PhaseRepo) -> str:
+    r.git("rm", "-q", "mods/broken.py")
+    r.git("commit", "-q", "-m", "fix: the broken module")
+    return r.git("rev-parse", "HEAD")
+
+
+def test_a_red_baseline_fixed_by_a_commit_on_the_branch_goes_on_by_itself(tmp_path: Path) -> None:
+    """The person commits a fix on the branch while the batch is paused on a red baseline: the phase
+    re-bases on that commit, checks it again (green) and runs; its commit sits on top of the fix."""
+    r, daemon, red = _paused_on_red_baseline(tmp_path)
+    try:
+        fix = _fix_the_branch(r)
+        daemon.wait_events("run.completed", timeout=60)
+        rebased = phase_event(r, "phase.rebased", 1)
+        assert (rebased["previous"], rebased["base_sha"]) == (red, fix)
+        assert r.git("rev-parse", "main~1") == fix
+        assert r.events("run.completed")[-1].payload["success"] is True
+    finally:
+        daemon.stop()
+        daemon.kill()
+
+
+def test_resume_rechecks_the_branchs_current_head_not_the_one_pinned_at_the_start(tmp_path: Path) -> None:
+    """`batchd resume` after the fix: the baseline is checked on the branch's head now (green), not
+    again on the red commit the phase started from, and the phase goes on."""
+    r, daemon, _red = _paused_on_red_baseline(tmp_path)
+    daemon.stop()
+    daemon.kill()
+    fix = _fix_the_branch(r)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "daemon", "resume", "-C", str(r.root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    done = r.run_cli()
+    assert done.returncode == 0, done.stderr[-2000:]
+    baselines = [e.payload for e in r.events("batch.verify_run") if e.payload.get("baseline")]
+    assert [(b["sha"], b["passed"]) for b in baselines][-1] == (fix, True)
+    assert r.git("rev-parse", "main~1") == fix

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon.exceptions import UsageError
-from daemon.sandbox import Sandbox, _probe, resolve
+from daemon.sandbox import Sandbox, _needed, _probe, resolve
 
 BWRAP = shutil.which("bwrap")
 needs_bwrap = pytest.mark.skipif(
@@ -236,7 +236,7 @@ def test_the_persons_credentials_are_hidden(tmp_path: Path, monkeypatch: pytest.
 def test_a_repository_and_its_virtualenv_under_tmp_run_in_the_sandbox(tmp_path: Path) -> None:
     """A clone under /tmp whose verify command is its own venv's `bin/python` (a link to the real
     one): the private /tmp shows the venv, and the link inside it, without bwrap refusing to mount."""
-    assert Path("/tmp") in tmp_path.parents  # noqa: S108 - the case under test is a path below /tmp
+    assert Path("/tmp") in tmp_path.parents
     repo = tmp_path / "repo"
     ws = repo / ".batchd" / "verify"
     ws.mkdir(parents=True)
@@ -247,3 +247,11 @@ def test_a_repository_and_its_virtualenv_under_tmp_run_in_the_sandbox(tmp_path: 
     argv = sandbox.wrap([str(python), "-c", "print('ran')"], workspace=ws, readable=[repo, repo / ".venv"])
     done = subprocess.run(argv, cwd=ws, capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "ran"), done.stderr
+
+
+def test_batchds_own_source_tree_is_shown_wherever_it_lives() -> None:
+    """An editable install finds batchd by an import hook, not sys.path: its source tree is among
+    the paths shown in the sandbox, so `python -m daemon.demo.agent` runs from a clone under /tmp."""
+    import daemon.sandbox
+
+    assert Path(daemon.sandbox.__file__).resolve().parents[1] in _needed([])

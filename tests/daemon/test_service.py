@@ -28,6 +28,8 @@ from procs import (
     projection,
     read_events,
     status_json,
+    todo_name,
+    todo_text,
     wait_for,
     write_config,
 )
@@ -331,3 +333,33 @@ def test_second_daemon_on_the_same_repository_exits_3_naming_the_holder(idle: Id
     assert second.returncode == 3, second.stderr
     assert f"pid {idle.daemon.pid}" in second.stderr, second.stderr
     assert idle.daemon.proc.poll() is None
+
+
+def test_a_todo_dropped_during_the_first_scan_is_seen_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher starts before the first scan: a file written while that scan runs is picked up by
+    its event, while the first agent still works (2 s), not at the next rescan (30 s) or when the
+    phase commit's rename happens to wake the watcher."""
+    from daemon import intake, service
+    from daemon.config import load_config
+
+    root = make_repo(tmp_path / "repo", {"001": slow("first.txt", 2)}, speed="1")
+    real_rescan = intake.rescan
+    calls = [0]
+
+    def rescan_then_drop(d: Any) -> int:
+        found = real_rescan(d)
+        calls[0] += 1
+        if calls[0] == 1:
+            later = todo_text("002", "write: [{path: later.txt, content: later}]")
+            (root / "todos" / todo_name("002")).write_text(later, encoding="utf-8")
+        return found
+
+    monkeypatch.setattr(intake, "rescan", rescan_then_drop)
+    assert service.serve(load_config(root), once=True) == 0
+    events = read_events(root)
+    queued = next(e.seq for e in events if e.type == "todo.queued" and e.stream == "todo-2")
+    first_done = next(e.seq for e in events if e.type == "todo.agent_finished" and e.stream == "todo-1")
+    assert queued < first_done
+    assert {t.todo_id: t.state for t in projection(root).todos.values()} == {"1": "complete", "2": "complete"}
