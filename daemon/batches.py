@@ -14,8 +14,9 @@ import structlog
 from daemon import executor, gitops, phases
 from daemon.agents import repair_text
 from daemon.checks import CheckResult, CheckRunner
+from daemon.engine.state import accepted_in, dependency_verdict, green_shas, phase_head, phase_members
 from daemon.runner import Daemon
-from daemon.todofile import id_key, id_order
+from daemon.todofile import id_order
 from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 from statemachine import events as ev
 from statemachine.tables import BatchState, RunState, TodoState
@@ -24,39 +25,8 @@ from store import Append
 
 log = structlog.get_logger(__name__)
 
-DONE_STATES = frozenset({TodoState.ACCEPTED, TodoState.COMPLETE})
-DEAD_STATES = frozenset({TodoState.BLOCKED, TodoState.CANCELLED, TodoState.INVALID})
-PRIORITY_ORDER = {"p1": 0, "p2": 1, "p3": 2}
-
-
-# --- the phase's head and members ---
-
-
-def phase_members(d: Daemon, phase: PhaseView) -> list[str]:
-    seen: dict[str, None] = {}
-    for key in phase.batches:
-        for todo_id in d.proj.batches[key].todo_ids:
-            seen[todo_id] = None
-    return list(seen)
-
 
 # --- batch lifecycle ------------------------------------------------------------------------------------
-
-
-def green_shas(d: Daemon) -> set[str]:
-    """Commits whose tree passed the checks (batch heads, baselines, phase commits built from them)."""
-    green: set[str] = set()
-    for batch in d.proj.batches.values():
-        if batch.head_sha:
-            green.add(batch.head_sha)
-        green.update(batch.green_bases)
-    for phase in d.proj.phases.values():
-        green.update(phase.commits)
-        if phase.head_sha:
-            green.add(phase.head_sha)
-        if phase.pushed_sha:
-            green.add(phase.pushed_sha)
-    return green
 
 
 def advance_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
@@ -78,7 +48,7 @@ def rebase_if_moved(d: Daemon, phase: PhaseView) -> list[Append | tuple[str, Seq
     """The phase re-based on the branch's head when that moved on from the phase's base (a person's
     commit on top) before the phase accepted anything; [] otherwise. Once a change is accepted the
     phase stays on its base: its commit must be the tree that was verified."""
-    if phases.accepted_in(d, phase):
+    if accepted_in(d.proj, phase):
         return []
     head = gitops.rev_parse(d.root, d.config.batchd.branch)
     if head == phase.base_sha or not gitops.is_ancestor(d.root, phase.base_sha, head):
@@ -97,18 +67,18 @@ def start_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
     if rebase:
         d.emit(*rebase)  # the next step starts the batch from the new base
         return
-    base = phases.phase_head(d, phase)
-    if base not in green_shas(d):
+    base = phase_head(d.proj, phase)
+    if base not in green_shas(d.proj):
         baseline(d, batch, base)
         return
     to_run: list[str] = []
     appends: list[Append | tuple[str, Sequence[object]]] = []
-    members = set(phase_members(d, phase))
+    members = set(phase_members(d.proj, phase))
     for todo_id in batch.todo_ids:
         todo = d.proj.todos.get(todo_id)
         if todo is None or todo.state != TodoState.READY:
             continue  # not ready (pending, invalid, missing, done): shown in the status file
-        verdict = dependency_verdict(d, todo_id, members)
+        verdict = dependency_verdict(d.proj, todo, members)
         if verdict == "ok":
             to_run.append(todo_id)
         elif verdict != "wait":
@@ -132,27 +102,6 @@ def start_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
         (ev.batch_stream(batch.key), [ev.BatchStarted(key=batch.key, base_sha=base, todo_ids=tuple(to_run))])
     )
     d.emit(*appends)
-
-
-def dependency_verdict(d: Daemon, todo_id: str, members: set[str]) -> str:
-    """ok | wait (a dependency of this phase may still be accepted) | a reason it can never run."""
-    verdict = "ok"
-    for dep in d.proj.todos[todo_id].dependencies:
-        key = id_key(dep)
-        view = d.proj.todos.get(key)
-        if view is None:
-            return f"dependency #{dep} has no todo file"
-        if view.state in DONE_STATES:
-            continue
-        if view.state in DEAD_STATES:
-            return f"dependency #{dep} is {view.state}"
-        if key in members:
-            verdict = "wait"
-        else:
-            return (
-                f"dependency #{dep} is {view.state} and not planned before it (move it to an earlier batch)"
-            )
-    return verdict
 
 
 def baseline(d: Daemon, batch: BatchView, base: str) -> None:

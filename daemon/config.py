@@ -50,6 +50,7 @@ CONFIG_FILE = "batchd.toml"
 
 Argv = tuple[str, ...]
 CommitMode = Literal["phase", "todo"]
+Schedule = Literal["continuous", "barrier"]
 Preset = Literal["claude", "codex", "aider"]
 Strategy = Literal["bisect", "incremental"]
 ConflictMode = Literal["merge", "strict"]
@@ -114,6 +115,7 @@ class BatchdConfig:
     remote: str = "origin"
     max_parallel: int = 5
     max_attempts: int = 2
+    schedule: Schedule = "barrier"
     commit_mode: CommitMode = "phase"
     stop_timeout: float = 60.0
     rescan_interval: float = 30.0
@@ -365,6 +367,7 @@ _BATCHD_KEYS: dict[str, _Converter] = {
     "remote": _Checker.string,
     "max_parallel": lambda c, k, v: c.integer(k, v, 1),
     "max_attempts": lambda c, k, v: c.integer(k, v, 1),
+    "schedule": lambda c, k, v: c.choice(k, v, get_args(Schedule)),
     "commit_mode": lambda c, k, v: c.choice(k, v, get_args(CommitMode)),
     "stop_timeout": lambda c, k, v: c.seconds(k, v, allow_zero=True),
     "rescan_interval": lambda c, k, v: c.seconds(k, v, allow_zero=False),
@@ -556,6 +559,10 @@ remote = {_toml(b.remote)}
 max_parallel = {b.max_parallel}
 # Attempts per todo (failed, conflicted or rejected; interrupted ones do not count), then blocked.
 max_attempts = {b.max_attempts}
+# "continuous": a free agent slot takes the next ready todo at once, across batches and phases
+# (dependencies and overlapping files respected; phase commits still in plan order);
+# "barrier": the seed's way, each batch waits for the one before it.
+schedule = {_toml(b.schedule)}
 # "phase": one commit per phase (the seed's way); "todo": one commit per accepted todo.
 commit_mode = {_toml(b.commit_mode)}
 # Seconds to let running agents finish on SIGTERM before their process groups are killed.

@@ -18,13 +18,14 @@ from pathlib import Path
 import structlog
 
 from daemon import gitops, safefs
+from daemon.engine.state import accepted_in, phase_head
 from daemon.exceptions import CannotProceed, GitError, Halt
 from daemon.gitops import WorkTree
 from daemon.runner import Daemon
 from daemon.statusfile import render_status
-from daemon.todofile import MAX_TODO_BYTES, TodoStatus, rename_status, set_front_matter_status
+from daemon.todofile import MAX_TODO_BYTES, TodoStatus, id_order, rename_status, set_front_matter_status
 from statemachine import events as ev
-from statemachine.tables import BatchState, PhaseState, RunState, TodoState
+from statemachine.tables import PhaseState, RunState, TodoState
 from statemachine.views import PhaseView
 
 log = structlog.get_logger(__name__)
@@ -60,16 +61,9 @@ def ensure_verify_worktree(d: Daemon, sha: str) -> WorkTree:
     return vt
 
 
-def accepted_in(d: Daemon, phase: PhaseView) -> list[str]:
-    """The phase's accepted todos in the order their commits sit on the verification branch."""
-    out: list[str] = []
-    for key in phase.batches:
-        batch = d.proj.batches[key]
-        out.extend(t for t in batch.accepted if t not in out)
-    return out
-
-
 def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
+    # Listed by id, whatever order they were accepted in (which depends on which agent finished first).
+    todo_ids = sorted(todo_ids, key=id_order)
     if phase.commit_message:
         subject = phase.commit_message.splitlines()[0]
     elif phase.title == AUTO_TITLE and todo_ids:
@@ -81,7 +75,7 @@ def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
 
 
 def start_commit(d: Daemon, phase: PhaseView) -> None:
-    todo_ids = accepted_in(d, phase)
+    todo_ids = accepted_in(d.proj, phase)
     d.emit_one(
         ev.phase_stream(phase.number),
         ev.PhaseCommitting(
@@ -99,7 +93,7 @@ def commit(d: Daemon, phase: PhaseView) -> None:
     trailers = {TRAILER_RUN: run_id, TRAILER_PHASE: str(phase.number)}
     todo_ids = list(phase.todo_ids)
     message = message_for(d, phase, todo_ids)
-    head = phase_head(d, phase)
+    head = phase_head(d.proj, phase)
     base = phase.base_sha
     mode = d.config.batchd.commit_mode
     renames = {t: plan_rename(d, t) for t in todo_ids}
@@ -195,17 +189,6 @@ def found_commit(
         log.info("phase_commit_found", phase=number, sha=sha)
         return chain
     return []
-
-
-def phase_head(d: Daemon, phase: PhaseView) -> str:
-    """The phase's current head: the verified result of the last finished batch that accepted a
-    change, or the phase's base (which moves with the branch until something is accepted)."""
-    head = phase.base_sha
-    for key in phase.batches:
-        batch = d.proj.batches[key]
-        if batch.state == BatchState.DONE and batch.head_sha and batch.accepted:
-            head = batch.head_sha
-    return str(head)
 
 
 def plan_rename(d: Daemon, todo_id: str) -> tuple[str, str]:

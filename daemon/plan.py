@@ -284,11 +284,11 @@ def check_plan(plan: Plan, todos: Mapping[str, TodoFile]) -> list[PlanProblem]:
 # --- automatic planning ----------------------------------------------------------------------------
 
 
-def _norm(path: str) -> str:
+def norm_path(path: str) -> str:
     return PurePosixPath(path.strip().removeprefix("./")).as_posix().rstrip("/")
 
 
-def _overlaps(paths: Iterable[str], taken: Collection[str]) -> bool:
+def files_overlap(paths: Iterable[str], taken: Collection[str]) -> bool:
     """True when a path is one of ``taken`` or a folder of one, or the other way round."""
     for path in paths:
         for other in taken:
@@ -313,13 +313,13 @@ def next_batch(
     if max_parallel < 1:
         raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
     done_keys = {id_key(d) for d in done}
-    taken = {_norm(f) for f in busy_files}
+    taken = {norm_path(f) for f in busy_files}
     chosen: list[str] = []
     for todo in sorted(candidates, key=lambda t: (t.priority.value, t.number)):
         if todo.key in done_keys or not all(d in done_keys for d in todo.dependency_keys):
             continue
-        files = [_norm(f) for f in todo.files]
-        if _overlaps(files, taken):
+        files = [norm_path(f) for f in todo.files]
+        if files_overlap(files, taken):
             continue
         chosen.append(todo.id)
         taken.update(files)

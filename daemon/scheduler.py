@@ -13,15 +13,11 @@ from collections.abc import Sequence
 import structlog
 
 from daemon import gitops, phases, pushes
-from daemon.batches import (
-    DEAD_STATES,
-    DONE_STATES,
-    PRIORITY_ORDER,
-    advance_batch,
-    check_runner,
-    phase_members,
-)
+from daemon.batches import advance_batch, check_runner
 from daemon.checks import CheckResult
+from daemon.engine import continuous, state
+from daemon.engine.execute import execute, observe
+from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, accepted_in, phase_members
 from daemon.plan import plan_batches
 from daemon.runner import Daemon
 from daemon.todofile import Priority, TodoFile, TodoStatus, id_key, id_order
@@ -45,6 +41,14 @@ def advance(d: Daemon) -> None:
     if run.state not in (RunState.RUNNING, RunState.COMPLETED):
         return
     phase = current_phase(d)
+    if (
+        d.config.batchd.schedule == "continuous"
+        and run.state == RunState.RUNNING
+        and phase is not None
+        and not phase.final
+    ):
+        execute(d, continuous.decide(d.proj, observe(d)), advance_phase=advance_phase)
+        return
     if phase is not None:
         advance_phase(d, phase)
         return
@@ -137,17 +141,8 @@ def plan_final(d: Daemon) -> bool:
     return True
 
 
-def ordered_phases(d: Daemon) -> list[PhaseView]:
-    return sorted(d.proj.phases.values(), key=lambda p: (p.final, p.number))
-
-
 def current_phase(d: Daemon) -> PhaseView | None:
-    for phase in ordered_phases(d):
-        if phase.state != PhaseState.DONE:
-            if phase.final and phase.state == PhaseState.PENDING and unplanned_ready(d):
-                return None  # auto-planned phases go before the final one
-            return phase
-    return None
+    return state.current_phase(d.proj)
 
 
 def planned_ids(d: Daemon) -> set[str]:
@@ -156,14 +151,7 @@ def planned_ids(d: Daemon) -> set[str]:
 
 
 def unplanned_ready(d: Daemon) -> list[str]:
-    # A batch of a finished phase runs nothing more: a todo it named that is ready again (blocked,
-    # then `batchd retry`) must be planned anew, or it would wait forever.
-    done_phases = {p.number for p in d.proj.phases.values() if p.state == PhaseState.DONE}
-    named = {t for b in d.proj.batches.values() if b.phase not in done_phases for t in b.todo_ids}
-    return sorted(
-        (t.todo_id for t in d.proj.todos.values() if t.state == TodoState.READY and t.todo_id not in named),
-        key=lambda i: (PRIORITY_ORDER.get(d.proj.todos[i].priority, 9), id_order(i)),
-    )
+    return state.unplanned_ready(d.proj)
 
 
 def plan_more(d: Daemon) -> bool:
@@ -268,7 +256,7 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
             advance_batch(d, phase, batch)
         elif plan_retry_batch(d, phase):
             return
-        elif phase.final or phases.accepted_in(d, phase):
+        elif phase.final or accepted_in(d.proj, phase):
             phases.start_commit(d, phase)
         else:
             skip_phase(d, phase)
@@ -284,19 +272,15 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
 
 def skip_phase(d: Daemon, phase: PhaseView) -> None:
     """Nothing of the phase was accepted: no empty commit and no push; the status file says why."""
-    by_state: dict[str, list[str]] = {}
-    for todo_id in phase_members(d, phase):
-        state = d.proj.todos[todo_id].state if todo_id in d.proj.todos else "missing"
-        by_state.setdefault(str(state), []).append(f"#{todo_id}")
-    detail = "; ".join(f"{state}: {', '.join(ids)}" for state, ids in sorted(by_state.items()))
-    reason = "nothing was accepted" + (f" ({detail})" if detail else "")
+    members = [d.proj.todos[t] for t in phase_members(d.proj, phase) if t in d.proj.todos]
+    reason = state.skip_reason(members)
     d.emit_one(ev.phase_stream(phase.number), ev.PhaseSkipped(number=phase.number, reason=reason))
     log.info("phase_skipped", phase=phase.number, reason=reason)
 
 
 def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:
     """Todos of this phase that are ready again (retry scheduled, or deferred) get one more batch."""
-    members = phase_members(d, phase)
+    members = phase_members(d.proj, phase)
     waiting = [t for t in members if t in d.proj.todos and d.proj.todos[t].state == TodoState.READY]
     if not waiting:
         return False

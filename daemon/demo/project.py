@@ -75,7 +75,9 @@ def _toml(value: object) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def render_config(*, speed: float, agent_timeout: float, python: str = sys.executable) -> str:
+def render_config(
+    *, speed: float, agent_timeout: float, python: str = sys.executable, schedule: str = ""
+) -> str:
     """The demo's ``batchd.toml``: the scripted agent, the unittest suite, the seed's pacing."""
     agent = [python, "-m", "daemon.demo.agent", "{todo_path}"]
     return f"""\
@@ -90,6 +92,7 @@ remote = "origin"
 max_parallel = 5
 max_attempts = 2
 commit_mode = "phase"
+{f"schedule = {_toml(schedule)}" if schedule else "# schedule: the default (see `batchd init`)"}
 
 [agent]
 # The scripted demo agent: it carries out the `batchd-agent` block at the end of each todo file.
@@ -159,7 +162,9 @@ def _check_args(dest: Path, speed: float, agent_timeout: float) -> None:
         )
 
 
-def build_demo(dest: Path, *, speed: float = 1.0, agent_timeout: float = 5.0) -> DemoProject:
+def build_demo(
+    dest: Path, *, speed: float = 1.0, agent_timeout: float = 5.0, schedule: str = ""
+) -> DemoProject:
     """Create the sample project in ``dest`` (new or empty), committed on main and pushed."""
     dest = dest.expanduser().resolve()
     _check_args(dest, speed, agent_timeout)
@@ -175,7 +180,9 @@ def build_demo(dest: Path, *, speed: float = 1.0, agent_timeout: float = 5.0) ->
         TEMPLATE_DIR, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     (dest / ".gitignore").write_text(_GITIGNORE, encoding="utf-8")
-    project.config_path.write_text(render_config(speed=speed, agent_timeout=agent_timeout), encoding="utf-8")
+    project.config_path.write_text(
+        render_config(speed=speed, agent_timeout=agent_timeout, schedule=schedule), encoding="utf-8"
+    )
     project.plan_path.parent.mkdir(exist_ok=True)
     project.plan_path.write_text(render_plan(), encoding="utf-8")
 

@@ -93,6 +93,7 @@ def config_text(
     max_parallel: int = 3,
     max_attempts: int = 1,
     commit_mode: str = "phase",
+    schedule: str = "barrier",
     repair: bool = False,
     verify_writable: tuple[str, ...] = (),
     agent: list[str] | None = None,
@@ -110,6 +111,7 @@ def config_text(
         max_parallel = {max_parallel}
         max_attempts = {max_attempts}
         commit_mode = "{commit_mode}"
+        schedule = "{schedule}"
         stop_timeout = 1
         rescan_interval = 30
 

@@ -152,7 +152,7 @@ EXPECTED_COMPLETE = frozenset({"101", "102", "104", "105", "106", "107"})
 EXPECTED_BLOCKED = frozenset({"103"})
 
 
-def render_config(*, with_plan: bool, rescan_interval: float = 30.0) -> str:
+def render_config(*, with_plan: bool, rescan_interval: float = 30.0, schedule: str = "barrier") -> str:
     agent = [sys.executable, "-m", "daemon.demo.agent", "{todo_path}"]
     verify = [sys.executable, "-B", "-m", "unittest", "discover", "-s", "tests", "-q"]
     plan = 'plan = "plans/PLAN.md"\n' if with_plan else ""
@@ -160,7 +160,8 @@ def render_config(*, with_plan: bool, rescan_interval: float = 30.0) -> str:
         "[batchd]\n"
         f'todos_dir = "todos"\n{plan}status_file = "plans/EXECUTION-STATUS.md"\n'
         f'branch = "{BRANCH}"\nremote = "origin"\nmax_parallel = 3\nmax_attempts = 2\n'
-        f'commit_mode = "phase"\nstop_timeout = 5.0\nrescan_interval = {rescan_interval!r}\n\n'
+        f'commit_mode = "phase"\nschedule = "{schedule}"\nstop_timeout = 5.0\n'
+        f"rescan_interval = {rescan_interval!r}\n\n"
         "[agent]\n"
         f"command = {_toml_list(agent)}\ntimeout = 20.0\n"
         'env = { BATCHD_DEMO_SPEED = "0" }\n\n'
@@ -191,11 +192,14 @@ def build_sample(
     todos: tuple[SampleTodo, ...] = TODOS,
     with_plan: bool = True,
     rescan_interval: float = 30.0,
+    schedule: str = "barrier",
 ) -> Sample:
     """The sample repository at ``dest/repo`` (committed on main, pushed to ``dest/remote.git``)."""
     root, remote = dest / "repo", dest / "remote.git"
     files = dict(SOURCES)
-    files["batchd.toml"] = render_config(with_plan=with_plan, rescan_interval=rescan_interval)
+    files["batchd.toml"] = render_config(
+        with_plan=with_plan, rescan_interval=rescan_interval, schedule=schedule
+    )
     if with_plan:
         files["plans/PLAN.md"] = PLAN
     for todo in todos:

@@ -112,7 +112,15 @@ KILLS_PER_RUN = 2  # external kill -9s per scenario (each at a random moment of 
 WORKERS = int(os.environ.get("BATCHD_E2E_WORKERS", "3"))
 
 
+# Each scenario runs under both scheduling policies, each compared with its own reference run.
+SCHEDULES = ("barrier", "continuous")
+
+
 def scenarios(sweep: bool) -> list[str]:
+    return [f"{schedule}|{name}" for schedule in SCHEDULES for name in _scenarios(sweep)]
+
+
+def _scenarios(sweep: bool) -> list[str]:
     if not sweep:
         return [
             *(f"after:{k}" for k in CI_KILL_POINTS),
@@ -146,7 +154,9 @@ class Lab:
     def __init__(self, base: Path, selected: list[str]) -> None:
         self.base = base
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="crash-scenario")
-        self.futures: dict[str, Future[Result]] = {"reference": self.pool.submit(self._reference)}
+        self.futures: dict[str, Future[Result]] = {
+            f"{schedule}|reference": self.pool.submit(self._reference, schedule) for schedule in SCHEDULES
+        }
         for name in selected:
             self.futures[name] = self.pool.submit(self._scenario, name)
 
@@ -159,32 +169,34 @@ class Lab:
         self.pool.shutdown(wait=True, cancel_futures=True)
         reap(str(self.base))
 
-    def _fresh(self, name: str) -> tuple[Path, Path, str]:
-        folder = self.base / name.replace(":", "-").replace(".", "_")
+    def _fresh(self, name: str, schedule: str) -> tuple[Path, Path, str]:
+        folder = self.base / f"{schedule}-{name}".replace(":", "-").replace(".", "_")
         folder.mkdir()
-        sample = build_sample(folder)
+        sample = build_sample(folder, schedule=schedule)
         return sample.root, sample.remote, git(sample.root, "rev-parse", "main").strip()
 
-    def _reference(self) -> Result:
-        root, remote, base = self._fresh("reference")
+    def _reference(self, schedule: str) -> Result:
+        root, remote, base = self._fresh("reference", schedule)
         runs = [run_daemon(root)]
         return Result(collect_outcome(root, remote, runs, base=base), 0, "uncrashed")
 
-    def _scenario(self, name: str) -> Result:
+    def _scenario(self, full: str) -> Result:
+        schedule, _, name = full.partition("|")
         kind, _, arg = name.partition(":")
-        root, remote, base = self._fresh(name)
+        root, remote, base = self._fresh(name, schedule)
+        reference = f"{schedule}|reference"
         if kind == "after":
             runs = run_until_done(root, first_env={"BATCHD_CRASH_AFTER": arg})
             detail = f"BATCHD_CRASH_AFTER={arg}"
         elif kind == "seq-seed":
-            last = self.result("reference").outcome.last_seq
+            last = self.result(reference).outcome.last_seq
             seq = random.Random(int(arg)).randint(2, last)
             runs = run_until_done(root, first_env={"BATCHD_CRASH_AT_SEQ": str(seq)})
             detail = f"BATCHD_CRASH_AT_SEQ={seq} (of {last})"
         elif kind == "chain-seed":
             runs, detail = self._chained_crashes(root, int(arg))
         else:
-            runs, detail = self._external_kills(root, int(arg))
+            runs, detail = self._external_kills(root, int(arg), reference)
         crashes = sum(r.returncode == -signal.SIGKILL for r in runs)
         return Result(collect_outcome(root, remote, runs, base=base), crashes, detail)
 
@@ -203,10 +215,10 @@ class Lab:
             runs.extend(run_until_done(root))
         return runs, f"BATCHD_CRASH_AT_SEQ={points} one run after another (seed {seed})"
 
-    def _external_kills(self, root: Path, seed: int) -> tuple[list[DaemonRun], str]:
+    def _external_kills(self, root: Path, seed: int, reference: str) -> tuple[list[DaemonRun], str]:
         """``kill -9`` the daemon at random moments (fixed seed), restarting each time, then let it finish."""
         rng = random.Random(seed)
-        span = max(self.result("reference").outcome.seconds, 4.0)
+        span = max(self.result(reference).outcome.seconds, 4.0)
         runs: list[DaemonRun] = []
         moments: list[float] = []
         for _ in range(KILLS_PER_RUN):
@@ -250,9 +262,10 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 # --- the reference run ----------------------------------------------------------------------------
 
 
-def test_reference_run_ends_as_the_sample_means(lab: Lab) -> None:
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_reference_run_ends_as_the_sample_means(lab: Lab, schedule: str) -> None:
     """Uncrashed, the sample completes 6 todos, blocks the culprit, commits and pushes 2 phases."""
-    ref = lab.result("reference").outcome
+    ref = lab.result(f"{schedule}|reference").outcome
     assert ref.exit_code == 1, ref.runs[-1].log_tail()
     assert ref.complete == EXPECTED_COMPLETE
     assert ref.complete_files == EXPECTED_COMPLETE
@@ -273,7 +286,7 @@ def test_reference_run_ends_as_the_sample_means(lab: Lab) -> None:
 
 def test_crash_and_restart_give_the_reference_outcome(lab: Lab, scenario: str) -> None:
     """Killed at this point and restarted until done: same todos, tree, commits, remote and table."""
-    ref = lab.result("reference").outcome
+    ref = lab.result(f"{scenario.partition('|')[0]}|reference").outcome
     result = lab.result(scenario)
     got = result.outcome
     context = f"{scenario}: {result.detail}; last log:\n{got.runs[-1].log_tail()}"

@@ -43,10 +43,11 @@ class DemoRun:
     status: dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    folder = tmp_path_factory.mktemp("demo")
-    project = build_demo(folder / "project", speed=0, agent_timeout=AGENT_TIMEOUT)
+@pytest.fixture(scope="module", params=["barrier", "continuous"])
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """The demo's scenario under each scheduling policy, each held to the same outcome."""
+    folder = tmp_path_factory.mktemp(f"demo-{request.param}")
+    project = build_demo(folder / "project", speed=0, agent_timeout=AGENT_TIMEOUT, schedule=request.param)
     base = git(project.root, "rev-parse", "main").strip()
     try:
         runs = [run_daemon(project.root)]

@@ -1,0 +1,123 @@
+"""What a policy decides: plain, frozen values, carried out by :mod:`daemon.engine.execute` alone.
+
+A command names its target and the facts the decision rested on (the base commit, the candidates);
+the executor records the intent, does the work and records the outcome. Deciding again from the
+same projection gives the same commands, so a crash between two commands loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartPhase:
+    """The phase becomes the current one, based on the branch's head."""
+
+    number: int
+    base_sha: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebasePhase:
+    """The branch moved on (a person's commit) before the phase accepted anything: go on from it."""
+
+    number: int
+    base_sha: str
+    previous: str
+    resume: str = ""  # a group paused on a red baseline, resumed with it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartAgent:
+    """Run the todo's agent in a fresh workspace at ``base_sha`` (planning it first when ready)."""
+
+    todo_id: str
+    batch: str
+    phase: int
+    base_sha: str
+    plan: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleFailure:
+    """The todo's agent failed: another attempt, or blocked once its attempts are used."""
+
+    todo_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockTodo:
+    todo_id: str
+    reason: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenGroup:
+    """A new verification group of the phase (it checks its base first when that was never green)."""
+
+    key: str
+    phase: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Baseline:
+    """Run the verify commands on ``base_sha`` alone, recorded on group ``key``."""
+
+    key: str
+    base_sha: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyGroup:
+    """Verify ``candidates`` together on ``base_sha`` (cherry-picked in id order), finding culprits."""
+
+    key: str
+    base_sha: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeVerify:
+    """A group verifying with no job behind it (a restart): run its verification again."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitPhase:
+    """Every member of the phase is settled and something was accepted: make the phase commit."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkipPhase:
+    """Every member of the phase is settled and nothing was accepted: no commit, no push."""
+
+    number: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdvancePhase:
+    """A step of the phase shared by every policy (commit, landing, push, the final check)."""
+
+    number: int
+
+
+Command = (
+    StartPhase
+    | RebasePhase
+    | StartAgent
+    | SettleFailure
+    | BlockTodo
+    | OpenGroup
+    | Baseline
+    | VerifyGroup
+    | ResumeVerify
+    | CommitPhase
+    | SkipPhase
+    | AdvancePhase
+)

@@ -1,0 +1,157 @@
+"""The shell around the policies: observe the world, then carry out each command a policy returned.
+
+Every command is carried out here and nowhere else, as intent event -> effect -> outcome event:
+agents and verification run as jobs whose results come back as events on the main thread. A
+command whose premise no longer holds when its turn comes (the todo was cancelled by a person a
+moment ago, say) is skipped: the next decision sees the new state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from daemon import batches, executor, gitops, phases
+from daemon.engine import commands as cmd
+from daemon.engine.continuous import Facts
+from daemon.engine.state import accepted_in, current_phase, phase_head
+from daemon.runner import Daemon
+from statemachine import events as ev
+from statemachine.tables import BatchState, PhaseState, TodoState
+from statemachine.views import PhaseView
+from store import Append
+
+log = structlog.get_logger(__name__)
+
+
+def observe(d: Daemon) -> Facts:
+    """What the policy needs of the world now; git is asked only when the answer can matter."""
+    proj = d.proj
+    phase = current_phase(proj)
+    head, moved_on = "", False
+    if phase is not None and not phase.final and phase.state in (PhaseState.PENDING, PhaseState.RUNNING):
+        if phase.state == PhaseState.PENDING or not accepted_in(proj, phase):
+            head = gitops.rev_parse(d.root, d.config.batchd.branch)
+        if head and phase.state == PhaseState.RUNNING and phase.base_sha and head != phase.base_sha:
+            moved_on = gitops.is_ancestor(d.root, phase.base_sha, head)
+    return Facts(
+        max_parallel=d.config.batchd.max_parallel,
+        branch_head=head,
+        moved_on=moved_on,
+        busy=frozenset(d.jobs),
+        settling=frozenset(t for t in proj.todos if executor.settling(d, t)),
+        accepting=not d.stopping,
+    )
+
+
+def execute(
+    d: Daemon, commands: Sequence[cmd.Command], *, advance_phase: Callable[[Daemon, PhaseView], None]
+) -> None:
+    """Carry out ``commands`` in order (``advance_phase``: the steps every policy shares)."""
+    for command in commands:
+        with d.step(getattr(command, "todo_id", ""), type(command).__name__):
+            _one(d, command, advance_phase)
+
+
+def _one(d: Daemon, c: cmd.Command, advance_phase: Callable[[Daemon, PhaseView], None]) -> None:
+    proj = d.proj
+    match c:
+        case cmd.StartPhase():
+            d.emit_one(ev.phase_stream(c.number), ev.PhaseStarted(number=c.number, base_sha=c.base_sha))
+        case cmd.RebasePhase():
+            appends: list[Append | tuple[str, Sequence[object]]] = [
+                (
+                    ev.phase_stream(c.number),
+                    [ev.PhaseRebased(number=c.number, base_sha=c.base_sha, previous=c.previous)],
+                )
+            ]
+            if c.resume:
+                appends.append((ev.batch_stream(c.resume), [ev.BatchResumed(key=c.resume, by="daemon")]))
+            d.emit(*appends)
+            log.info("phase_rebased", phase=c.number, base=c.base_sha, previous=c.previous)
+        case cmd.StartAgent():
+            todo = proj.todos.get(c.todo_id)
+            if todo is None or todo.state not in (TodoState.READY, TodoState.PLANNED):
+                return
+            if todo.state == TodoState.READY:
+                d.emit_one(
+                    ev.todo_stream(c.todo_id), ev.TodoPlanned(todo_id=c.todo_id, batch=c.batch, phase=c.phase)
+                )
+            executor.launch(d, c.todo_id, c.batch, c.base_sha)
+        case cmd.SettleFailure():
+            todo = proj.todos.get(c.todo_id)
+            if todo is not None and todo.state == TodoState.AGENT_FAILED:
+                reason = f"agent {todo.reason or 'failed'}"
+                events = batches.retry_or_block(d, todo, reason, "", d.config.batchd.max_attempts)
+                d.emit((ev.todo_stream(c.todo_id), events))
+        case cmd.BlockTodo():
+            if proj.may(ev.todo_stream(c.todo_id), "block"):
+                d.emit_one(
+                    ev.todo_stream(c.todo_id),
+                    ev.TodoBlocked(todo_id=c.todo_id, reason=c.reason, action=c.action),
+                )
+        case cmd.OpenGroup():
+            d.emit_one(ev.batch_stream(c.key), ev.BatchPlanned(key=c.key, phase=c.phase, todo_ids=()))
+        case cmd.Baseline():
+            batches.baseline(d, proj.batches[c.key], c.base_sha)
+        case cmd.VerifyGroup():
+            verify_group(d, c)
+        case cmd.ResumeVerify():
+            batches.verify(d, proj.batches[c.key])
+        case cmd.CommitPhase():
+            phase = proj.phases[c.number]
+            d.emit(*close_batches(d, phase))
+            phases.start_commit(d, d.proj.phases[c.number])
+        case cmd.SkipPhase():
+            phase = proj.phases[c.number]
+            d.emit(
+                *close_batches(d, phase),
+                (ev.phase_stream(c.number), [ev.PhaseSkipped(number=c.number, reason=c.reason)]),
+            )
+            log.info("phase_skipped", phase=c.number, reason=c.reason)
+        case cmd.AdvancePhase():
+            advance_phase(d, proj.phases[c.number])
+
+
+def verify_group(d: Daemon, c: cmd.VerifyGroup) -> None:
+    """The group takes its candidates and verifies them on its base, in one transaction."""
+    ready = [t for t in c.candidates if d.proj.todos[t].state == TodoState.AGENT_DONE]
+    if not ready:
+        return
+    d.emit(
+        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=c.key)]) for t in ready],
+        (
+            ev.batch_stream(c.key),
+            [
+                ev.BatchStarted(key=c.key, base_sha=c.base_sha, todo_ids=tuple(ready)),
+                ev.BatchVerifying(key=c.key, base_sha=c.base_sha, candidates=tuple(ready)),
+            ],
+        ),
+    )
+    batches.verify(d, d.proj.batches[c.key])
+
+
+def close_batches(d: Daemon, phase: PhaseView) -> list[Append | tuple[str, Sequence[object]]]:
+    """The batches of a settled phase still open, marked done: the plan's (under the continuous policy
+    their todos ran as slots came free and were verified in groups, which hold the verdicts) and a
+    group opened for a baseline that nothing came to."""
+    head = phase_head(d.proj, phase)
+    out: list[Append | tuple[str, Sequence[object]]] = []
+    for key in phase.batches:
+        batch = d.proj.batches[key]
+        if batch.state == BatchState.DONE:
+            continue
+        events: list[object] = []
+        if batch.state == BatchState.PLANNED:
+            ids = batch.planned_ids or batch.todo_ids
+            events.append(ev.BatchStarted(key=key, base_sha=phase.base_sha, todo_ids=ids))
+        if batch.state in (BatchState.PLANNED, BatchState.RUNNING):
+            events.append(
+                ev.BatchVerified(
+                    key=key, head_sha=head, accepted=(), rejected=(), conflicted=(), failed=(), runs=0
+                )
+            )
+        events.append(ev.BatchDone(key=key))
+        out.append((ev.batch_stream(key), events))
+    return out

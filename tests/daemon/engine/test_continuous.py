@@ -1,0 +1,329 @@
+"""daemon.engine.continuous.decide as a pure function over built projections: no git, no processes.
+
+Each test folds a short history (a plan of phases and batches, todos in given states) into a
+Projection and asks what the policy does next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from daemon.engine import commands as cmd
+from daemon.engine.continuous import Facts, decide
+from statemachine import events as ev
+from statemachine.projection import Projection
+from tests.statemachine.builders import stored
+
+BASE = "b" * 40
+
+
+@dataclass
+class History:
+    """A run being built event by event; ``projection()`` folds it."""
+
+    events: list[tuple[str, object]] = field(default_factory=list)
+
+    def add(self, stream: str, *evts: object) -> History:
+        self.events += [(stream, e) for e in evts]
+        return self
+
+    def projection(self) -> Projection:
+        proj = Projection()
+        for seq, (stream, evt) in enumerate(self.events, start=1):
+            proj.apply(stored(seq, stream, evt))
+        return proj
+
+    # -- building blocks --
+
+    def todo(self, todo_id: str, *, deps: Sequence[str] = (), files: Sequence[str] = ()) -> History:
+        return self.add(
+            ev.todo_stream(todo_id),
+            ev.TodoQueued(
+                todo_id=todo_id,
+                path=f"todos/{todo_id}-ready-p2-t.md",
+                title=f"todo {todo_id}",
+                priority="p2",
+                digest=todo_id,
+                dependencies=tuple(deps),
+                files=tuple(files),
+            ),
+        )
+
+    def plan(self, phases: dict[int, list[list[str]]]) -> History:
+        self.add(ev.RUN_STREAM, ev.RunStarted(run_id="r", branch="main", base_sha=BASE, plan_source="p"))
+        for number, batches in phases.items():
+            keys = tuple(f"{number}.{i + 1}" for i in range(len(batches)))
+            self.add(
+                ev.phase_stream(number),
+                ev.PhasePlanned(number=number, title=f"P{number}", commit_message="", batches=keys),
+            )
+            for key, ids in zip(keys, batches, strict=True):
+                self.add(ev.batch_stream(key), ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(ids)))
+        return self
+
+    def start_phase(self, number: int, base: str = BASE) -> History:
+        return self.add(ev.phase_stream(number), ev.PhaseStarted(number=number, base_sha=base))
+
+    def green(self, key: str, phase: int, sha: str = BASE) -> History:
+        """Group ``key`` opened and its baseline passed on ``sha``."""
+        return self.add(
+            ev.batch_stream(key),
+            ev.BatchPlanned(key=key, phase=phase, todo_ids=()),
+            ev.BatchVerifyRun(
+                key=key, run=0, todo_ids=(), passed=True, command=(), duration=0.1, baseline=True, sha=sha
+            ),
+        )
+
+    def running(self, todo_id: str, batch: str, phase: int, base: str = BASE) -> History:
+        return self.add(
+            ev.todo_stream(todo_id),
+            ev.TodoPlanned(todo_id=todo_id, batch=batch, phase=phase),
+            ev.AgentStarted(
+                todo_id=todo_id,
+                attempt=1,
+                batch=batch,
+                worktree=f".batchd/workspaces/todo-{todo_id}",
+                branch=f"batchd/todo-{todo_id}-a1",
+                base_sha=base,
+                log_path=f".batchd/logs/todo-{todo_id}-attempt-1.log",
+                argv=("agent",),
+                token="t" + todo_id,
+            ),
+        )
+
+    def finished(self, todo_id: str, batch: str, phase: int, base: str = BASE) -> History:
+        self.running(todo_id, batch, phase, base)
+        return self.add(
+            ev.todo_stream(todo_id),
+            ev.AgentFinished(
+                todo_id=todo_id,
+                attempt=1,
+                returncode=0,
+                duration=1.0,
+                commit=todo_id * 40,
+                files=(f"f{todo_id}.py",),
+            ),
+        )
+
+    def accepted(self, key: str, phase: int, ids: Sequence[str], head: str, base: str = BASE) -> History:
+        """Group ``key`` verified ``ids`` (already finished) and accepted them all, giving ``head``."""
+        self.add(ev.batch_stream(key), ev.BatchPlanned(key=key, phase=phase, todo_ids=()))
+        for t in ids:
+            self.add(ev.todo_stream(t), ev.TodoVerifying(todo_id=t, batch=key))
+        self.add(
+            ev.batch_stream(key),
+            ev.BatchStarted(key=key, base_sha=base, todo_ids=tuple(ids)),
+            ev.BatchVerifying(key=key, base_sha=base, candidates=tuple(ids)),
+        )
+        for t in ids:
+            self.add(ev.todo_stream(t), ev.TodoAccepted(todo_id=t, batch=key, commit=t * 40))
+        return self.add(
+            ev.batch_stream(key),
+            ev.BatchVerified(
+                key=key, head_sha=head, accepted=tuple(ids), rejected=(), conflicted=(), failed=(), runs=1
+            ),
+            ev.BatchDone(key=key),
+        )
+
+
+def facts(slots: int = 5, **kw: object) -> Facts:
+    return Facts(max_parallel=slots, branch_head=BASE, **kw)  # type: ignore[arg-type]
+
+
+def started(commands: Sequence[cmd.Command]) -> list[str]:
+    return [c.todo_id for c in commands if isinstance(c, cmd.StartAgent)]
+
+
+def seed_like() -> History:
+    """Two phases; phase 1 has two batches, the second depending on nothing of the first."""
+    h = History()
+    for t in ("1", "2", "3", "4", "5", "6"):
+        h.todo(t)
+    return h.plan({1: [["1", "2"], ["3"]], 2: [["4", "5", "6"]]})
+
+
+# --- the phase's start and its baseline --------------------------------------------------------
+
+
+def test_the_first_phase_starts_on_the_branchs_head() -> None:
+    assert decide(seed_like().projection(), facts()) == [cmd.StartPhase(number=1, base_sha=BASE)]
+
+
+def test_no_agent_starts_before_the_base_was_seen_green() -> None:
+    """The phase's base was never checked: a group is opened for its baseline, no agent runs yet."""
+    out = decide(seed_like().start_phase(1).projection(), facts())
+    assert out == [cmd.OpenGroup(key="1.v1", phase=1)]
+
+
+def test_the_open_groups_baseline_is_run_once() -> None:
+    h = (
+        seed_like()
+        .start_phase(1)
+        .add(ev.batch_stream("1.v1"), ev.BatchPlanned(key="1.v1", phase=1, todo_ids=()))
+    )
+    assert decide(h.projection(), facts()) == [cmd.Baseline(key="1.v1", base_sha=BASE)]
+    assert decide(h.projection(), facts(busy=frozenset({"baseline-1.v1"}))) == []
+
+
+# --- slot refill --------------------------------------------------------------------------------
+
+
+def test_free_slots_take_todos_across_batches_and_phases_in_plan_order() -> None:
+    """Five slots, six independent todos: the first five in plan order (phase, batch, plan order)
+    start at once, phase 2's too; batch 1.2 does not wait for batch 1.1."""
+    out = decide(seed_like().start_phase(1).green("1.v1", 1).projection(), facts(slots=5))
+    assert started(out) == ["1", "2", "3", "4", "5"]
+    first = next(c for c in out if isinstance(c, cmd.StartAgent))
+    assert first == cmd.StartAgent(todo_id="1", batch="1.1", phase=1, base_sha=BASE, plan=True)
+
+
+def test_a_slot_freed_is_refilled_at_once() -> None:
+    """Two slots: 1 and 2 run; when 1 finishes, 3 starts in the same decision that verifies 1."""
+    h = seed_like().start_phase(1).green("1.v1", 1).running("2", "1.1", 1).finished("1", "1.1", 1)
+    out = decide(h.projection(), facts(slots=2))
+    assert started(out) == ["3"]
+    assert cmd.VerifyGroup(key="1.v1", base_sha=BASE, candidates=("1",)) in out
+
+
+def test_no_slot_no_start() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1).running("1", "1.1", 1).running("2", "1.1", 1)
+    assert started(decide(h.projection(), facts(slots=2))) == []
+
+
+def test_no_new_agent_while_stopping() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1)
+    assert started(decide(h.projection(), facts(accepting=False))) == []
+
+
+# --- dependencies and files --------------------------------------------------------------------
+
+
+def test_a_todo_waits_until_its_dependency_is_accepted() -> None:
+    h = History().todo("1").todo("2", deps=["1"]).plan({1: [["1"], ["2"]]}).start_phase(1).green("1.v1", 1)
+    assert started(decide(h.projection(), facts())) == ["1"]
+    h.finished("1", "1.1", 1)
+    assert started(decide(h.projection(), facts())) == []  # finished is not accepted
+    h.accepted("1.v2", 1, ["1"], head="c" * 40)
+    out = decide(h.projection(), facts())
+    assert out == [cmd.StartAgent(todo_id="2", batch="1.2", phase=1, base_sha="c" * 40, plan=True)]
+
+
+def test_a_todo_whose_dependency_is_blocked_is_blocked_too() -> None:
+    h = History().todo("1").todo("2", deps=["1"]).plan({1: [["1"], ["2"]]}).start_phase(1).green("1.v1", 1)
+    h.add(ev.todo_stream("1"), ev.TodoBlocked(todo_id="1", reason="no", action="retry"))
+    out = decide(h.projection(), facts())
+    assert [c for c in out if isinstance(c, cmd.BlockTodo)] == [
+        cmd.BlockTodo(
+            todo_id="2", reason="dependency #1 is blocked", action="fix the dependency, then `batchd retry 2`"
+        )
+    ]
+
+
+def test_two_todos_whose_files_overlap_never_run_at_once() -> None:
+    """2 names a folder 1 names a file in: it waits while 1 runs; 3 overlaps nothing and starts."""
+    h = History().todo("1", files=["src/app/main.py"]).todo("2", files=["src/app"]).todo("3", files=["docs"])
+    h.plan({1: [["1", "2", "3"]]}).start_phase(1).green("1.v1", 1)
+    assert started(decide(h.projection(), facts())) == ["1", "3"]
+    h.running("1", "1.1", 1)
+    assert started(decide(h.projection(), facts())) == ["3"]
+
+
+# --- the verification queue --------------------------------------------------------------------
+
+
+def test_everything_finished_since_the_last_run_is_verified_together() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1)
+    h.finished("3", "1.2", 1).finished("1", "1.1", 1).running("2", "1.1", 1)
+    out = decide(h.projection(), facts())
+    assert [c for c in out if isinstance(c, cmd.VerifyGroup)] == [
+        cmd.VerifyGroup(key="1.v1", base_sha=BASE, candidates=("1", "3"))
+    ]
+
+
+def test_one_verification_at_a_time() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1).finished("1", "1.1", 1)
+    h.add(ev.todo_stream("1"), ev.TodoVerifying(todo_id="1", batch="1.v1"))
+    h.add(
+        ev.batch_stream("1.v1"),
+        ev.BatchStarted(key="1.v1", base_sha=BASE, todo_ids=("1",)),
+        ev.BatchVerifying(key="1.v1", base_sha=BASE, candidates=("1",)),
+    )
+    h.finished("2", "1.1", 1)
+    out = decide(h.projection(), facts(busy=frozenset({"verify-1.v1"})))
+    assert not [c for c in out if isinstance(c, cmd.VerifyGroup | cmd.OpenGroup | cmd.ResumeVerify)]
+    # After a restart nothing runs it: verified again.
+    assert cmd.ResumeVerify(key="1.v1") in decide(h.projection(), facts())
+
+
+def test_a_later_phases_finished_work_waits_for_its_phase() -> None:
+    """4 (phase 2) finished early: it is not verified while phase 1 is current, so phase 1's commit
+    holds exactly phase 1's changes."""
+    h = seed_like().start_phase(1).green("1.v1", 1).finished("4", "2.1", 2)
+    out = decide(h.projection(), facts())
+    assert not [c for c in out if isinstance(c, cmd.VerifyGroup | cmd.OpenGroup)]
+
+
+# --- phase commits in order ------------------------------------------------------------------------
+
+
+def test_a_phase_commits_once_every_member_is_settled() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1).finished("4", "2.1", 2)
+    h.finished("1", "1.1", 1).finished("2", "1.1", 1).finished("3", "1.2", 1)
+    h.accepted("1.v2", 1, ["1", "2"], head="c" * 40)
+    assert cmd.CommitPhase(number=1) not in decide(h.projection(), facts())  # 3 still waits
+    h.accepted("1.v3", 1, ["3"], head="d" * 40, base="c" * 40)
+    out = decide(h.projection(), facts())
+    assert cmd.CommitPhase(number=1) in out
+
+
+def test_phase_two_is_not_committed_before_phase_one_even_when_its_work_is_all_done() -> None:
+    """Phase 2's todos all finished while phase 1 still has a running agent: nothing of phase 2 is
+    verified or committed; phase 1 is the current phase until it is done."""
+    h = seed_like().start_phase(1).green("1.v1", 1)
+    for t in ("4", "5", "6"):
+        h.finished(t, "2.1", 2)
+    h.running("1", "1.1", 1)
+    out = decide(h.projection(), facts())
+    assert not [c for c in out if isinstance(c, cmd.CommitPhase | cmd.VerifyGroup)]
+    assert not [c for c in out if getattr(c, "number", 1) == 2]
+
+
+def test_a_phase_that_accepted_nothing_is_skipped() -> None:
+    h = History().todo("1").plan({1: [["1"]], 2: [[]]}).start_phase(1).green("1.v1", 1)
+    h.add(ev.todo_stream("1"), ev.TodoBlocked(todo_id="1", reason="no", action="retry"))
+    assert decide(h.projection(), facts()) == [
+        cmd.SkipPhase(number=1, reason="nothing was accepted (blocked: #1)")
+    ]
+
+
+def test_new_work_starts_from_the_newest_verified_head() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1).finished("1", "1.1", 1)
+    h.accepted("1.v2", 1, ["1"], head="c" * 40)
+    assert {c.base_sha for c in decide(h.projection(), facts()) if isinstance(c, cmd.StartAgent)} == {
+        "c" * 40
+    }
+
+
+# --- a red baseline heals -----------------------------------------------------------------------
+
+
+def test_a_paused_group_resumes_on_a_persons_commit_before_anything_was_accepted() -> None:
+    h = seed_like().start_phase(1)
+    h.add(
+        ev.batch_stream("1.v1"),
+        ev.BatchPlanned(key="1.v1", phase=1, todo_ids=()),
+        ev.BatchPaused(key="1.v1", base_sha=BASE, command=("npm", "test"), output_tail="red"),
+    )
+    assert decide(h.projection(), facts()) == []  # waits for a person
+    fix = "f" * 40
+    out = decide(h.projection(), Facts(max_parallel=5, branch_head=fix, moved_on=True))
+    assert out == [cmd.RebasePhase(number=1, base_sha=fix, previous=BASE, resume="1.v1")]
+
+
+def test_agent_failures_are_settled_at_once() -> None:
+    h = seed_like().start_phase(1).green("1.v1", 1).running("1", "1.1", 1)
+    h.add(ev.todo_stream("1"), ev.AgentFailed(todo_id="1", attempt=1, reason="exit", detail="exited 1"))
+    out = decide(h.projection(), facts())
+    assert out[0] == cmd.SettleFailure(todo_id="1")
+    assert "1" not in started(out)
