@@ -20,12 +20,14 @@ import json
 import math
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -544,3 +546,26 @@ def run_setup(
         duration=time.monotonic() - started,
         log_tail=tail(log_path),
     )
+
+
+def on_exit(pid: int, callback: Callable[[], None]) -> None:
+    """Call ``callback`` (from a thread of its own) once process ``pid`` has exited.
+
+    A pidfd becomes readable when the process ends without reaping it, so the main loop's own
+    ``poll()`` still collects the exit status. Where pidfds are missing (Linux before 5.3) or the
+    process is already gone, ``callback`` runs at once: the loop's tick finds the exit anyway.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        callback()
+        return
+
+    def wait() -> None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        callback()
+
+    threading.Thread(target=wait, name=f"batchd-exit-{pid}", daemon=True).start()

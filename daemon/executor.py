@@ -161,6 +161,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
             fail(d, todo_id, attempt, "start", f"agent could not start: {e}")
             return
         d.agents[todo_id] = proc
+        agentproc.on_exit(proc.pid, d.wake)  # its slot is taken again at once, not at the next tick
         d.emit_one(
             ev.todo_stream(todo_id),
             ev.AgentSpawned(

@@ -104,6 +104,9 @@ class Daemon:
         self.notes: list[str] = []  # found at start-up, shown in the status file
         # What steers later agent sessions, noted before each attempt (see daemon.homeguard).
         self.home_snapshots: dict[str, Snapshot] = {}
+        # Called from any thread when there is something to look at (a job done, an agent exited):
+        # the loop sets it to end its sleep early. Never from a signal handler.
+        self.wake: Callable[[], None] = lambda: None
 
     @contextlib.contextmanager
     def person_hooks(self) -> Iterator[Path | None]:
@@ -222,7 +225,9 @@ class Daemon:
     ) -> None:
         if key in self.jobs:
             return
-        self.jobs[key] = Job(key, self.pool.submit(fn), done, failed)
+        future = self.pool.submit(fn)
+        future.add_done_callback(lambda _: self.wake())
+        self.jobs[key] = Job(key, future, done, failed)
 
     def has_job(self, key: str) -> bool:
         return key in self.jobs

@@ -170,6 +170,7 @@ def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
         # Watching before the first scan: a file written while it runs is caught by its event
         # instead of waiting a whole rescan_interval.
         watcher.start()
+        d.wake = watcher.wake
         intake.rescan(d)
         d.notifier.ready()
         log.info("daemon_ready", root=str(config.root), once=once, last_seq=d.proj.last_seq)

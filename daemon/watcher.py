@@ -125,6 +125,7 @@ class TodoWatcher:
         self._clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._poked = False  # wake() was called: the loop has something other than files to look at
         self._pending: dict[str, _Pending] = {}
         self._overflowed = False
         self._overflow_count = 0
@@ -210,8 +211,17 @@ class TodoWatcher:
                 del self._pending[name]
             return ready
 
+    def wake(self) -> None:
+        """Ends the current (or next) :meth:`wait` early: a job finished or an agent exited, and the
+        loop should look at once rather than at the end of its tick. Safe from any thread, but not
+        from a signal handler (it takes a lock)."""
+        with self._lock:
+            self._poked = True
+            self._wake.set()
+
     def wait(self, timeout: float) -> bool:
-        """Sleeps until a name is ready to drain or events may have been lost (True), or timeout.
+        """Sleeps until a name is ready to drain or events may have been lost (True), until
+        :meth:`wake` (False), or timeout (False).
 
         Wakes within milliseconds of the change that makes a name ready, never busy-loops while
         names settle, and keeps retrying a folder that is missing.
@@ -222,6 +232,9 @@ class TodoWatcher:
             self._check_watch(now)
             with self._lock:
                 self._wake.clear()  # under the lock: a handler that records after this sets it again
+                if self._poked:
+                    self._poked = False
+                    return False
                 if self._overflowed or any(now >= self._due(p) for p in self._pending.values()):
                     return True
                 next_due = min((self._due(p) for p in self._pending.values()), default=None)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -612,3 +613,15 @@ def test_a_log_of_many_opening_braces_is_no_result(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_text("{\n" * 500_000)
     assert read_result(log) is None
+
+
+def test_on_exit_calls_back_when_the_process_ends_and_leaves_its_status_to_poll() -> None:
+    """The loop is woken as an agent exits (a pidfd, no reaping): poll() still gets the exit code."""
+    from daemon.agentproc import on_exit
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(7)"])
+    woke = threading.Event()
+    on_exit(proc.pid, woke.set)
+    assert not woke.wait(0.05)  # still running
+    assert woke.wait(10)
+    assert proc.wait(timeout=10) == 7

@@ -357,3 +357,17 @@ def test_handler_error_requests_rescan_instead_of_killing_the_watch(todos: Path)
         (todos / READY).write_text("x")
         assert collect(w, until=lambda names: READY in names) == [READY]
     assert "watch_handler_failed" in [entry["event"] for entry in logs]
+
+
+def test_wake_from_another_thread_ends_the_wait_at_once(watcher: TodoWatcher) -> None:
+    """A job finishing in the pool wakes the loop: wait(10) returns within a fraction of a second,
+    and a wake that came before the wait is not lost."""
+    timer = threading.Timer(0.1, watcher.wake)
+    began = time.monotonic()
+    timer.start()
+    assert watcher.wait(10) is False
+    assert time.monotonic() - began < 2
+    watcher.wake()
+    began = time.monotonic()
+    assert watcher.wait(10) is False
+    assert time.monotonic() - began < 1
