@@ -89,7 +89,7 @@ def build(
         + "rescan_interval = 600\n\n[agent]\n"
         + f"command = {json.dumps(agent)}\ntimeout = 120\n"
         + 'env = { BATCHD_DEMO_SPEED = "1" }\n\n[verify]\n'
-        + f'commands = [{json.dumps([sys.executable, "-B", "check.py"])}]\nretries = 0\n'
+        + f"commands = [{json.dumps([sys.executable, '-B', 'check.py'])}]\nretries = 0\n"
     )
     git(root, "init", "-q", "-b", "main")
     for key, value in IDENTITY:
