@@ -115,7 +115,7 @@ class BatchdConfig:
     remote: str = "origin"
     max_parallel: int = 5
     max_attempts: int = 2
-    schedule: Schedule = "barrier"
+    schedule: Schedule = "continuous"
     commit_mode: CommitMode = "phase"
     stop_timeout: float = 60.0
     rescan_interval: float = 30.0

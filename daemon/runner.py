@@ -34,8 +34,9 @@ from daemon.sandbox import Sandbox, resolve
 from daemon.scanner import ScanResult
 from daemon.workspace import Workspace
 from statemachine.exceptions import InvalidTransition
+from statemachine.machines import LiveModel
 from statemachine.projection import Projection, replay, save_snapshot
-from statemachine.tables import EVENT_TRIGGERS, NEXT_STATE
+from statemachine.tables import EVENT_TRIGGERS, TRANSITIONS
 from store import Append, EventLog
 from store.eventlog import StoredEvent
 
@@ -188,28 +189,32 @@ class Daemon:
         return stored
 
     def check(self, batch: Sequence[Append]) -> None:
-        """Refuse, before anything is written, an event its machine cannot take in its state.
+        """Refuse, before anything is written, an event its entity's live machine does not allow.
 
-        The fold would refuse it on replay too: written, it would make the log unreadable for
-        every later start. Refused here, it is a bug report and the log stays sound.
+        Each event is asked of the entity's ``transitions`` model (``may_<trigger>()``, with the
+        transition's conditions on data: a todo's dependencies accepted, the phases before a phase
+        done), then fired on it, so the next event of the same transaction meets the state this one
+        leads to. The fold would refuse a state the table does not allow on replay too: written, it
+        would make the log unreadable for every later start. Refused here, it is a bug report and
+        the log stays sound.
         """
-        states: dict[str, str] = {}
+        models: dict[str, LiveModel] = {}
         for part in batch:
             for event in part.events:
                 spec = EVENT_TRIGGERS.get(type(event))
                 if spec is None:
                     continue  # control requests move no machine
-                kind, trigger = spec
-                state = states.get(part.stream) or self.proj.state_of(part.stream)
-                nxt = NEXT_STATE.get((kind, state, trigger))
-                if nxt is None:
+                _, trigger = spec
+                model = models.get(part.stream) or self.proj.machine(part.stream)
+                models[part.stream] = model
+                if not model.may(trigger):
                     raise InvalidTransition(
                         stream=part.stream,
-                        state=state,
+                        state=model.state,
                         event=getattr(type(event), "event_name", type(event).__name__),
-                        detail="refused before it was written",
+                        detail="refused before it was written" + _why_not(model, trigger),
                     )
-                states[part.stream] = nxt
+                model.fire(trigger)
 
     def emit_one(self, stream: str, *events: object) -> list[StoredEvent]:
         return self.emit((stream, list(events)))
@@ -272,6 +277,17 @@ class Daemon:
         if self.proj.last_seq > self.last_snapshot_seq:
             save_snapshot(self.log, self.proj)
         self.log.close()
+
+
+def _why_not(model: LiveModel, trigger: str) -> str:
+    """The condition that refused ``trigger`` when the state itself allows it."""
+    if trigger not in model.triggers():
+        return ""
+    row = next(
+        (t for t in TRANSITIONS[model.kind] if t.trigger == trigger and model.state in t.sources), None
+    )
+    failed = [c for c in (row.conditions if row else ()) if not getattr(model, c)()]
+    return f" ({', '.join(failed)} is false)" if failed else ""
 
 
 def sandboxes(config: Config) -> tuple[Sandbox, Sandbox]:

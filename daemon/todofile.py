@@ -27,7 +27,7 @@ from typing import Any
 
 from daemon.exceptions import TodoFileError
 from daemon.frontmatter import FrontMatterError, load_front_matter, replace_status, split_front_matter
-from statemachine.ids import id_order
+from statemachine.ids import id_key, id_order
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -76,11 +76,6 @@ _NAME_RE = re.compile(
     r"-(?P<description>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)\.md$"
 )
 _DIGITS_RE = re.compile(r"^[0-9]+$")
-
-
-def id_key(todo_id: str | int) -> str:
-    """The canonical key of an id: ``"001"``, ``"1"`` and ``1`` all give ``"1"``."""
-    return str(int(todo_id))
 
 
 @dataclass(frozen=True, slots=True)

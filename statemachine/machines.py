@@ -24,25 +24,45 @@ cheaper per model and the quadratic term is negligible. A ``may_<trigger>()`` ca
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from transitions import Machine
 
 from statemachine.exceptions import InvalidTransition
 from statemachine.tables import INITIAL, STATES, TRANSITIONS, Kind
 
-__all__ = ["LiveMachines", "LiveModel", "machine_config"]
+__all__ = ["Guards", "LiveMachines", "LiveModel", "machine_config"]
+
+
+class Guards(Protocol):
+    """The data the transitions' conditions ask about (the projection answers)."""
+
+    def dependencies_accepted(self, stream: str) -> bool: ...
+
+    def earlier_phases_done(self, stream: str) -> bool: ...
 
 
 class LiveModel:
     """The model of one entity. ``transitions`` binds ``<trigger>()``, ``may_<trigger>()`` and
     ``is_<state>()`` on it; :meth:`may`, :meth:`fire` and :meth:`triggers` are the typed way in."""
 
-    def __init__(self, stream: str, kind: Kind) -> None:
+    def __init__(self, stream: str, kind: Kind, guards: Guards | None = None) -> None:
         self.stream = stream
         self.kind = kind
         self.state: str = INITIAL[kind]
         self.machine: Any = None  # set by LiveMachines: the shared Machine of this kind
+        # None: a model on its own, with no data to check against (the table alone decides).
+        self.guards = guards
+
+    # -- conditions of the transitions (named in statemachine.tables) --
+
+    def dependencies_accepted(self) -> bool:
+        """A todo is planned only once every dependency it names is accepted or complete."""
+        return self.guards is None or self.guards.dependencies_accepted(self.stream)
+
+    def earlier_phases_done(self) -> bool:
+        """A phase starts, and is committed, only after every phase before it is done."""
+        return self.guards is None or self.guards.earlier_phases_done(self.stream)
 
     def may(self, trigger: str) -> bool:
         """True when ``trigger`` is allowed in the current state (False for a trigger of another kind)."""
@@ -75,6 +95,7 @@ def machine_config(kind: Kind) -> tuple[tuple[str, ...], tuple[dict[str, Any], .
             "trigger": t.trigger,
             "source": [str(s) for s in t.sources],
             "dest": None if t.dest is None else str(t.dest),  # None: internal, state unchanged
+            **({"conditions": list(t.conditions)} if t.conditions else {}),
         }
         for t in TRANSITIONS[kind]
     )
@@ -97,9 +118,10 @@ def new_machine(kind: Kind) -> Any:
 class LiveMachines:
     """The live models of one projection: one shared Machine per kind, models keyed by stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, guards: Guards | None = None) -> None:
         self._machines: dict[Kind, Any] = {}
         self._models: dict[str, LiveModel] = {}
+        self._guards = guards
 
     def __len__(self) -> int:
         return len(self._models)
@@ -120,7 +142,7 @@ class LiveMachines:
         machine = self._machines.get(kind)
         if machine is None:
             machine = self._machines[kind] = new_machine(kind)
-        model = LiveModel(stream, kind)
+        model = LiveModel(stream, kind, self._guards)
         model.machine = machine
         machine.add_model(model, initial=state)
         if keep:

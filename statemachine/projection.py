@@ -27,7 +27,7 @@ import structlog
 
 from statemachine.exceptions import InvalidTransition, SnapshotIncompatible
 from statemachine.handlers import HANDLERS, Handler, Payload
-from statemachine.ids import id_order
+from statemachine.ids import id_key, id_order
 from statemachine.machines import LiveMachines, LiveModel
 from statemachine.tables import CONTROL_EVENTS, EVENT_TRIGGERS, NEXT_STATE, Kind
 from statemachine.views import (
@@ -316,8 +316,27 @@ class Projection:
     @property
     def live(self) -> LiveMachines:
         if self._live is None:
-            self._live = LiveMachines()
+            self._live = LiveMachines(guards=self)
         return self._live
+
+    # The data the machines' conditions ask about (statemachine.machines.Guards).
+
+    def dependencies_accepted(self, stream: str) -> bool:
+        todo = self.todos.get(parse_stream(stream)[1])
+        if todo is None:
+            return False
+        for dep in todo.dependencies:
+            view = self.todos.get(id_key(dep)) if dep.isdigit() else None
+            if view is None or view.state not in ("accepted", "complete"):
+                return False
+        return True
+
+    def earlier_phases_done(self, stream: str) -> bool:
+        phase = self.phases.get(int(parse_stream(stream)[1]))
+        if phase is None:
+            return False
+        place = (phase.final, phase.number)
+        return all(p.state == "done" for p in self.phases.values() if (p.final, p.number) < place)
 
     def machine(self, stream: str) -> LiveModel:
         """The live ``transitions`` model of a stream's entity at its projected state.

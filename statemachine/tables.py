@@ -73,6 +73,9 @@ class Transition:
     trigger: str
     sources: tuple[str, ...]
     dest: str | None  # None: an internal transition (the state stays, the data changes)
+    # Guards on data, asked of a live machine before an event is written (the fold of history
+    # does not re-check them): names of the model's boolean methods, see statemachine.machines.
+    conditions: tuple[str, ...] = ()
 
 
 T = TodoState
@@ -90,7 +93,7 @@ TODO_TRANSITIONS: tuple[Transition, ...] = (
     Transition("queue", (T.NEW, T.PENDING, T.INVALID, T.COMPLETE, T.CANCELLED), T.READY),
     Transition("update", (*_EDITABLE, T.CANCELLED, *_UNHAPPY), None),
     Transition("invalidate", (T.NEW, *_EDITABLE, T.INVALID, T.CANCELLED, *_UNHAPPY), T.INVALID),
-    Transition("plan", (T.READY,), T.PLANNED),
+    Transition("plan", (T.READY,), T.PLANNED, ("dependencies_accepted",)),
     Transition("start_agent", (T.PLANNED,), T.RUNNING),
     Transition("spawned", (T.RUNNING,), None),
     Transition("agent_done", (T.RUNNING,), T.AGENT_DONE),
@@ -123,9 +126,9 @@ BATCH_TRANSITIONS: tuple[Transition, ...] = (
 P = PhaseState
 PHASE_TRANSITIONS: tuple[Transition, ...] = (
     Transition("plan", (P.NEW,), P.PENDING),
-    Transition("start", (P.PENDING,), P.RUNNING),
+    Transition("start", (P.PENDING,), P.RUNNING, ("earlier_phases_done",)),
     Transition("rebase", (P.RUNNING,), None),
-    Transition("commit", (P.RUNNING,), P.COMMITTING),
+    Transition("commit", (P.RUNNING,), P.COMMITTING, ("earlier_phases_done",)),
     Transition("committed", (P.COMMITTING,), P.COMMITTED),
     # DONE: `batchd push` retries a phase whose push failed, once the remote is back.
     Transition("push", (P.COMMITTED, P.PUSHING, P.PUSH_FAILED, P.DONE), P.PUSHING),

@@ -62,3 +62,29 @@ def test_two_jobs_finishing_in_one_tick_each_report_once_even_when_a_callback_po
         assert not d.jobs
     finally:
         d.close()
+
+
+def test_the_live_machine_refuses_planning_a_todo_before_its_dependency_is_accepted(tmp_path: Path) -> None:
+    """The `plan` transition's condition is asked before the append: a step that tried to plan 2
+    while its dependency 1 is only ready is refused with the condition named, and nothing is written."""
+    from statemachine import events as ev
+    from statemachine.exceptions import InvalidTransition
+
+    root = make_repo(tmp_path / "repo", {})
+    d = Daemon(load_config(root))
+    try:
+        d.load()
+        for todo_id, deps in (("1", ()), ("2", ("1",))):
+            queued = ev.TodoQueued(
+                todo_id=todo_id, path=f"todos/{todo_id}.md", title=todo_id, priority="p2", digest=todo_id,
+                dependencies=deps,
+            )  # fmt: skip
+            d.emit_one(ev.todo_stream(todo_id), queued)
+        before = d.proj.last_seq
+        with pytest.raises(InvalidTransition, match="dependencies_accepted is false"):
+            d.emit_one(ev.todo_stream("2"), ev.TodoPlanned(todo_id="2", batch="1.1", phase=1))
+        d.sync()
+        assert (d.proj.last_seq, d.proj.todos["2"].state) == (before, "ready")
+        d.emit_one(ev.todo_stream("1"), ev.TodoPlanned(todo_id="1", batch="1.1", phase=1))  # no dependency
+    finally:
+        d.close()

@@ -87,6 +87,8 @@ def event(kind: Kind, trigger: str, ids: dict[str, Any] | None = None, **overrid
     cls = EVENT_FOR[(kind, trigger)]
     hints = typing.get_type_hints(cls)
     values = {f.name: _fixed(hints[f.name]) for f in dataclasses.fields(cls)}
+    if "dependencies" in values:
+        values["dependencies"] = ()  # a todo depending on nothing (a dependency is a todo id)
     values.update(ENTITY[kind][1] if ids is None else ids)
     values.update(overrides)
     return cls(**values)

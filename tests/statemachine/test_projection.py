@@ -263,7 +263,7 @@ def test_snapshot_with_other_fields_is_refused() -> None:
 
 def test_live_machine_follows_the_fold() -> None:
     """A held live model moves with each applied event."""
-    pr = _fold(_todo("7", "queue"))
+    pr = _fold(_todo("7", "queue", dependencies=()))
     assert pr.may("todo-7", "plan")
     pr.apply(stored(2, "todo-7", event(T, "plan")))
     assert (pr.machine("todo-7").state, pr.may("todo-7", "plan"), pr.may("todo-7", "start_agent")) == (
@@ -292,3 +292,29 @@ def test_stream_of_no_machine_is_a_value_error() -> None:
     """machine() names a bad stream instead of guessing."""
     with pytest.raises(ValueError, match="not the stream"):
         Projection().machine("phase-x")
+
+
+def test_a_todo_may_be_planned_only_once_its_dependencies_are_accepted() -> None:
+    """The `plan` transition's condition asks the projection: 8 depends on 7, which is only ready."""
+    pr = _fold([*_todo("7", "queue", dependencies=()), *_todo("8", "queue", dependencies=("007",))])
+    assert not pr.may("todo-8", "plan")
+    assert pr.may("todo-7", "plan")
+    for seq, trigger in enumerate(("plan", "start_agent", "agent_done", "verify", "accept"), start=3):
+        pr.apply(stored(seq, "todo-7", event(T, trigger, {"todo_id": "7"})))
+    assert pr.may("todo-8", "plan")
+
+
+def test_a_phase_may_start_and_commit_only_after_the_phases_before_it() -> None:
+    """Phase 2 cannot start (nor commit) while phase 1 is not done; the final phase comes last."""
+    pairs: list[tuple[str, object]] = [
+        ("phase-1", event(Kind.PHASE, "plan", {"number": 1}, final=False)),
+        ("phase-2", event(Kind.PHASE, "plan", {"number": 2}, final=False)),
+    ]
+    pr = _fold(pairs)
+    assert pr.may("phase-1", "start")
+    assert not pr.may("phase-2", "start")
+    seq = 3
+    for trigger in ("start", "commit", "committed", "done"):
+        pr.apply(stored(seq, "phase-1", event(Kind.PHASE, trigger, {"number": 1})))
+        seq += 1
+    assert pr.may("phase-2", "start")
