@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from daemon.cli import repo_option, resolve_root
-from daemon.config import CONFIG_FILE, detect_verify_commands, load_config, render_default_config
+from daemon.config import CONFIG_FILE, detect_verify_commands, load_config
+from daemon.config_render import render_default_config
 from daemon.exceptions import UsageError
 from daemon.logs import configure_logging
 

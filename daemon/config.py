@@ -12,25 +12,34 @@ should not have to delete it). :attr:`AgentConfig.argv_template` is the one plac
 from __future__ import annotations
 
 import difflib
-import json
 import re
-import shlex
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-import pathspec
-
+from daemon.config_check import (
+    Argv,
+    Check,
+    Checker,
+    describe,
+    globs,
+    norm_path,
+    path_patterns,
+    setup_commands,
+    toml_literal,
+)
 from daemon.exceptions import ConfigError
+from daemon.workspace import DEFAULT_DB
 
 __all__ = [
     "AGENT_PLACEHOLDERS",
     "AGENT_WRITABLE",
     "CONFIG_FILE",
     "PRESETS",
+    "SECTIONS",
     "TEST_GLOBS",
     "TEST_INFRA",
     "AgentConfig",
@@ -41,14 +50,13 @@ __all__ = [
     "default_config",
     "detect_verify_commands",
     "diff_config",
+    "keys",
     "load_config",
     "path_patterns",
-    "render_default_config",
 ]
 
 CONFIG_FILE = "batchd.toml"
 
-Argv = tuple[str, ...]
 CommitMode = Literal["phase", "todo"]
 Schedule = Literal["continuous", "barrier"]
 Preset = Literal["claude", "codex", "aider"]
@@ -104,40 +112,217 @@ def _empty_env() -> Mapping[str, str]:
     return MappingProxyType({})
 
 
+def _key(check: Check, help: str, *, example: str = "", shown: str = "") -> Mapping[str, object]:
+    """A key's one declaration besides its field: how its value is checked, what it is for (the
+    comment of ``batchd init``'s template and the README's table), an ``example`` line for the
+    template, and how the README shows a default too long to print (``shown``)."""
+    return MappingProxyType({"check": check, "help": help, "example": example, "shown": shown})
+
+
+def _choice(kind: Any) -> Check:
+    return lambda c, k, v: c.choice(k, v, get_args(kind))
+
+
+def _path(check: Check) -> Check:
+    return lambda c, k, v: norm_path(check(c, k, v))
+
+
+def _at_least(minimum: int) -> Check:
+    return lambda c, k, v: c.integer(k, v, minimum)
+
+
+def _seconds(*, allow_zero: bool) -> Check:
+    return lambda c, k, v: c.seconds(k, v, allow_zero=allow_zero)
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _agent_command(c: Checker, key: str, value: object) -> Argv:
+    argv = c.argv(key, value, allow_empty=True)
+    for element in argv:
+        for name in _PLACEHOLDER.findall(element):
+            if name not in AGENT_PLACEHOLDERS:
+                near = difflib.get_close_matches(name, AGENT_PLACEHOLDERS, n=1)
+                raise c.fail(
+                    key,
+                    f"unknown placeholder {{{name}}} in {element!r}",
+                    (f"did you mean {{{near[0]}}}? " if near else "")
+                    + "known: "
+                    + ", ".join(f"{{{p}}}" for p in AGENT_PLACEHOLDERS),
+                )
+    return argv
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchdConfig:
     """``[batchd]``: where things are and how the run is paced."""
 
-    todos_dir: str = "todos"
-    plan: str = ""
-    status_file: str = "plans/EXECUTION-STATUS.md"
-    branch: str = "main"
-    remote: str = "origin"
-    max_parallel: int = 5
-    max_attempts: int = 2
-    schedule: Schedule = "continuous"
-    commit_mode: CommitMode = "phase"
-    stop_timeout: float = 60.0
-    rescan_interval: float = 30.0
-    ignore: tuple[str, ...] = ("README.md", ".gitkeep", "TEMPLATE*.md")
-    db: str = ".batchd/events.db"
+    todos_dir: str = field(
+        default="todos",
+        metadata=_key(
+            _path(Checker.nonempty), "Folder of todo files named {id}-{status}-{priority}-{description}.md."
+        ),
+    )
+    plan: str = field(
+        default="",
+        metadata=_key(
+            _path(Checker.string),
+            "Plan of phases and batches: the seed's markdown form (.md) or TOML (.toml). "
+            '"" = plan automatically (priority first, dependencies respected). E.g. "plans/PLAN.md".',
+        ),
+    )
+    status_file: str = field(
+        default="plans/EXECUTION-STATUS.md",
+        metadata=_key(
+            _path(Checker.nonempty),
+            "Status report rewritten after every batch (a projection of the event log).",
+        ),
+    )
+    branch: str = field(
+        default="main",
+        metadata=_key(
+            Checker.nonempty,
+            "The branch batchd moves forward, only ever to a commit whose verify commands passed.",
+        ),
+    )
+    remote: str = field(
+        default="origin", metadata=_key(Checker.string, 'Remote pushed after every commit; "" = never push.')
+    )
+    max_parallel: int = field(default=5, metadata=_key(_at_least(1), "Agents running at once."))
+    max_attempts: int = field(
+        default=2,
+        metadata=_key(
+            _at_least(1),
+            "Attempts per todo (failed, conflicted or rejected; interrupted ones do not count), "
+            "then blocked.",
+        ),
+    )
+    schedule: Schedule = field(
+        default="continuous",
+        metadata=_key(
+            _choice(Schedule),
+            '"continuous": a free agent slot takes the next ready todo at once, across batches and phases '
+            "(dependencies and overlapping files respected; phase commits still in plan order); "
+            '"barrier": the seed\'s way, each batch waits for the one before it.',
+        ),
+    )
+    commit_mode: CommitMode = field(
+        default="phase",
+        metadata=_key(
+            _choice(CommitMode),
+            '"phase": one commit per phase (the seed\'s way); "todo": one commit per accepted todo.',
+        ),
+    )
+    stop_timeout: float = field(
+        default=60.0,
+        metadata=_key(
+            _seconds(allow_zero=True),
+            "Seconds to let running agents finish on SIGTERM before their process groups are killed.",
+        ),
+    )
+    rescan_interval: float = field(
+        default=30.0,
+        metadata=_key(
+            _seconds(allow_zero=False), "Seconds between full scans of todos_dir (file events can be missed)."
+        ),
+    )
+    ignore: tuple[str, ...] = field(
+        default=("README.md", ".gitkeep", "TEMPLATE*.md"),
+        metadata=_key(Checker.strings, "File names (glob patterns) in todos_dir that are not todos."),
+    )
+    db: str = field(
+        default=DEFAULT_DB,
+        metadata=_key(
+            Checker.nonempty, "Event log: a path (SQLite, relative to the repository) or any SQLAlchemy URL."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     """``[agent]``: which coding agent runs each todo, and how."""
 
-    preset: Preset = "claude"
-    command: Argv = ()
-    timeout: float = 1800.0
-    prompt_file: str = ""
-    setup: tuple[Argv, ...] = ()
-    env: Mapping[str, str] = field(default_factory=_empty_env)
-    sandbox: SandboxMode = "auto"
-    writable: tuple[str, ...] = AGENT_WRITABLE
-    protect: tuple[str, ...] = ()
-    max_change_bytes: int = 50 * 1024 * 1024
-    max_log_bytes: int = 20 * 1024 * 1024
+    preset: Preset = field(
+        default="claude",
+        metadata=_key(
+            _choice(Preset),
+            'Built-in agent command: "claude", "codex" or "aider". Ignored when command is given.',
+        ),
+    )
+    command: Argv = field(
+        default=(),
+        metadata=_key(
+            _agent_command,
+            "Your own agent as an argv list; wins over preset. Placeholders inside any element: "
+            "{prompt} {todo_path} {todo_id} {worktree}. Agents also get the environment variables "
+            "BATCHD_TODO_ID, BATCHD_TODO_PATH, BATCHD_ATTEMPT and BATCHD_WORKTREE.",
+            example='["my-agent", "--todo", "{todo_path}"]',
+        ),
+    )
+    timeout: float = field(
+        default=1800.0,
+        metadata=_key(
+            _seconds(allow_zero=False), "Seconds before an agent (and everything it started) is killed."
+        ),
+    )
+    prompt_file: str = field(
+        default="",
+        metadata=_key(
+            _path(Checker.string),
+            'Prompt template (relative to the repository); "" = the built-in one. Placeholders: '
+            "{todo_id} {todo_path} {title} {verify_commands} {worktree} {repair}.",
+        ),
+    )
+    setup: tuple[Argv, ...] = field(
+        default=(),
+        metadata=_key(
+            setup_commands,
+            'Command run in each new worktree before its agent, e.g. ["npm", "ci"]; several as '
+            '[["npm", "ci"], ["npm", "run", "build"]].',
+        ),
+    )
+    env: Mapping[str, str] = field(
+        default_factory=_empty_env,
+        metadata=_key(Checker.env, 'Extra environment variables for agents, e.g. {NODE_ENV = "test"}.'),
+    )
+    sandbox: SandboxMode = field(
+        default="auto",
+        metadata=_key(
+            _choice(SandboxMode),
+            '"auto": run each agent under bubblewrap when it works here (only its workspace, a private /tmp '
+            'and the writable paths below can be written; the network stays); "bwrap": require it; "none".',
+        ),
+    )
+    writable: tuple[str, ...] = field(
+        default=AGENT_WRITABLE,
+        metadata=_key(
+            Checker.strings,
+            "Paths an agent may write besides its workspace (its own credentials and caches); "
+            "missing ones are skipped.",
+        ),
+    )
+    protect: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(
+            globs,
+            "gitignore-style patterns: an attempt that deletes an existing file under them fails. "
+            'E.g. ["tests/**", "migrations/**"].',
+        ),
+    )
+    max_change_bytes: int = field(
+        default=50 * 1024 * 1024,
+        metadata=_key(
+            _at_least(1),
+            "An attempt whose change is larger than this (bytes of new and changed files) fails.",
+        ),
+    )
+    max_log_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata=_key(
+            _at_least(4096), "An agent's log is cut to its last half when it grows past this many bytes."
+        ),
+    )
 
     @property
     def argv_template(self) -> Argv:
@@ -149,16 +334,74 @@ class AgentConfig:
 class VerifyConfig:
     """``[verify]``: the repository's own checks, and how a red batch is searched."""
 
-    commands: tuple[Argv, ...] = ()
-    strategy: Strategy = "bisect"
-    retries: int = 1
-    repair: bool = True
-    timeout: float = 1800.0
-    conflicts: ConflictMode = "merge"
-    sandbox: SandboxMode = "auto"
-    writable: tuple[str, ...] = ()
-    protect_tests: tuple[str, ...] = TEST_GLOBS
-    test_integrity: TestIntegrity = "report"
+    commands: tuple[Argv, ...] = field(
+        default=(),
+        metadata=_key(
+            Checker.argv_list,
+            "The checks that decide whether a batch is green, each an argv list, run in order. Required.",
+            example='[["npm", "run", "typecheck"], ["npm", "test"]]',
+        ),
+    )
+    strategy: Strategy = field(
+        default="bisect",
+        metadata=_key(
+            _choice(Strategy),
+            'Finding the todos that broke a red batch: "bisect" (guided by the failure, then halving) '
+            'or "incremental" (one todo at a time, the seed\'s way).',
+        ),
+    )
+    retries: int = field(
+        default=1,
+        metadata=_key(_at_least(0), "Re-runs of a failing check before anyone is blamed (flaky tests)."),
+    )
+    repair: bool = field(
+        default=True,
+        metadata=_key(
+            Checker.boolean,
+            "A rejected todo runs again with the failing command and its output in its prompt.",
+        ),
+    )
+    timeout: float = field(
+        default=1800.0,
+        metadata=_key(
+            _seconds(allow_zero=False), "Seconds before a verify command is killed (counts as a failure)."
+        ),
+    )
+    conflicts: ConflictMode = field(
+        default="merge",
+        metadata=_key(
+            _choice(ConflictMode),
+            '"merge": git\'s 3-way merge decides; "strict": any file shared with a lower todo id conflicts.',
+        ),
+    )
+    sandbox: SandboxMode = field(
+        default="auto",
+        metadata=_key(
+            _choice(SandboxMode),
+            'The checks run code the agents wrote: "auto" runs them under bubblewrap like the agents.',
+        ),
+    )
+    writable: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(Checker.strings, "Paths the checks may write besides their workspace (a cache, say)."),
+    )
+    protect_tests: tuple[str, ...] = field(
+        default=TEST_GLOBS,
+        metadata=_key(
+            globs,
+            "Test files an agent must not make pass by editing: when an attempt changes or deletes existing "
+            "files under these patterns, its change is also checked with them as they were.",
+            shown="the usual test paths of Python, Go, JS/TS",
+        ),
+    )
+    test_integrity: TestIntegrity = field(
+        default="report",
+        metadata=_key(
+            _choice(TestIntegrity),
+            'Passing only with its own test edits: "report" (accepted, listed for review in the status file) '
+            'or "reject" (left out, like a change that breaks the tests).',
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,215 +447,19 @@ def default_config(root: Path, verify_commands: Sequence[Sequence[str]]) -> Conf
 # Loading and validation
 
 
-class _Checker:
-    """Converts one section's raw TOML values, raising ConfigError that names file and key."""
-
-    def __init__(self, path: Path, section: str) -> None:
-        self.path = path
-        self.section = section
-
-    def fail(self, key: str, message: str, hint: str = "") -> ConfigError:
-        return ConfigError(message, path=str(self.path), key=f"{self.section}.{key}", hint=hint)
-
-    def wrong_type(self, key: str, expected: str, value: object) -> ConfigError:
-        return self.fail(key, f"expected {expected}, got {_describe(value)}")
-
-    def string(self, key: str, value: object) -> str:
-        if not isinstance(value, str):
-            raise self.wrong_type(key, "a string", value)
-        return value
-
-    def nonempty(self, key: str, value: object) -> str:
-        text = self.string(key, value)
-        if not text:
-            raise self.fail(key, "cannot be empty")
-        return text
-
-    def integer(self, key: str, value: object, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.wrong_type(key, "an integer", value)
-        if value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def seconds(self, key: str, value: object, *, allow_zero: bool) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.wrong_type(key, "a number of seconds", value)
-        if value < 0 or (value == 0 and not allow_zero):
-            raise self.fail(key, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
-        return float(value)
-
-    def boolean(self, key: str, value: object) -> bool:
-        if not isinstance(value, bool):
-            raise self.wrong_type(key, "true or false", value)
-        return value
-
-    def choice(self, key: str, value: object, allowed: tuple[str, ...]) -> str:
-        text = self.string(key, value)
-        if text not in allowed:
-            near = difflib.get_close_matches(text, allowed, n=1)
-            hint = f'did you mean "{near[0]}"?' if near else ""
-            raise self.fail(key, f"must be one of {', '.join(allowed)}; got {text!r}", hint)
-        return text
-
-    def strings(self, key: str, value: object) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.wrong_type(key, "a list of strings", value)
-        return tuple(value)
-
-    def argv(self, key: str, value: object, *, allow_empty: bool = False) -> Argv:
-        if isinstance(value, str):
-            raise self.fail(
-                key,
-                f"a command must be an argv list, not the string {value!r}",
-                f"write it as an argv list: {_toml(shlex.split(value) or ['npm', 'test'])}",
-            )
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.wrong_type(key, 'an argv list of strings such as ["npm", "test"]', value)
-        if not value and not allow_empty:
-            raise self.fail(key, "a command cannot be empty", 'write it as an argv list: ["npm", "test"]')
-        return tuple(value)
-
-    def argv_list(self, key: str, value: object) -> tuple[Argv, ...]:
-        if isinstance(value, str) or (
-            isinstance(value, list) and value and all(isinstance(v, str) for v in value)
-        ):
-            if isinstance(value, str):
-                suggestion = [shlex.split(value)]
-            elif any(" " in v for v in value):  # ["npm test", "make lint"]: one command per string
-                suggestion = [shlex.split(v) for v in value]
-            else:  # ["npm", "test"]: one argv missing its outer list
-                suggestion = [list(value)]
-            raise self.fail(
-                key,
-                f"expected a list of argv lists, got {_describe(value)}",
-                f"write each command as an argv list: {_toml(suggestion)}",
-            )
-        if not isinstance(value, list):
-            raise self.wrong_type(key, "a list of argv lists", value)
-        return tuple(self.argv(f"{key}[{i}]", v) for i, v in enumerate(value))
-
-    def env(self, key: str, value: object) -> Mapping[str, str]:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise self.wrong_type(key, 'a table of strings such as {NODE_ENV = "test"}', value)
-        return MappingProxyType(dict(value))
+SECTIONS: dict[str, type[Any]] = {"batchd": BatchdConfig, "agent": AgentConfig, "verify": VerifyConfig}
 
 
-def _describe(value: object) -> str:
-    kind = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-    return f"{kind} ({_toml(value)})"
-
-
-def _setup(c: _Checker, key: str, value: object) -> tuple[Argv, ...]:
-    # One argv (["npm", "ci"]) or several ([["npm", "ci"], ["npm", "run", "build"]]).
-    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        return tuple(c.argv(f"{key}[{i}]", v) for i, v in enumerate(value))
-    argv = c.argv(key, value, allow_empty=True)
-    return (argv,) if argv else ()
-
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _check_placeholders(c: _Checker, key: str, argv: Argv) -> Argv:
-    for element in argv:
-        for name in _PLACEHOLDER.findall(element):
-            if name not in AGENT_PLACEHOLDERS:
-                near = difflib.get_close_matches(name, AGENT_PLACEHOLDERS, n=1)
-                raise c.fail(
-                    key,
-                    f"unknown placeholder {{{name}}} in {element!r}",
-                    (f"did you mean {{{near[0]}}}? " if near else "")
-                    + "known: "
-                    + ", ".join(f"{{{p}}}" for p in AGENT_PLACEHOLDERS),
-                )
-    return argv
-
-
-def _path(value: str) -> str:
-    """A path as batchd compares it with what git lists: ``./plans/X`` is ``plans/X``."""
-    return Path(value).as_posix() if value else value
-
-
-def path_patterns(patterns: Sequence[str]) -> pathspec.GitIgnoreSpec:
-    """A matcher for gitignore-style patterns (``tests/**``, ``**/test_*.py``) on repository paths."""
-    return pathspec.GitIgnoreSpec.from_lines(patterns)
-
-
-def _globs(c: _Checker, key: str, value: object) -> tuple[str, ...]:
-    """gitignore-style patterns, checked to compile."""
-    patterns = c.strings(key, value)
-    for pattern in patterns:
-        try:
-            path_patterns([pattern])
-        except (ValueError, TypeError) as e:
-            raise c.fail(key, f"{pattern!r} is not a valid pattern: {e}", 'write e.g. "tests/**"') from None
-    return patterns
-
-
-_Converter = Callable[[_Checker, str, object], Any]
-
-_BATCHD_KEYS: dict[str, _Converter] = {
-    "todos_dir": lambda c, k, v: _path(c.nonempty(k, v)),
-    "plan": lambda c, k, v: _path(c.string(k, v)),
-    "status_file": lambda c, k, v: _path(c.nonempty(k, v)),
-    "branch": _Checker.nonempty,
-    "remote": _Checker.string,
-    "max_parallel": lambda c, k, v: c.integer(k, v, 1),
-    "max_attempts": lambda c, k, v: c.integer(k, v, 1),
-    "schedule": lambda c, k, v: c.choice(k, v, get_args(Schedule)),
-    "commit_mode": lambda c, k, v: c.choice(k, v, get_args(CommitMode)),
-    "stop_timeout": lambda c, k, v: c.seconds(k, v, allow_zero=True),
-    "rescan_interval": lambda c, k, v: c.seconds(k, v, allow_zero=False),
-    "ignore": _Checker.strings,
-    "db": _Checker.nonempty,
-}
-
-_AGENT_KEYS: dict[str, _Converter] = {
-    "preset": lambda c, k, v: c.choice(k, v, get_args(Preset)),
-    "command": lambda c, k, v: _check_placeholders(c, k, c.argv(k, v, allow_empty=True)),
-    "timeout": lambda c, k, v: c.seconds(k, v, allow_zero=False),
-    "prompt_file": lambda c, k, v: _path(c.string(k, v)),
-    "setup": _setup,
-    "env": _Checker.env,
-    "sandbox": lambda c, k, v: c.choice(k, v, get_args(SandboxMode)),
-    "writable": _Checker.strings,
-    "protect": _globs,
-    "max_change_bytes": lambda c, k, v: c.integer(k, v, 1),
-    "max_log_bytes": lambda c, k, v: c.integer(k, v, 4096),
-}
-
-_VERIFY_KEYS: dict[str, _Converter] = {
-    "commands": _Checker.argv_list,
-    "strategy": lambda c, k, v: c.choice(k, v, get_args(Strategy)),
-    "retries": lambda c, k, v: c.integer(k, v, 0),
-    "repair": _Checker.boolean,
-    "timeout": lambda c, k, v: c.seconds(k, v, allow_zero=False),
-    "conflicts": lambda c, k, v: c.choice(k, v, get_args(ConflictMode)),
-    "sandbox": lambda c, k, v: c.choice(k, v, get_args(SandboxMode)),
-    "writable": _Checker.strings,
-    "protect_tests": _globs,
-    "test_integrity": lambda c, k, v: c.choice(k, v, get_args(TestIntegrity)),
-}
-
-_SECTIONS: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
-    "batchd": (BatchdConfig, _BATCHD_KEYS),
-    "agent": (AgentConfig, _AGENT_KEYS),
-    "verify": (VerifyConfig, _VERIFY_KEYS),
-}
+def keys(section: str) -> dict[str, Field[Any]]:
+    """The declared keys of ``section``, in file order: each a field whose metadata says how it is
+    checked and what it is for (see :func:`_key`)."""
+    return {f.name: f for f in fields(SECTIONS[section])}
 
 
 def _unknown_key(path: Path, section: str, key: str) -> ConfigError:
-    known = list(_SECTIONS[section][1]) if section else list(_SECTIONS)
+    known = list(keys(section)) if section else list(SECTIONS)
     near = difflib.get_close_matches(key, known, n=1)
-    elsewhere = [s for s, (_, keys) in _SECTIONS.items() if key in keys and s != section]
+    elsewhere = [s for s in SECTIONS if key in keys(s) and s != section]
     if elsewhere:
         hint = f"{key!r} belongs in " + " or ".join(f"[{s}]" for s in elsewhere)
     elif near:
@@ -424,16 +471,16 @@ def _unknown_key(path: Path, section: str, key: str) -> ConfigError:
 
 
 def _section(path: Path, name: str, raw: object) -> Any:
-    cls, converters = _SECTIONS[name]
-    checker = _Checker(path, name)
+    declared = keys(name)
+    checker = Checker(path, name)
     if not isinstance(raw, dict):
-        raise ConfigError(f"expected a table [{name}], got {_describe(raw)}", path=str(path), key=name)
+        raise ConfigError(f"expected a table [{name}], got {describe(raw)}", path=str(path), key=name)
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in converters:
+        if key not in declared:
             raise _unknown_key(path, name, key)
-        values[key] = converters[key](checker, key, value)
-    return cls(**values)
+        values[key] = declared[key].metadata["check"](checker, key, value)
+    return SECTIONS[name](**values)
 
 
 _HOW_TO_VERIFY = (
@@ -462,7 +509,7 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
         # tomllib's message already carries "(at line L, column C)".
         raise ConfigError(f"invalid TOML: {e}", path=str(path), hint="fix the syntax there") from e
     for section in raw:
-        if section not in _SECTIONS:
+        if section not in SECTIONS:
             raise _unknown_key(path, "", section)
     config = Config(
         root=root,
@@ -494,7 +541,7 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
 
 def _flatten(config: Config) -> dict[str, object]:
     out: dict[str, object] = {}
-    for name in _SECTIONS:
+    for name in SECTIONS:
         section = getattr(config, name)
         for f in fields(section):
             out[f"{name}.{f.name}"] = getattr(section, f.name)
@@ -504,133 +551,9 @@ def _flatten(config: Config) -> dict[str, object]:
 def diff_config(old: Config, new: Config) -> list[str]:
     """``"section.key: old -> new"`` for every value that differs, in file order."""
     before, after = _flatten(old), _flatten(new)
-    return [f"{k}: {_toml(before[k])} -> {_toml(after[k])}" for k in before if before[k] != after[k]]
-
-
-def _toml(value: object) -> str:
-    """A TOML literal for the values a config holds (JSON strings are valid TOML basic strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items())
-        return "{" + inner + "}" if inner else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def render_default_config(detected_verify_commands: Sequence[Sequence[str]]) -> str:
-    """A fully commented ``batchd.toml`` with every key at its default, for ``batchd init``."""
-    b, a, v = BatchdConfig(), AgentConfig(), VerifyConfig()
-    commands = [list(c) for c in detected_verify_commands]
-    if commands:
-        verify_line = f"commands = {_toml(commands)}"
-        verify_note = "# Detected from the files in this repository; check it is what CI runs."
-    else:
-        verify_line = "commands = []"
-        verify_note = (
-            "# Nothing detected: batchd refuses to start until you list at least one, e.g.\n"
-            '# commands = [["npm", "run", "typecheck"], ["npm", "test"]]'
-        )
-    return f"""\
-# batchd.toml: configuration of the batchd daemon for this repository.
-# Every key is shown at its default; delete what you do not change. Commands are argv lists
-# (["npm", "test"]), never shell strings: batchd runs no shell.
-
-[batchd]
-# Folder of todo files named {{id}}-{{status}}-{{priority}}-{{description}}.md.
-todos_dir = {_toml(b.todos_dir)}
-# Plan of phases and batches: the seed's markdown form (.md) or TOML (.toml).
-# "" = plan automatically (priority first, dependencies respected). E.g. "plans/PLAN.md".
-plan = {_toml(b.plan)}
-# Status report rewritten after every batch (a projection of the event log).
-status_file = {_toml(b.status_file)}
-# The branch batchd moves forward, only ever to a commit whose verify commands passed.
-branch = {_toml(b.branch)}
-# Remote pushed after every commit; "" = never push.
-remote = {_toml(b.remote)}
-# Agents running at once.
-max_parallel = {b.max_parallel}
-# Attempts per todo (failed, conflicted or rejected; interrupted ones do not count), then blocked.
-max_attempts = {b.max_attempts}
-# "continuous": a free agent slot takes the next ready todo at once, across batches and phases
-# (dependencies and overlapping files respected; phase commits still in plan order);
-# "barrier": the seed's way, each batch waits for the one before it.
-schedule = {_toml(b.schedule)}
-# "phase": one commit per phase (the seed's way); "todo": one commit per accepted todo.
-commit_mode = {_toml(b.commit_mode)}
-# Seconds to let running agents finish on SIGTERM before their process groups are killed.
-stop_timeout = {_toml(b.stop_timeout)}
-# Seconds between full scans of todos_dir (file events can be missed).
-rescan_interval = {_toml(b.rescan_interval)}
-# File names (glob patterns) in todos_dir that are not todos.
-ignore = {_toml(b.ignore)}
-# Event log: a path (SQLite, relative to the repository) or any SQLAlchemy URL.
-db = {_toml(b.db)}
-
-[agent]
-# Built-in agent command: "claude", "codex" or "aider". Ignored when command is given.
-preset = {_toml(a.preset)}
-# Your own agent as an argv list; wins over preset. Placeholders inside any element:
-# {{prompt}} {{todo_path}} {{todo_id}} {{worktree}}. Agents also get the environment variables
-# BATCHD_TODO_ID, BATCHD_TODO_PATH, BATCHD_ATTEMPT and BATCHD_WORKTREE.
-# command = ["my-agent", "--todo", "{{todo_path}}"]
-command = {_toml(a.command)}
-# Seconds before an agent (and everything it started) is killed.
-timeout = {_toml(a.timeout)}
-# Prompt template (relative to the repository); "" = the built-in one. Placeholders:
-# {{todo_id}} {{todo_path}} {{title}} {{verify_commands}} {{worktree}} {{repair}}.
-prompt_file = {_toml(a.prompt_file)}
-# Command run in each new worktree before its agent, e.g. ["npm", "ci"]; several as
-# [["npm", "ci"], ["npm", "run", "build"]].
-setup = {_toml(list(a.setup))}
-# Extra environment variables for agents, e.g. {{NODE_ENV = "test"}}.
-env = {_toml(a.env)}
-# "auto": run each agent under bubblewrap when it works here (only its workspace, a private /tmp
-# and the writable paths below can be written; the network stays); "bwrap": require it; "none".
-sandbox = {_toml(a.sandbox)}
-# Paths an agent may write besides its workspace (its own credentials and caches); missing ones
-# are skipped.
-writable = {_toml(a.writable)}
-# gitignore-style patterns: an attempt that deletes an existing file under them fails.
-# E.g. ["tests/**", "migrations/**"].
-protect = {_toml(a.protect)}
-# An attempt whose change is larger than this (bytes of new and changed files) fails.
-max_change_bytes = {a.max_change_bytes}
-# An agent's log is cut to its last half when it grows past this many bytes.
-max_log_bytes = {a.max_log_bytes}
-
-[verify]
-# The checks that decide whether a batch is green, each an argv list, run in order.
-{verify_note}
-{verify_line}
-# Finding the todos that broke a red batch: "bisect" (guided by the failure, then halving)
-# or "incremental" (one todo at a time, the seed's way).
-strategy = {_toml(v.strategy)}
-# Re-runs of a failing check before anyone is blamed (flaky tests).
-retries = {v.retries}
-# A rejected todo runs again with the failing command and its output in its prompt.
-repair = {_toml(v.repair)}
-# Seconds before a verify command is killed (counts as a failure).
-timeout = {_toml(v.timeout)}
-# "merge": git's 3-way merge decides; "strict": any file shared with a lower todo id conflicts.
-conflicts = {_toml(v.conflicts)}
-# The checks run code the agents wrote: "auto" runs them under bubblewrap like the agents.
-sandbox = {_toml(v.sandbox)}
-writable = {_toml(v.writable)}
-# Test files an agent must not make pass by editing: when an attempt changes or deletes existing
-# files under these patterns, its change is also checked with them as they were.
-protect_tests = {_toml(v.protect_tests)}
-# Passing only with its own test edits: "report" (accepted, listed for review in the status
-# file) or "reject" (left out, like a change that breaks the tests).
-test_integrity = {_toml(v.test_integrity)}
-"""
+    return [
+        f"{k}: {toml_literal(before[k])} -> {toml_literal(after[k])}" for k in before if before[k] != after[k]
+    ]
 
 
 def _has_make_test(makefile: Path) -> bool:

@@ -37,7 +37,6 @@ from daemon.exceptions import GitError
 
 log = structlog.get_logger(__name__)
 
-STATE_DIR = ".batchd"
 TRAILER_TODO = "Batchd-Todo"
 TRAILER_ATTEMPT = "Batchd-Attempt"
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from types import TracebackType
 
 from daemon.exceptions import LockHeld
+from daemon.workspace import STATE_DIR
 
 __all__ = ["LOCK_NAME", "DaemonLock", "read_holder_pid"]
 
-LOCK_NAME = Path(".batchd") / "daemon.lock"
+LOCK_NAME = Path(STATE_DIR) / "daemon.lock"
 
 
 class DaemonLock:

@@ -20,14 +20,14 @@ import structlog
 
 from daemon import agentproc, gitops
 from daemon.exceptions import UsageError
-from daemon.gitops import STATE_DIR
 from daemon.runner import Daemon
+from daemon.workspace import STATE_DIR
 from statemachine import events as ev
 from statemachine.tables import TodoState
 
 log = structlog.get_logger(__name__)
 
-EXCLUDE_LINE = "/.batchd/"
+EXCLUDE_LINE = f"/{STATE_DIR}/"
 
 
 def ensure_excluded(root: Path) -> None:

@@ -38,6 +38,7 @@ from daemon.signals import SignalFlags
 from daemon.statusfile import one_line_status
 from daemon.todofile import is_ignored
 from daemon.watcher import TodoWatcher
+from daemon.workspace import Workspace
 from statemachine import events as ev
 from statemachine.projection import SNAPSHOT_NAME
 from statemachine.tables import BatchState, RunState
@@ -122,12 +123,12 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
     recovery.check_checkout(config.root, config.batchd.branch)
     recovery.ensure_excluded(config.root)
     recovery.ensure_identity(config.root)
-    lock = DaemonLock(config.root / ".batchd" / "daemon.lock").acquire()
+    lock = DaemonLock(Workspace(config.root).lock_path).acquire()
     d: Daemon | None = None
     flags = flags if flags is not None else SignalFlags().install()
     notifier = Notifier.from_env()
     try:
-        hooks = snapshot_hooks(config.root, config.root / ".batchd" / "tmp")
+        hooks = snapshot_hooks(config.root, Workspace(config.root).tmp)
         pinned = pin_remote(config.root, config.batchd.remote, hooks)
         d = Daemon(config, once=once, notifier=notifier, pinned=pinned, hooks=hooks)
         return _run(d, flags, once=once)

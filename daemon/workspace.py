@@ -55,6 +55,11 @@ class Workspace:
     def lock_path(self) -> Path:
         return self.state_dir / "daemon.lock"
 
+    @property
+    def tmp(self) -> Path:
+        """batchd's own scratch files (the person's hooks as pinned, throwaway indexes)."""
+        return self.state_dir / "tmp"
+
     def agent_log(self, todo_id: str, attempt: int) -> Path:
         return self.logs / f"todo-{todo_id}-attempt-{attempt}.log"
 

@@ -16,8 +16,8 @@ from daemon.config import (
     detect_verify_commands,
     diff_config,
     load_config,
-    render_default_config,
 )
+from daemon.config_render import render_default_config
 from daemon.exceptions import ConfigError
 
 MINIMAL = '[verify]\ncommands = [["npm", "test"]]\n'
@@ -321,3 +321,38 @@ def test_agent_config_default_env_is_read_only() -> None:
     """The default env mapping cannot be mutated through one instance."""
     with pytest.raises(TypeError):
         AgentConfig().env["X"] = "1"  # type: ignore[index]
+
+
+# --- one declaration per key ----------------------------------------------------------------------
+
+
+def test_the_readmes_table_is_the_one_the_declarations_write() -> None:
+    """README.md's configuration table lists every key, with the default and help declared beside
+    its field; `python -m daemon.config_render` rewrites it after a change."""
+    from daemon.config_render import readme_section
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_section() in readme, "README.md's table is stale: run `python -m daemon.config_render`"
+
+
+def test_every_key_is_declared_with_a_check_and_a_help_text_and_shown_in_the_template() -> None:
+    from daemon.config import SECTIONS, keys
+
+    template = render_default_config([["npm", "test"]])
+    for section in SECTIONS:
+        for name, f in keys(section).items():
+            assert callable(f.metadata["check"]), f"[{section}] {name}"
+            assert str(f.metadata["help"]).strip(), f"[{section}] {name}"
+            assert f"\n{name} = " in template, f"[{section}] {name} is missing from the template"
+
+
+def test_a_key_unknown_to_the_declarations_is_refused_with_the_nearest_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'schedule'") as info:
+        load(tmp_path, MINIMAL + '[batchd]\nschedul = "barrier"\n')
+    assert info.value.key == "batchd.schedul"
+
+
+def test_schedule_takes_only_its_two_policies(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL + '[batchd]\nschedule = "barrier"\n').batchd.schedule == "barrier"
+    with pytest.raises(ConfigError, match="must be one of continuous, barrier"):
+        load(tmp_path, MINIMAL + '[batchd]\nschedule = "fast"\n')
