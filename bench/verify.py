@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.checks import CheckRunner
 from daemon.config import Strategy
-from daemon.gitops import add_worktree, head_sha
-from daemon.logs import configure_logging
-from daemon.verify import Candidate, check_baseline, verify_batch
+from daemon.service.logs import configure_logging
+from daemon.world.checks import CheckRunner
+from daemon.world.gitops import add_worktree, head_sha
+from daemon.world.verify import Candidate, check_baseline, verify_batch
 
 PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("1.1", ("273", "274", "275", "276", "284")),

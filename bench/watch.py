@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon import intake
 from daemon.config import load_config
-from daemon.logs import configure_logging
-from daemon.runner import Daemon
-from daemon.scanner import scan_folder
-from daemon.todofile import is_ignored
-from daemon.watcher import TodoWatcher
+from daemon.engine import intake
+from daemon.engine.runner import Daemon
+from daemon.intake.scanner import scan_folder
+from daemon.intake.todofile import is_ignored
+from daemon.intake.watcher import TodoWatcher
+from daemon.service.logs import configure_logging
 
 TODO = """---
 status: ready

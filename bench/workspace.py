@@ -3,12 +3,12 @@
 Per agent attempt, on a generated repository of realistic size (by default 2,000 files in 100
 folders, four commits, packed as a clone is), against a baseline measured in the same run:
 
-1. a workspace: ``git worktree add -B`` + removal (the old way, :func:`daemon.gitops.add_worktree`
-   and ``remove_worktree``) against :func:`daemon.agentspace.create` + ``remove`` (a repository of
+1. a workspace: ``git worktree add -B`` + removal (the old way, :func:`daemon.world.gitops.add_worktree`
+   and ``remove_worktree``) against :func:`daemon.world.agentspace.create` + ``remove`` (a repository of
    its own whose objects are borrowed through ``objects/info/alternates``);
 2. collecting a small change (3 files edited, 2 added, left uncommitted): the old way in a worktree
    (``read-tree`` of the base into a throwaway ``GIT_INDEX_FILE``, ``add --all``, ``write-tree``,
-   ``commit-tree``) against :func:`daemon.collect.collect` on a workspace; both make the same tree;
+   ``commit-tree``) against :func:`daemon.world.collect.collect` on a workspace; both make the same tree;
 3. starting a trivial agent (``/bin/true``): a bare ``subprocess.run`` (the baseline), ``run_agent``
    without a sandbox, and ``start_agent`` with the exit-record shim + poll + ``finish``, without and
    with bubblewrap (the bubblewrap rows are skipped where it cannot run);
@@ -39,11 +39,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon import agentproc, agentspace, sandbox
-from daemon.checks import CheckRunner
-from daemon.collect import Policy, collect
-from daemon.gitops import add_worktree, head_sha, remove_worktree
-from daemon.logs import configure_logging
+from daemon.service.logs import configure_logging
+from daemon.world import agentproc, agentspace, sandbox
+from daemon.world.checks import CheckRunner
+from daemon.world.collect import Policy, collect
+from daemon.world.gitops import add_worktree, head_sha, remove_worktree
 
 TODO = "todos/7-ready-p2-bench.md"
 TODO_TEXT = b"---\nstatus: ready\npriority: p2\n---\n\n# Bench 7\n\nEdit three files, add two.\n"

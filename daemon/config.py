@@ -96,7 +96,7 @@ TEST_INFRA = (
     "**/phpunit.xml*",
 )
 
-# Placeholders allowed inside [agent] command elements (substituted by daemon.agents.build_argv).
+# Placeholders allowed inside [agent] command elements (substituted by daemon.world.agents.build_argv).
 AGENT_PLACEHOLDERS = ("prompt", "todo_path", "todo_id", "worktree")
 
 PRESETS: Mapping[str, Argv] = MappingProxyType(

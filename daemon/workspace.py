@@ -24,7 +24,7 @@ class Workspace:
 
     @property
     def workspaces(self) -> Path:
-        """Agents' own repositories, one per todo (see :mod:`daemon.agentspace`)."""
+        """Agents' own repositories, one per todo (see :mod:`daemon.world.agentspace`)."""
         return self.state_dir / "workspaces"
 
     def workspace(self, todo_id: str) -> Path:
@@ -41,7 +41,7 @@ class Workspace:
 
     @property
     def exits(self) -> Path:
-        """Agents' exit records, written by :mod:`daemon.agentshim`."""
+        """Agents' exit records, written by :mod:`daemon.world.agentshim`."""
         return self.state_dir / "exits"
 
     def exit_record(self, todo_id: str, attempt: int) -> Path:
@@ -53,7 +53,7 @@ class Workspace:
 
     @property
     def lock_path(self) -> Path:
-        return self.state_dir / "daemon.lock"
+        return self.state_dir / "daemon.service.lock"
 
     @property
     def tmp(self) -> Path:

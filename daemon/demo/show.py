@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from daemon.cli_control import elapsed_since
+from daemon.cli.control import elapsed_since
 from daemon.demo import scenario
 from daemon.demo.project import DemoProject
 from statemachine.projection import Projection

@@ -36,7 +36,7 @@ from daemon.engine.state import (
     plan_order,
     skip_reason,
 )
-from daemon.plan import files_overlap, norm_path
+from daemon.intake.plan import files_overlap, norm_path
 from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, RunState, TodoState

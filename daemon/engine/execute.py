@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from daemon import batches, executor, gitops, phases
+from daemon.engine import batches, executor, phases
 from daemon.engine import commands as cmd
 from daemon.engine.continuous import Facts
+from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, current_phase, phase_head
-from daemon.runner import Daemon
+from daemon.world import gitops
 from statemachine import events as ev
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView

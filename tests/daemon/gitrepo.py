@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.verify import Candidate
+from daemon.world.verify import Candidate
 
 IDENTITY = ("-c", "user.name=Test", "-c", "user.email=test@example.com")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from gitrepo import CHECK_PY, GOOD_MOD, git
 
 from daemon.config import load_config
-from daemon.service import serve
-from daemon.signals import SignalFlags
+from daemon.service.loop import serve
+from daemon.service.signals import SignalFlags
 from daemon.workspace import open_log
 from store.eventlog import StoredEvent
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agentproc import (
+from daemon.config import AgentConfig
+from daemon.exceptions import AgentError
+from daemon.world.agentproc import (
     AgentOutcome,
     AgentProcess,
     enforce_timeout,
@@ -29,7 +31,7 @@ from daemon.agentproc import (
     start_agent,
     token_holders,
 )
-from daemon.agents import (
+from daemon.world.agents import (
     agent_env,
     build_argv,
     check_agent_command,
@@ -39,8 +41,6 @@ from daemon.agents import (
     repair_text,
     todo_title,
 )
-from daemon.config import AgentConfig
-from daemon.exceptions import AgentError
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 PY = sys.executable
@@ -551,8 +551,8 @@ def test_no_setup_is_ok(tmp_path: Path) -> None:
 
 def test_agent_env_drops_the_daemons_notify_socket_and_fault_switches() -> None:
     """An agent never inherits NOTIFY_SOCKET/WATCHDOG_* (systemd's, for the daemon) or crash switches."""
-    from daemon.agents import agent_env
     from daemon.config import AgentConfig
+    from daemon.world.agents import agent_env
 
     base = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "BATCHD_CRASH_AFTER": "x"}
     env = agent_env(AgentConfig(), todo_id="1", todo_path="/t.md", attempt=1, worktree="/w", base=base)
@@ -617,7 +617,7 @@ def test_a_log_of_many_opening_braces_is_no_result(tmp_path: Path) -> None:
 
 def test_on_exit_calls_back_when_the_process_ends_and_leaves_its_status_to_poll() -> None:
     """The loop is woken as an agent exits (a pidfd, no reaping): poll() still gets the exit code."""
-    from daemon.agentproc import on_exit
+    from daemon.world.agentproc import on_exit
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(7)"])
     woke = threading.Event()

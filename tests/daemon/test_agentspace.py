@@ -1,4 +1,5 @@
-"""daemon.agentspace: each agent's repository is its own, and nothing it does there reaches the person's."""
+"""daemon.world.agentspace: each agent's repository is its own, and nothing it does there reaches
+the person's."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 from gitrepo import bare_remote, git, head, init_repo
 
-from daemon import agentspace
-from daemon.agentspace import WorkspaceError
+from daemon.world import agentspace
+from daemon.world.agentspace import WorkspaceError
 
 TODO = "todos/7-ready-p2-thing.md"
 

@@ -1,4 +1,4 @@
-"""daemon.checks: verify commands as real subprocesses, retries, timeouts and process groups."""
+"""daemon.world.checks: verify commands as real subprocesses, retries, timeouts and process groups."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.checks import TAIL_CHARS, CheckRunner
+from daemon.world.checks import TAIL_CHARS, CheckRunner
 
 PY = sys.executable
 # Starts a sleeping grandchild, writes its pid, then hangs ignoring SIGTERM ("hang") or exits ("exit").

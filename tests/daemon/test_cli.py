@@ -154,7 +154,7 @@ HELP_SCRIPT = textwrap.dedent(
     """
     import contextlib, io, json, sys
     import click
-    from daemon.cli import _register_subcommands, cli, main
+    from daemon.cli.main import _register_subcommands, cli, main
 
     _register_subcommands()
 

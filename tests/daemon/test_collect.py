@@ -1,4 +1,4 @@
-"""daemon.collect: an agent's workspace becomes one commit, and what it may not change stays out.
+"""daemon.world.collect: an agent's workspace becomes one commit, and what it may not change stays out.
 
 Each test builds a real repository, a real workspace (``agentspace.create``), does to the workspace
 what an agent would (with the git CLI and plain file writes), and collects.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from gitrepo import git, head, init_repo, write
 
-from daemon import agentspace
-from daemon.collect import Collected, CollectFailed, Policy, collect
+from daemon.world import agentspace
+from daemon.world.collect import Collected, CollectFailed, Policy, collect
 
 TODO = "todos/7-ready-p2-thing.md"
 TODO_TEXT = b"---\nstatus: ready\n---\n\n# Thing 7\n\nDo it.\n"

@@ -1,7 +1,7 @@
 """An unexpected error (a bug) ends the daemon cleanly: agents first, the traceback kept, the crash
 recorded, exit 3; and the same crash three times in a row is not paid for a fourth time.
 
-``BATCHD_FAULT_RAISE=agent_exit`` (daemon.faults) raises at the moment the daemon collects an agent
+``BATCHD_FAULT_RAISE=agent_exit`` (daemon.world.faults) raises at the moment the daemon collects an agent
 that exited: a real ``batchd run`` process, real agents, a real log.
 """
 

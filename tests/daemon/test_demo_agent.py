@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.agentproc import enforce_timeout, finish, read_result, run_agent, start_agent
-from daemon.agents import agent_env, build_argv
 from daemon.config import AgentConfig
+from daemon.world.agentproc import enforce_timeout, finish, read_result, run_agent, start_agent
+from daemon.world.agents import agent_env, build_argv
 
 PY = sys.executable
 FENCE = "```"

@@ -37,8 +37,8 @@ from daemon.demo.scenario import (
     describe,
 )
 from daemon.exceptions import UsageError
-from daemon.plan import check_plan, load_plan
-from daemon.todofile import id_key, parse_todo
+from daemon.intake.plan import check_plan, load_plan
+from daemon.intake.todofile import id_key, parse_todo
 
 MAX_ATTEMPTS = 2
 HANG_TIMEOUT = 1.5  # seconds an agent may run in these tests before it counts as hung

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from daemon.depgraph import find_cycles, format_cycle
+from daemon.intake.depgraph import find_cycles, format_cycle
 
 
 def test_no_cycles_in_a_chain() -> None:

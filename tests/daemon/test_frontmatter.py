@@ -9,7 +9,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.frontmatter import FrontMatterError, _fast_load, _Loader, load_front_matter, split_front_matter
+from daemon.intake.frontmatter import (
+    FrontMatterError,
+    _fast_load,
+    _Loader,
+    load_front_matter,
+    split_front_matter,
+)
 
 
 def yaml_load(raw: str) -> Any:

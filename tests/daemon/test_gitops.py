@@ -1,4 +1,4 @@
-"""daemon.gitops on real repositories and worktrees."""
+"""daemon.world.gitops on real repositories and worktrees."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from gitrepo import commit_files, git, head, init_repo, write
 
 from daemon.exceptions import GitError
-from daemon.gitops import (
+from daemon.world.gitops import (
     WorkTree,
     abort_in_progress,
     add_worktree,

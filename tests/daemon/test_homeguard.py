@@ -1,10 +1,10 @@
-"""daemon.homeguard: an agent's settings that steer later sessions are put back after its attempt."""
+"""daemon.world.homeguard: an agent's settings that steer later sessions are put back after its attempt."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from daemon import homeguard
+from daemon.world import homeguard
 
 
 def test_a_changed_setting_and_a_new_command_are_put_back(tmp_path: Path) -> None:

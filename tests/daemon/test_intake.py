@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import intake
 from daemon.config import load_config
-from daemon.runner import Daemon
-from daemon.todofile import is_ignored
-from daemon.watcher import TodoWatcher
+from daemon.engine import intake
+from daemon.engine.runner import Daemon
+from daemon.intake.todofile import is_ignored
+from daemon.intake.watcher import TodoWatcher
 
 READY = """---
 status: ready

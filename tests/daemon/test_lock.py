@@ -1,4 +1,4 @@
-"""daemon.lock: one daemon per repository, checked with real processes."""
+"""daemon.service.lock: one daemon per repository, checked with real processes."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from daemon.exceptions import LockHeld
-from daemon.lock import LOCK_NAME, DaemonLock, read_holder_pid
+from daemon.service.lock import LOCK_NAME, DaemonLock, read_holder_pid
 
 # A holder process: takes the lock, optionally starts a long-lived child, says so, then waits.
 _HOLDER = textwrap.dedent(
     """
     import subprocess, sys, time
-    from daemon.lock import DaemonLock
+    from daemon.service.lock import DaemonLock
     lock = DaemonLock.for_repo(sys.argv[1]).acquire()
     if len(sys.argv) > 2:
         child = subprocess.Popen(["sleep", "30"], start_new_session=True)
@@ -89,7 +89,9 @@ def test_release_lets_the_next_daemon_in(tmp_path: Path) -> None:
 
 def test_clean_exit_of_holder_releases(tmp_path: Path) -> None:
     """A holder process that exits normally leaves the lock free."""
-    code = "import sys; from daemon.lock import DaemonLock; DaemonLock.for_repo(sys.argv[1]).acquire()"
+    code = (
+        "import sys; from daemon.service.lock import DaemonLock; DaemonLock.for_repo(sys.argv[1]).acquire()"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     with DaemonLock.for_repo(tmp_path) as lock:
         assert lock.held

@@ -1,4 +1,4 @@
-"""daemon.notify: sd_notify messages arrive on a real AF_UNIX datagram socket."""
+"""daemon.world.notify: sd_notify messages arrive on a real AF_UNIX datagram socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.notify import Notifier
+from daemon.world.notify import Notifier
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import daemon.plan
+import daemon.intake.plan
 from daemon.exceptions import PlanError
-from daemon.plan import (
+from daemon.intake.plan import (
     Batch,
     Phase,
     Plan,
@@ -21,7 +21,7 @@ from daemon.plan import (
     next_batch,
     plan_batches,
 )
-from daemon.todofile import Priority, TodoFile, TodoStatus
+from daemon.intake.todofile import Priority, TodoFile, TodoStatus
 
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "autonomous-batch-runner-prompt.md"
 
@@ -189,7 +189,7 @@ def test_missing_plan_refused(tmp_path: Path) -> None:
 
 
 def docstring_toml() -> str:
-    doc = daemon.plan.__doc__ or ""
+    doc = daemon.intake.plan.__doc__ or ""
     block = doc.split("or this TOML form::\n", 1)[1].split("\nKeys of a phase", 1)[0]
     return textwrap.dedent(block)
 

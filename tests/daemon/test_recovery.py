@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from procs import make_repo
 
-from daemon.agentproc import process_start_ticks
 from daemon.config import load_config
+from daemon.engine.recovery import check_checkout, reconcile
+from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
-from daemon.recovery import check_checkout, reconcile
-from daemon.runner import Daemon
+from daemon.world.agentproc import process_start_ticks
 from statemachine import events as ev
 
 

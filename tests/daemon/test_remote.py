@@ -1,5 +1,5 @@
-"""daemon.remote on real repositories and real bare remotes: pinned at start-up, confirmed by reading back,
-and never rewriting a person's history."""
+"""daemon.world.remote on real repositories and real bare remotes: pinned at start-up, confirmed by
+reading back, and never rewriting a person's history."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from gitrepo import bare_remote, clone, git, head, init_repo, refuse_pushes, write
 
 from daemon.exceptions import UsageError
-from daemon.gitops import commit_paths
-from daemon.hooks import snapshot
-from daemon.remote import PinnedRemote, PushPlan, pin_remote, push_tested
+from daemon.world.gitops import commit_paths
+from daemon.world.hooks import snapshot
+from daemon.world.remote import PinnedRemote, PushPlan, pin_remote, push_tested
 
 
 @pytest.fixture

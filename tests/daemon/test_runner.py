@@ -1,4 +1,4 @@
-"""daemon.runner.Daemon: what it holds across ticks."""
+"""daemon.engine.runner.Daemon: what it holds across ticks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from procs import make_repo
 
 from daemon.config import load_config
+from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
-from daemon.runner import Daemon
 
 
 def test_a_reload_asking_for_a_sandbox_that_cannot_run_keeps_the_old_config(

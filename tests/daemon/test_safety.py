@@ -10,7 +10,7 @@ import pytest
 from procs import PY, base_env, git, make_repo, read_events
 
 from daemon.config import load_config
-from daemon.runner import Daemon
+from daemon.engine.runner import Daemon
 from statemachine import events as ev
 from statemachine.exceptions import InvalidTransition
 

@@ -1,4 +1,4 @@
-"""daemon.sandbox with the real bubblewrap: what a confined program can and cannot write, and that a
+"""daemon.world.sandbox with the real bubblewrap: what a confined program can and cannot write, and that a
 kill leaves nothing behind. Skipped only where bwrap cannot build a sandbox (CI installs it)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon.exceptions import UsageError
-from daemon.sandbox import Sandbox, _needed, _probe, resolve
+from daemon.world.sandbox import Sandbox, _needed, _probe, resolve
 
 BWRAP = shutil.which("bwrap")
 needs_bwrap = pytest.mark.skipif(
@@ -163,7 +163,7 @@ def test_a_container_engines_socket_cannot_be_reached(
     """A socket like /var/run/docker.sock (root on the host) is replaced by /dev/null inside."""
     import socket
 
-    from daemon import sandbox as sandbox_module
+    from daemon.world import sandbox as sandbox_module
 
     path = tmp_path / "engine.sock"
     server = socket.socket(socket.AF_UNIX)
@@ -252,6 +252,6 @@ def test_a_repository_and_its_virtualenv_under_tmp_run_in_the_sandbox(tmp_path: 
 def test_batchds_own_source_tree_is_shown_wherever_it_lives() -> None:
     """An editable install finds batchd by an import hook, not sys.path: its source tree is among
     the paths shown in the sandbox, so `python -m daemon.demo.agent` runs from a clone under /tmp."""
-    import daemon.sandbox
+    import daemon.world.sandbox
 
-    assert Path(daemon.sandbox.__file__).resolve().parents[1] in _needed([])
+    assert Path(daemon.world.sandbox.__file__).resolve().parents[2] in _needed([])

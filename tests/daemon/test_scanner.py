@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import scanner
+from daemon.engine.intake import scanner
 from daemon.exceptions import TodoFileError
-from daemon.scanner import (
+from daemon.intake.scanner import (
     Added,
     Edited,
     Fixed,
@@ -23,7 +23,7 @@ from daemon.scanner import (
     diff_scan,
     scan_folder,
 )
-from daemon.todofile import TodoStatus
+from daemon.intake.todofile import TodoStatus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "examples" / "todos"
 

@@ -341,8 +341,9 @@ def test_a_todo_dropped_during_the_first_scan_is_seen_at_once(
     """The watcher starts before the first scan: a file written while that scan runs is picked up by
     its event, while the first agent still works (2 s), not at the next rescan (30 s) or when the
     phase commit's rename happens to wake the watcher."""
-    from daemon import intake, service
     from daemon.config import load_config
+    from daemon.engine import intake
+    from daemon.service.loop import loop as service
 
     root = make_repo(tmp_path / "repo", {"001": slow("first.txt", 2)}, speed="1")
     real_rescan = intake.rescan

@@ -1,4 +1,4 @@
-"""daemon.signals: handlers only set flags. Each test signals a fresh subprocess, not pytest."""
+"""daemon.service.signals: handlers only set flags. Each test signals a fresh subprocess, not pytest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 _PRELUDE = textwrap.dedent(
     """
     import json, os, signal, threading, time
-    from daemon.signals import SignalFlags
+    from daemon.service.signals import SignalFlags
     flags = SignalFlags()
     def report(**extra):
         print(json.dumps({"stop": flags.stop_requested, "count": flags.stop_count,

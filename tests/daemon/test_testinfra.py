@@ -1,11 +1,11 @@
-"""daemon.testinfra: which files decide how the tests run, from the verify commands."""
+"""daemon.world.testinfra: which files decide how the tests run, from the verify commands."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from daemon.config import path_patterns
-from daemon.testinfra import patterns
+from daemon.world.testinfra import patterns
 
 
 def matches(root: Path, commands: list[list[str]], path: str) -> bool:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.exceptions import TodoFileError
-from daemon.todofile import (
+from daemon.intake.todofile import (
     MAX_TODO_BYTES,
     Priority,
     TodoStatus,

@@ -18,7 +18,7 @@ import pytest
 from gitrepo import git
 from phase_repo import PhaseRepo, build_repo
 
-from daemon.sandbox import _probe
+from daemon.world.sandbox import _probe
 
 NO_SANDBOX = 'sandbox = "none"'
 BWRAP = shutil.which("bwrap")

@@ -1,4 +1,4 @@
-"""daemon.verify: batch verification on real repositories with a real check script."""
+"""daemon.world.verify: batch verification on real repositories with a real check script."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from gitrepo import (
     module_candidate,
 )
 
-from daemon.blame import is_named
-from daemon.checks import CheckRunner
 from daemon.config import ConflictMode, Strategy
-from daemon.gitops import add_worktree
-from daemon.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
+from daemon.world.blame import is_named
+from daemon.world.checks import CheckRunner
+from daemon.world.gitops import add_worktree
+from daemon.world.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 
 
 @pytest.fixture

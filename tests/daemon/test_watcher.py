@@ -1,4 +1,5 @@
-"""daemon.watcher: real files and real inotify in tmp_path; names come out settled and de-duplicated."""
+"""daemon.intake.watcher: real files and real inotify in tmp_path; names come out settled and
+de-duplicated."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.todofile import is_ignored
-from daemon.watcher import TodoWatcher, is_editor_temp
+from daemon.intake.todofile import is_ignored
+from daemon.intake.watcher import TodoWatcher, is_editor_temp
 
 READY = "273-ready-p1-tenant-filter.md"
 PENDING = "273-pending-p1-tenant-filter.md"

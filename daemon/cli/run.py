@@ -1,0 +1,110 @@
+"""``batchd run``, ``batchd init`` and ``batchd demo``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from daemon.cli.main import repo_option, resolve_root
+from daemon.config import CONFIG_FILE, detect_verify_commands, load_config
+from daemon.config_render import render_default_config
+from daemon.exceptions import UsageError
+from daemon.service.logs import configure_logging
+
+
+@click.command()
+@repo_option
+@click.option("--once", is_flag=True, help="Exit when nothing is left to do (exit 0 = every todo complete).")
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+    help="Least severe log lines shown.",
+)
+@click.option(
+    "--log-json/--log-text",
+    default=None,
+    help="Force JSON lines or readable lines (default: JSON unless stderr is a terminal).",
+)
+def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None) -> None:
+    """Run the daemon in the foreground on a repository with a batchd.toml.
+
+    Without --once it keeps watching the todos folder after the plan is done and runs newly dropped
+    todos. SIGTERM/SIGINT stop it gracefully (agents get stop_timeout seconds); SIGHUP reloads
+    batchd.toml. Exit codes with --once: 0 all complete and green, 1 failed/blocked/invalid todos,
+    2 configuration error, 3 cannot proceed (red baseline, lock held, corrupt log), 128+N signal N.
+    """
+    from daemon.service.loop import serve
+
+    configure_logging(level=log_level, json=log_json)
+    root = resolve_root(repo)
+    config = load_config(root)
+    raise SystemExit(serve(config, once=once))
+
+
+@click.command()
+@repo_option
+@click.option("--force", is_flag=True, help="Overwrite an existing batchd.toml.")
+def init(repo: Path | None, force: bool) -> None:
+    """Write a commented batchd.toml, create todos/ and plans/, and exclude .batchd/ from git."""
+    from daemon.engine.recovery import ensure_excluded
+
+    root = (repo or Path.cwd()).resolve()
+    if not (root / ".git").exists():
+        raise UsageError(
+            f"{root} is not a git repository", hint="run `git init` first, or pass -C with your clone"
+        )
+    target = root / CONFIG_FILE
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
+    commands = detect_verify_commands(root)
+    target.write_text(render_default_config(commands), encoding="utf-8")
+    for folder in ("todos", "plans"):
+        (root / folder).mkdir(exist_ok=True)
+    ensure_excluded(root)
+    click.echo(f"wrote {target}")
+    if commands:
+        click.echo("verify commands detected: " + "; ".join(" ".join(c) for c in commands))
+    else:
+        click.echo("no test command detected: set [verify] commands in batchd.toml before `batchd run`")
+    click.echo("next: drop todos/{id}-ready-{p1|p2|p3}-{slug}.md files, then `batchd run`")
+
+
+@click.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--speed",
+    default=0.2,
+    show_default=True,
+    type=float,
+    help="Multiplies the scripted agents' delays (0 = no delays).",
+)
+@click.option(
+    "--timeout",
+    "agent_timeout",
+    default=3.0,
+    show_default=True,
+    type=float,
+    help="Agent timeout in seconds (one demo agent hangs until it).",
+)
+def demo(directory: Path | None, speed: float, agent_timeout: float) -> None:
+    """Build a sample project (28 todos, the seed's 5-phase plan, a bare remote) and run it end to end.
+
+    No agent CLI or network is needed: a scripted agent carries out instructions written in each
+    todo, so the run shows every path: rejections found by bisection, a conflict re-run on the new
+    base, a failing agent, a hung one killed at its timeout, commits per phase and pushes.
+    """
+    from daemon.demo.project import build_demo
+    from daemon.demo.show import run_demo
+
+    dest = directory or Path(tempfile.mkdtemp(prefix="batchd-demo-"))
+    project = build_demo(dest, speed=speed, agent_timeout=agent_timeout)
+    raise SystemExit(run_demo(project))
+
+
+def register(cli: click.Group) -> None:
+    for command in (run, init, demo):
+        cli.add_command(command)

@@ -1,0 +1,169 @@
+"""Reconcile the world with the log after a crash, before anything new starts.
+
+The log says what was intended; the world (processes, workspaces, git refs, the remote) says what
+happened. Each intent without its outcome is settled here or by the step that owns it: an agent
+whose daemon died is killed (only the processes batchd started: checked by start time and token)
+and re-run as a new, uncounted attempt; an interrupted cherry-pick, merge or rebase in batchd's
+worktree is aborted; records of vanished worktrees are pruned. Commits and pushes are settled by
+their steps (found by trailer, compared with the remote) so they are never made twice. A crash
+that repeats at the same place is stopped here (:func:`break_crash_loop`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import structlog
+
+from daemon.engine.runner import Daemon
+from daemon.exceptions import UsageError
+from daemon.workspace import STATE_DIR
+from daemon.world import agentproc, gitops
+from statemachine import events as ev
+from statemachine.tables import TodoState
+
+log = structlog.get_logger(__name__)
+
+EXCLUDE_LINE = f"/{STATE_DIR}/"
+
+
+def ensure_excluded(root: Path) -> None:
+    """batchd's own files must never show as changes: add ``.batchd/`` to ``.git/info/exclude``."""
+    git_dir = Path(gitops.run_git(root, "rev-parse", "--absolute-git-dir").stdout.strip())
+    exclude = git_dir / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    if EXCLUDE_LINE not in text.splitlines():
+        exclude.write_text(
+            text + ("" if text.endswith("\n") or not text else "\n") + EXCLUDE_LINE + "\n", encoding="utf-8"
+        )
+
+
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "batchd",
+    "GIT_AUTHOR_EMAIL": "batchd@localhost",
+    "GIT_COMMITTER_NAME": "batchd",
+    "GIT_COMMITTER_EMAIL": "batchd@localhost",
+}
+
+
+def check_checkout(root: Path, branch: str) -> None:
+    """The repository's own checkout must be on the branch batchd moves forward (it follows it)."""
+    proc = gitops.run_git(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    current = proc.stdout.strip()
+    if current == branch:
+        return
+    exists = gitops.run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+    where = f"on branch {current!r}" if current else "not on a branch (detached HEAD)"
+    if exists.returncode != 0:
+        hint = (
+            f"set [batchd] branch = {current!r} in batchd.toml, or create {branch!r}"
+            if current
+            else (f"`git checkout {branch}`")
+        )
+        raise UsageError(f"{root} is {where} and has no branch {branch!r}", hint=hint)
+    raise UsageError(
+        f"{root} is {where}, but batchd.toml says branch = {branch!r}",
+        hint=f"`git checkout {branch}` (batchd keeps this checkout on it), or change [batchd] branch",
+    )
+
+
+def ensure_identity(root: Path) -> bool:
+    """Commits need an author: when git has none configured for this repository (a fresh machine, a
+    service account), batchd commits as ``batchd <batchd@localhost>`` rather than failing. A
+    configured identity is never overridden. Returns True when the fallback was set."""
+    configured = gitops.run_git(root, "config", "user.email", check=False).stdout.strip()
+    if configured or os.environ.get("GIT_AUTHOR_EMAIL") or os.environ.get("EMAIL"):
+        return False
+    for key, value in FALLBACK_IDENTITY.items():
+        os.environ.setdefault(key, value)
+    log.warning(
+        "git_identity_fallback",
+        name="batchd",
+        email="batchd@localhost",
+        hint="set user.name and user.email (git config) to commit as someone else",
+    )
+    return True
+
+
+def check_state_dir(root: Path) -> None:
+    """``.batchd/`` must be batchd's own folder, not a link to somewhere else (it holds the log,
+    the logs, the workspaces, and batchd writes there all the time)."""
+    state = root / STATE_DIR
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        raise UsageError(
+            f"{state} is a link or a file, not batchd's folder",
+            hint=f"remove it (batchd makes it again): `rm {state}`",
+        )
+    state.mkdir(exist_ok=True)
+
+
+def reconcile(d: Daemon) -> None:
+    """Settle what a dead daemon left behind (idempotent: running it twice changes nothing more)."""
+    gitops.prune_worktrees(d.root)
+    verify = gitops.open_worktree(d.root, d.ws.verify_worktree)
+    if verify is not None:
+        aborted = gitops.abort_in_progress(verify)
+        if aborted:
+            log.info("recovered_git_operation", worktree=str(verify.path), aborted=aborted)
+    interrupted = []
+    for todo in list(d.proj.todos.values()):
+        if todo.state != TodoState.RUNNING or todo.todo_id in d.agents:
+            continue
+        # Only what batchd started: the group whose leader has the recorded start time, and the
+        # processes carrying the attempt's token (a crash before the pid was recorded). A reused
+        # pid, or a person's shell in the workspace, is never killed.
+        if todo.pgid:
+            agentproc.kill_leftover_group(todo.pgid, start_ticks=todo.start_ticks)
+        for pid in agentproc.token_holders(todo.token):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                log.info("leftover_agent_killed", todo_id=todo.todo_id, pid=pid)
+        interrupted.append(
+            (
+                ev.todo_stream(todo.todo_id),
+                [
+                    ev.AgentInterrupted(
+                        todo_id=todo.todo_id,
+                        attempt=todo.attempt,
+                        reason="the daemon stopped while the agent ran",
+                    )
+                ],
+            )
+        )
+    d.emit(*interrupted)
+    if interrupted:
+        log.info("recovered_agents", todos=[stream for stream, _ in interrupted])
+    break_crash_loop(d)
+
+
+CRASH_LOOP = 3  # the same unexpected error at the same place this many times in a row
+
+
+def break_crash_loop(d: Daemon) -> None:
+    """After the same crash at the same place three times in a row, stop trying: block the todo whose
+    step it was (paying for its agent again and again would be the cost), or pause the run."""
+    run = d.proj.run
+    if run.crash_count < CRASH_LOOP:
+        return
+    reason = (
+        f"batchd failed {run.crash_count} times in a row at {run.crash_place}: {run.crash_error} "
+        f"(traceback in {d.ws.crash_log.relative_to(d.root)})"
+    )
+    todo = d.proj.todos.get(run.crash_todo) if run.crash_todo else None
+    if todo is not None and d.proj.may(todo.stream, "block"):
+        d.emit_one(
+            todo.stream,
+            ev.TodoBlocked(
+                todo_id=todo.todo_id,
+                reason=reason,
+                action=f"report the bug with that file; `batchd retry {todo.todo_id}` once batchd is fixed",
+            ),
+        )
+        log.error("crash_loop_broken", todo_id=todo.todo_id, place=run.crash_place)
+    elif run.state == "running":
+        d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
+        log.error("crash_loop_paused", place=run.crash_place)

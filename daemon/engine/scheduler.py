@@ -1,0 +1,401 @@
+"""What to do next, decided from the projected state alone (level-triggered, so a restart resumes).
+
+Run -> phases in order (the plan's, then auto-planned ones, then the final batch-less phase) ->
+batches in order (the plan's, then retry batches for todos that failed, conflicted or were
+deferred) -> agents (at most ``max_parallel`` at once) -> verification -> the phase commit and push.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import structlog
+
+from daemon.engine import continuous, phases, pushes, state
+from daemon.engine.batches import advance_batch, check_runner
+from daemon.engine.execute import execute, observe
+from daemon.engine.runner import Daemon
+from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, accepted_in, phase_members
+from daemon.intake.plan import plan_batches
+from daemon.intake.todofile import Priority, TodoFile, TodoStatus, id_key, id_order
+from daemon.world import gitops
+from daemon.world.checks import CheckResult
+from daemon.world.verify import check_baseline
+from statemachine import events as ev
+from statemachine.tables import BatchState, PhaseState, RunState, TodoState
+from statemachine.views import PhaseView, TodoView
+from store import Append
+
+log = structlog.get_logger(__name__)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def advance(d: Daemon) -> None:
+    run = d.proj.run
+    if run.state == RunState.IDLE:
+        start_run(d)
+        return
+    if run.state not in (RunState.RUNNING, RunState.COMPLETED):
+        return
+    phase = current_phase(d)
+    if (
+        d.config.batchd.schedule == "continuous"
+        and run.state == RunState.RUNNING
+        and phase is not None
+        and not phase.final
+    ):
+        execute(d, continuous.decide(d.proj, observe(d)), advance_phase=advance_phase)
+        return
+    if phase is not None:
+        advance_phase(d, phase)
+        return
+    if run.state == RunState.COMPLETED:
+        # The plan's further final phases (commit points after the check) come first. Then todos
+        # dropped (or retried) after the run completed reopen it; under --once too, so a later
+        # `run --once` does that work instead of exiting on the old verdict.
+        if not plan_final(d):
+            plan_more(d)
+        return
+    if plan_more(d) or plan_final(d):
+        return
+    final_check(d, None)
+
+
+def start_run(d: Daemon) -> None:
+    """Record the run, and import the plan as phases and batches.
+
+    The plan's trailing batch-less phases (the final integration check) are kept in the run's
+    start event and planned last, once nothing else is left (see :func:`plan_final`).
+    """
+    head = gitops.rev_parse(d.root, d.config.batchd.branch)
+    plan_path = d.config.plan_path
+    appends: list[Append | tuple[str, Sequence[object]]] = []
+    final: list[tuple[str, str]] = []
+    if plan_path is not None:
+        from daemon.intake.plan import load_plan
+
+        plan = load_plan(plan_path)
+        last_with_batches = max((i for i, p in enumerate(plan.phases) if p.batches), default=-1)
+        for index, phase in enumerate(plan.phases):
+            if index > last_with_batches:
+                final.append((phase.title, phase.commit_message or ""))
+                continue
+            appends.append(
+                (
+                    ev.phase_stream(phase.number),
+                    [
+                        ev.PhasePlanned(
+                            number=phase.number,
+                            title=phase.title,
+                            commit_message=phase.commit_message or "",
+                            batches=tuple(b.key for b in phase.batches),
+                        )
+                    ],
+                )
+            )
+            for batch in phase.batches:
+                appends.append(
+                    (
+                        ev.batch_stream(batch.key),
+                        [
+                            ev.BatchPlanned(
+                                key=batch.key,
+                                phase=phase.number,
+                                todo_ids=tuple(id_key(t) for t in batch.todo_ids),
+                            )
+                        ],
+                    )
+                )
+    started = ev.RunStarted(
+        run_id=uuid.uuid4().hex[:12],
+        branch=d.config.batchd.branch,
+        base_sha=head,
+        plan_source=str(plan_path or ""),
+        final_titles=tuple(title for title, _ in final),
+        final_messages=tuple(message for _, message in final),
+    )
+    d.emit((ev.RUN_STREAM, [started]), *appends)
+    log.info("run_started", run_id=d.proj.run.run_id, plan=str(plan_path or ""))
+
+
+def plan_final(d: Daemon) -> bool:
+    """Plan the next of the plan's final batch-less phases, numbered after every phase so far."""
+    run = d.proj.run
+    planned = sum(1 for p in d.proj.phases.values() if p.final)
+    if planned >= len(run.final_titles):
+        return False
+    number = max((p.number for p in d.proj.phases.values()), default=0) + 1
+    d.emit_one(
+        ev.phase_stream(number),
+        ev.PhasePlanned(
+            number=number,
+            title=run.final_titles[planned],
+            commit_message=run.final_messages[planned],
+            batches=(),
+            final=True,
+        ),
+    )
+    return True
+
+
+def current_phase(d: Daemon) -> PhaseView | None:
+    return state.current_phase(d.proj)
+
+
+def planned_ids(d: Daemon) -> set[str]:
+    """Every todo a batch was planned with (not only those it started: a pending one counts too)."""
+    return {t for b in d.proj.batches.values() for t in (*b.planned_ids, *b.todo_ids)}
+
+
+def unplanned_ready(d: Daemon) -> list[str]:
+    return state.unplanned_ready(d.proj)
+
+
+def plan_more(d: Daemon) -> bool:
+    """Auto-plan ready todos nobody planned into a new phase; False when there is nothing to plan."""
+    ready = unplanned_ready(d)
+    if not ready:
+        return False
+    done = {t.todo_id for t in d.proj.todos.values() if t.state in DONE_STATES}
+    batches, blocked = auto_batches(d, ready, done)
+    appends: list[Append | tuple[str, Sequence[object]]] = []
+    for todo_id, reason in blocked.items():
+        appends.append(
+            (
+                ev.todo_stream(todo_id),
+                [
+                    ev.TodoBlocked(
+                        todo_id=todo_id,
+                        reason=reason,
+                        action="fix or queue the dependency, then `batchd retry " + todo_id + "`",
+                    )
+                ],
+            )
+        )
+    if not batches:
+        d.emit(*appends)
+        return bool(appends)
+    number = max((p.number for p in d.proj.phases.values()), default=0) + 1
+    with_plan = d.config.plan_path is not None
+    # Without a plan each batch is its own phase (one commit each); with one, they share a phase.
+    groups = [batches] if with_plan else [batches[:1]]
+    for group in groups:
+        keys = tuple(f"{number}.{i + 1}" for i in range(len(group)))
+        appends.append(
+            (
+                ev.phase_stream(number),
+                [ev.PhasePlanned(number=number, title=phases.AUTO_TITLE, commit_message="", batches=keys)],
+            )
+        )
+        for key, batch in zip(keys, group, strict=True):
+            appends.append(
+                (ev.batch_stream(key), [ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(batch))])
+            )
+    if d.proj.run.state == RunState.COMPLETED:
+        appends.insert(0, (ev.RUN_STREAM, [ev.RunReopened(reason="new todos: " + ", ".join(ready))]))
+    d.emit(*appends)
+    return True
+
+
+def auto_batches(d: Daemon, ready: Sequence[str], done: set[str]) -> tuple[list[list[str]], dict[str, str]]:
+    """Priority, then id; a todo only after its dependencies; no two todos with overlapping files in
+    one batch; at most ``max_parallel`` per batch (``plan.plan_batches``). Returns the batches and
+    the todos that can never run, with why."""
+    todos = d.proj.todos
+    blocked: dict[str, str] = {}
+    for todo_id in ready:
+        for dep in todos[todo_id].dependencies:
+            dep_view = todos.get(id_key(dep))
+            if dep_view is None or dep_view.state in DEAD_STATES or dep_view.state == TodoState.PENDING:
+                state = "unknown" if dep_view is None else dep_view.state
+                blocked[todo_id] = f"dependency #{dep} is {state}"
+    candidates = [as_todo_file(d, todos[t]) for t in ready if t not in blocked]
+    batches = plan_batches(candidates, done=done, max_parallel=d.config.batchd.max_parallel)
+    planned = {t for batch in batches for t in batch}
+    for todo in candidates:
+        if todo.id not in planned:
+            blocked[todo.id] = "its dependencies can never be accepted in this run"
+    return [list(batch) for batch in batches], blocked
+
+
+def as_todo_file(d: Daemon, view: TodoView) -> TodoFile:
+    """The planner works on todo files; the log knows everything it reads of one."""
+    return TodoFile(
+        id=view.todo_id,
+        status=TodoStatus.READY,
+        priority=Priority(view.priority) if view.priority in PRIORITY_ORDER else Priority.P3,
+        description="",
+        title=view.title,
+        path=d.root / view.path,
+        dependencies=tuple(view.dependencies),
+        files=tuple(view.files),
+    )
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+def advance_phase(d: Daemon, phase: PhaseView) -> None:
+    state = phase.state
+    if state == PhaseState.PENDING:
+        if d.proj.run.state != RunState.RUNNING and not phase.final:
+            return
+        head = gitops.rev_parse(d.root, d.config.batchd.branch)
+        d.emit_one(ev.phase_stream(phase.number), ev.PhaseStarted(number=phase.number, base_sha=head))
+    elif state == PhaseState.RUNNING:
+        if phase.final:
+            final_check(d, phase)
+            return
+        batch = next(
+            (d.proj.batches[k] for k in phase.batches if d.proj.batches[k].state != BatchState.DONE), None
+        )
+        if batch is not None:
+            advance_batch(d, phase, batch)
+        elif plan_retry_batch(d, phase):
+            return
+        elif phase.final or accepted_in(d.proj, phase):
+            phases.start_commit(d, phase)
+        else:
+            skip_phase(d, phase)
+    elif state == PhaseState.COMMITTING:
+        phases.commit(d, phase)
+    elif state == PhaseState.COMMITTED:
+        phases.land(d, phase)
+    elif state == PhaseState.PUSHING:
+        pushes.push(d, phase)
+    elif state in (PhaseState.PUSHED, PhaseState.PUSH_FAILED):
+        phases.finish(d, phase)
+
+
+def skip_phase(d: Daemon, phase: PhaseView) -> None:
+    """Nothing of the phase was accepted: no empty commit and no push; the status file says why."""
+    members = [d.proj.todos[t] for t in phase_members(d.proj, phase) if t in d.proj.todos]
+    reason = state.skip_reason(members)
+    d.emit_one(ev.phase_stream(phase.number), ev.PhaseSkipped(number=phase.number, reason=reason))
+    log.info("phase_skipped", phase=phase.number, reason=reason)
+
+
+def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:
+    """Todos of this phase that are ready again (retry scheduled, or deferred) get one more batch."""
+    members = phase_members(d.proj, phase)
+    waiting = [t for t in members if t in d.proj.todos and d.proj.todos[t].state == TodoState.READY]
+    if not waiting:
+        return False
+    done = {t.todo_id for t in d.proj.todos.values() if t.state in DONE_STATES}
+    runnable = [
+        t
+        for t in waiting
+        if all(id_key(dep) in done or id_key(dep) in waiting for dep in d.proj.todos[t].dependencies)
+    ]
+    stuck = [t for t in waiting if t not in runnable]
+    appends: list[Append | tuple[str, Sequence[object]]] = [
+        (
+            ev.todo_stream(t),
+            [
+                ev.TodoBlocked(
+                    todo_id=t,
+                    reason="a dependency was not accepted in this phase",
+                    action=f"resolve its dependencies, then `batchd retry {t}`",
+                )
+            ],
+        )
+        for t in stuck
+    ]
+    if runnable:
+        n = sum(1 for k in phase.batches if ".r" in k) + 1
+        key = f"{phase.number}.r{n}"
+        appends.append(
+            (
+                ev.batch_stream(key),
+                [
+                    ev.BatchPlanned(
+                        key=key,
+                        phase=phase.number,
+                        todo_ids=tuple(sorted(runnable, key=id_order)),
+                        retry_of=phase.batches[-1],
+                    )
+                ],
+            )
+        )
+    d.emit(*appends)
+    return True
+
+
+# --- the end ------------------------------------------------------------------------------------
+
+
+def final_check(d: Daemon, phase: PhaseView | None) -> None:
+    """Every verify command on the final tree, then the verdict (``run.completed``)."""
+    if d.proj.run.state != RunState.RUNNING:
+        if phase is not None and d.proj.run.state == RunState.COMPLETED:
+            phases.start_commit(d, phase)
+        return
+    key = "final-check"
+    if d.has_job(key):
+        return
+    runner = check_runner(d)
+    head = gitops.rev_parse(d.root, d.config.batchd.branch)
+
+    def work() -> CheckResult:
+        return check_baseline(phases.ensure_verify_worktree(d, head), head, runner)
+
+    def still_the_end() -> bool:
+        """Work that arrived while the check ran (a dropped or retried todo, a new phase, a moved
+        branch) makes its result stale: the next tick decides again instead of completing the run."""
+        others = any(not p.final and p.state != PhaseState.DONE for p in d.proj.phases.values())
+        moved = gitops.rev_parse(d.root, d.config.batchd.branch) != head
+        return not (others or moved or unplanned_ready(d))
+
+    def done(result: CheckResult) -> None:
+        if still_the_end():
+            failed_command = " ".join(result.failed_command or ())
+            record_verdict(
+                d,
+                checks_green=result.passed,
+                detail="" if result.passed else f"final check failed: {failed_command}",
+            )
+
+    def crashed(error: BaseException) -> None:
+        if still_the_end():
+            record_verdict(d, checks_green=False, detail=f"final check crashed: {error}")
+
+    d.submit(key, work, done, crashed)
+
+
+def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
+    if d.proj.run.state != RunState.RUNNING:
+        return
+    wanted = planned_ids(d) | {
+        t.todo_id for t in d.proj.todos.values() if t.state not in (TodoState.PENDING, TodoState.NEW)
+    }
+    complete = sorted(
+        (t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE), key=id_order
+    )
+    missing = sorted((t for t in wanted if t not in complete), key=id_order)
+    batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
+    # The seed's criteria include "all phases committed and pushed": the latest push must have
+    # gone out (a later phase's push carries earlier commits, so only the latest counts).
+    pushes = [
+        p
+        for p in sorted(d.proj.phases.values(), key=lambda p: p.number)
+        if p.pushed_sha or p.push_failed_reason
+    ]
+    unpushed = bool(pushes) and not pushes[-1].pushed_sha
+    if unpushed:
+        reason = f"phase {pushes[-1].number} was not pushed: {pushes[-1].push_failed_reason}"
+        detail = f"{detail}; {reason}" if detail else reason
+    success = checks_green and not missing and batches_done and not unpushed
+    d.emit_one(
+        ev.RUN_STREAM,
+        ev.RunCompleted(
+            success=success,
+            checks_green=checks_green,
+            complete=tuple(complete),
+            missing=tuple(missing),
+            detail=detail,
+        ),
+    )
+    log.info("run_completed", success=success, complete=len(complete), missing=missing)

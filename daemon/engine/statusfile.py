@@ -1,0 +1,257 @@
+"""``plans/EXECUTION-STATUS.md``: a projection of the log, rewritten after every batch.
+
+Never edited by hand state: everything here is derived from the projected state, so the file can
+be rebuilt at any time (``batchd replay`` shows the same). The ``## Failed/Blocked Todos`` table
+follows the seed's columns exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from daemon.config import Config
+from daemon.intake.todofile import id_order
+from statemachine.projection import Projection
+from statemachine.tables import BatchState, PhaseState, TodoState
+from statemachine.views import PhaseView
+
+PROBLEM_STATES = (
+    TodoState.REJECTED,
+    TodoState.CONFLICTED,
+    TodoState.BLOCKED,
+    TodoState.AGENT_FAILED,
+    TodoState.INVALID,
+)
+
+
+def cell(text: object) -> str:
+    """One Markdown table cell: no pipes or newlines from agent output may break the table."""
+    value = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|").strip()
+    return value[:300] + "…" if len(value) > 300 else value
+
+
+def short(sha: str) -> str:
+    return sha[:10] if sha else "—"
+
+
+def duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "—"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def phase_result(phase: PhaseView) -> str:
+    if phase.skipped_reason:
+        return f"done, no commit: {phase.skipped_reason}"
+    parts = [str(phase.state)]
+    if phase.head_sha:
+        parts.append(f"commit `{short(phase.head_sha)}`")
+    if phase.pushed_sha:
+        parts.append(f"pushed `{short(phase.pushed_sha)}`")
+    elif phase.push_failed_reason:
+        parts.append(f"push failed: {phase.push_failed_reason}")
+    return ", ".join(parts)
+
+
+def todo_state(proj: Projection, todo_id: str, committing: int | None) -> str:
+    todo = proj.todos.get(todo_id)
+    if todo is None:
+        return "no such todo file"
+    if committing is not None and todo.state == TodoState.ACCEPTED and todo.phase == committing:
+        return "complete"
+    return str(todo.state)
+
+
+def render_status(
+    proj: Projection, config: Config, *, committing: int | None = None, warnings: Sequence[str] = ()
+) -> str:
+    """The status file's text; ``warnings`` are what the daemon found a person should know."""
+    run = proj.run
+    todos = proj.todos
+    lines = ["# Execution Status", ""]
+    lines.append(
+        f"_Written by batchd from its event log ({config.batchd.db}) after every batch: do not edit by hand._"
+    )
+    lines.append("")
+    counts: dict[str, int] = {}
+    for todo in todos.values():
+        state = todo_state(proj, todo.todo_id, committing)
+        counts[state] = counts.get(state, 0) + 1
+    if run.run_id:
+        lines.append(
+            f"- **Run:** `{run.run_id}` started {run.started_at[:19].replace('T', ' ')} UTC "
+            f"on `{run.branch}` from `{short(run.base_sha)}`"
+        )
+    state = str(run.state)
+    if committing is not None and run.verdict is None:
+        state = "running"
+    lines.append(
+        f"- **State:** {state}"
+        + (f" — paused: {run.paused_reason}" if run.paused_reason and run.state == "paused" else "")
+    )
+    if run.verdict is not None:
+        verdict = "SUCCESS" if run.verdict.success else "NOT COMPLETE"
+        detail = f" ({run.verdict.detail})" if run.verdict.detail else ""
+        lines.append(
+            f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
+            f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing"
+            + (f" ({ids(run.verdict.missing)})" if run.verdict.missing else "")
+        )
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines.append(f"- **Todos:** {summary or 'none yet'}")
+    runs = sum(b.runs for b in proj.batches.values())
+    baselines = sum(b.baseline_runs for b in proj.batches.values())
+    lines.append(f"- **Verify runs:** {runs} (plus {baselines} baseline)")
+    cost = sum(t.cost_usd for t in todos.values())
+    if cost:
+        lines.append(f"- **Agent cost:** ${cost:.2f}")
+    lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
+    lines.append("")
+    lines.append("## Phases")
+    lines.append("")
+    for phase in sorted(proj.phases.values(), key=lambda p: (p.final, p.number)):
+        shown = PhaseState.COMMITTING if committing == phase.number else phase.state
+        lines.append(f"### Phase {phase.number}: {phase.title or '(untitled)'}")
+        lines.append("")
+        view = phase_result(phase) if committing != phase.number else str(shown)
+        lines.append(f"- **State:** {view}")
+        if phase.commit_message:
+            lines.append(f"- **Commit message:** `{phase.commit_message.splitlines()[0]}`")
+        if phase.final and not phase.batches:
+            lines.append(
+                "- Final integration check: every verify command on the final tree, then the verdict."
+            )
+        lines.append("")
+        if not phase.batches:
+            continue
+        lines.append(
+            "| Batch | State | Todos | Accepted | Rejected | Conflicted | Agent failed | Verify runs |"
+        )
+        lines.append(
+            "|-------|-------|-------|----------|----------|------------|--------------|-------------|"
+        )
+        for key in phase.batches:
+            batch = proj.batches.get(key)
+            if batch is None:
+                continue
+            batch_state = "done" if batch.state == BatchState.DONE else str(batch.state)
+            lines.append(
+                f"| {key} | {batch_state} | {ids(batch.todo_ids)} | {ids(batch.accepted)} "
+                f"| {ids(batch.rejected)} "
+                f"| {ids(batch.conflicted)} | {ids(batch.failed)} | {batch.runs} |"
+            )
+        lines.append("")
+        members: list[str] = []
+        for key in phase.batches:
+            batch = proj.batches.get(key)
+            for todo_id in batch.todo_ids if batch else ():
+                if todo_id not in members:
+                    members.append(todo_id)
+        lines.append("| Todo | Title | State | Attempts | Agent time |")
+        lines.append("|------|-------|-------|----------|------------|")
+        for todo_id in members:
+            member = todos.get(todo_id)
+            title = member.title if member else ""
+            attempts = len(member.history) if member else 0
+            seconds = member.agent_seconds if member else 0.0
+            lines.append(
+                f"| {todo_id} | {cell(title)} | {todo_state(proj, todo_id, committing)} | {attempts} "
+                f"| {duration(seconds)} |"
+            )
+        lines.append("")
+    lines.extend(failed_table(proj))
+    lines.extend(review_table(proj))
+    lines.extend(earlier_attempts(proj))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def ids(values: Iterable[str]) -> str:
+    text = ", ".join(values)
+    return text or "—"
+
+
+def failed_table(proj: Projection) -> list[str]:
+    lines = ["## Failed/Blocked Todos", ""]
+    rows = [t for t in proj.todos.values() if t.state in PROBLEM_STATES]
+    if not rows:
+        lines.extend(["None.", ""])
+        return lines
+    lines.append("| Todo ID | Description | Reason | Files Reverted | Action Needed |")
+    lines.append("|---------|-------------|--------|----------------|---------------|")
+    for todo in sorted(rows, key=lambda t: id_order(t.todo_id)):
+        reverted = ", ".join(todo.files_reverted) or "—"
+        reason = f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state)
+        lines.append(
+            f"| {cell(todo.todo_id)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
+            f"| {cell(todo.action or default_action(str(todo.state), todo.todo_id))} |"
+        )
+    lines.append("")
+    return lines
+
+
+def review_items(proj: Projection) -> list[tuple[str, int, str]]:
+    """(todo id, attempt, what) for each thing a person should look at in the latest attempts."""
+    items: list[tuple[str, int, str]] = []
+    for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
+        if todo.review:
+            items.append((todo.todo_id, todo.attempt, todo.review))
+        items.extend((todo.todo_id, todo.attempt, f"dropped from its change: {d}") for d in todo.dropped)
+        items.extend((todo.todo_id, todo.attempt, w) for w in todo.warnings)
+    return items
+
+
+def review_table(proj: Projection) -> list[str]:
+    """What batchd kept out of a change or let in with a note: for a person to look at."""
+    items = review_items(proj)
+    if not items:
+        return []
+    lines = ["## Review", "", "| Todo ID | Attempt | What |", "|---------|---------|------|"]
+    lines += [f"| {cell(t)} | {n} | {cell(what)} |" for t, n, what in items]
+    lines.append("")
+    return lines
+
+
+def default_action(state: str, todo_id: str) -> str:
+    actions: dict[str, str] = {
+        TodoState.INVALID: "fix the file as the reason says; it is picked up again",
+        TodoState.AGENT_FAILED: "read `batchd logs " + todo_id + "`; it is retried while attempts remain",
+        TodoState.REJECTED: "it is retried with the failure in its prompt while attempts remain",
+        TodoState.CONFLICTED: "it is re-run on the new base while attempts remain",
+    }
+    return actions.get(state, f"`batchd retry {todo_id}` once the cause is fixed")
+
+
+def earlier_attempts(proj: Projection) -> list[str]:
+    """Attempts that failed before the todo got through: the audit trail of reverted changes."""
+    rows = []
+    for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
+        for record in todo.history:
+            if record.outcome in ("rejected", "conflicted", "agent_failed"):
+                rows.append(
+                    f"| {cell(todo.todo_id)} | {record.attempt} | {record.outcome} | {cell(record.reason)} |"
+                )
+    if not rows:
+        return []
+    return [
+        "## Failed Attempts",
+        "",
+        "| Todo ID | Attempt | Outcome | Reason |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def one_line_status(proj: Projection) -> str:
+    """For systemd's STATUS=: 'phase 2/5 batch 2.1: 3 agents running, 1 rejected'."""
+    phases = sorted(proj.phases.values(), key=lambda p: (p.final, p.number))
+    current = next((p for p in phases if p.state != PhaseState.DONE), None)
+    running = sum(1 for t in proj.todos.values() if t.state == TodoState.RUNNING)
+    rejected = sum(1 for t in proj.todos.values() if t.state == TodoState.REJECTED)
+    if current is None:
+        done = sum(1 for t in proj.todos.values() if t.state == TodoState.COMPLETE)
+        return f"{proj.run.state}: {done} complete"
+    batch = next((k for k in current.batches if proj.batches[k].state != BatchState.DONE), "")
+    where = f"phase {phases.index(current) + 1}/{len(phases)}" + (f" batch {batch}" if batch else "")
+    return f"{where}: {running} agents running, {rejected} rejected"

@@ -1,0 +1,1 @@
+"""Reading what people write: todo files, their front matter, plans, the folder's scanner and watcher."""

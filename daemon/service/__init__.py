@@ -1,0 +1,1 @@
+"""The long-running process: the loop, its lock, signals and logs."""

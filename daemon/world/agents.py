@@ -1,0 +1,178 @@
+"""What a coding agent is given: its argv, its environment and its prompt (the processes are
+:mod:`daemon.world.agentproc`).
+
+Agents get these environment variables (see :func:`agent_env`): ``BATCHD_TODO_ID``,
+``BATCHD_TODO_PATH`` (absolute, inside its workspace), ``BATCHD_ATTEMPT`` (1-based),
+``BATCHD_WORKTREE`` (its workspace, its cwd) and ``BATCHD_AGENT_TOKEN`` (marks every process of the
+attempt, so recovery finds them and nothing else), on top of batchd's own environment and
+``[agent] env``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+from daemon.config import AGENT_PLACEHOLDERS, AgentConfig
+from daemon.exceptions import AgentError
+
+__all__ = [
+    "AGENT_FIX",
+    "PROMPT_PLACEHOLDERS",
+    "agent_env",
+    "build_argv",
+    "check_agent_command",
+    "default_template",
+    "load_template",
+    "render_prompt",
+    "repair_text",
+    "resolve_executable",
+    "todo_title",
+]
+
+PROMPT_PLACEHOLDERS = ("todo_id", "todo_path", "title", "verify_commands", "worktree", "repair")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(text: str, values: Mapping[str, str]) -> str:
+    # One pass, known names only: a substituted value is never scanned again (a todo containing
+    # "{prompt}" stays literal), and other braces (JSON, code in a prompt) are left alone.
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+# --------------------------------------------------------------------------------------------
+# argv, environment, prompt
+
+
+def build_argv(
+    agent: AgentConfig, *, prompt: str, todo_path: Path | str, todo_id: str, worktree: Path | str
+) -> list[str]:
+    """The agent's argv with placeholders filled in; each element stays one argument (no shell)."""
+    values = {"prompt": prompt, "todo_path": str(todo_path), "todo_id": todo_id, "worktree": str(worktree)}
+    assert set(values) == set(AGENT_PLACEHOLDERS)
+    return [_substitute(element, values) for element in agent.argv_template]
+
+
+DAEMON_ONLY_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "BATCHD_CRASH_AFTER",
+    "BATCHD_CRASH_AT_SEQ",
+)
+
+
+def agent_env(
+    agent: AgentConfig,
+    *,
+    todo_id: str,
+    todo_path: Path | str,
+    attempt: int,
+    worktree: Path | str,
+    token: str = "",
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The complete environment of an agent: ``base`` (default ``os.environ``), ``[agent] env``, BATCHD_*."""
+    env = dict(os.environ if base is None else base)
+    # systemd's notify socket and watchdog belong to the daemon: an agent (or a tool it runs that
+    # speaks sd_notify) must not report READY or pings in the daemon's name.
+    for name in DAEMON_ONLY_ENV:
+        env.pop(name, None)
+    env.update(agent.env)
+    env.update(
+        BATCHD_TODO_ID=todo_id,
+        BATCHD_TODO_PATH=str(todo_path),
+        BATCHD_ATTEMPT=str(attempt),
+        BATCHD_WORKTREE=str(worktree),
+    )
+    if token:
+        env["BATCHD_AGENT_TOKEN"] = token
+    return env
+
+
+def default_template() -> str:
+    return resources.files("daemon").joinpath("prompts/agent.md").read_text(encoding="utf-8")
+
+
+def load_template(agent: AgentConfig, root: Path) -> str:
+    """``[agent] prompt_file`` (relative to ``root``) when set, else the built-in template."""
+    return (root / agent.prompt_file).read_text(encoding="utf-8") if agent.prompt_file else default_template()
+
+
+def repair_text(command: Sequence[str], output_tail: str) -> str:
+    """The ``{repair}`` text for an attempt after a rejected one."""
+    return f"Your previous attempt broke: {shlex.join(command)}\n{output_tail.rstrip()}\nFix it."
+
+
+def render_prompt(
+    template: str,
+    *,
+    todo_id: str,
+    todo_path: Path | str,
+    title: str,
+    verify_commands: Sequence[Sequence[str]],
+    worktree: Path | str,
+    repair: str = "",
+) -> str:
+    """Fill the template's placeholders; unknown ``{words}`` are left as written."""
+    values = {
+        "todo_id": todo_id,
+        "todo_path": str(todo_path),
+        "title": title,
+        "verify_commands": "\n".join(f"   - `{shlex.join(c)}`" for c in verify_commands),
+        "worktree": str(worktree),
+        "repair": f"\n{repair}\n" if repair else "",
+    }
+    assert set(values) == set(PROMPT_PLACEHOLDERS)
+    return _substitute(template, values)
+
+
+def todo_title(path: Path) -> str:
+    """The todo's first ``# `` heading (after any front matter), else its file name's description."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    body = re.sub(r"\A---\n.*?\n---\n", "", text, count=1, flags=re.DOTALL)
+    heading = re.search(r"^#\s+(.+?)\s*#*\s*$", body, re.MULTILINE)
+    if heading:
+        return heading.group(1)
+    stem = re.sub(r"^\d+-(?:pending|ready|complete)-p\d-", "", path.stem)
+    return stem.replace("-", " ")
+
+
+AGENT_FIX = "install it, or set [agent] command in batchd.toml to an agent that is installed"
+
+
+def resolve_executable(argv0: str, *, cwd: Path, env: Mapping[str, str], what: str, fix: str) -> str:
+    """The program ``argv0`` names: a path (relative to ``cwd``) or a name on ``env``'s PATH."""
+    if "/" in argv0:
+        candidate = Path(argv0) if Path(argv0).is_absolute() else cwd / argv0
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        state = "is not executable" if candidate.is_file() else "does not exist"
+        raise AgentError(f"{what} {argv0!r} {state} (looked at {candidate})", hint=fix)
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise AgentError(f"{what} {argv0!r} was not found on PATH", hint=fix)
+    return found
+
+
+def check_agent_command(agent: AgentConfig, *, cwd: Path, env: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`AgentError` at start-up if the agent or a setup command cannot be found."""
+    env = os.environ if env is None else env
+    resolve_executable(agent.argv_template[0], cwd=cwd, env=env, what="agent command", fix=AGENT_FIX)
+    for argv in agent.setup:
+        if "/" not in argv[0]:  # a relative path may only exist inside a workspace
+            resolve_executable(
+                argv[0],
+                cwd=cwd,
+                env=env,
+                what="setup command",
+                fix="install it, or change [agent] setup in batchd.toml",
+            )

@@ -1,0 +1,169 @@
+"""Running the repository's verify commands on a tree: in order, stop at the first failure.
+
+Each command runs in its own process group so a timeout kills everything it spawned (test
+runners fork workers); a failing command is re-run ``retries`` times before it counts, so a flaky
+test does not get a todo rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from daemon.world.sandbox import Sandbox
+
+log = structlog.get_logger(__name__)
+NO_SANDBOX = Sandbox(kind="none")
+
+TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckResult:
+    passed: bool
+    failed_command: tuple[str, ...] | None = None
+    returncode: int = 0
+    output_tail: str = ""
+    duration: float = 0.0
+    flaky: bool = False
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Attempt:
+    returncode: int
+    output: str
+    timed_out: bool
+
+
+class CheckRunner:
+    """Runs the verify commands on a worktree; also usable as ``runner(worktree) -> CheckResult``."""
+
+    def __init__(
+        self,
+        commands: Sequence[Sequence[str]],
+        *,
+        timeout: float,
+        retries: int = 0,
+        env: Mapping[str, str] | None = None,
+        kill_grace: float = 2.0,
+        sandbox: Sandbox = NO_SANDBOX,
+        readable: Sequence[Path] = (),
+    ) -> None:
+        self.commands = tuple(tuple(c) for c in commands)
+        # The checks run code the agents wrote: in the sandbox, only the worktree is theirs to write.
+        self.sandbox = sandbox
+        self.readable = tuple(readable)
+        self.timeout = timeout
+        self.retries = retries
+        self.env = dict(env) if env is not None else None
+        self.kill_grace = kill_grace  # seconds between SIGTERM and SIGKILL to a timed-out group
+
+    def __call__(self, worktree: Path) -> CheckResult:
+        return self.run(worktree)
+
+    def run(self, worktree: Path, log_path: Path | None = None) -> CheckResult:
+        start = time.monotonic()
+        flaky = False
+        tail = ""
+        for command in self.commands:
+            for attempt in range(self.retries + 1):
+                done = self._run_one(command, worktree, log_path)
+                tail = done.output[-TAIL_CHARS:]
+                if done.returncode == 0:
+                    flaky = flaky or attempt > 0
+                    break
+                log.info(
+                    "check_failed",
+                    command=list(command),
+                    rc=done.returncode,
+                    attempt=attempt + 1,
+                    timed_out=done.timed_out,
+                )
+            else:
+                return CheckResult(
+                    passed=False,
+                    failed_command=command,
+                    returncode=done.returncode,
+                    output_tail=tail,
+                    duration=time.monotonic() - start,
+                    flaky=False,
+                    timed_out=done.timed_out,
+                )
+        if flaky:
+            log.warning("check_flaky", worktree=str(worktree))
+        return CheckResult(passed=True, output_tail=tail, duration=time.monotonic() - start, flaky=flaky)
+
+    def _run_one(self, command: tuple[str, ...], worktree: Path, log_path: Path | None) -> _Attempt:
+        env = {**os.environ, **self.env} if self.env is not None else None
+        with tempfile.TemporaryFile(mode="w+b") as out:
+            try:
+                proc = subprocess.Popen(
+                    self.sandbox.wrap(command, workspace=worktree, readable=self.readable),
+                    cwd=worktree,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own group: a timeout kills what it spawned too
+                )
+            except OSError as e:  # not found, not executable: a red check the log explains
+                return _Attempt(returncode=127, output=f"cannot run {list(command)}: {e}\n", timed_out=False)
+            timed_out = False
+            try:
+                rc = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                rc = _kill_group(proc, self.kill_grace)
+            else:
+                # Whatever the command left running in its group (servers, watchers) goes too.
+                _signal_group(proc.pid, signal.SIGKILL)
+            out.seek(0)
+            text = out.read().decode("utf-8", errors="replace")
+        if timed_out:
+            text += f"\n[batchd] timed out after {self.timeout:g}s; process group killed\n"
+            rc = rc if rc != 0 else -signal.SIGKILL
+        if log_path is not None:
+            _append_log(log_path, command, rc, text)
+        return _Attempt(returncode=rc, output=text, timed_out=timed_out)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM the whole group, SIGKILL it after a grace period; returns the leader's status."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        rc = proc.wait()
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)  # children that ignored SIGTERM
+    return rc
+
+
+def _append_log(log_path: Path, command: tuple[str, ...], rc: int, text: str) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as f:
+        _write_section(f, command, rc, text)
+
+
+def _write_section(f: IO[str], command: tuple[str, ...], rc: int, text: str) -> None:
+    f.write(f"$ {' '.join(command)}\n{text}")
+    if not text.endswith("\n"):
+        f.write("\n")
+    f.write(f"[exit {rc}]\n")
