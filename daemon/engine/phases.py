@@ -364,7 +364,7 @@ def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
         else:
             gitops.reset_keep(root, sha, hooks=hooks)
     cleanup_renamed(d, sha)
-    write_status(d)
+    d.status_dirty = True  # the loop writes it again (set aside for the merge above)
 
 
 def set_aside_status(d: Daemon) -> None:

@@ -62,7 +62,6 @@ class Daemon:
         self,
         config: Config,
         *,
-        once: bool = False,
         log_: EventLog | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -76,7 +75,6 @@ class Daemon:
         self.sandbox, self.verify_sandbox = sandboxes(config)
         self.root = config.root
         self.ws = Workspace(config.root)
-        self.once = once
         self.clock = clock
         self.log = log_ if log_ is not None else EventLog(config.db_url)
         self.notifier = notifier if notifier is not None else Notifier.from_env()

@@ -131,7 +131,7 @@ def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> in
     try:
         hooks = snapshot_hooks(config.root, Workspace(config.root).tmp)
         pinned = pin_remote(config.root, config.batchd.remote, hooks)
-        d = Daemon(config, once=once, notifier=notifier, pinned=pinned, hooks=hooks)
+        d = Daemon(config, notifier=notifier, pinned=pinned, hooks=hooks)
         return _run(d, flags, once=once)
     except Exception as e:
         if isinstance(e, BatchdError) and (d is None or not d.attached):
