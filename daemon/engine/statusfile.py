@@ -252,6 +252,9 @@ def one_line_status(proj: Projection) -> str:
     if current is None:
         done = sum(1 for t in proj.todos.values() if t.state == TodoState.COMPLETE)
         return f"{proj.run.state}: {done} complete"
-    batch = next((k for k in current.batches if proj.batches[k].state != BatchState.DONE), "")
+    # The batch at work (a verification group under the continuous policy), else the next one.
+    busy = (BatchState.RUNNING, BatchState.VERIFYING, BatchState.PAUSED)
+    open_keys = [k for k in current.batches if proj.batches[k].state != BatchState.DONE]
+    batch = next((k for k in open_keys if proj.batches[k].state in busy), open_keys[0] if open_keys else "")
     where = f"phase {phases.index(current) + 1}/{len(phases)}" + (f" batch {batch}" if batch else "")
     return f"{where}: {running} agents running, {rejected} rejected"

@@ -53,6 +53,7 @@ def write_config(
     stop_timeout: float = 1.0,
     speed: str = "0",
     agent_timeout: float = 30.0,
+    schedule: str = "continuous",
 ) -> None:
     """``batchd.toml`` for a tiny repository: the scripted agent, a check that always passes, no remote."""
     (root / "batchd.toml").write_text(
@@ -64,6 +65,7 @@ def write_config(
             max_attempts = {max_attempts}
             stop_timeout = {stop_timeout}
             rescan_interval = 30
+            schedule = "{schedule}"
 
             [agent]
             command = {json.dumps(AGENT)}

@@ -15,9 +15,8 @@ from statemachine import events as ev
 from statemachine.exceptions import InvalidTransition
 
 
-def test_a_persons_commit_during_the_run_is_never_dropped(tmp_path: Path) -> None:
-    """A commit made on the branch while agents work stops the phase (exit 3 with --once) and stays."""
-    root = make_repo(tmp_path / "repo", {"1": "sleep: 2\nwrite: [{path: one.txt, content: one}]"}, speed="1")
+def _commit_while_the_agent_works(root: Path, after: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `run --once`, wait for the event ``after``, then commit a file of a person's on the branch."""
     daemon = subprocess.Popen(
         [PY, "-m", "daemon", "run", "--once", "-C", str(root)],
         env=base_env(),
@@ -25,21 +24,60 @@ def test_a_persons_commit_during_the_run_is_never_dropped(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    # The person commits while the agent sleeps (the daemon has started the run by then).
     db = root / ".batchd" / "events.db"
     deadline = time.monotonic() + 30
-    while not (db.exists() and any(e.type == "todo.agent_spawned" for e in read_events(root))):
-        assert time.monotonic() < deadline, "the agent never started"
+    while not (db.exists() and any(e.type == after for e in read_events(root))):
+        assert time.monotonic() < deadline, f"no {after} event"
         time.sleep(0.1)
     (root / "mine.txt").write_text("a person's work\n", encoding="utf-8")
     git(root, "add", "mine.txt")
     git(root, "commit", "-q", "-m", "a person's commit")
-    mine = git(root, "rev-parse", "HEAD")
+    return daemon, git(root, "rev-parse", "HEAD")
+
+
+def test_barrier_a_persons_commit_while_agents_work_stops_the_phase_and_stays(tmp_path: Path) -> None:
+    """`barrier`: the batch verifies on the base it started from, so a commit made on the branch while
+    its agents work stops the phase (exit 3 with --once); the commit stays."""
+    script = "sleep: 2\nwrite: [{path: one.txt, content: one}]"
+    root = make_repo(tmp_path / "repo", {"1": script}, speed="1", schedule="barrier")
+    daemon, mine = _commit_while_the_agent_works(root, "todo.agent_spawned")
     _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 3, err[-2000:]
     assert "branch moved" in err
     assert git(root, "rev-parse", "HEAD") == mine
     assert (root / "mine.txt").read_text(encoding="utf-8") == "a person's work\n"
+
+
+def test_continuous_a_persons_commit_before_anything_was_accepted_becomes_the_phases_base(
+    tmp_path: Path,
+) -> None:
+    """`continuous`: nothing of the phase is accepted yet, so it moves onto the person's commit: the
+    agent's change is verified on top of it and committed after it; nothing of theirs is lost."""
+    script = "sleep: 2\nwrite: [{path: one.txt, content: one}]"
+    root = make_repo(tmp_path / "repo", {"1": script}, speed="1", schedule="continuous")
+    daemon, mine = _commit_while_the_agent_works(root, "todo.agent_spawned")
+    _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, err[-2000:]
+    assert git(root, "rev-parse", "HEAD~1") == mine
+    assert git(root, "show", "HEAD:mine.txt") == "a person's work"
+    assert git(root, "show", "HEAD:one.txt") == "one"
+
+
+def test_continuous_a_persons_commit_after_a_change_was_accepted_stops_the_phase_and_stays(
+    tmp_path: Path,
+) -> None:
+    """Once a change of the phase is accepted its commit must be the tree that was verified: a
+    commit on the branch after that stops the phase (exit 3 with --once), and stays."""
+    todos = {
+        "1": "write: [{path: one.txt, content: one}]",
+        "2": "sleep: 3\nwrite: [{path: two.txt, content: two}]",
+    }
+    root = make_repo(tmp_path / "repo", todos, speed="1", schedule="continuous", max_parallel=1)
+    daemon, mine = _commit_while_the_agent_works(root, "todo.accepted")
+    _, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 3, err[-2000:]
+    assert "branch moved" in err
+    assert git(root, "rev-parse", "HEAD") == mine
 
 
 def test_an_event_its_machine_cannot_take_is_refused_before_it_is_written(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.intake import scanner
 from daemon.exceptions import TodoFileError
+from daemon.intake import scanner
 from daemon.intake.scanner import (
     Added,
     Edited,
