@@ -1,9 +1,5 @@
-"""One batch: baseline, agents, verification, and every todo's fate decided in one transaction.
-
-planned -> (baseline check if its base was never seen green) -> running (agents, at most
-``max_parallel`` at once) -> verifying (the verifier in the pool) -> verified + done, with retries
-or blocks recorded for the todos that failed, were rejected or lost a conflict.
-"""
+"""A batch's jobs and verdicts, for every policy: its baseline, its verification in the pool, and
+every todo's fate decided in one transaction (accepted, rejected, conflicted, retried or blocked)."""
 
 from __future__ import annotations
 
@@ -11,98 +7,21 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import executor, phases
+from daemon.engine import phases
 from daemon.engine.runner import Daemon
-from daemon.engine.state import accepted_in, dependency_verdict, green_shas, phase_head, phase_members
 from daemon.intake.todofile import id_order
-from daemon.world import gitops
 from daemon.world.agents import repair_text
 from daemon.world.checks import CheckResult, CheckRunner
 from daemon.world.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
 from statemachine import events as ev
-from statemachine.tables import BatchState, RunState, TodoState
-from statemachine.views import BatchView, PhaseView, TodoView
+from statemachine.tables import TodoState
+from statemachine.views import BatchView, TodoView
 from store import Append
 
 log = structlog.get_logger(__name__)
 
 
 # --- batch lifecycle ------------------------------------------------------------------------------------
-
-
-def advance_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
-    if batch.state == BatchState.PLANNED:
-        start_batch(d, phase, batch)
-    elif batch.state == BatchState.RUNNING:
-        run_batch(d, batch)
-    elif batch.state == BatchState.VERIFYING:
-        verify(d, batch)
-    elif batch.state == BatchState.VERIFIED:
-        d.emit_one(ev.batch_stream(batch.key), ev.BatchDone(key=batch.key))
-    elif batch.state == BatchState.PAUSED:
-        rebase = rebase_if_moved(d, phase)
-        if rebase:  # a person committed (a fix?): try again from there, no `batchd resume` needed
-            d.emit(*rebase, (ev.batch_stream(batch.key), [ev.BatchResumed(key=batch.key, by="daemon")]))
-
-
-def rebase_if_moved(d: Daemon, phase: PhaseView) -> list[Append | tuple[str, Sequence[object]]]:
-    """The phase re-based on the branch's head when that moved on from the phase's base (a person's
-    commit on top) before the phase accepted anything; [] otherwise. Once a change is accepted the
-    phase stays on its base: its commit must be the tree that was verified."""
-    if accepted_in(d.proj, phase):
-        return []
-    head = gitops.rev_parse(d.root, d.config.batchd.branch)
-    if head == phase.base_sha or not gitops.is_ancestor(d.root, phase.base_sha, head):
-        return []
-    log.info("phase_rebased", phase=phase.number, base=head, previous=phase.base_sha)
-    return [
-        (
-            ev.phase_stream(phase.number),
-            [ev.PhaseRebased(number=phase.number, base_sha=head, previous=phase.base_sha)],
-        )
-    ]
-
-
-def start_batch(d: Daemon, phase: PhaseView, batch: BatchView) -> None:
-    rebase = rebase_if_moved(d, phase)
-    if rebase:
-        d.emit(*rebase)  # the next step starts the batch from the new base
-        return
-    base = phase_head(d.proj, phase)
-    if base not in green_shas(d.proj):
-        baseline(d, batch, base)
-        return
-    to_run: list[str] = []
-    appends: list[Append | tuple[str, Sequence[object]]] = []
-    members = set(phase_members(d.proj, phase))
-    for todo_id in batch.todo_ids:
-        todo = d.proj.todos.get(todo_id)
-        if todo is None or todo.state != TodoState.READY:
-            continue  # not ready (pending, invalid, missing, done): shown in the status file
-        verdict = dependency_verdict(d.proj, todo, members)
-        if verdict == "ok":
-            to_run.append(todo_id)
-        elif verdict != "wait":
-            appends.append(
-                (
-                    ev.todo_stream(todo_id),
-                    [
-                        ev.TodoBlocked(
-                            todo_id=todo_id,
-                            reason=verdict,
-                            action=f"fix the dependency, then `batchd retry {todo_id}`",
-                        )
-                    ],
-                )
-            )
-    for todo_id in to_run:
-        appends.append(
-            (ev.todo_stream(todo_id), [ev.TodoPlanned(todo_id=todo_id, batch=batch.key, phase=phase.number)])
-        )
-    appends.append(
-        (ev.batch_stream(batch.key), [ev.BatchStarted(key=batch.key, base_sha=base, todo_ids=tuple(to_run))])
-    )
-    d.emit(*appends)
 
 
 def baseline(d: Daemon, batch: BatchView, base: str) -> None:
@@ -158,36 +77,6 @@ def check_runner(d: Daemon) -> CheckRunner:
         sandbox=d.verify_sandbox,
         readable=[d.root],
     )
-
-
-def run_batch(d: Daemon, batch: BatchView) -> None:
-    members = [t for t in d.proj.todos.values() if t.batch == batch.key]
-    waiting = sorted((t.todo_id for t in members if t.state == TodoState.PLANNED), key=id_order)
-    if not d.stopping and d.proj.run.state == RunState.RUNNING:
-        for todo_id in waiting:
-            if executor.running_count(d) >= d.config.batchd.max_parallel:
-                break
-            if executor.settling(d, todo_id):
-                continue
-            executor.launch(d, todo_id, batch.key, batch.base_sha)
-    if any(t.state in (TodoState.PLANNED, TodoState.RUNNING) for t in members):
-        return
-    done = [t.todo_id for t in members if t.state == TodoState.AGENT_DONE]
-    # Todos already verifying belong in again: a batch paused by a failed verification and then
-    # resumed starts over with the same candidates, or their work would be stranded.
-    again = [t.todo_id for t in members if t.state == TodoState.VERIFYING]
-    candidates = sorted(done + again, key=id_order)
-    if not candidates:
-        finish_batch(d, batch, None)
-        return
-    d.emit(
-        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=batch.key)]) for t in done],
-        (
-            ev.batch_stream(batch.key),
-            [ev.BatchVerifying(key=batch.key, base_sha=batch.base_sha, candidates=tuple(candidates))],
-        ),
-    )
-    verify(d, d.proj.batches[batch.key])
 
 
 def verify(d: Daemon, batch: BatchView) -> None:

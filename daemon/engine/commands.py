@@ -107,6 +107,50 @@ class AdvancePhase:
     number: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartBatch:
+    """A planned batch starts on ``base_sha`` with the todos that can run (``todo_ids``)."""
+
+    key: str
+    phase: int
+    base_sha: str
+    todo_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyBatch:
+    """Every agent of the running batch is done: verify ``candidates`` on the batch's base."""
+
+    key: str
+    base_sha: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishBatch:
+    """Nothing of the batch is left to verify: record each todo's fate and the batch as done."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseBatch:
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRetryBatch:
+    """Todos of the phase that are ready again get one more batch of the phase (``key``)."""
+
+    phase: int
+    key: str
+    todo_ids: tuple[str, ...]
+    retry_of: str
+
+
+BarrierCommand = StartBatch | VerifyBatch | FinishBatch | CloseBatch | PlanRetryBatch
+
+
 Command = (
     StartPhase
     | RebasePhase
@@ -120,4 +164,5 @@ Command = (
     | CommitPhase
     | SkipPhase
     | AdvancePhase
+    | BarrierCommand
 )

@@ -113,6 +113,36 @@ def _one(d: Daemon, c: cmd.Command, advance_phase: Callable[[Daemon, PhaseView],
             log.info("phase_skipped", phase=c.number, reason=c.reason)
         case cmd.AdvancePhase():
             advance_phase(d, proj.phases[c.number])
+        case cmd.StartBatch():
+            d.emit(
+                *[
+                    (ev.todo_stream(t), [ev.TodoPlanned(todo_id=t, batch=c.key, phase=c.phase)])
+                    for t in c.todo_ids
+                ],
+                (
+                    ev.batch_stream(c.key),
+                    [ev.BatchStarted(key=c.key, base_sha=c.base_sha, todo_ids=c.todo_ids)],
+                ),
+            )
+        case cmd.VerifyBatch():
+            fresh = [t for t in c.candidates if proj.todos[t].state == TodoState.AGENT_DONE]
+            d.emit(
+                *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=c.key)]) for t in fresh],
+                (
+                    ev.batch_stream(c.key),
+                    [ev.BatchVerifying(key=c.key, base_sha=c.base_sha, candidates=c.candidates)],
+                ),
+            )
+            batches.verify(d, d.proj.batches[c.key])
+        case cmd.FinishBatch():
+            batches.finish_batch(d, proj.batches[c.key], None)
+        case cmd.CloseBatch():
+            d.emit_one(ev.batch_stream(c.key), ev.BatchDone(key=c.key))
+        case cmd.PlanRetryBatch():
+            d.emit_one(
+                ev.batch_stream(c.key),
+                ev.BatchPlanned(key=c.key, phase=c.phase, todo_ids=c.todo_ids, retry_of=c.retry_of),
+            )
 
 
 def verify_group(d: Daemon, c: cmd.VerifyGroup) -> None:

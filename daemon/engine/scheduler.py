@@ -1,8 +1,10 @@
-"""What to do next, decided from the projected state alone (level-triggered, so a restart resumes).
+"""The run's steps, and the one place a tick asks a policy what to do.
 
-Run -> phases in order (the plan's, then auto-planned ones, then the final batch-less phase) ->
-batches in order (the plan's, then retry batches for todos that failed, conflicted or were
-deferred) -> agents (at most ``max_parallel`` at once) -> verification -> the phase commit and push.
+Run -> phases in order (the plan's, then auto-planned ones, then the final batch-less phase). For
+the current phase the configured policy decides (:mod:`daemon.engine.continuous` or
+:mod:`daemon.engine.barrier`, both pure) and :mod:`daemon.engine.execute` carries the commands out;
+the steps every policy shares (the run's start, the final check and verdict, a phase's commit,
+landing, push and finish) are here. Decisions are level-triggered: a restart resumes.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import continuous, phases, pushes, state
-from daemon.engine.batches import advance_batch, check_runner
+from daemon.engine import barrier, continuous, phases, pushes, state
+from daemon.engine.batches import check_runner
 from daemon.engine.execute import execute, observe
 from daemon.engine.runner import Daemon
-from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, accepted_in, phase_members
+from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER
 from daemon.intake.plan import plan_batches
 from daemon.intake.todofile import Priority, TodoFile, TodoStatus, id_key, id_order
 from daemon.world import gitops
@@ -41,13 +43,9 @@ def advance(d: Daemon) -> None:
     if run.state not in (RunState.RUNNING, RunState.COMPLETED):
         return
     phase = current_phase(d)
-    if (
-        d.config.batchd.schedule == "continuous"
-        and run.state == RunState.RUNNING
-        and phase is not None
-        and not phase.final
-    ):
-        execute(d, continuous.decide(d.proj, observe(d)), advance_phase=advance_phase)
+    if run.state == RunState.RUNNING and phase is not None and not phase.final:
+        policy = continuous if d.config.batchd.schedule == "continuous" else barrier
+        execute(d, policy.decide(d.proj, observe(d)), advance_phase=advance_phase)
         return
     if phase is not None:
         advance_phase(d, phase)
@@ -239,27 +237,16 @@ def as_todo_file(d: Daemon, view: TodoView) -> TodoFile:
 
 
 def advance_phase(d: Daemon, phase: PhaseView) -> None:
+    """The steps of a phase every policy shares: the final phases' start and check, then commit,
+    landing, push and finish."""
     state = phase.state
     if state == PhaseState.PENDING:
         if d.proj.run.state != RunState.RUNNING and not phase.final:
             return
         head = gitops.rev_parse(d.root, d.config.batchd.branch)
         d.emit_one(ev.phase_stream(phase.number), ev.PhaseStarted(number=phase.number, base_sha=head))
-    elif state == PhaseState.RUNNING:
-        if phase.final:
-            final_check(d, phase)
-            return
-        batch = next(
-            (d.proj.batches[k] for k in phase.batches if d.proj.batches[k].state != BatchState.DONE), None
-        )
-        if batch is not None:
-            advance_batch(d, phase, batch)
-        elif plan_retry_batch(d, phase):
-            return
-        elif phase.final or accepted_in(d.proj, phase):
-            phases.start_commit(d, phase)
-        else:
-            skip_phase(d, phase)
+    elif state == PhaseState.RUNNING and phase.final:
+        final_check(d, phase)
     elif state == PhaseState.COMMITTING:
         phases.commit(d, phase)
     elif state == PhaseState.COMMITTED:
@@ -268,60 +255,6 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
         pushes.push(d, phase)
     elif state in (PhaseState.PUSHED, PhaseState.PUSH_FAILED):
         phases.finish(d, phase)
-
-
-def skip_phase(d: Daemon, phase: PhaseView) -> None:
-    """Nothing of the phase was accepted: no empty commit and no push; the status file says why."""
-    members = [d.proj.todos[t] for t in phase_members(d.proj, phase) if t in d.proj.todos]
-    reason = state.skip_reason(members)
-    d.emit_one(ev.phase_stream(phase.number), ev.PhaseSkipped(number=phase.number, reason=reason))
-    log.info("phase_skipped", phase=phase.number, reason=reason)
-
-
-def plan_retry_batch(d: Daemon, phase: PhaseView) -> bool:
-    """Todos of this phase that are ready again (retry scheduled, or deferred) get one more batch."""
-    members = phase_members(d.proj, phase)
-    waiting = [t for t in members if t in d.proj.todos and d.proj.todos[t].state == TodoState.READY]
-    if not waiting:
-        return False
-    done = {t.todo_id for t in d.proj.todos.values() if t.state in DONE_STATES}
-    runnable = [
-        t
-        for t in waiting
-        if all(id_key(dep) in done or id_key(dep) in waiting for dep in d.proj.todos[t].dependencies)
-    ]
-    stuck = [t for t in waiting if t not in runnable]
-    appends: list[Append | tuple[str, Sequence[object]]] = [
-        (
-            ev.todo_stream(t),
-            [
-                ev.TodoBlocked(
-                    todo_id=t,
-                    reason="a dependency was not accepted in this phase",
-                    action=f"resolve its dependencies, then `batchd retry {t}`",
-                )
-            ],
-        )
-        for t in stuck
-    ]
-    if runnable:
-        n = sum(1 for k in phase.batches if ".r" in k) + 1
-        key = f"{phase.number}.r{n}"
-        appends.append(
-            (
-                ev.batch_stream(key),
-                [
-                    ev.BatchPlanned(
-                        key=key,
-                        phase=phase.number,
-                        todo_ids=tuple(sorted(runnable, key=id_order)),
-                        retry_of=phase.batches[-1],
-                    )
-                ],
-            )
-        )
-    d.emit(*appends)
-    return True
 
 
 # --- the end ------------------------------------------------------------------------------------
