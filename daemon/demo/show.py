@@ -21,8 +21,9 @@ from rich.text import Text
 from daemon.cli.control import elapsed_since
 from daemon.demo import scenario
 from daemon.demo.project import DemoProject
+from daemon.engine.state import batch_at_work
 from statemachine.projection import Projection
-from statemachine.tables import BatchState, PhaseState, TodoState
+from statemachine.tables import PhaseState, TodoState
 from store import EventLog
 
 STATE_STYLE = {
@@ -74,6 +75,9 @@ def describe_event(proj: Projection, event_type: str, payload: dict[str, object]
 
         accepted = payload.get("accepted")
         count = len(accepted) if isinstance(accepted, list | tuple) else 0
+        lists = ("accepted", "rejected", "conflicted", "failed")
+        if not payload.get("runs") and not any(payload.get(k) for k in lists):
+            return None  # a plan batch closed under the continuous policy: its groups said it all
         return (
             f"batch {payload['key']} {what}: accepted {count}, rejected {names('rejected')}, "
             f"conflicted {names('conflicted')}, agent failed {names('failed')}, "
@@ -93,7 +97,7 @@ def render(proj: Projection, notes: list[str]) -> Group:
         header.append("all phases done", style="bold green")
     else:
         header.append(f"Phase {phases.index(current) + 1}/{len(phases)}: {current.title}", style="bold")
-        batch_key = next((k for k in current.batches if proj.batches[k].state != BatchState.DONE), "")
+        batch_key = batch_at_work(proj, current)
         header.append(f" · {current.state}")
         if batch_key:
             header.append(f" · batch {batch_key} ({proj.batches[batch_key].state})")

@@ -150,3 +150,11 @@ def skip_reason(members: list[TodoView]) -> str:
         by_state.setdefault(str(todo.state), []).append(f"#{todo.todo_id}")
     detail = "; ".join(f"{state}: {', '.join(ids)}" for state, ids in sorted(by_state.items()))
     return "nothing was accepted" + (f" ({detail})" if detail else "")
+
+
+def batch_at_work(proj: Projection, phase: PhaseView) -> str:
+    """The phase's batch at work (under the continuous policy, a verification group), else the next
+    one not done, else ""."""
+    open_keys = [k for k in phase.batches if proj.batches[k].state != BatchState.DONE]
+    busy = (BatchState.RUNNING, BatchState.VERIFYING, BatchState.PAUSED)
+    return next((k for k in open_keys if proj.batches[k].state in busy), open_keys[0] if open_keys else "")

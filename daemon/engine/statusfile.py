@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
+from daemon.engine.state import batch_at_work
 from daemon.intake.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
@@ -252,9 +253,6 @@ def one_line_status(proj: Projection) -> str:
     if current is None:
         done = sum(1 for t in proj.todos.values() if t.state == TodoState.COMPLETE)
         return f"{proj.run.state}: {done} complete"
-    # The batch at work (a verification group under the continuous policy), else the next one.
-    busy = (BatchState.RUNNING, BatchState.VERIFYING, BatchState.PAUSED)
-    open_keys = [k for k in current.batches if proj.batches[k].state != BatchState.DONE]
-    batch = next((k for k in open_keys if proj.batches[k].state in busy), open_keys[0] if open_keys else "")
+    batch = batch_at_work(proj, current)
     where = f"phase {phases.index(current) + 1}/{len(phases)}" + (f" batch {batch}" if batch else "")
     return f"{where}: {running} agents running, {rejected} rejected"

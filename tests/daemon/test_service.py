@@ -343,7 +343,7 @@ def test_a_todo_dropped_during_the_first_scan_is_seen_at_once(
     phase commit's rename happens to wake the watcher."""
     from daemon.config import load_config
     from daemon.engine import intake
-    from daemon.service.loop import loop as service
+    from daemon.service import loop as service
 
     root = make_repo(tmp_path / "repo", {"001": slow("first.txt", 2)}, speed="1")
     real_rescan = intake.rescan
