@@ -14,6 +14,7 @@ from daemon.engine.continuous import Facts
 from daemon.engine.state import (
     DONE_STATES,
     accepted_in,
+    after_running,
     current_phase,
     dependency_verdict,
     green_shas,
@@ -38,7 +39,7 @@ def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
     if phase.state == PhaseState.PENDING:
         return [cmd.StartPhase(number=phase.number, base_sha=facts.branch_head)]
     if phase.state != PhaseState.RUNNING:
-        return [cmd.AdvancePhase(number=phase.number)]
+        return [cmd.shared_step(phase.number, after_running(phase))]
     batch = next((proj.batches[k] for k in phase.batches if proj.batches[k].state != BatchState.DONE), None)
     if batch is not None:
         return batch_step(proj, phase, batch, facts)

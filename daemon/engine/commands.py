@@ -101,8 +101,29 @@ class SkipPhase:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AdvancePhase:
-    """A step of the phase shared by every policy (commit, landing, push, the final check)."""
+class MakeCommit:
+    """The phase's commit (intent recorded): make it in batchd's worktree, in the pool."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Land:
+    """The phase commit is made: bring the person's checkout to it, mark its todos complete."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Push:
+    """Push the phase commit (with the seed's rebase and retries), in the pool."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishPhase:
+    """Pushed (or the push failed for good): the phase is done, its workspaces tidied away."""
 
     number: int
 
@@ -163,6 +184,20 @@ Command = (
     | ResumeVerify
     | CommitPhase
     | SkipPhase
-    | AdvancePhase
+    | MakeCommit
+    | Land
+    | Push
+    | FinishPhase
     | BarrierCommand
 )
+
+
+def shared_step(number: int, step: str) -> Command:
+    """The command of a phase's shared step (see :func:`daemon.engine.state.after_running`)."""
+    kinds: dict[str, type[MakeCommit | Land | Push | FinishPhase]] = {
+        "commit": MakeCommit,
+        "land": Land,
+        "push": Push,
+        "finish": FinishPhase,
+    }
+    return kinds[step](number=number)

@@ -25,6 +25,7 @@ from daemon.engine.state import (
     GROUP_MARK,
     OPEN_STATES,
     accepted_in,
+    after_running,
     current_phase,
     dependency_verdict,
     green_shas,
@@ -77,7 +78,7 @@ def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
         if any(isinstance(c, cmd.RebasePhase) for c in step):
             return out  # new work waits for the new base
     else:
-        out.append(cmd.AdvancePhase(number=phase.number))
+        out.append(cmd.shared_step(phase.number, after_running(phase)))
     return out + fill_slots(proj, phase, facts)
 
 

@@ -8,11 +8,11 @@ moment ago, say) is skipped: the next decision sees the new state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import batches, executor, phases
+from daemon.engine import batches, executor, phases, pushes
 from daemon.engine import commands as cmd
 from daemon.engine.continuous import Facts
 from daemon.engine.runner import Daemon
@@ -46,16 +46,14 @@ def observe(d: Daemon) -> Facts:
     )
 
 
-def execute(
-    d: Daemon, commands: Sequence[cmd.Command], *, advance_phase: Callable[[Daemon, PhaseView], None]
-) -> None:
-    """Carry out ``commands`` in order (``advance_phase``: the steps every policy shares)."""
+def execute(d: Daemon, commands: Sequence[cmd.Command]) -> None:
+    """Carry out ``commands`` in order."""
     for command in commands:
         with d.step(getattr(command, "todo_id", ""), type(command).__name__):
-            _one(d, command, advance_phase)
+            _one(d, command)
 
 
-def _one(d: Daemon, c: cmd.Command, advance_phase: Callable[[Daemon, PhaseView], None]) -> None:
+def _one(d: Daemon, c: cmd.Command) -> None:
     proj = d.proj
     match c:
         case cmd.StartPhase():
@@ -111,8 +109,14 @@ def _one(d: Daemon, c: cmd.Command, advance_phase: Callable[[Daemon, PhaseView],
                 (ev.phase_stream(c.number), [ev.PhaseSkipped(number=c.number, reason=c.reason)]),
             )
             log.info("phase_skipped", phase=c.number, reason=c.reason)
-        case cmd.AdvancePhase():
-            advance_phase(d, proj.phases[c.number])
+        case cmd.MakeCommit():
+            phases.commit(d, proj.phases[c.number])
+        case cmd.Land():
+            phases.land(d, proj.phases[c.number])
+        case cmd.Push():
+            pushes.push(d, proj.phases[c.number])
+        case cmd.FinishPhase():
+            phases.finish(d, proj.phases[c.number])
         case cmd.StartBatch():
             d.emit(
                 *[

@@ -88,7 +88,7 @@ def start_commit(d: Daemon, phase: PhaseView) -> None:
             number=phase.number, todo_ids=tuple(todo_ids), message=message_for(d, phase, todo_ids)
         ),
     )
-    commit(d, d.proj.phases[phase.number])
+    # The commit itself is the next command (MakeCommit): the policy asks for it in this state.
 
 
 def commit(d: Daemon, phase: PhaseView) -> None:
@@ -274,7 +274,6 @@ def commit_per_todo(
 
 def land(d: Daemon, phase: PhaseView) -> None:
     """Bring the person's checkout to the phase commit (fast-forward only), mark todos complete."""
-    from daemon.engine import pushes
 
     sha = phase.head_sha
     try:
@@ -304,8 +303,8 @@ def land(d: Daemon, phase: PhaseView) -> None:
     d.emit(*completed)
     d.status_dirty = True
     if d.pinned is not None:
+        # The push is the next command (Push), asked for in this state.
         d.emit_one(ev.phase_stream(phase.number), ev.PhasePushing(number=phase.number, attempt=1, sha=sha))
-        pushes.push(d, d.proj.phases[phase.number])
     else:
         finish(d, phase)
 

@@ -45,7 +45,7 @@ def advance(d: Daemon) -> None:
     phase = current_phase(d)
     if run.state == RunState.RUNNING and phase is not None and not phase.final:
         policy = continuous if d.config.batchd.schedule == "continuous" else barrier
-        execute(d, policy.decide(d.proj, observe(d)), advance_phase=advance_phase)
+        execute(d, policy.decide(d.proj, observe(d)))
         return
     if phase is not None:
         advance_phase(d, phase)

@@ -158,3 +158,15 @@ def batch_at_work(proj: Projection, phase: PhaseView) -> str:
     open_keys = [k for k in phase.batches if proj.batches[k].state != BatchState.DONE]
     busy = (BatchState.RUNNING, BatchState.VERIFYING, BatchState.PAUSED)
     return next((k for k in open_keys if proj.batches[k].state in busy), open_keys[0] if open_keys else "")
+
+
+def after_running(phase: PhaseView) -> str:
+    """The step of a phase past its work, shared by every policy: ``commit`` | ``land`` | ``push`` |
+    ``finish`` | "" (none: the phase is not that far, or done)."""
+    return {
+        PhaseState.COMMITTING: "commit",
+        PhaseState.COMMITTED: "land",
+        PhaseState.PUSHING: "push",
+        PhaseState.PUSHED: "finish",
+        PhaseState.PUSH_FAILED: "finish",
+    }.get(PhaseState(phase.state), "")
