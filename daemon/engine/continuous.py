@@ -97,7 +97,7 @@ def phase_step(proj: Projection, phase: PhaseView, facts: Facts) -> list[cmd.Com
         ]
     head = phase_head(proj, phase)
     green = head in green_shas(proj)
-    candidates = finished(proj, phase)
+    candidates = finished(proj, phase, group)
     members = [proj.todos[t] for t in phase_members(proj, phase) if t in proj.todos]
     open_work = any(t.state in OPEN_STATES for t in members)
     idle = group is not None and group.state == BatchState.PLANNED and green and not candidates
@@ -137,10 +137,19 @@ def group_step(
     return []  # paused: a person's fix on the branch or `batchd resume` goes on
 
 
-def finished(proj: Projection, phase: PhaseView) -> tuple[str, ...]:
-    """The phase's todos whose agents finished and whose change awaits verification, in id order."""
+def finished(proj: Projection, phase: PhaseView, group: BatchView | None) -> tuple[str, ...]:
+    """The phase's todos whose change awaits verification, in id order: agents finished since the
+    last run, and those an open group was verifying when it paused (a crashed verification, then
+    `batchd resume`): their work would be stranded otherwise."""
     ids = [t for t in phase_members(proj, phase) if t in proj.todos]
-    return tuple(sorted((t for t in ids if proj.todos[t].state == TodoState.AGENT_DONE), key=id_order))
+
+    def waiting(t: str) -> bool:
+        todo = proj.todos[t]
+        if todo.state == TodoState.AGENT_DONE:
+            return True
+        return group is not None and todo.state == TodoState.VERIFYING and todo.batch == group.key
+
+    return tuple(sorted((t for t in ids if waiting(t)), key=id_order))
 
 
 # --- free slots ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, current_phase, phase_head
 from daemon.world import gitops
 from statemachine import events as ev
+from statemachine.ids import id_order
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView
 from store import Append
@@ -150,12 +151,19 @@ def _one(d: Daemon, c: cmd.Command) -> None:
 
 
 def verify_group(d: Daemon, c: cmd.VerifyGroup) -> None:
-    """The group takes its candidates and verifies them on its base, in one transaction."""
-    ready = [t for t in c.candidates if d.proj.todos[t].state == TodoState.AGENT_DONE]
+    """The group takes its candidates and verifies them on its base, in one transaction (those it
+    was verifying before a pause are taken again as they are)."""
+    fresh = [t for t in c.candidates if d.proj.todos[t].state == TodoState.AGENT_DONE]
+    again = [
+        t
+        for t in c.candidates
+        if d.proj.todos[t].state == TodoState.VERIFYING and d.proj.todos[t].batch == c.key
+    ]
+    ready = sorted([*fresh, *again], key=id_order)
     if not ready:
         return
     d.emit(
-        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=c.key)]) for t in ready],
+        *[(ev.todo_stream(t), [ev.TodoVerifying(todo_id=t, batch=c.key)]) for t in fresh],
         (
             ev.batch_stream(c.key),
             [

@@ -195,3 +195,21 @@ def test_agent_failures_are_settled_at_once() -> None:
     out = decide(h.projection(), facts())
     assert out[0] == cmd.SettleFailure(todo_id="1")
     assert "1" not in started(out)
+
+
+def test_a_group_resumed_after_its_verification_crashed_verifies_the_same_todos_again() -> None:
+    """The verifier crashed (the group paused with command `batchd`), then `batchd resume`: the todos
+    it was verifying are taken again, with what finished since; nothing is stranded."""
+    h = seed_like().start_phase(1).green("1.v1", 1).finished("1", "1.1", 1)
+    h.add(ev.todo_stream("1"), ev.TodoVerifying(todo_id="1", batch="1.v1"))
+    h.add(
+        ev.batch_stream("1.v1"),
+        ev.BatchStarted(key="1.v1", base_sha=BASE, todo_ids=("1",)),
+        ev.BatchVerifying(key="1.v1", base_sha=BASE, candidates=("1",)),
+        ev.BatchPaused(key="1.v1", base_sha=BASE, command=("batchd",), output_tail="OSError: disk full"),
+    )
+    h.finished("2", "1.1", 1)
+    assert not [c for c in decide(h.projection(), facts()) if isinstance(c, cmd.VerifyGroup)]  # paused
+    h.add(ev.batch_stream("1.v1"), ev.BatchResumed(key="1.v1"))
+    out = decide(h.projection(), facts())
+    assert cmd.VerifyGroup(key="1.v1", base_sha=BASE, candidates=("1", "2")) in out
