@@ -448,6 +448,9 @@ class RunStarted:
     # other work is done, so auto-planned phases can come before them and numbers stay in run order.
     final_titles: tuple[str, ...] = ()
     final_messages: tuple[str, ...] = ()
+    # The scheduling policy of this run ("continuous" | "barrier"); "" in logs written before
+    # policies existed, which were all barrier runs. Kept until the run reopens.
+    schedule: str = ""
 
 
 @registry.register("run.daemon_attached", 1)
@@ -510,6 +513,7 @@ class RunReopened:
     """New work arrived after the run completed (continuous mode)."""
 
     reason: str
+    schedule: str = ""  # the policy from here on ("": unchanged)
 
 
 # --- control (requests from the CLI; the daemon answers with domain events) -------------------

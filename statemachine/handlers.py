@@ -366,6 +366,7 @@ def _run_started(_pr: Projection, r: RunView, p: Payload, e: StoredEvent) -> Non
     r.plan_source = p.get("plan_source", "")
     r.final_titles = tuple(p.get("final_titles", ()))
     r.final_messages = tuple(p.get("final_messages", ()))
+    r.schedule = p.get("schedule", "") or "barrier"
     r.started_at = e.recorded_at
 
 
@@ -425,4 +426,5 @@ def _run_completed(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> 
 @on("run.reopened")
 def _run_reopened(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.reopened_reason = p["reason"]
+    r.schedule = p.get("schedule", "") or r.schedule
     r.verdict = None

@@ -159,6 +159,7 @@ class RunView:
     plan_source: str = ""
     final_titles: tuple[str, ...] = ()
     final_messages: tuple[str, ...] = ()
+    schedule: str = ""  # the policy the run follows (set when it starts or reopens)
     started_at: str = ""
     pid: int | None = None
     daemon_version: str = ""

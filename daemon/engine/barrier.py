@@ -56,7 +56,7 @@ def batch_step(proj: Projection, phase: PhaseView, batch: BatchView, facts: Fact
     key = batch.key
     moved = facts.moved_on and not accepted_in(proj, phase)
     if batch.state == BatchState.PLANNED:
-        if moved:
+        if moved and f"baseline-{key}" not in facts.busy:
             return [cmd.RebasePhase(number=phase.number, base_sha=facts.branch_head, previous=phase.base_sha)]
         return start_batch(proj, phase, batch, facts)
     if batch.state == BatchState.RUNNING:

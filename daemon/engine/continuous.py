@@ -158,13 +158,19 @@ def finished(proj: Projection, phase: PhaseView, group: BatchView | None) -> tup
 def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.Command]:
     """Start the next ready todos in plan order, as many as there are free slots, all from the
     newest verified head (none while that head was never seen green: its baseline comes first)."""
-    base = newest_head(proj, current)
+    base = newest_head(proj)
     if not facts.accepting or base not in green_shas(proj):
         return []
     running = [t for t in proj.todos.values() if t.state == TodoState.RUNNING]
     free = facts.max_parallel - len(running)
     busy_files = {norm_path(f) for t in running for f in t.files}
-    phases = [p for p in ordered_phases(proj) if not p.final and p.state != PhaseState.DONE]
+    # The current phase while it runs, and phases not started yet. A todo of a phase already being
+    # committed (retried by a person meanwhile) waits for it to be done: then it is planned anew.
+    phases = [
+        p
+        for p in ordered_phases(proj)
+        if not p.final and (p.state == PhaseState.PENDING or (p is current and p.state == PhaseState.RUNNING))
+    ]
     order = [(phase, t, key) for phase in phases for t, key in plan_order(proj, phase)]
     out: list[cmd.Command] = []
     planned: set[str] = set()  # planned so far, in plan order: a dependency planned later never waits
@@ -175,7 +181,7 @@ def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.C
             continue
         if todo_id in facts.settling:
             continue
-        verdict = dependency_verdict(proj, todo, planned)
+        verdict = dependency_verdict(proj, todo, planned, open_only=True)
         if verdict not in ("ok", "wait"):
             out.append(
                 cmd.BlockTodo(

@@ -44,7 +44,8 @@ def advance(d: Daemon) -> None:
         return
     phase = current_phase(d)
     if run.state == RunState.RUNNING and phase is not None and not phase.final:
-        policy = continuous if d.config.batchd.schedule == "continuous" else barrier
+        # The run's own policy: a reloaded config changes it only when the run next reopens.
+        policy = continuous if run.schedule == "continuous" else barrier
         execute(d, policy.decide(d.proj, observe(d)))
         return
     if phase is not None:
@@ -114,6 +115,7 @@ def start_run(d: Daemon) -> None:
         plan_source=str(plan_path or ""),
         final_titles=tuple(title for title, _ in final),
         final_messages=tuple(message for _, message in final),
+        schedule=d.config.batchd.schedule,
     )
     d.emit((ev.RUN_STREAM, [started]), *appends)
     log.info("run_started", run_id=d.proj.run.run_id, plan=str(plan_path or ""))
@@ -193,7 +195,8 @@ def plan_more(d: Daemon) -> bool:
                 (ev.batch_stream(key), [ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(batch))])
             )
     if d.proj.run.state == RunState.COMPLETED:
-        appends.insert(0, (ev.RUN_STREAM, [ev.RunReopened(reason="new todos: " + ", ".join(ready))]))
+        reopened = ev.RunReopened(reason="new todos: " + ", ".join(ready), schedule=d.config.batchd.schedule)
+        appends.insert(0, (ev.RUN_STREAM, [reopened]))
     d.emit(*appends)
     return True
 

@@ -94,8 +94,14 @@ def accepted_in(proj: Projection, phase: PhaseView) -> list[str]:
     return out
 
 
-def newest_head(proj: Projection, phase: PhaseView) -> str:
-    """Where new work starts while ``phase`` is the current one: its commit once made, else its head."""
+def newest_head(proj: Projection) -> str:
+    """Where new work starts: the newest verified head of the latest phase that started (its commit
+    once made, else its head); "" before any phase started. A phase pushed again later (`batchd
+    push`) does not take new work back to its older tree."""
+    started = [p for p in ordered_phases(proj) if not p.final and p.state != PhaseState.PENDING]
+    if not started:
+        return ""
+    phase = started[-1]
     if phase.state != PhaseState.RUNNING and phase.head_sha:
         return phase.head_sha
     return phase_head(proj, phase)
@@ -117,14 +123,22 @@ def current_phase(proj: Projection) -> PhaseView | None:
     """The first phase not done, in order; None when auto-planned work must come first."""
     for phase in ordered_phases(proj):
         if phase.state != PhaseState.DONE:
-            if phase.final and phase.state == PhaseState.PENDING and unplanned_ready(proj):
-                return None  # auto-planned phases go before the final one
+            waiting = phase.final and phase.state in (PhaseState.PENDING, PhaseState.RUNNING)
+            if waiting and unplanned_ready(proj):
+                return None  # auto-planned phases go before the final one (and its check again)
             return phase
     return None
 
 
-def dependency_verdict(proj: Projection, todo: TodoView, planned: Collection[str]) -> str:
-    """ok | wait (a dependency in ``planned`` may still be accepted) | why the todo can never run."""
+def dependency_verdict(
+    proj: Projection, todo: TodoView, planned: Collection[str], *, open_only: bool = False
+) -> str:
+    """ok | wait (a dependency in ``planned`` may still be accepted) | why the todo can never run.
+
+    ``open_only``: wait only for a dependency with work ahead of it (ready, running, verifying...);
+    one that is pending (or otherwise not moving) blocks the todo at once, for a policy that has
+    no later retry batch to find out.
+    """
     verdict = "ok"
     for dep in todo.dependencies:
         key = id_key(dep)
@@ -136,9 +150,10 @@ def dependency_verdict(proj: Projection, todo: TodoView, planned: Collection[str
         if view.state in DEAD_STATES:
             return f"dependency #{dep} is {view.state}"
         if key not in planned:
-            return (
-                f"dependency #{dep} is {view.state} and not planned before it (move it to an earlier batch)"
-            )
+            where = "move it to an earlier batch"
+            return f"dependency #{dep} is {view.state} and not planned before it ({where})"
+        if open_only and view.state not in OPEN_STATES:
+            return f"dependency #{dep} is {view.state}"
         verdict = "wait"
     return verdict
 

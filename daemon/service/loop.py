@@ -118,6 +118,18 @@ def note_remote_change(d: Daemon) -> None:
         log.warning("remote_url_changed", before=before, now=now)
 
 
+def note_schedule(d: Daemon) -> None:
+    """``[batchd] schedule`` differs from the policy the run in flight follows: the run keeps its own
+    (switching halfway would strand the other policy's batches); said in the log and the status."""
+    run = d.proj.run
+    wanted = d.config.batchd.schedule
+    if run.run_id and run.schedule and run.schedule != wanted and run.state != RunState.COMPLETED:
+        note = f'schedule = "{wanted}" applies from the next run; this one goes on as "{run.schedule}"'
+        if note not in d.notes:
+            d.notes.append(note)
+            log.warning("schedule_kept", run=run.schedule, config=wanted)
+
+
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
     recovery.check_state_dir(config.root)
@@ -152,6 +164,7 @@ def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
         check_log(d)
         d.load()
         note_remote_change(d)
+        note_schedule(d)
         recovery.reconcile(d)
         d.emit_one(
             ev.RUN_STREAM,
@@ -195,6 +208,7 @@ def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) ->
         if flags.take_reload():
             try:
                 d.reconfigure(reload(d.config))
+                note_schedule(d)
             except BatchdError as e:
                 log.error("config_reload_rejected", error=e.render())  # noqa: TRY400 - the message is the point
         try:

@@ -318,3 +318,17 @@ def test_a_phase_may_start_and_commit_only_after_the_phases_before_it() -> None:
         pr.apply(stored(seq, "phase-1", event(Kind.PHASE, trigger, {"number": 1})))
         seq += 1
     assert pr.may("phase-2", "start")
+
+
+def test_the_runs_policy_is_the_one_it_started_or_reopened_with() -> None:
+    """A log from before policies existed is a barrier run; a reopened run may take a new policy."""
+    old = _fold([("run", ev.RunStarted(run_id="r", branch="main", base_sha="b"))])
+    assert old.run.schedule == "barrier"
+    pr = _fold([("run", ev.RunStarted(run_id="r", branch="main", base_sha="b", schedule="continuous"))])
+    assert pr.run.schedule == "continuous"
+    pr.apply(stored(2, "run", ev.RunCompleted(success=True, checks_green=True, complete=(), missing=())))
+    pr.apply(stored(3, "run", ev.RunReopened(reason="new todos: 9")))
+    assert pr.run.schedule == "continuous"
+    pr.apply(stored(4, "run", ev.RunCompleted(success=True, checks_green=True, complete=(), missing=())))
+    pr.apply(stored(5, "run", ev.RunReopened(reason="new todos: 10", schedule="barrier")))
+    assert pr.run.schedule == "barrier"

@@ -123,3 +123,15 @@ def test_a_paused_batch_resumes_on_a_persons_commit() -> None:
     fix = "f" * 40
     out = decide(h.projection(), facts(branch_head=fix, moved_on=True))
     assert out == [cmd.RebasePhase(number=1, base_sha=fix, previous=BASE, resume="1.1")]
+
+
+def test_no_rebase_while_the_old_bases_baseline_is_running() -> None:
+    """A person's commit lands while the batch's baseline of the old base runs: the rebase waits for
+    that result (acted on, it would pause a phase whose base moved on)."""
+    h = seed_like().start_phase(1)
+    fix = "f" * 40
+    busy = facts(branch_head=fix, moved_on=True, busy=frozenset({"baseline-1.1"}))
+    assert decide(h.projection(), busy) == []
+    assert decide(h.projection(), facts(branch_head=fix, moved_on=True)) == [
+        cmd.RebasePhase(number=1, base_sha=fix, previous=BASE)
+    ]

@@ -213,3 +213,31 @@ def test_a_group_resumed_after_its_verification_crashed_verifies_the_same_todos_
     h.add(ev.batch_stream("1.v1"), ev.BatchResumed(key="1.v1"))
     out = decide(h.projection(), facts())
     assert cmd.VerifyGroup(key="1.v1", base_sha=BASE, candidates=("1", "2")) in out
+
+
+def test_a_dependency_that_is_pending_blocks_instead_of_waiting_forever() -> None:
+    """2 depends on 1, which is planned earlier but pending (not ready): nothing would ever move it,
+    and phase 1 could never be committed; 2 is blocked at once, saying why."""
+    h = History().todo("2", deps=["1"]).plan({1: [["1"], ["2"]]})
+    h.add(
+        ev.todo_stream("1"),
+        ev.TodoRecorded(todo_id="1", path="todos/1-pending-p2-t.md", title="t", priority="p2", digest="1"),
+    )
+    h.start_phase(1).green("1.v1", 1)
+    blocks = [c for c in decide(h.projection(), facts()) if isinstance(c, cmd.BlockTodo)]
+    assert [(b.todo_id, b.reason) for b in blocks] == [("2", "dependency #1 is pending")]
+
+
+def test_a_todo_retried_while_its_phase_is_being_committed_waits_for_the_phase() -> None:
+    """Phase 1 is committing when a person retries its blocked todo 2: 2 does not start into a phase
+    whose commit is being made (it would be stranded); it is planned anew once the phase is done."""
+    h = History().todo("1").todo("2").plan({1: [["1", "2"]], 2: [["3"]]}).todo("3")
+    h.start_phase(1).green("1.v1", 1).finished("1", "1.1", 1)
+    h.accepted("1.v2", 1, ["1"], head="c" * 40)
+    h.add(ev.todo_stream("2"), ev.TodoBlocked(todo_id="2", reason="no", action="retry"))
+    h.add(ev.phase_stream(1), ev.PhaseCommitting(number=1, todo_ids=("1",), message="m"))
+    h.add(ev.todo_stream("2"), ev.TodoRetryScheduled(todo_id="2", next_attempt=2, reason="person", repair=""))
+    out = decide(h.projection(), facts())
+    assert "2" not in started(out)
+    assert started(out) == ["3"]  # phase 2's work goes on
+    assert cmd.MakeCommit(number=1) in out
