@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from phase_repo import plan_text
 from procs import PY, base_env, git, make_repo, read_events
 
 from daemon.config import load_config
@@ -73,11 +74,20 @@ def test_continuous_a_persons_commit_after_a_change_was_accepted_stops_the_phase
         "2": "sleep: 3\nwrite: [{path: two.txt, content: two}]",
     }
     root = make_repo(tmp_path / "repo", todos, speed="1", schedule="continuous", max_parallel=1)
+    # Both in one phase (without a plan each auto-planned batch would be a phase of its own, and
+    # the commit could land in the second phase before it accepted anything).
+    (root / "plans").mkdir()
+    (root / "plans" / "PLAN.md").write_text(plan_text({1: ("One", [["1", "2"]], "")}), encoding="utf-8")
+    config = (root / "batchd.toml").read_text(encoding="utf-8")
+    (root / "batchd.toml").write_text(config.replace("[batchd]\n", '[batchd]\nplan = "plans/PLAN.md"\n'))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "plan")
     daemon, mine = _commit_while_the_agent_works(root, "todo.accepted")
     _, err = daemon.communicate(timeout=120)
     assert daemon.returncode == 3, err[-2000:]
     assert "branch moved" in err
     assert git(root, "rev-parse", "HEAD") == mine
+    assert [e.payload["number"] for e in read_events(root) if e.type == "phase.planned"] == [1]
 
 
 def test_an_event_its_machine_cannot_take_is_refused_before_it_is_written(tmp_path: Path) -> None:

@@ -308,9 +308,20 @@ def test_kernel_queue_overflow_requests_rescan(todos: Path) -> None:
     )
     with TodoWatcher(todos, ignore=lambda _: False, settle=0.02) as w:
         writer = subprocess.Popen([sys.executable, "-c", flood, str(todos)])
+        # Starve watchdog's reader thread for a while (this thread keeps the GIL: a long switch
+        # interval and a loop that makes no system call), so the kernel queue fills whatever the
+        # machine's load: a fast reader on an idle machine could otherwise keep up with the flood.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(30.0)
+        try:
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until:
+                pass
+        finally:
+            sys.setswitchinterval(interval)
         try:
             deadline = time.monotonic() + 20.0
-            while not w.overflowed and time.monotonic() < deadline and writer.poll() is None:
+            while not w.overflowed and time.monotonic() < deadline:
                 w.wait(0.2)
                 w.drain(time.monotonic())
             assert w.overflowed

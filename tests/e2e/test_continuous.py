@@ -81,6 +81,23 @@ def _wait_pushed(root: Path, remote: Path, todo: SampleTodo, proc: subprocess.Po
     )
 
 
+def _wait_idle(root: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Pushed is not yet idle: the final check then records the verdict over every drop."""
+    wanted = {t.todo_id for t in DROPPED}
+    started = time.monotonic()
+    while time.monotonic() - started < DEADLINE:
+        assert proc.poll() is None, f"the daemon exited ({proc.returncode}) before it was idle"
+        verdicts = [e["payload"] for e in events(root) if e["type"] == "run.completed"]
+        if (
+            verdicts
+            and wanted <= set(verdicts[-1]["complete"])
+            and status_json(root)["run"]["state"] == "completed"
+        ):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the run did not complete over {sorted(wanted)} within {DEADLINE}s")
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     folder = tmp_path_factory.mktemp("continuous")
@@ -93,6 +110,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             _drop(sample.root, todo)
             out.seconds[todo.todo_id] = _wait_pushed(sample.root, sample.remote, todo, proc)
             out.pushed_after_each[todo.todo_id] = git(sample.remote, "rev-parse", "main").strip()
+        _wait_idle(sample.root, proc)
         proc.send_signal(signal.SIGTERM)
         out.stop_code = proc.wait(timeout=30)
         out.log = events(sample.root)
