@@ -35,7 +35,10 @@ def run_and_kill(db: Path, rng: random.Random) -> list[int]:
         acked.append(int(line.split()[1]))
     time.sleep(rng.uniform(0, 0.02))  # lands anywhere inside the next append, or between two
     os.kill(proc.pid, signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=10)
+    # Read the rest through the same buffered reader: readline() may already hold lines read ahead,
+    # and communicate() would read the pipe's file descriptor past them and lose those acks.
+    rest = proc.stdout.read()
+    proc.wait(timeout=10)
     acked += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("ok ")]
     assert proc.returncode == -signal.SIGKILL
     return acked
