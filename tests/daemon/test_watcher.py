@@ -3,7 +3,6 @@ de-duplicated."""
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import threading
@@ -46,6 +45,10 @@ def collect(w: TodoWatcher, *, until: Callable[[list[str]], bool], timeout: floa
         w.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
         names.extend(w.drain(time.monotonic()))
     return names
+
+
+def has(name: str) -> Callable[[list[str]], bool]:
+    return lambda names: name in names
 
 
 def collect_quiet(w: TodoWatcher, quiet: float = 0.4) -> list[str]:
@@ -223,28 +226,18 @@ def test_burst_of_200_files_loses_none(watcher: TodoWatcher, todos: Path) -> Non
     assert not watcher.overflowed
 
 
-def test_latency_from_write_to_drain(todos: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """p50/p99 from a file landing to its name being drained, 100 drops with settle 20 ms."""
-    latencies: list[float] = []
+def test_files_written_one_after_another_are_each_drained_once(todos: Path) -> None:
+    """100 files, each written after the previous one was drained (settle 20 ms): each comes out,
+    and none again later. How fast is measured by ``python -m bench.watch``, not here."""
     with TodoWatcher(todos, ignore=_ignore, settle=0.02) as w:
+        drained: list[str] = []
         for i in range(1, 101):
             name = f"{i}-ready-p1-latency.md"
-            start = time.monotonic()
             (todos / name).write_text("x")
-            got: set[str] = set()
-            while name not in got and time.monotonic() - start < 5.0:
-                w.wait(1.0)
-                got |= w.drain(time.monotonic())
-            latencies.append(time.monotonic() - start)
-            assert got == {name}
-    cuts = statistics.quantiles(latencies, n=100)
-    p50, p99 = statistics.median(latencies), cuts[98]
-    with capsys.disabled():  # shown on every run, not only with -s
-        print(
-            f"\nwatcher latency write->drain over 100 drops (settle 20 ms): p50 {p50 * 1e3:.1f} ms, "
-            f"p99 {p99 * 1e3:.1f} ms, max {max(latencies) * 1e3:.1f} ms"
-        )
-    assert p99 < 1.0
+            drained += collect(w, until=has(name), timeout=5.0)
+            assert name in drained
+        drained += collect_quiet(w, quiet=0.2)
+    assert sorted(drained) == sorted(f"{i}-ready-p1-latency.md" for i in range(1, 101))
 
 
 def test_missing_folder_is_watched_once_it_appears(tmp_path: Path) -> None:
