@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from gitrepo import git
-from phase_repo import PhaseRepo, build_repo, module
+from phase_repo import PhaseRepo, build_repo, module, todo_text
 from procs import status_json
 
 PLAN = {
@@ -190,3 +190,17 @@ def test_land_push_pushes_main_and_makes_no_run_branch(
     assert s.repo.remote_git("rev-parse", "main") == s.repo.git("rev-parse", "main")
     assert s.repo.remote_git("branch", "--list", "batchd/*") == ""
     assert s.argvs() == [] and not s.repo.events("run.request_opening")
+
+
+def test_a_run_branch_deleted_after_its_request_was_merged_is_pushed_again_with_a_new_request(
+    landed: Setup,
+) -> None:
+    """The request merged and its branch deleted on the remote: the next work (a todo dropped later,
+    the run reopened) pushes the run branch again and opens a second request."""
+    r, branch = landed.repo, f"batchd/run-{landed.run_id()}"
+    r.remote_git("branch", "-D", branch)
+    r.todo("3").write_text(todo_text("3", module("3")), encoding="utf-8")
+    assert r.run() == 0
+    assert r.remote_git("rev-parse", branch) == r.git("rev-parse", "main")
+    assert r.remote_git("rev-parse", "main") == landed.initial
+    assert [a[3] for a in landed.argvs()] == [branch, branch]
