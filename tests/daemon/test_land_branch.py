@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from gitrepo import git
 from phase_repo import PhaseRepo, build_repo, module, todo_text
-from procs import status_json
+from procs import base_env, batchd, status_json
 
 PLAN = {
     1: ("Security", [["1"]], "fix(security): complete phase 1 - security"),
@@ -130,6 +130,8 @@ def test_the_url_is_in_the_event_the_status_file_and_status(landed: Setup) -> No
         "url": URL,
         "detail": "",
     }
+    human = batchd(r.root, "status", env=base_env(COLUMNS="200"))
+    assert f"pull request: {URL} (batchd/run-{landed.run_id()})" in human.stdout
 
 
 @pytest.mark.parametrize("mode", ["fail", "missing"])
