@@ -57,7 +57,7 @@ def phase_result(phase: PhaseView) -> str:
 
 def landing_lines(run: RunView, config: Config) -> list[str]:
     """Where the work lands with land = "branch": the run branch and its pull request."""
-    if config.batchd.land != "branch" or not run.run_id:
+    if config.batchd.land != "branch" or not config.batchd.remote or not run.run_id:
         return []
     lines = [f"- **Run branch:** `batchd/run-{run.run_id}` (`{config.batchd.branch}` is not pushed)"]
     if run.request_state == "opened":

@@ -9,6 +9,7 @@ that could not be opened is a warning, the run and its commits are not affected.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import REQUEST_PLACEHOLDERS
-from daemon.world.agents import substitute
+from daemon.world.agents import DAEMON_ONLY_ENV, substitute
 from daemon.world.gitops import printable
 
 TIMEOUT = 120.0  # seconds: `gh pr create` talks to a server, it does not build anything
@@ -58,6 +59,8 @@ def run_request(argv: Sequence[str], *, cwd: Path, timeout: float = TIMEOUT) -> 
             errors="replace",
             timeout=timeout,
             check=False,
+            # The daemon's own (systemd's socket, the crash switches) are not the command's.
+            env={k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_ENV},
         )
     except FileNotFoundError:
         return RequestResult(ok=False, reason=f"{argv[0]!r} was not found (is it installed and on PATH?)")
