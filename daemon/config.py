@@ -39,6 +39,7 @@ __all__ = [
     "AGENT_WRITABLE",
     "CONFIG_FILE",
     "PRESETS",
+    "REQUEST_PLACEHOLDERS",
     "SECTIONS",
     "TEST_GLOBS",
     "TEST_INFRA",
@@ -64,6 +65,7 @@ Strategy = Literal["bisect", "incremental"]
 ConflictMode = Literal["merge", "strict"]
 SandboxMode = Literal["auto", "bwrap", "none"]
 TestIntegrity = Literal["report", "reject"]
+Land = Literal["push", "branch"]
 
 # Where agents keep their own state (credentials, sessions, caches): writable inside the sandbox.
 AGENT_WRITABLE = ("~/.claude", "~/.claude.json", "~/.codex", "~/.aider")
@@ -98,6 +100,8 @@ TEST_INFRA = (
 
 # Placeholders allowed inside [agent] command elements (substituted by daemon.world.agents.build_argv).
 AGENT_PLACEHOLDERS = ("prompt", "todo_path", "todo_id", "worktree")
+# Placeholders allowed inside [batchd] open_request elements (daemon.world.request.build_argv).
+REQUEST_PLACEHOLDERS = ("branch", "base", "title", "body_file")
 
 PRESETS: Mapping[str, Argv] = MappingProxyType(
     {
@@ -138,20 +142,28 @@ def _seconds(*, allow_zero: bool) -> Check:
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _agent_command(c: Checker, key: str, value: object) -> Argv:
-    argv = c.argv(key, value, allow_empty=True)
-    for element in argv:
-        for name in _PLACEHOLDER.findall(element):
-            if name not in AGENT_PLACEHOLDERS:
-                near = difflib.get_close_matches(name, AGENT_PLACEHOLDERS, n=1)
-                raise c.fail(
-                    key,
-                    f"unknown placeholder {{{name}}} in {element!r}",
-                    (f"did you mean {{{near[0]}}}? " if near else "")
-                    + "known: "
-                    + ", ".join(f"{{{p}}}" for p in AGENT_PLACEHOLDERS),
-                )
-    return argv
+def _argv_with(known: tuple[str, ...]) -> Check:
+    """An argv list (may be empty) whose ``{name}`` placeholders are all in ``known``."""
+
+    def check(c: Checker, key: str, value: object) -> Argv:
+        argv = c.argv(key, value, allow_empty=True)
+        for element in argv:
+            for name in _PLACEHOLDER.findall(element):
+                if name not in known:
+                    near = difflib.get_close_matches(name, known, n=1)
+                    raise c.fail(
+                        key,
+                        f"unknown placeholder {{{name}}} in {element!r}",
+                        (f"did you mean {{{near[0]}}}? " if near else "")
+                        + "known: "
+                        + ", ".join(f"{{{p}}}" for p in known),
+                    )
+        return argv
+
+    return check
+
+
+_agent_command = _argv_with(AGENT_PLACEHOLDERS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +242,30 @@ class BatchdConfig:
     ignore: tuple[str, ...] = field(
         default=("README.md", ".gitkeep", "TEMPLATE*.md"),
         metadata=_key(Checker.strings, "File names (glob patterns) in todos_dir that are not todos."),
+    )
+    land: Land = field(
+        default="push",
+        metadata=_key(
+            _choice(Land),
+            '"push": phase commits are pushed to branch on the remote; "branch" (a protected branch): '
+            "they are pushed to batchd/run-ID (ID: the run's id) instead and branch is never pushed. "
+            "The local branch still moves forward as with push, so later work (a run reopened by new "
+            "todos, another `run --once`) starts from branch + what the run branch holds and goes on "
+            "that same run branch: the open request grows. A run branch deleted on the remote (its "
+            "request merged) is pushed again; `git pull` the merged branch before the next run, so "
+            "that its new request shows only what is new.",
+        ),
+    )
+    open_request: Argv = field(
+        default=(),
+        metadata=_key(
+            _argv_with(REQUEST_PLACEHOLDERS),
+            'With land = "branch": a command (argv list, no shell) run once after the run branch is '
+            "first pushed, to open the pull request; the last URL it prints is recorded and shown. "
+            "Placeholders inside any element: {branch} {base} {title} {body_file} (a file listing the "
+            "todos done). Its failure is a warning, never a failed run.",
+            example='["gh", "pr", "create", "--fill", "--head", "{branch}", "--base", "{base}"]',
+        ),
     )
     db: str = field(
         default=DEFAULT_DB,
@@ -524,6 +560,14 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
             path=str(path),
             key="verify.commands",
             hint=_HOW_TO_VERIFY,
+        )
+    if config.batchd.open_request and config.batchd.land != "branch":
+        raise ConfigError(
+            'open_request opens a pull request from the run branch, but land = "push" pushes '
+            "straight to branch: there is no run branch to open it from",
+            path=str(path),
+            key="batchd.open_request",
+            hint='set land = "branch", or remove open_request',
         )
     if config.agent.prompt_file and not (root / config.agent.prompt_file).is_file():
         raise ConfigError(

@@ -407,6 +407,8 @@ class PhasePushed:
     number: int
     sha: str
     attempts: int
+    branch: str = ""  # the remote branch it went to ("" in older logs: the run's branch)
+    created: bool = False  # the remote had no such branch before: this push made it
 
 
 @registry.register("phase.push_failed", 1)
@@ -514,6 +516,39 @@ class RunReopened:
 
     reason: str
     schedule: str = ""  # the policy from here on ("": unchanged)
+
+
+@registry.register("run.request_opening", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestOpening:
+    """Intent: ``[batchd] open_request`` (``argv``, placeholders filled) runs once for ``branch``,
+    pushed by phase ``phase``. Without an outcome after a restart it is never run again: it may have
+    opened the request already."""
+
+    branch: str
+    phase: int
+    argv: tuple[str, ...]
+
+
+@registry.register("run.request_opened", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestOpened:
+    """The request command exited 0; ``url`` is the last URL it printed ("" when it printed none)."""
+
+    branch: str
+    url: str
+    output: str = ""
+
+
+@registry.register("run.request_failed", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFailed:
+    """The request command failed (exit code, not found, timeout, or batchd stopped while it ran): a
+    warning, the run and its commits are not affected."""
+
+    branch: str
+    reason: str
+    output: str = ""
 
 
 # --- control (requests from the CLI; the daemon answers with domain events) -------------------

@@ -335,6 +335,8 @@ def _phase_pushed(_pr: Projection, ph: PhaseView, p: Payload, _e: StoredEvent) -
     ph.pushed_sha = p["sha"]
     ph.push_attempts = p["attempts"]
     ph.push_failed_reason = ph.push_output = ""
+    ph.pushed_branch = p.get("branch", "")
+    ph.push_created = p.get("created", False)
 
 
 @on("phase.push_failed")
@@ -428,3 +430,23 @@ def _run_reopened(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> N
     r.reopened_reason = p["reason"]
     r.schedule = p.get("schedule", "") or r.schedule
     r.verdict = None
+
+
+@on("run.request_opening")
+def _request_opening(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.request_state = "opening"
+    r.request_branch = p["branch"]
+    r.request_phase = p["phase"]
+    r.request_url = r.request_detail = ""
+
+
+@on("run.request_opened")
+def _request_opened(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.request_state = "opened"
+    r.request_url = p["url"]
+
+
+@on("run.request_failed")
+def _request_failed(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.request_state = "failed"
+    r.request_detail = p["reason"]

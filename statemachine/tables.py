@@ -148,6 +148,8 @@ RUN_TRANSITIONS: tuple[Transition, ...] = (
     Transition("stop", (R.RUNNING, R.PAUSED), R.STOPPING),
     Transition("complete", (R.RUNNING,), R.COMPLETED),
     Transition("reopen", (R.COMPLETED,), R.RUNNING),
+    # The pull request of a run branch (land = "branch"): recorded whatever the run is doing.
+    Transition("request", (R.RUNNING, R.PAUSED, R.STOPPING, R.COMPLETED), None),
     Transition("crash", tuple(R), None),
 )
 
@@ -218,6 +220,9 @@ EVENT_TRIGGERS: dict[type[object], tuple[Kind, str]] = {
     ev.RunStopping: (Kind.RUN, "stop"),
     ev.RunCompleted: (Kind.RUN, "complete"),
     ev.RunReopened: (Kind.RUN, "reopen"),
+    ev.RequestOpening: (Kind.RUN, "request"),
+    ev.RequestOpened: (Kind.RUN, "request"),
+    ev.RequestFailed: (Kind.RUN, "request"),
 }
 
 #: Requests from the CLI: recorded, answered by the daemon, but they move no machine themselves.

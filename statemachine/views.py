@@ -142,6 +142,8 @@ class PhaseView:
     push_failed_reason: str = ""
     push_output: str = ""
     skipped_reason: str = ""  # set when nothing was accepted: no commit, no push
+    pushed_branch: str = ""  # the remote branch pushed ("" = the run's branch)
+    push_created: bool = False  # that push made the branch on the remote
 
     @property
     def stream(self) -> str:
@@ -174,6 +176,12 @@ class RunView:
     crash_todo: str = ""
     crash_count: int = 0
     crash_error: str = ""
+    # The pull request of the run branch (land = "branch"): "" | opening | opened | failed.
+    request_state: str = ""
+    request_branch: str = ""
+    request_phase: int = 0  # the phase whose push it followed
+    request_url: str = ""
+    request_detail: str = ""  # why it failed
     verdict: RunVerdict | None = None
 
     @property

@@ -75,6 +75,12 @@ def status_data(proj: Projection) -> dict[str, Any]:
             "paused_reason": run.paused_reason,
             "sandbox": run.sandbox,
             "remote_url": run.remote_url,
+            "request": {
+                "state": run.request_state,
+                "branch": run.request_branch,
+                "url": run.request_url,
+                "detail": run.request_detail,
+            },
             "verdict": run.verdict._asdict() if run.verdict is not None else None,
         },
         "phases": [
@@ -121,6 +127,7 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -129,6 +136,12 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
         f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · branch {run['branch'] or '?'}"
         + (f" · paused: {run['paused_reason']}" if run["paused_reason"] else "")
     )
+    request = run["request"]
+    if request["state"] == "opened":
+        url = request["url"] or "(no URL printed)"
+        console.print(f"pull request: {url} ({request['branch']})", markup=False)
+    elif request["state"] == "failed":
+        console.print(f"[yellow]warning[/]: the pull request was not opened: {escape(request['detail'])}")
     if run["verdict"]:
         verdict = run["verdict"]
         console.print(

@@ -129,6 +129,15 @@ class FinishPhase:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpenRequest:
+    """Run ``[batchd] open_request`` for the run branch ``branch`` onto ``base`` (after ``phase``'s push)."""
+
+    branch: str
+    base: str
+    phase: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StartBatch:
     """A planned batch starts on ``base_sha`` with the todos that can run (``todo_ids``)."""
 
@@ -188,6 +197,7 @@ Command = (
     | Land
     | Push
     | FinishPhase
+    | OpenRequest
     | BarrierCommand
 )
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import batches, executor, phases, pushes
+from daemon.engine import batches, executor, phases, pushes, requests
 from daemon.engine import commands as cmd
 from daemon.engine.continuous import Facts
 from daemon.engine.runner import Daemon
@@ -118,6 +118,8 @@ def _one(d: Daemon, c: cmd.Command) -> None:
             pushes.push(d, proj.phases[c.number])
         case cmd.FinishPhase():
             phases.finish(d, proj.phases[c.number])
+        case cmd.OpenRequest():
+            requests.open_request(d, c)
         case cmd.StartBatch():
             d.emit(
                 *[

@@ -12,6 +12,7 @@ import contextlib
 
 import structlog
 
+from daemon.engine import requests
 from daemon.engine.batches import check_runner
 from daemon.engine.runner import Daemon
 from daemon.exceptions import GitError
@@ -24,10 +25,11 @@ log = structlog.get_logger(__name__)
 PUSH_ATTEMPTS = 3
 
 
-def last_pushed(d: Daemon) -> str:
-    """The newest commit batchd pushed in this log (a later phase's push carries earlier ones)."""
-    pushed = [p for p in d.proj.phases.values() if p.pushed_sha]
-    return max(pushed, key=lambda p: p.number).pushed_sha if pushed else ""
+def last_pushed(d: Daemon, branch: str) -> str:
+    """The newest commit batchd pushed to ``branch`` in this log (a later phase's push carries earlier
+    ones)."""
+    pushed = requests.pushed_to(d.proj, branch)
+    return pushed[-1].pushed_sha if pushed else ""
 
 
 def agent_commits(d: Daemon) -> frozenset[str]:
@@ -53,14 +55,15 @@ def push(d: Daemon, phase: PhaseView) -> None:
     if d.has_job(key):
         return
     pinned = d.pinned
-    branch = d.config.batchd.branch
+    branch = requests.landing_branch(d.config.batchd, d.proj.run.run_id)
     sha = phase.head_sha
     runner = check_runner(d)
     plan = remote.PushPlan(
-        last_pushed=last_pushed(d),
+        last_pushed=last_pushed(d, branch),
         agent_commits=agent_commits(d),
         attempts=PUSH_ATTEMPTS,
         guarded=guarded_inputs(d),
+        recreate=d.config.batchd.land == "branch",
     )
 
     def work() -> remote.PushResult:
@@ -85,7 +88,13 @@ def push(d: Daemon, phase: PhaseView) -> None:
         if result.ok:
             d.emit_one(
                 ev.phase_stream(phase.number),
-                ev.PhasePushed(number=phase.number, sha=result.sha, attempts=max(result.attempts, 1)),
+                ev.PhasePushed(
+                    number=phase.number,
+                    sha=result.sha,
+                    attempts=max(result.attempts, 1),
+                    branch=branch,
+                    created=result.created,
+                ),
             )
         else:
             d.emit_one(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.engine import requests
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.workspace import STATE_DIR
@@ -137,6 +138,7 @@ def reconcile(d: Daemon) -> None:
     d.emit(*interrupted)
     if interrupted:
         log.info("recovered_agents", todos=[stream for stream, _ in interrupted])
+    requests.reconcile(d)
     break_crash_loop(d)
 
 

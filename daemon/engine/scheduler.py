@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import barrier, continuous, phases, pushes, state
+from daemon.engine import barrier, continuous, phases, pushes, requests, state
 from daemon.engine.batches import check_runner
 from daemon.engine.execute import execute, observe
 from daemon.engine.runner import Daemon
@@ -42,6 +42,8 @@ def advance(d: Daemon) -> None:
         return
     if run.state not in (RunState.RUNNING, RunState.COMPLETED):
         return
+    # The run branch's pull request, whatever the policy is doing (land = "branch").
+    execute(d, requests.decide(d.proj, d.config.batchd, busy=d.jobs, accepting=not d.stopping))
     phase = current_phase(d)
     if run.state == RunState.RUNNING and phase is not None and not phase.final:
         # The run's own policy: a reloaded config changes it only when the run next reopens.

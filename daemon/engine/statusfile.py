@@ -14,7 +14,7 @@ from daemon.engine.state import batch_at_work
 from daemon.intake.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
-from statemachine.views import PhaseView
+from statemachine.views import PhaseView, RunView
 
 PROBLEM_STATES = (
     TodoState.REJECTED,
@@ -53,6 +53,20 @@ def phase_result(phase: PhaseView) -> str:
     elif phase.push_failed_reason:
         parts.append(f"push failed: {phase.push_failed_reason}")
     return ", ".join(parts)
+
+
+def landing_lines(run: RunView, config: Config) -> list[str]:
+    """Where the work lands with land = "branch": the run branch and its pull request."""
+    if config.batchd.land != "branch" or not config.batchd.remote or not run.run_id:
+        return []
+    lines = [f"- **Run branch:** `batchd/run-{run.run_id}` (`{config.batchd.branch}` is not pushed)"]
+    if run.request_state == "opened":
+        lines.append(f"- **Pull request:** {run.request_url or 'opened (the command printed no URL)'}")
+    elif run.request_state == "opening":
+        lines.append("- **Pull request:** being opened")
+    elif run.request_state == "failed":
+        lines.append(f"- **Warning:** the pull request was not opened: {cell(run.request_detail)}")
+    return lines
 
 
 def todo_state(proj: Projection, todo_id: str, committing: int | None) -> str:
@@ -108,6 +122,7 @@ def render_status(
     if cost:
         lines.append(f"- **Agent cost:** ${cost:.2f}")
     lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
+    lines.extend(landing_lines(run, config))
     lines.append("")
     lines.append("## Phases")
     lines.append("")

@@ -39,7 +39,7 @@ PROMPT_PLACEHOLDERS = ("todo_id", "todo_path", "title", "verify_commands", "work
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _substitute(text: str, values: Mapping[str, str]) -> str:
+def substitute(text: str, values: Mapping[str, str]) -> str:
     # One pass, known names only: a substituted value is never scanned again (a todo containing
     # "{prompt}" stays literal), and other braces (JSON, code in a prompt) are left alone.
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
@@ -55,7 +55,7 @@ def build_argv(
     """The agent's argv with placeholders filled in; each element stays one argument (no shell)."""
     values = {"prompt": prompt, "todo_path": str(todo_path), "todo_id": todo_id, "worktree": str(worktree)}
     assert set(values) == set(AGENT_PLACEHOLDERS)
-    return [_substitute(element, values) for element in agent.argv_template]
+    return [substitute(element, values) for element in agent.argv_template]
 
 
 DAEMON_ONLY_ENV = (
@@ -129,7 +129,7 @@ def render_prompt(
         "repair": f"\n{repair}\n" if repair else "",
     }
     assert set(values) == set(PROMPT_PLACEHOLDERS)
-    return _substitute(template, values)
+    return substitute(template, values)
 
 
 def todo_title(path: Path) -> str:

@@ -19,6 +19,7 @@ force-pushed), nothing is rebased back on top of it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class PushResult:
     attempts: int = 1
     sha: str = ""
     reason: str = ""
+    created: bool = False  # the remote had no such branch: this push made it
 
 
 def pin_remote(root: Path, name: str, hooks: PersonHooks) -> PinnedRemote | None:
@@ -212,6 +214,9 @@ class PushPlan:
     # as gitignore-style patterns: new commits on the remote that change it are not rebased onto and
     # pushed on (a change of the gate must come in through a person, not through the remote).
     guarded: Collection[str] = ()
+    # A run branch (land = "branch") that was deleted on the remote, its request merged, is made
+    # again rather than refused as a target branch someone deleted would be.
+    recreate: bool = False
 
 
 def push_tested(
@@ -256,7 +261,7 @@ def push_tested(
                 log.warning("push_reverify_failed", remote=pinned.name, branch=branch, sha=rebased)
                 return _with(last, attempt - 1, "remote's new commits break the tests with ours")
             tested = rebased
-        last = push_ref(worktree, pinned, tested, branch)
+        last = dataclasses.replace(push_ref(worktree, pinned, tested, branch), created=not tip)
         if not last.ok:
             log.warning(
                 "push_refused", remote=pinned.name, branch=branch, attempt=attempt, output=last.output
@@ -275,7 +280,7 @@ def push_tested(
 def _history_check(worktree: GitTarget, branch: str, tip: str, tested: str, plan: PushPlan) -> str:
     """Nothing ("") to go on, "already" when the remote holds ``tested``, else why nothing may be pushed."""
     if not tip:
-        if plan.last_pushed:
+        if plan.last_pushed and not plan.recreate:
             return (
                 f"the remote has no branch {branch} any more, though batchd pushed {plan.last_pushed[:10]} "
                 "to it: someone deleted it (or the push URL leads elsewhere now). Check the remote, "
@@ -337,4 +342,5 @@ def _with(result: PushResult, attempts: int, reason: str, output: str = "") -> P
         attempts=attempts,
         sha=result.sha,
         reason=reason,
+        created=result.created,
     )

@@ -100,8 +100,9 @@ def config_text(
     agent_timeout: float = 30,
     agent_extra: str = "",
     verify_extra: str = "",
+    batchd_extra: str = "",
 ) -> str:
-    """``batchd.toml``; ``agent_extra``/``verify_extra`` are TOML lines added to those sections."""
+    """``batchd.toml``; ``*_extra`` are TOML lines added to those sections."""
     return textwrap.dedent(
         f"""\
         [batchd]
@@ -114,6 +115,7 @@ def config_text(
         schedule = "{schedule}"
         stop_timeout = 1
         rescan_interval = 30
+        {batchd_extra}
 
         [agent]
         command = {json.dumps(agent or AGENT)}

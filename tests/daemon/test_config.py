@@ -356,3 +356,19 @@ def test_schedule_takes_only_its_two_policies(tmp_path: Path) -> None:
     assert load(tmp_path, MINIMAL + '[batchd]\nschedule = "barrier"\n').batchd.schedule == "barrier"
     with pytest.raises(ConfigError, match="must be one of continuous, barrier"):
         load(tmp_path, MINIMAL + '[batchd]\nschedule = "fast"\n')
+
+
+def test_unknown_placeholder_in_open_request_is_refused_at_load(tmp_path: Path) -> None:
+    """{head} in open_request is refused naming the key, with {branch} suggested and the known ones."""
+    text = '[batchd]\nland = "branch"\nopen_request = ["gh", "pr", "create", "--head", "{head}"]\n'
+    err = error(tmp_path, text + MINIMAL)
+    assert err.key == "batchd.open_request"
+    assert "unknown placeholder {head}" in err.message
+    assert "{body_file}" in err.hint
+
+
+def test_open_request_without_land_branch_is_refused(tmp_path: Path) -> None:
+    """open_request with land = "push" (nothing to open a request from) is a config error saying how."""
+    err = error(tmp_path, '[batchd]\nopen_request = ["gh", "pr", "create"]\n' + MINIMAL)
+    assert err.key == "batchd.open_request"
+    assert 'land = "branch"' in err.hint
