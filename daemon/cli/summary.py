@@ -18,7 +18,7 @@ from daemon.cli.view import clock, id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
 
-__all__ = ["RunSummary", "next_commands", "print_summary", "summarize"]
+__all__ = ["RunSummary", "counted", "next_commands", "print_summary", "summarize"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +61,11 @@ def next_commands(todo_id: str, root: Path | None) -> list[str]:
     return [f"batchd logs {todo_id}{where}", f"batchd retry {todo_id}{where}"]
 
 
+def counted(ids: tuple[str, ...]) -> str:
+    """``2 (267, 282)``, or ``none``."""
+    return f"{len(ids)} ({', '.join(ids)})" if ids else "none"
+
+
 def print_summary(console: Console, s: RunSummary, *, root: Path | None = None) -> None:
     """The lines the demo and ``batchd run`` share (``root``: added as ``-C`` to the next commands)."""
 
@@ -68,8 +73,8 @@ def print_summary(console: Console, s: RunSummary, *, root: Path | None = None) 
         console.print(Text(text))
 
     line(
-        f"  todos complete: {len(s.complete)}/{s.total}; rejected at least once: "
-        f"{', '.join(s.rejected_ever) or 'none'}; blocked: {', '.join(t for t, _ in s.blocked) or 'none'}"
+        f"  todos complete: {len(s.complete)}/{s.total}; rejected at least once: {counted(s.rejected_ever)}; "
+        f"blocked: {counted(tuple(t for t, _ in s.blocked))}"
     )
     saved = s.tested_changes > s.verify_runs
     line(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +64,7 @@ NOTABLE = {
 # The todos the table lists: those still to run or at work (done ones are counted in the tally).
 AT_WORK = (TodoState.PLANNED, TodoState.RUNNING, TodoState.AGENT_DONE, TodoState.VERIFYING)
 LAST_EVENTS = 6  # lines of the "last events" area
+CLOCK_TICK = 1.0  # seconds between frames when nothing happened but the clocks (elapsed, countdowns)
 
 
 def clock(seconds: float) -> str:
@@ -238,6 +240,7 @@ class LiveView:
         self._thread: threading.Thread | None = None
         self._failed = False
         self._followed = 0  # events folded while following (the replayed past is not counted)
+        self._drawn = 0.0  # when the last frame was drawn (monotonic)
 
     # -- the frame -----------------------------------------------------------------------------
 
@@ -250,12 +253,14 @@ class LiveView:
 
     # -- following -----------------------------------------------------------------------------
 
-    def _fold(self) -> None:
+    def _fold(self) -> int:
+        """Fold what the log gained; how many events that was."""
         if self._log is None:
             self._log = self._opener()  # the daemon has just created it: all of it is new
         event_log = self._log
         if event_log is None:
-            return
+            return 0
+        before = self._followed
         for event in event_log.read(since=self.proj.last_seq):
             self.proj.apply(event)
             self._followed += 1
@@ -265,22 +270,27 @@ class LiveView:
                 del self.notes[: -LAST_EVENTS * 4]
                 if self._live is None:
                     self.console.print(Text(line))
+        return self._followed - before
 
-    def step(self) -> None:
-        """Read what the log gained and redraw."""
+    def step(self, *, draw: bool = False) -> None:
+        """Read what the log gained; redraw when it gained something, when the clocks are due
+        (a frame costs the daemon's process some milliseconds of CPU), or when ``draw``."""
         with self._lock:
             if self._failed:
                 return
+            gained = 0
             try:
-                self._fold()
+                gained = self._fold()
             except StoreError as e:  # a busy or vanished log: try again next time
                 log.debug("live_view_read_failed", error=str(e))
             except Exception as e:  # noqa: BLE001 - a bug in the view must never stop the daemon
                 self._failed = True
                 log.warning("live_view_failed", error=f"{type(e).__name__}: {e}")
                 return
-            if self._live is not None:
+            now = time.monotonic()
+            if self._live is not None and (draw or gained or now - self._drawn >= CLOCK_TICK):
                 self._live.update(self.frame(), refresh=True)
+                self._drawn = now
 
     def _follow(self) -> None:
         while not self._stop.wait(self._refresh):
@@ -314,7 +324,7 @@ class LiveView:
             self._thread.join(timeout=10)
         try:
             if self._thread is None or not self._thread.is_alive():
-                self.step()
+                self.step(draw=True)
         finally:
             if self._live is not None:
                 self._live.transient = clear

@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from procs import PY, base_env, git, kill_agents, make_repo
+from procs import PY, agents_spawned, alive, base_env, git, kill_agents, make_repo, read_events
 from rich.console import Console
 
 from daemon.cli.summary import print_summary, summarize
 from daemon.cli.view import render
+from daemon.service.lock import DaemonLock
+from daemon.workspace import Workspace
 from statemachine.projection import Projection
 from statemachine.views import AttemptRecord, TodoView
 from store.eventlog import format_time
@@ -224,7 +226,7 @@ def test_run_once_ends_with_the_summary(live_run: LiveRun) -> None:
     """After the last frame: counts of complete / blocked todos, verify runs, pushes, agent time."""
     assert live_run.rc == 1  # 5 is blocked
     assert "todos complete: 2/3" in live_run.text
-    assert "blocked: 5" in live_run.summary
+    assert "blocked: 1 (5)" in live_run.summary
     assert "verify runs: " in live_run.summary
     assert "phase commits pushed: 0 (no remote)" in live_run.summary
     assert "agent time: " in live_run.summary
@@ -254,17 +256,36 @@ def test_the_cursor_is_shown_again_at_the_end(live_run: LiveRun) -> None:
 # ----------------------------------------------------------------------- signals, --quiet, no terminal
 
 
-def test_sigterm_stops_the_daemon_gracefully_and_restores_the_terminal(
-    tmp_path: Path, pty_run: Callable[..., PtyRun]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_the_daemon_gracefully_and_restores_the_terminal(
+    tmp_path: Path, pty_run: Callable[..., PtyRun], signum: signal.Signals
 ) -> None:
-    """SIGTERM with the live view up: the daemon stops its agents and exits 0; the cursor comes back."""
+    """SIGTERM or Ctrl-C with the live view up: the daemon stops its agent and exits 0; cursor back."""
     root = make_view_repo(tmp_path / "repo", {"3": "Thing 3"})
     run = pty_run(root)
     run.read_until(lambda text: rows_running(text, "3"), what="a row of 3 running")
-    run.proc.send_signal(signal.SIGTERM)
+    run.proc.send_signal(signum)
     assert run.finish() == 0
+    stopped = [e for e in read_events(root) if e.type == "todo.agent_interrupted"]
+    assert [e.payload["todo_id"] for e in stopped] == ["3"]
+    assert not any(alive(int(e.payload["pgid"])) for e in agents_spawned(read_events(root)))
     assert SHOW_CURSOR in run.raw[run.raw.rindex(HIDE_CURSOR) :]
     assert "Traceback" not in run.text
+
+
+def test_a_refusal_at_start_up_gives_the_terminal_back(
+    tmp_path: Path, pty_run: Callable[..., PtyRun]
+) -> None:
+    """Another daemon holds the repository: exit 3 with the reason, the frame erased, the cursor shown."""
+    root = make_view_repo(tmp_path / "repo", {"3": "Thing 3"})
+    lock = DaemonLock(Workspace(root).lock_path).acquire()
+    try:
+        run = pty_run(root, "--once")
+        assert run.finish() == 3, run.text
+    finally:
+        lock.release()
+    assert "batchd: error:" in run.text
+    assert SHOW_CURSOR in run.raw[run.raw.rindex(HIDE_CURSOR) :]
 
 
 def test_quiet_shows_warnings_and_the_summary_only(tmp_path: Path, pty_run: Callable[..., PtyRun]) -> None:
@@ -296,6 +317,24 @@ def test_without_a_terminal_the_log_stays_json_lines(tmp_path: Path) -> None:
     assert done.stdout == ""
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert "daemon_ready" in {line["event"] for line in lines}
+
+
+def test_quiet_without_a_terminal_gives_warnings_as_json_then_the_summary(tmp_path: Path) -> None:
+    """`--quiet` for a pipe: warning lines only (JSON), and the summary on stdout at the end."""
+    root = make_view_repo(tmp_path / "repo", {"4": "Thing 4"})
+    release(root)
+    done = subprocess.run(
+        [PY, "-m", "daemon", "run", "--once", "--quiet", "-C", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    levels = {json.loads(line)["level"] for line in done.stderr.splitlines()}
+    assert levels == {"warning"}  # agents_unconfined: sandbox = "none"
+    assert "todos complete: 1/1" in done.stdout
 
 
 # ------------------------------------------------------------------------------- the frame, in-process
@@ -334,7 +373,7 @@ def test_the_summary_gives_the_cost_when_agents_reported_it() -> None:
     console = _console()
     print_summary(console, summarize(proj))
     out = console.export_text()
-    assert "todos complete: 1/2; rejected at least once: 0282; blocked: 0282" in out
+    assert "todos complete: 1/2; rejected at least once: 1 (0282); blocked: 1 (0282)" in out
     assert "agent time: 2m 00s, cost $0.75" in out
     assert "0282: breaks [tests]" in out
     assert "batchd logs 0282\n" in out
