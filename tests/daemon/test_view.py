@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from procs import PY, agents_spawned, alive, base_env, git, kill_agents, make_repo, read_events
+from procs import PY, agents_spawned, alive, base_env, batchd, git, kill_agents, make_repo, read_events
 from rich.console import Console
 
 from daemon.cli.summary import print_summary, summarize
@@ -305,14 +305,7 @@ def test_without_a_terminal_the_log_stays_json_lines(tmp_path: Path) -> None:
     """stdout and stderr not a terminal: every line is a JSON object (journald); no frame, no summary."""
     root = make_view_repo(tmp_path / "repo", {"4": "Thing 4"})
     release(root)
-    done = subprocess.run(
-        [PY, "-m", "daemon", "run", "--once", "-C", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=base_env(),
-        check=False,
-    )
+    done = batchd(root, "run", "--once")  # stdout and stderr are pipes
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     lines = [json.loads(line) for line in done.stderr.splitlines()]
@@ -323,14 +316,7 @@ def test_quiet_without_a_terminal_gives_warnings_as_json_then_the_summary(tmp_pa
     """`--quiet` for a pipe: warning lines only (JSON), and the summary on stdout at the end."""
     root = make_view_repo(tmp_path / "repo", {"4": "Thing 4"})
     release(root)
-    done = subprocess.run(
-        [PY, "-m", "daemon", "run", "--once", "--quiet", "-C", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=base_env(),
-        check=False,
-    )
+    done = batchd(root, "run", "--once", "--quiet")  # stdout and stderr are pipes
     assert done.returncode == 0, done.stderr
     levels = {json.loads(line)["level"] for line in done.stderr.splitlines()}
     assert levels == {"warning"}  # agents_unconfined: sandbox = "none"
