@@ -27,7 +27,7 @@ from daemon.service.logs import configure_logging
 @click.option(
     "--log-json/--log-text",
     default=None,
-    help="Force JSON lines or readable lines (default: JSON unless stderr is a terminal).",
+    help="Log lines, JSON or readable, instead of the live view (default: view on a terminal, else JSON).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors, then (with --once) the summary.")
 def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None, quiet: bool) -> None:
