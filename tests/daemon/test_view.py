@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import pty
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -30,7 +32,7 @@ from procs import PY, agents_spawned, alive, base_env, batchd, git, kill_agents,
 from rich.console import Console
 
 from daemon.cli.summary import print_summary, summarize
-from daemon.cli.view import render
+from daemon.cli.view import LiveView, log_opener, render
 from daemon.service.lock import DaemonLock
 from daemon.workspace import Workspace
 from statemachine.projection import Projection
@@ -38,6 +40,7 @@ from statemachine.views import AttemptRecord, TodoView
 from store.eventlog import format_time
 
 AGENT = Path(__file__).resolve().parents[1] / "agents" / "wait_release.py"
+FIXTURE_LOG = Path(__file__).resolve().parents[1] / "fixtures" / "logs" / "demo-run-v1.db"  # a demo run
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][A-Z0-9]")
 HIDE_CURSOR, SHOW_CURSOR = b"\x1b[?25l", b"\x1b[?25h"
 MARKUP_TITLE = "Fix the [agent] preset and [bold]this[/bold]"
@@ -364,3 +367,20 @@ def test_the_summary_gives_the_cost_when_agents_reported_it() -> None:
     assert "0282: breaks [tests]" in out
     assert "batchd logs 0282\n" in out
     assert "batchd retry 0282\n" in out
+
+
+def test_off_a_terminal_the_view_prints_each_notable_event_once(tmp_path: Path) -> None:
+    """The demo piped: no frame; each notable event of a log that appears once the view runs is one
+    line, and the whole log is folded (the summary counts the demo's run)."""
+    db = tmp_path / "events.db"
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert not console.is_terminal
+    with LiveView(log_opener(f"sqlite:///{db}"), console) as view:
+        shutil.copy(FIXTURE_LOG, tmp_path / "copy.db")
+        (tmp_path / "copy.db").replace(db)  # whole at once: the view never opens half a file
+    text = out.getvalue()
+    assert text.count("run completed\n") == 1
+    assert text.count("phase 5 pushed") == 1
+    assert "#278 No buffer time between appointments: lost a conflict" in text
+    assert [todo_id for todo_id, _ in summarize(view.proj).blocked] == ["267", "282"]
