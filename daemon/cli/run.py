@@ -27,22 +27,26 @@ from daemon.service.logs import configure_logging
 @click.option(
     "--log-json/--log-text",
     default=None,
-    help="Force JSON lines or readable lines (default: JSON unless stderr is a terminal).",
+    help="Log lines, JSON or readable, instead of the live view (default: view on a terminal, else JSON).",
 )
-def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors, then (with --once) the summary.")
+def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None, quiet: bool) -> None:
     """Run the daemon in the foreground on a repository with a batchd.toml.
 
     Without --once it keeps watching the todos folder after the plan is done and runs newly dropped
     todos. SIGTERM/SIGINT stop it gracefully (agents get stop_timeout seconds); SIGHUP reloads
     batchd.toml. Exit codes with --once: 0 all complete and green, 1 failed/blocked/invalid todos,
     2 configuration error, 3 cannot proceed (red baseline, lock held, corrupt log), 128+N signal N.
-    """
-    from daemon.service.loop import serve
 
-    configure_logging(level=log_level, json=log_json)
+    On a terminal it shows a live view of the run (phase, agents, verification, last events) and,
+    with --once, ends with a summary; elsewhere it writes JSON log lines (journald).
+    """
+    from daemon.cli.foreground import at_least, foreground
+
+    configure_logging(level=at_least(log_level, "warning") if quiet else log_level, json=log_json)
     root = resolve_root(repo)
     config = load_config(root)
-    raise SystemExit(serve(config, once=once))
+    raise SystemExit(foreground(config, once=once, log_level=log_level, log_json=log_json, quiet=quiet))
 
 
 @click.command()

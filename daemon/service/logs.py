@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -24,10 +25,31 @@ class _LineLogger(structlog.PrintLogger):
     log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
 
-def configure_logging(*, level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Configure structlog once per process; ``json=None`` picks JSON unless ``stream`` is a TTY."""
+class _SinkLogger:
+    """Hands each rendered line to ``sink`` (the live run view draws it above its frame); a line the
+    sink cannot write is dropped, as :class:`_LineLogger` drops it."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._sink(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
+
+
+def configure_logging(
+    *,
+    level: str = "info",
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    sink: Callable[[str], None] | None = None,
+) -> None:
+    """Configure structlog once per process; ``json=None`` picks JSON unless ``stream`` is a TTY.
+    With ``sink``, readable coloured lines go to that function instead of a stream."""
     out = stream if stream is not None else sys.stderr
-    use_json = not out.isatty() if json is None else json
+    use_json = not out.isatty() if json is None and sink is None else bool(json)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -38,10 +60,10 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None, json
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=sink is not None or out.isatty())
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=lambda *_args: _LineLogger(file=out),
+        logger_factory=lambda *_args: _LineLogger(file=out) if sink is None else _SinkLogger(sink),
         cache_logger_on_first_use=False,
     )
