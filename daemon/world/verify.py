@@ -56,12 +56,14 @@ class SetupFailed(BatchdError):
 
     code = "verify_setup_failed"
 
-    def __init__(self, red: CheckResult) -> None:
+    def __init__(self, red: CheckResult, again: CheckResult | None = None) -> None:
         self.command = tuple(red.failed_command or ())
         self.output_tail = red.output_tail
+        now = " ".join(again.failed_command or ()) if again is not None and not again.setup_failed else ""
+        also = f" (now `{now}`)" if now else ""
         super().__init__(
-            f"the [verify] setup command {list(self.command)} fails on the last green tree too, "
-            "so no todo is blamed for it",
+            f"the [verify] setup command {list(self.command)} failed, and the last green tree fails "
+            f"too{also}, so no todo is blamed for it",
             hint="make it pass in .batchd/verify by hand (network? registry?), then `batchd resume`",
         )
 
@@ -277,7 +279,7 @@ class _Session:
         if self.on_run is not None:
             self.on_run(VerifyRun(todo_ids=ids, result=again))
         if not again.passed:
-            raise SetupFailed(red)
+            raise SetupFailed(red, again)
         self.setup_confirmed = self.good_head
 
     def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
