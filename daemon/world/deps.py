@@ -54,7 +54,7 @@ def protected(root: Path) -> tuple[Path, ...]:
     return tuple(sources(root).values())
 
 
-def place(root: Path, workspace: Path) -> tuple[str, ...]:
+def place(root: Path, workspace: Path, names: tuple[str, ...] = NAMES) -> tuple[str, ...]:
     """Give ``workspace`` the person's dependency folders (see the module's docstring); the names placed.
 
     Idempotent: a name the workspace already has is left as it is.
@@ -62,7 +62,7 @@ def place(root: Path, workspace: Path) -> tuple[str, ...]:
     placed = []
     for name, source in sources(root).items():
         target = workspace / name
-        if os.path.lexists(target):
+        if name not in names or os.path.lexists(target):
             continue
         if name == "node_modules":
             _link_entries(source, target)
