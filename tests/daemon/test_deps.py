@@ -5,6 +5,7 @@ Each whole-run test is a real ``batchd run --once`` on a real repository with a 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import pytest
 from gitrepo import CHECK_PY, git, init_repo
 from phase_repo import PY, PhaseRepo, build_repo
 
-from daemon.world import agentspace, deps
+from daemon.world import agentspace, deps, sandbox
 from daemon.world.collect import Policy, collect
 from daemon.world.sandbox import _probe
 
@@ -236,3 +237,33 @@ def test_checks_running_an_agents_code_cannot_change_the_persons_dependencies(tm
     assert repo.run() == 0
     assert [p["todo_id"] for p in payloads(repo, "todo.accepted")] == ["1"]
     assert fingerprint(repo.root) == before
+
+
+@needs_bwrap
+def test_the_dependencies_stay_read_only_even_inside_a_writable_path(tmp_path: Path) -> None:
+    """[verify] writable naming a folder that holds the checkout opens the checkout, not its
+    node_modules and .venv: they are bound read-only last."""
+    root, ws = tmp_path / "repo", tmp_path / "repo" / ".batchd" / "verify"
+    ws.mkdir(parents=True)
+    install_deps(root)
+    box = dataclasses.replace(
+        sandbox.resolve("bwrap", [str(tmp_path)], key="[verify] sandbox"), readonly=deps.protected(root)
+    )
+    code = textwrap.dedent(
+        f"""
+        import pathlib
+        pathlib.Path({str(root / "elsewhere.txt")!r}).write_text("writable")
+        for p in ({str(root / "node_modules" / "x" / "index.js")!r}, {str(root / ".venv" / "pyvenv.cfg")!r}):
+            try:
+                pathlib.Path(p).write_text("evil")
+            except OSError as e:
+                print("refused", e.errno)
+        """
+    )
+    done = subprocess.run(
+        box.wrap([PY, "-c", code], workspace=ws, readable=[root]), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["refused 30", "refused 30"]  # EROFS
+    assert (root / "elsewhere.txt").read_text() == "writable"
+    assert (root / "node_modules" / "x" / "index.js").read_text() == PACKAGE
