@@ -12,7 +12,9 @@ folders, four commits, packed as a clone is), against a baseline measured in the
 3. starting a trivial agent (``/bin/true``): a bare ``subprocess.run`` (the baseline), ``run_agent``
    without a sandbox, and ``start_agent`` with the exit-record shim + poll + ``finish``, without and
    with bubblewrap (the bubblewrap rows are skipped where it cannot run);
-4. a verify command (``python -c pass``) through ``CheckRunner`` without and with the sandbox.
+4. a verify command (``python -c pass``) through ``CheckRunner`` without and with the sandbox;
+5. with ``--deps``: a workspace's installed dependencies (``node_modules`` of 20,000 files, a
+   ``.venv``), copied against linked, in time and disk per workspace (see :mod:`bench.deps`).
 
 A repetition is one attempt made both ways: a worktree and a workspace are created, the same change
 is made in each and collected, both are removed; then the processes of 3 and 4 are started. The
@@ -23,6 +25,7 @@ baseline. There are no absolute aims (machines are shared and noisy).
 
     python -m bench.workspace            # 2,000 files in 100 folders, 15 repetitions
     python -m bench.workspace --quick    # 400 files in 20 folders, 5 repetitions
+    python -m bench.workspace --deps     # and section 5 (--node-files, --venv-files for its size)
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.deps import ROWS as DEPS_ROWS
+from bench.deps import DepsBench
 from daemon.service.logs import configure_logging
 from daemon.world import agentproc, agentspace, sandbox
 from daemon.world.checks import CheckRunner
@@ -301,8 +306,10 @@ class Bench:
             variants += [bare_bwrap, shim("agent.shim_bwrap", box), check("check.bwrap", box)]
         return variants
 
-    def repetition(self, rep: int, ws: Path, *, record: bool) -> None:
+    def repetition(self, rep: int, ws: Path, *, record: bool, deps: DepsBench | None = None) -> None:
         seconds = self.attempt(rep) | interleaved(self.process_variants(ws), rep)
+        if deps is not None:
+            seconds |= interleaved(deps.variants(), rep)
         if record:
             self.times.record(seconds)
 
@@ -373,6 +380,16 @@ def report(times: Times, bwrap_note: str) -> None:
     print("new / baseline: " + "; ".join(parts))
 
 
+def report_deps(times: Times, disk: dict[str, int], sizes: str) -> None:
+    """Section 5: seconds to make + remove per workspace (or per verify run), and the disk it takes."""
+    width = 60
+    print(f"{'':<{width}}{'median s':>10}{'x base':>9}{'disk KiB':>10}")
+    print(f"5. a workspace's installed dependencies ({sizes})")
+    for label, key, base in DEPS_ROWS:
+        shown = f"{disk[key] / 1024:>10.0f}" if key in disk else ""
+        print(f"  {label:<{width - 2}}{times.median(key):>10.4f}{times.ratio(key, base):>8.2f}x{shown}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.workspace",
@@ -384,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folders", type=int, help="folders they are spread over (default 100; 20 quick)")
     parser.add_argument("--reps", type=int, help="measured repetitions (default 15; 5 quick)")
     parser.add_argument("--seed", type=int, default=7, help="what the generated files hold")
+    parser.add_argument("--deps", action="store_true", help="also section 5: node_modules and .venv reuse")
+    parser.add_argument("--node-files", type=int, default=20_000, help="files in node_modules (--deps)")
+    parser.add_argument("--venv-files", type=int, default=5_000, help="files in .venv's site-packages")
     args = parser.parse_args(argv)
     configure_logging(level="warning", stream=sys.stderr)
     files = args.files or (400 if args.quick else 2000)
@@ -399,8 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(repo=repo, base=base, names=names, bwrap=bwrap)
         ws = agentspace.create(repo, bench.state / "workspaces" / "agent", branch="batchd/agent",
                                base_sha=base, files={})  # fmt: skip
+        deps = None
+        if args.deps:
+            deps = DepsBench.make(
+                repo, base, node_files=args.node_files, venv_files=args.venv_files, seed=args.seed
+            )
         for rep in range(reps + 1):  # the first repetition warms caches and is not recorded
-            bench.repetition(rep, ws, record=rep > 0)
+            bench.repetition(rep, ws, record=rep > 0, deps=deps)
         count = len(git(repo, "ls-files").splitlines())
     print(
         f"repository: {count:,} files in {folders} folders, 4 commits, packed (made in {made:.1f} s); "
@@ -408,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         f"sandbox: {probe.note}"
     )
     report(bench.times, probe.note)
+    if deps is not None:
+        report_deps(bench.times, deps.disk, f"{args.node_files:,} + {args.venv_files:,} files")
     print(f"total {time.perf_counter() - started:.1f} s")
     return 0
 

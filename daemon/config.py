@@ -314,8 +314,9 @@ class AgentConfig:
         default=(),
         metadata=_key(
             setup_commands,
-            'Command run in each new worktree before its agent, e.g. ["npm", "ci"]; several as '
-            '[["npm", "ci"], ["npm", "run", "build"]].',
+            'Command run in each new workspace before its agent, e.g. ["npm", "ci"]; several as '
+            '[["npm", "ci"], ["npm", "run", "build"]]. The installed node_modules and .venv of your '
+            "checkout are linked in (read-only) without it.",
         ),
     )
     env: Mapping[str, str] = field(
@@ -384,6 +385,15 @@ class VerifyConfig:
             _choice(Strategy),
             'Finding the todos that broke a red batch: "bisect" (guided by the failure, then halving) '
             'or "incremental" (one todo at a time, the seed\'s way).',
+        ),
+    )
+    setup: tuple[Argv, ...] = field(
+        default=(),
+        metadata=_key(
+            setup_commands,
+            "Commands run before the checks on each tree verified (a fresh checkout that has the "
+            'installed node_modules and .venv linked), e.g. [["npm", "run", "build"]]; one that fails '
+            "blames a todo only if it still passes on the last green tree.",
         ),
     )
     retries: int = field(

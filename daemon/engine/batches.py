@@ -12,7 +12,14 @@ from daemon.engine.runner import Daemon
 from daemon.intake.todofile import id_order
 from daemon.world.agents import repair_text
 from daemon.world.checks import CheckResult, CheckRunner
-from daemon.world.verify import BatchVerdict, Candidate, VerifyRun, check_baseline, verify_batch
+from daemon.world.verify import (
+    BatchVerdict,
+    Candidate,
+    SetupFailed,
+    VerifyRun,
+    check_baseline,
+    verify_batch,
+)
 from statemachine import events as ev
 from statemachine.tables import TodoState
 from statemachine.views import BatchView, TodoView
@@ -61,12 +68,12 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
 
 
 def pause_on_error(d: Daemon, key: str, base: str, error: BaseException) -> None:
-    d.emit_one(
-        ev.batch_stream(key),
-        ev.BatchPaused(
-            key=key, base_sha=base, command=("batchd",), output_tail=f"{type(error).__name__}: {error}"
-        ),
-    )
+    if isinstance(error, SetupFailed):  # the machine's fault, not a todo's: said as it is
+        command, tail = error.command, f"{error.message}\n{error.output_tail}"[-3000:]
+    else:
+        command, tail = ("batchd",), f"{type(error).__name__}: {error}"
+    paused = ev.BatchPaused(key=key, base_sha=base, command=command, output_tail=tail)
+    d.emit_one(ev.batch_stream(key), paused)
 
 
 def check_runner(d: Daemon) -> CheckRunner:
@@ -76,6 +83,8 @@ def check_runner(d: Daemon) -> CheckRunner:
         retries=d.config.verify.retries,
         sandbox=d.verify_sandbox,
         readable=[d.root],
+        setup=d.config.verify.setup,
+        dependencies_from=d.root,
     )
 
 

@@ -26,7 +26,7 @@ import structlog
 from daemon.engine.runner import Daemon
 from daemon.exceptions import AgentError, BatchdError
 from daemon.intake.todofile import MAX_TODO_BYTES
-from daemon.world import agentproc, agents, agentspace, collect, homeguard, safefs, testinfra
+from daemon.world import agentproc, agents, agentspace, collect, deps, homeguard, safefs, testinfra
 from daemon.world.faults import raise_at
 from daemon.world.gitops import printable
 from statemachine import events as ev
@@ -118,11 +118,18 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         if text is None:
             raise AgentError(f"its todo file {todo.path} is gone", hint="it is cancelled by the next scan")
         agentspace.create(root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text})
+        deps.place(root, workspace)  # the person's node_modules / .venv, read-only, before setup
         d.placed[todo_id] = text
         exit_path.parent.mkdir(parents=True, exist_ok=True)
         if setup:
             return agentproc.run_setup(
-                setup, cwd=workspace, log_path=log_path, timeout=timeout, env=env, sandbox=sandbox
+                setup,
+                cwd=workspace,
+                log_path=log_path,
+                timeout=timeout,
+                env=env,
+                sandbox=sandbox,
+                readable=[root],
             )
         return None
 

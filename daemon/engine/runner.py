@@ -11,6 +11,7 @@ in a small thread pool; only the main thread appends to the log.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from daemon.config import Config
 from daemon.exceptions import CannotProceed
 from daemon.intake.scanner import ScanResult
 from daemon.workspace import Workspace
+from daemon.world import deps
 from daemon.world.agentproc import AgentProcess
 from daemon.world.faults import FaultInjector
 from daemon.world.homeguard import Snapshot
@@ -292,4 +294,6 @@ def sandboxes(config: Config) -> tuple[Sandbox, Sandbox]:
     """The agents' sandbox and the checks' (``[agent] sandbox``, ``[verify] sandbox``)."""
     agent = resolve(config.agent.sandbox, config.agent.writable, key="[agent] sandbox")
     check = resolve(config.verify.sandbox, config.verify.writable, key="[verify] sandbox")
-    return agent, check
+    # Workspaces link to the person's installed dependencies: read-only inside both sandboxes.
+    guarded = deps.protected(config.root)
+    return dataclasses.replace(agent, readonly=guarded), dataclasses.replace(check, readonly=guarded)

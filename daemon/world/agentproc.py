@@ -467,9 +467,10 @@ def run_agent(
     grace: float = 5.0,
     poll_interval: float = 0.05,
     sandbox: Sandbox = NO_SANDBOX,
+    readable: Sequence[Path] = (),
 ) -> AgentOutcome:
     """Start, wait (enforcing ``timeout``) and finish: the blocking form of the calls above."""
-    proc = start_agent(argv, cwd=cwd, log_path=log_path, env=env, sandbox=sandbox)
+    proc = start_agent(argv, cwd=cwd, log_path=log_path, env=env, sandbox=sandbox, readable=readable)
     while proc.poll() is None:
         enforce_timeout(proc, timeout, time.monotonic(), grace=grace)
         time.sleep(poll_interval)
@@ -517,17 +518,21 @@ def run_setup(
     timeout: float,
     env: Mapping[str, str] | None = None,
     sandbox: Sandbox = NO_SANDBOX,
+    readable: Sequence[Path] = (),
 ) -> SetupResult:
     """Run ``[agent] setup`` commands in order in a new workspace (blocking); stop at the first failure.
 
-    ``timeout`` applies to each command. Output is appended to ``log_path``.
+    ``timeout`` applies to each command. Output is appended to ``log_path``. They run as the agent
+    will: in its sandbox, with its environment and ``readable`` paths.
     """
     env = os.environ if env is None else env
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     for argv in setup:
         safefs.append_text(log_path.parent, log_path.name, f"$ {shlex.join(argv)}\n")
-        outcome = run_agent(argv, cwd=cwd, log_path=log_path, env=env, timeout=timeout, sandbox=sandbox)
+        outcome = run_agent(
+            argv, cwd=cwd, log_path=log_path, env=env, timeout=timeout, sandbox=sandbox, readable=readable
+        )
         if outcome.rc != 0 or outcome.timed_out:
             log.warning("setup_failed", argv=list(argv), rc=outcome.rc, timed_out=outcome.timed_out)
             return SetupResult(

@@ -3,6 +3,12 @@
 Each command runs in its own process group so a timeout kills everything it spawned (test
 runners fork workers); a failing command is re-run ``retries`` times before it counts, so a flaky
 test does not get a todo rejected.
+
+Before the commands, the tree gets the person's installed dependencies (:mod:`daemon.world.deps`,
+with ``dependencies_from``) and the ``[verify] setup`` commands run, in the same sandbox and
+environment as the checks: every tree is checked out afresh (``git clean -ffdx``), so both happen
+before each run. A failing set-up command is a red result with ``setup_failed`` set, so that
+:mod:`daemon.world.verify` can tell it from a failing check before blaming anyone.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import IO
 
 import structlog
 
+from daemon.world import deps
 from daemon.world.sandbox import Sandbox
 
 log = structlog.get_logger(__name__)
@@ -37,6 +44,7 @@ class CheckResult:
     duration: float = 0.0
     flaky: bool = False
     timed_out: bool = False
+    setup_failed: bool = False  # red because a [verify] setup command failed, not a check
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,8 +67,12 @@ class CheckRunner:
         kill_grace: float = 2.0,
         sandbox: Sandbox = NO_SANDBOX,
         readable: Sequence[Path] = (),
+        setup: Sequence[Sequence[str]] = (),
+        dependencies_from: Path | None = None,
     ) -> None:
         self.commands = tuple(tuple(c) for c in commands)
+        self.setup = tuple(tuple(c) for c in setup)
+        self.dependencies_from = dependencies_from  # the person's checkout, whose node_modules/.venv it links
         # The checks run code the agents wrote: in the sandbox, only the worktree is theirs to write.
         self.sandbox = sandbox
         self.readable = tuple(readable)
@@ -74,9 +86,12 @@ class CheckRunner:
 
     def run(self, worktree: Path, log_path: Path | None = None) -> CheckResult:
         start = time.monotonic()
+        if self.dependencies_from is not None:
+            deps.place(self.dependencies_from, worktree)
         flaky = False
         tail = ""
-        for command in self.commands:
+        commands = [*((c, True) for c in self.setup), *((c, False) for c in self.commands)]
+        for command, is_setup in commands:
             for attempt in range(self.retries + 1):
                 done = self._run_one(command, worktree, log_path)
                 tail = done.output[-TAIL_CHARS:]
@@ -84,13 +99,15 @@ class CheckRunner:
                     flaky = flaky or attempt > 0
                     break
                 log.info(
-                    "check_failed",
+                    "setup_failed" if is_setup else "check_failed",
                     command=list(command),
                     rc=done.returncode,
                     attempt=attempt + 1,
                     timed_out=done.timed_out,
                 )
             else:
+                if is_setup:
+                    tail = f"[batchd] [verify] setup command {list(command)} failed:\n{tail}"[-TAIL_CHARS:]
                 return CheckResult(
                     passed=False,
                     failed_command=command,
@@ -99,6 +116,7 @@ class CheckRunner:
                     duration=time.monotonic() - start,
                     flaky=False,
                     timed_out=done.timed_out,
+                    setup_failed=is_setup,
                 )
         if flaky:
             log.warning("check_flaky", worktree=str(worktree))

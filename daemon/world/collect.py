@@ -36,7 +36,7 @@ import structlog
 from daemon.config import path_patterns
 from daemon.exceptions import BatchdError
 from daemon.intake.todofile import MAX_TODO_BYTES, parse_name
-from daemon.world import agentspace
+from daemon.world import agentspace, deps
 from daemon.world.gitops import WorkTree, git_common_dir, out, printable, run_git, split_z, with_trailers
 
 log = structlog.get_logger(__name__)
@@ -70,6 +70,9 @@ class Policy:
     max_change_bytes: int = 50 * 1024 * 1024
     earlier: Mapping[str, str] = field(default_factory=dict)  # path -> the earlier todo that changed it
     run_base: str = ""
+    # Dependency folders batchd links into workspaces (daemon.world.deps): never part of a change,
+    # unless the repository tracks them (then the workspace had them from git, nothing was linked).
+    reused: Sequence[str] = deps.NAMES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +182,7 @@ class _Builder:
         self.policy = policy
         self.warnings: list[str] = []
         self.test_edits: list[str] = []
+        self.reused: tuple[str, ...] = ()
 
     def git(self, *args: str, stdin: str | None = None) -> str:
         return run_git(self.tree, "--literal-pathspecs", *args, env=self.env, stdin=stdin).stdout
@@ -187,6 +191,9 @@ class _Builder:
 
     def add_everything(self, agent_tracked: Sequence[str]) -> None:
         self.git("read-tree", self.base)
+        tracked = split_z(self.git("ls-tree", "-z", "--name-only", self.base, "--", *self.policy.reused))
+        self.reused = tuple(n for n in self.policy.reused if n not in tracked)
+        agent_tracked = [p for p in agent_tracked if not self.is_reused(p)]
         self._refuse_huge_new_files(agent_tracked)
         with self._embedded_as_files():
             self.git("add", "--all")
@@ -195,6 +202,12 @@ class _Builder:
         forced = [p for p in agent_tracked if p not in indexed and _regular_or_link(self.tree.path / p)]
         for chunk in _chunks(forced, 200):
             self.git("add", "--force", "--", *chunk)
+        # The linked dependencies (a `.venv` link is not matched by a `.venv/` ignore line) stay out.
+        if self.reused:
+            self.git("rm", "--cached", "-r", "-q", "--ignore-unmatch", "--", *self.reused)
+
+    def is_reused(self, path: str) -> bool:
+        return any(path == name or path.startswith(f"{name}/") for name in self.reused)
 
     def _refuse_huge_new_files(self, agent_tracked: Sequence[str]) -> None:
         """Before anything is hashed into the person's repository: new files (also those the agent
@@ -203,6 +216,8 @@ class _Builder:
         total = 0
         others = split_z(self.git("ls-files", "-z", "--others", "--exclude-standard"))
         for rel in dict.fromkeys([*others, *agent_tracked]):
+            if self.is_reused(rel):
+                continue
             with contextlib.suppress(OSError):
                 st = os.lstat(self.tree.path / rel)
                 total += st.st_size if not rel.endswith("/") else 0

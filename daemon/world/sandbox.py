@@ -10,7 +10,8 @@
 - ``"auto"`` (default): ``bwrap`` when it is installed and works here, else ``none``.
 
 The person's checkout, its ``.git`` (config, hooks, refs) and ``.batchd/`` stay read-only, so a
-hostile agent's writes outside its workspace fail (EROFS) instead of landing.
+hostile agent's writes outside its workspace fail (EROFS) instead of landing; so do the person's
+``node_modules`` and ``.venv`` that workspaces link to (``readonly``, bound last).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Sandbox:
     kind: Literal["bwrap", "none"]
     bwrap: str = ""
     writable: tuple[Path, ...] = ()
+    readonly: tuple[Path, ...] = ()  # read-only whatever else is writable (the person's dependencies)
     note: str = ""
 
     @property
@@ -88,6 +90,10 @@ class Sandbox:
         # Inside a writable home, what steers later sessions (settings with hooks, commands, agent
         # instructions) stays read-only: planted there, it would run in the person's own sessions.
         for path in _readonly_in(self.writable):
+            wrapped += ["--ro-bind-try", str(path), str(path)]
+        # The person's node_modules and .venv, which workspaces link to (daemon.world.deps): last, so
+        # no writable path above can open them.
+        for path in self.readonly:
             wrapped += ["--ro-bind-try", str(path), str(path)]
         for name, value in _ENV.items():
             wrapped += ["--setenv", name, value]

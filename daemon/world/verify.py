@@ -15,6 +15,11 @@ subsets, so a rejected todo's files are simply not there. Invariants:
 output names (one extra run for a single named culprit), and otherwise halves the undecided
 group (adaptive group testing), so one or two unnamed culprits cost a few runs, not n.
 ``incremental`` is the seed's one-by-one (n runs for n todos).
+
+A ``[verify] setup`` command that fails is not yet anyone's fault (a registry that is down fails
+``npm ci`` whatever the tree): the green head alone is run again, and only when it still passes is
+the failure the change's, searched like a failing check; when it fails too, the batch stops with
+:class:`SetupFailed` and no todo is blamed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import ConflictMode, Strategy, TestIntegrity
-from daemon.exceptions import GitError
+from daemon.exceptions import BatchdError, GitError
 from daemon.intake.todofile import id_order
 from daemon.world.blame import is_named
 from daemon.world.checks import CheckResult
@@ -44,6 +49,24 @@ from daemon.world.gitops import (
 log = structlog.get_logger(__name__)
 
 Runner = Callable[[Path], CheckResult]
+
+
+class SetupFailed(BatchdError):
+    """A ``[verify] setup`` command fails on a tree that passed before: the machine, not a todo."""
+
+    code = "verify_setup_failed"
+
+    def __init__(self, red: CheckResult, again: CheckResult | None = None) -> None:
+        self.command = tuple(red.failed_command or ())
+        self.output_tail = red.output_tail
+        now = " ".join(again.failed_command or ()) if again is not None and not again.setup_failed else ""
+        also = f" (now `{now}`)" if now else ""
+        super().__init__(
+            f"the [verify] setup command {list(self.command)} failed, and the last green tree fails "
+            f"too{also}, so no todo is blamed for it",
+            hint="make it pass in .batchd/verify by hand (network? registry?), then `batchd resume`",
+        )
+
 
 # Groups this small are searched one by one: when the output names every member, each is
 # probably broken, and one run per member beats halving.
@@ -161,6 +184,7 @@ class _Session:
         self.conflicted: dict[str, Conflict] = {}
         self.review: dict[str, str] = {}
         self.runs = 0
+        self.setup_confirmed = ""  # the green head on which a failing setup was seen to pass again
         abort_in_progress(worktree)
 
     # --- conflicts -------------------------------------------------------------------------------
@@ -236,7 +260,27 @@ class _Session:
             self.good.extend(applied)
             self.good_head = head_sha(self.worktree)
             self.good_picks = picks
+        elif result.setup_failed:
+            if not applied:  # the tree was the green head itself
+                raise SetupFailed(result)
+            self._confirm_setup(result)
         return result, applied
+
+    def _confirm_setup(self, red: CheckResult) -> None:
+        """The setup failed with ``extra`` applied: run the green head alone (once per green head);
+        if that is red now as well, nothing about the change is shown and :class:`SetupFailed` stops."""
+        if self.setup_confirmed == self.good_head:
+            return
+        reset_hard(self.worktree, self.good_head)
+        again = self.runner(work_path(self.worktree))
+        self.runs += 1
+        ids = tuple(todo_id for todo_id, _ in self.good_picks)
+        log.info("verify_setup_recheck", run=self.runs, todo_ids=list(ids), passed=again.passed)
+        if self.on_run is not None:
+            self.on_run(VerifyRun(todo_ids=ids, result=again))
+        if not again.passed:
+            raise SetupFailed(red, again)
+        self.setup_confirmed = self.good_head
 
     def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
         self.rejected[c.todo_id] = Rejection(
@@ -395,6 +439,8 @@ class _Session:
         self.runs += 1
         if self.on_run is not None:
             self.on_run(VerifyRun(todo_ids=tuple(t for t, _ in self.good_picks), result=result))
+        if result.setup_failed:
+            self._confirm_setup(result)
         reset_hard(self.worktree, self.good_head)
         return None if result.passed else result
 
