@@ -138,6 +138,19 @@ def test_a_script_committed_without_its_executable_bit_is_refused_with_the_git_c
     assert "git update-index --chmod=+x agent.sh" in problem.message
 
 
+def test_a_setup_command_not_on_path_is_refused_but_a_path_it_makes_is_not(repo: Path) -> None:
+    """`[agent] setup` runs in each new workspace: a program missing from PATH is refused; a
+    relative path is left alone, as an earlier set-up command may make it (npm ci -> node_modules)."""
+    configure(repo)
+    text = (repo / "batchd.toml").read_text(encoding="utf-8")
+    setup = 'setup = [["no-such-installer", "ci"], ["node_modules/.bin/build"]]\n'
+    (repo / "batchd.toml").write_text(text.replace("[agent]\n", "[agent]\n" + setup), encoding="utf-8")
+    [problem] = preflight.find_problems(load_config(repo))
+    assert problem.render().startswith(
+        "[agent] setup: `no-such-installer ci`: `no-such-installer` is not on PATH"
+    )
+
+
 # --- the verify commands --------------------------------------------------------------------------
 
 
