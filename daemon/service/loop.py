@@ -135,7 +135,7 @@ def note_schedule(d: Daemon) -> None:
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
     recovery.check_state_dir(config.root)
-    preflight.check(config)  # before anything is spent: exit 2 naming every problem
+    preflight.check(config, service=preflight.supervised())  # before anything is spent: exit 2
     recovery.ensure_excluded(config.root)
     recovery.ensure_identity(config.root)
     lock = DaemonLock(Workspace(config.root).lock_path).acquire()

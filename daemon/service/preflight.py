@@ -12,7 +12,9 @@ start-up (the CLI and systemd both go through :func:`daemon.service.loop.serve`)
 An executable is looked for as the agent and the checks will look for it: a bare name on PATH (the
 agent's PATH includes ``[agent] env``), an absolute path as it is, and a relative path in the
 checkout of the branch each workspace is made from, so a script must be committed there, with its
-executable bit. Every problem is collected and raised at once (:class:`PreflightFailed`, exit 2).
+executable bit. Every problem is collected and raised at once (:class:`PreflightFailed`, exit 2),
+except, under systemd, a remote that does not answer: that may be the network at boot, and the
+units never restart after exit 2, so it is a warning there (see :func:`check`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "choose_preset",
     "find_problems",
     "reload_problems",
+    "supervised",
 ]
 
 log = structlog.get_logger(__name__)
@@ -65,15 +68,29 @@ class Problem:
     key: str
     message: str
     hint: str
+    transient: bool = False  # may clear by itself (a remote that does not answer now)
 
     def render(self) -> str:
         section, _, name = self.key.partition(".")
         return f"[{section}] {name}: {self.message}"
 
 
-def check(config: Config, *, remote_timeout: float = REMOTE_TIMEOUT) -> None:
-    """Raise :class:`PreflightFailed` listing every problem; say so when nothing will be pushed."""
+def supervised() -> bool:
+    """Started by systemd (the units are ``Type=notify``): a refusal there (exit 2) is not restarted."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
+def check(config: Config, *, service: bool = False, remote_timeout: float = REMOTE_TIMEOUT) -> None:
+    """Raise :class:`PreflightFailed` listing every problem; say so when nothing will be pushed.
+
+    ``service`` (under systemd): a remote that does not answer is a warning, not a refusal. The
+    units do not restart after exit 2 (a configuration error), and a network that is down at boot
+    must not keep the service down; the daemon starts and its pushes fail until the remote answers.
+    """
     problems = find_problems(config, remote_timeout=remote_timeout)
+    for problem in [p for p in problems if p.transient and service]:
+        log.warning("remote_unreachable", error=problem.render(), hint=problem.hint, started="anyway")
+        problems.remove(problem)
     if problems:
         raise PreflightFailed(path=str(config.path), problems=[(p.key, p.message, p.hint) for p in problems])
     if not config.batchd.remote:
@@ -158,6 +175,7 @@ def remote_problems(root: Path, name: str, branch: str, *, timeout: float) -> li
             f"remote {name!r} ({printable(url)}) cannot be reached: {failure}",
             f"`git ls-remote {name}` must work without asking for a password: check the URL "
             f"(`git remote -v`), the network and your credentials; or {_NO_PUSH}",
+            transient=True,
         )
     ]
 

@@ -16,6 +16,7 @@ from procs import AGENT, CHECK, PY, alive, base_env, batchd, git, make_repo, wai
 from structlog.testing import capture_logs
 
 from daemon.config import load_config
+from daemon.exceptions import ConfigError, PreflightFailed
 from daemon.service import loop, preflight
 
 ONE_TODO = {"1": "write: [{path: one.txt, content: one}]"}
@@ -202,6 +203,20 @@ def test_an_unreachable_remote_is_refused_with_what_git_said(repo: Path, tmp_pat
     nothing_spent(repo)
 
 
+def test_under_systemd_an_unreachable_remote_is_a_warning_not_a_refusal(repo: Path, tmp_path: Path) -> None:
+    """The units never restart after exit 2: a remote that does not answer (the network at boot)
+    lets the service start, said in the log; a remote that is not configured is still refused."""
+    git(repo, "remote", "add", "origin", str(tmp_path / "gone.git"))
+    configure(repo, remote="origin")
+    with capture_logs() as logs:
+        preflight.check(load_config(repo), service=True)
+    [line] = [x for x in logs if x["event"] == "remote_unreachable"]
+    assert line["log_level"] == "warning" and "cannot be reached" in line["error"]
+    configure(repo, remote="upstream")
+    with pytest.raises(PreflightFailed, match="no remote 'upstream'"):
+        preflight.check(load_config(repo), service=True)
+
+
 def test_a_remote_that_never_answers_is_refused_at_the_timeout_and_its_processes_killed(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,8 +292,6 @@ def test_a_reload_that_breaks_the_checks_keeps_the_old_config(repo: Path) -> Non
 
 def test_the_check_is_the_configuration_error_of_the_cli(repo: Path) -> None:
     """Raised as a ConfigError (exit 2), carrying each problem for --json readers."""
-    from daemon.exceptions import ConfigError, PreflightFailed
-
     configure(repo, agent=["no-such-agent"])
     with pytest.raises(PreflightFailed) as info:
         preflight.check(load_config(repo))
