@@ -623,8 +623,11 @@ def detect_verify_commands(root: Path) -> list[list[str]]:
     found: list[list[str]] = []
     if (root / "package.json").is_file():
         found.append(["npm", "test"])
-    if (root / "pyproject.toml").is_file() or (root / "setup.cfg").is_file():
-        found.append(["python", "-m", "pytest"])
+    # python3, not python: many systems (Debian, Ubuntu, macOS) have no `python` on PATH.
+    if any((root / name).is_file() for name in ("pyproject.toml", "setup.cfg", "pytest.ini")) or (
+        (root / "tests").is_dir() and next((root / "tests").rglob("*.py"), None) is not None
+    ):
+        found.append(["python3", "-m", "pytest"])
     if (root / "Makefile").is_file() and _has_make_test(root / "Makefile"):
         found.append(["make", "test"])
     if (root / "Cargo.toml").is_file():

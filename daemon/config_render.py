@@ -5,7 +5,7 @@ how it is checked and what it is for)."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field
 from typing import Any
 
@@ -29,8 +29,17 @@ def _comment(text: str) -> list[str]:
     return [f"# {line}" for line in textwrap.wrap(text, _WIDTH - 2)]
 
 
-def render_default_config(detected_verify_commands: Sequence[Sequence[str]]) -> str:
-    """A fully commented ``batchd.toml`` with every key at its default, for ``batchd init``."""
+def render_default_config(
+    detected_verify_commands: Sequence[Sequence[str]],
+    *,
+    values: Mapping[str, object] | None = None,
+    notes: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """A fully commented ``batchd.toml`` with every key at its default, for ``batchd init``;
+    ``values`` (``"section.key"`` -> value) are what init found in the repository instead of the
+    default (the branch checked out, its remote), each with its ``notes`` as extra comment lines."""
+    values = values or {}
+    notes = notes or {}
     lines = [
         "# batchd.toml: configuration of the batchd daemon for this repository.",
         "# Every key is shown at its default; delete what you do not change. Commands are argv lists",
@@ -46,7 +55,8 @@ def render_default_config(detected_verify_commands: Sequence[Sequence[str]]) -> 
                 continue
             if meta["example"]:
                 lines.append(f"# {name} = {meta['example']}")
-            lines.append(f"{name} = {toml_literal(default_of(f))}")
+            lines += [f"# {note}" for note in notes.get(f"{section}.{name}", ())]
+            lines.append(f"{name} = {toml_literal(values.get(f'{section}.{name}', default_of(f)))}")
     return "\n".join(lines) + "\n"
 
 

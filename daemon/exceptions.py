@@ -5,6 +5,7 @@ Each names what went wrong, where (file, key, todo, command) and how to fix it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 from store.exceptions import EXIT_CANNOT_PROCEED, EXIT_FAILURES, EXIT_USAGE, BatchdError
@@ -18,6 +19,7 @@ __all__ = [
     "Halt",
     "LockHeld",
     "PlanError",
+    "PreflightFailed",
     "TodoFileError",
     "UsageError",
 ]
@@ -39,6 +41,25 @@ class ConfigError(BatchdError):
         self.key = key
         where = f"{path}: [{key}] " if key else f"{path}: "
         super().__init__(where + message, hint=hint)
+
+
+class PreflightFailed(ConfigError):
+    """``batchd run`` would waste its attempts: the agent, a verify command, the branch or the remote
+    cannot be found. Every problem is listed at once, each with its fix, so one edit clears them all."""
+
+    code = "preflight_failed"
+
+    def __init__(self, *, path: str, problems: Sequence[tuple[str, str, str]]) -> None:
+        # (key, what is wrong, how to fix it); kept as dicts for --json.
+        self.problems = [{"key": k, "message": m, "hint": h} for k, m, h in problems]
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        lines = [f"batchd cannot start, {count} to fix first:"]
+        for n, (key, message, hint) in enumerate(problems, 1):
+            section, _, name = key.partition(".")
+            lines.append(f"  {n}. [{section}] {name}: {message}" if key else f"  {n}. {message}")
+            if hint:
+                lines.append(f"     how to fix: {hint}")
+        super().__init__("\n".join(lines), path=path, hint="fix each one as said, then start again")
 
 
 class TodoFileError(BatchdError):

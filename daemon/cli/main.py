@@ -208,7 +208,7 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (kept small, one job each)."""
     import importlib
 
-    for module in ("daemon.cli.run", "daemon.cli.control", "daemon.cli.plan"):
+    for module in ("daemon.cli.run", "daemon.cli.init", "daemon.cli.control", "daemon.cli.plan"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -1,4 +1,4 @@
-"""``batchd run``, ``batchd init`` and ``batchd demo``."""
+"""``batchd run`` and ``batchd demo`` (``batchd init`` is :mod:`daemon.cli.init`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import click
 
 from daemon.cli.main import repo_option, resolve_root
-from daemon.config import CONFIG_FILE, detect_verify_commands, load_config
-from daemon.config_render import render_default_config
-from daemon.exceptions import UsageError
+from daemon.config import load_config
 from daemon.service.logs import configure_logging
 
 
@@ -50,34 +48,6 @@ def run(repo: Path | None, once: bool, log_level: str, log_json: bool | None, qu
 
 
 @click.command()
-@repo_option
-@click.option("--force", is_flag=True, help="Overwrite an existing batchd.toml.")
-def init(repo: Path | None, force: bool) -> None:
-    """Write a commented batchd.toml, create todos/ and plans/, and exclude .batchd/ from git."""
-    from daemon.engine.recovery import ensure_excluded
-
-    root = (repo or Path.cwd()).resolve()
-    if not (root / ".git").exists():
-        raise UsageError(
-            f"{root} is not a git repository", hint="run `git init` first, or pass -C with your clone"
-        )
-    target = root / CONFIG_FILE
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
-    commands = detect_verify_commands(root)
-    target.write_text(render_default_config(commands), encoding="utf-8")
-    for folder in ("todos", "plans"):
-        (root / folder).mkdir(exist_ok=True)
-    ensure_excluded(root)
-    click.echo(f"wrote {target}")
-    if commands:
-        click.echo("verify commands detected: " + "; ".join(" ".join(c) for c in commands))
-    else:
-        click.echo("no test command detected: set [verify] commands in batchd.toml before `batchd run`")
-    click.echo("next: drop todos/{id}-ready-{p1|p2|p3}-{slug}.md files, then `batchd run`")
-
-
-@click.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--speed",
@@ -110,5 +80,5 @@ def demo(directory: Path | None, speed: float, agent_timeout: float) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for command in (run, init, demo):
+    for command in (run, demo):
         cli.add_command(command)

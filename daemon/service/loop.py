@@ -1,6 +1,7 @@
 """``batchd run``: the long-running loop around :class:`daemon.engine.runner.Daemon`.
 
-Start-up: checks -> lock -> pin the remote -> verify the log's tail -> replay -> reconcile ->
+Start-up: checks (:mod:`daemon.service.preflight`: the agent, the verify commands, the branch, the
+remote) -> lock -> pin the remote -> verify the log's tail -> replay -> reconcile ->
 attach -> scan -> READY. Then single ticks until there is nothing left (``--once``) or a signal
 asks to stop. Signal handlers only set flags; the loop does the rest (stop starting agents, wait
 ``stop_timeout`` for the running ones, record the rest as interrupted, write the status file,
@@ -33,6 +34,7 @@ from daemon.engine.statusfile import one_line_status
 from daemon.exceptions import BatchdError, CannotProceed, GitError, Halt
 from daemon.intake.todofile import is_ignored
 from daemon.intake.watcher import TodoWatcher
+from daemon.service import preflight
 from daemon.service.lock import DaemonLock
 from daemon.service.signals import SignalFlags
 from daemon.workspace import Workspace
@@ -133,7 +135,7 @@ def note_schedule(d: Daemon) -> None:
 def serve(config: Config, *, once: bool, flags: SignalFlags | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
     recovery.check_state_dir(config.root)
-    recovery.check_checkout(config.root, config.batchd.branch)
+    preflight.check(config, service=preflight.supervised())  # before anything is spent: exit 2
     recovery.ensure_excluded(config.root)
     recovery.ensure_identity(config.root)
     lock = DaemonLock(Workspace(config.root).lock_path).acquire()
@@ -325,6 +327,15 @@ def reload(old: Config) -> Config:
         new = load_config(old.root)
     except BatchdError as e:
         log.error("config_reload_rejected", error=e.render())  # noqa: TRY400 - the message is the point, not a traceback
+        return old
+    problems = preflight.reload_problems(new)
+    if problems:
+        log.error(
+            "config_reload_rejected",
+            error="; ".join(p.render() for p in problems),
+            hint="; ".join(p.hint for p in problems),
+            kept="the configuration the daemon runs with",
+        )
         return old
     changes = diff_config(old, new)
     log.info("config_reloaded", changes=changes or ["nothing changed"])

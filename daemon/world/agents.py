@@ -26,7 +26,6 @@ __all__ = [
     "PROMPT_PLACEHOLDERS",
     "agent_env",
     "build_argv",
-    "check_agent_command",
     "default_template",
     "load_template",
     "render_prompt",
@@ -161,18 +160,3 @@ def resolve_executable(argv0: str, *, cwd: Path, env: Mapping[str, str], what: s
     if found is None:
         raise AgentError(f"{what} {argv0!r} was not found on PATH", hint=fix)
     return found
-
-
-def check_agent_command(agent: AgentConfig, *, cwd: Path, env: Mapping[str, str] | None = None) -> None:
-    """Raise :class:`AgentError` at start-up if the agent or a setup command cannot be found."""
-    env = os.environ if env is None else env
-    resolve_executable(agent.argv_template[0], cwd=cwd, env=env, what="agent command", fix=AGENT_FIX)
-    for argv in agent.setup:
-        if "/" not in argv[0]:  # a relative path may only exist inside a workspace
-            resolve_executable(
-                argv[0],
-                cwd=cwd,
-                env=env,
-                what="setup command",
-                fix="install it, or change [agent] setup in batchd.toml",
-            )

@@ -34,7 +34,6 @@ from daemon.world.agentproc import (
 from daemon.world.agents import (
     agent_env,
     build_argv,
-    check_agent_command,
     default_template,
     load_template,
     render_prompt,
@@ -257,19 +256,6 @@ def test_non_executable_agent_is_an_agent_error(tmp_path: Path) -> None:
     (tmp_path / "agent.sh").write_text("#!/bin/sh\n")
     with pytest.raises(AgentError, match="is not executable"):
         start_agent(["./agent.sh"], cwd=tmp_path, log_path=tmp_path / "a.log", env={})
-
-
-def test_check_agent_command_at_startup(tmp_path: Path) -> None:
-    """The claude preset without claude on PATH is reported before any todo runs."""
-    with pytest.raises(AgentError, match="'claude' was not found on PATH"):
-        check_agent_command(AgentConfig(), cwd=tmp_path, env={"PATH": str(tmp_path)})
-
-
-def test_check_agent_command_checks_setup(tmp_path: Path) -> None:
-    """A setup command missing from PATH is reported at start-up too."""
-    agent = AgentConfig(command=(PY,), setup=(("no-such-setup-xyz",),))
-    with pytest.raises(AgentError, match="setup command"):
-        check_agent_command(agent, cwd=tmp_path, env={"PATH": str(tmp_path)})
 
 
 def test_agent_runs_in_cwd_with_output_in_log(tmp_path: Path, env: dict[str, str]) -> None:

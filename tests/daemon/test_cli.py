@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -70,6 +71,109 @@ def test_init_refuses_to_overwrite_without_force(
     forced = batchd(root, "init", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "# my edit" not in config.read_text(encoding="utf-8")
+
+
+def committed_repo(
+    root: Path,
+    *,
+    branch: str = "main",
+    remotes: tuple[str, ...] = (),
+    files: dict[str, str] | None = None,
+) -> Path:
+    """A repository with ``files`` (default: a pytest.ini, so a test command is found) committed on
+    ``branch``, and ``remotes`` (bare repositories beside it)."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", branch)
+    for name, text in (files if files is not None else {"pytest.ini": "[pytest]\n"}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q", "-m", "first")
+    for name in remotes:
+        git(root.parent, "init", "-q", "--bare", str(root.parent / f"{name}.git"))
+        git(root, "remote", "add", name, str(root.parent / f"{name}.git"))
+    return root
+
+
+def path_with(tmp_path: Path, *names: str) -> str:
+    """A PATH holding git and stand-in executables ``names`` (nothing else: no real agent CLI)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    for name in names:
+        (folder / name).write_text("#!/bin/sh\n", encoding="utf-8")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_init_writes_the_branch_checked_out_and_origin(tmp_path: Path) -> None:
+    """On a branch other than main, with origin among other remotes: both are what init writes."""
+    root = committed_repo(tmp_path / "repo", branch="trunk", remotes=("backup", "origin"))
+    done = batchd(root, "init")
+    assert done.returncode == 0, done.stderr
+    config = load_config(root)
+    assert (config.batchd.branch, config.batchd.remote) == ("trunk", "origin")
+    assert "branch: trunk (checked out)" in done.stdout
+    assert f"remote: origin ({tmp_path / 'origin.git'})" in done.stdout
+
+
+def test_init_takes_the_only_remote_when_there_is_no_origin(tmp_path: Path) -> None:
+    root = committed_repo(tmp_path / "repo", remotes=("upstream",))
+    assert batchd(root, "init").returncode == 0
+    assert load_config(root).batchd.remote == "upstream"
+
+
+@pytest.mark.parametrize("remotes", [(), ("one", "two")], ids=["no remote", "two remotes, no origin"])
+def test_init_without_a_remote_to_push_to_writes_none_and_says_nothing_is_pushed(
+    tmp_path: Path, remotes: tuple[str, ...]
+) -> None:
+    root = committed_repo(tmp_path / "repo", remotes=remotes)
+    done = batchd(root, "init")
+    assert done.returncode == 0, done.stderr
+    assert load_config(root).batchd.remote == ""
+    assert "nothing will be pushed" in done.stdout
+    lines = (root / "batchd.toml").read_text(encoding="utf-8").splitlines()
+    above = lines[lines.index('remote = ""') - 2 : lines.index('remote = ""')]
+    assert any("nothing will be pushed" in line for line in above), above  # said right above the key
+
+
+def test_init_from_a_subdirectory_writes_at_the_repository_root(tmp_path: Path) -> None:
+    """Like every other command, init run inside the repository finds its top folder."""
+    root = committed_repo(tmp_path / "repo")
+    sub = root / "src" / "deep"
+    sub.mkdir(parents=True)
+    done = subprocess.run(
+        [PY, "-m", "daemon", "init"], cwd=sub, capture_output=True, text=True, env=base_env(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert (root / "batchd.toml").is_file() and (root / "todos").is_dir()
+    assert not (sub / "batchd.toml").exists() and not (sub / "todos").exists()
+
+
+def test_init_detects_a_python_tests_folder(tmp_path: Path) -> None:
+    root = committed_repo(tmp_path / "repo", files={"tests/test_app.py": "def test_ok():\n    pass\n"})
+    done = batchd(root, "init")
+    assert "verify commands detected: python3 -m pytest" in done.stdout
+    assert load_config(root).verify.commands == (("python3", "-m", "pytest"),)
+
+
+def test_init_says_the_agent_cli_it_needs_is_not_installed(tmp_path: Path) -> None:
+    root = committed_repo(tmp_path / "repo")
+    done = batchd(root, "init", env=base_env(PATH=path_with(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "agent: claude (Claude Code CLI `claude` on PATH: not found; install it "
+        "(`npm install -g @anthropic-ai/claude-code`) or set [agent] preset/command in batchd.toml)"
+    ) in done.stdout
+    assert load_config(root).agent.preset == "claude"
+
+
+def test_init_chooses_the_preset_whose_cli_is_installed(tmp_path: Path) -> None:
+    root = committed_repo(tmp_path / "repo")
+    bin_dir = path_with(tmp_path, "codex")
+    done = batchd(root, "init", env=base_env(PATH=bin_dir))
+    assert f"agent: codex (OpenAI Codex CLI `codex` on PATH: found at {bin_dir}/codex)" in done.stdout
+    assert load_config(root).agent.preset == "codex"
 
 
 def test_status_json_shape(done_repo: Path) -> None:

@@ -300,8 +300,12 @@ def test_rendered_config_without_detected_commands_refuses_to_load(tmp_path: Pat
     ("files", "expected"),
     [
         ({"package.json": "{}"}, [["npm", "test"]]),
-        ({"pyproject.toml": ""}, [["python", "-m", "pytest"]]),
-        ({"setup.cfg": ""}, [["python", "-m", "pytest"]]),
+        ({"pyproject.toml": ""}, [["python3", "-m", "pytest"]]),
+        ({"setup.cfg": ""}, [["python3", "-m", "pytest"]]),
+        ({"pytest.ini": "[pytest]\n"}, [["python3", "-m", "pytest"]]),
+        ({"tests/test_app.py": ""}, [["python3", "-m", "pytest"]]),
+        ({"tests/unit/test_app.py": "", "pyproject.toml": ""}, [["python3", "-m", "pytest"]]),
+        ({"tests/app.test.js": "", "package.json": "{}"}, [["npm", "test"]]),
         ({"Makefile": "build:\n\tcc x.c\ntest: build\n\t./t\n"}, [["make", "test"]]),
         ({"Makefile": "TEST := 1\nbuild:\n\tcc x.c\n"}, []),
         ({"Cargo.toml": ""}, [["cargo", "test"]]),
@@ -311,8 +315,10 @@ def test_rendered_config_without_detected_commands_refuses_to_load(tmp_path: Pat
     ],
 )
 def test_detect_verify_commands(tmp_path: Path, files: dict[str, str], expected: list[list[str]]) -> None:
-    """Build files at the root map to their usual test commands."""
+    """Build files at the root map to their usual test commands (a tests/ folder of Python files,
+    or pytest.ini, to pytest; one that holds JavaScript does not)."""
     for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert detect_verify_commands(tmp_path) == expected
 

@@ -284,6 +284,14 @@ class Idle:
         self.daemon.send(signal.SIGHUP)
         return self.daemon.wait_logged(event, count=before + 1)[-1]
 
+    def reload_one_more_agent(self) -> None:
+        """A good reload raising max_parallel by one: config_reloaded names only that change."""
+        new = self.max_parallel + 1
+        write_config(self.daemon.root, max_parallel=new)
+        line = self.reload("config_reloaded")
+        assert line["changes"] == [f"batchd.max_parallel: {self.max_parallel} -> {new}"]
+        self.max_parallel = new
+
 
 @pytest.fixture(scope="module")
 def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idle]:
@@ -299,11 +307,7 @@ def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idle]:
 
 def test_sighup_reloads_a_good_config_and_reports_the_change(idle: Idle) -> None:
     """SIGHUP after max_parallel changed logs config_reloaded naming exactly that change."""
-    new = idle.max_parallel + 1
-    write_config(idle.daemon.root, max_parallel=new)
-    line = idle.reload("config_reloaded")
-    assert line["changes"] == [f"batchd.max_parallel: {idle.max_parallel} -> {new}"]
-    idle.max_parallel = new
+    idle.reload_one_more_agent()
 
 
 def test_sighup_rejects_a_broken_config_and_keeps_the_old_one(idle: Idle) -> None:
@@ -313,11 +317,24 @@ def test_sighup_rejects_a_broken_config_and_keeps_the_old_one(idle: Idle) -> Non
     assert "batchd.toml" in rejected["error"] and "invalid TOML" in rejected["error"]
     assert idle.daemon.proc.poll() is None
     # The next good reload is compared with the config kept, not with the broken file.
-    new = idle.max_parallel + 1
-    write_config(idle.daemon.root, max_parallel=new)
-    line = idle.reload("config_reloaded")
-    assert line["changes"] == [f"batchd.max_parallel: {idle.max_parallel} -> {new}"]
-    idle.max_parallel = new
+    idle.reload_one_more_agent()
+
+
+def test_sighup_refuses_a_config_whose_agent_cannot_be_found(idle: Idle) -> None:
+    """A reload naming an agent that is not installed would fail every attempt from then on: it is
+    refused like a broken file (config_reload_rejected, naming the agent), and the old config stays."""
+    config = idle.daemon.root / "batchd.toml"
+    good = config.read_text(encoding="utf-8")
+    config.write_text(
+        good.replace(
+            f"max_parallel = {idle.max_parallel}", f"max_parallel = {idle.max_parallel + 1}"
+        ).replace("command = [", 'command = ["no-such-agent-cli", '),
+        encoding="utf-8",
+    )
+    rejected = idle.reload("config_reload_rejected")
+    assert "[agent] command: `no-such-agent-cli` is not on PATH" in rejected["error"]
+    assert idle.daemon.proc.poll() is None
+    idle.reload_one_more_agent()  # compared with the config kept, not with the refused one
 
 
 def test_second_daemon_on_the_same_repository_exits_3_naming_the_holder(idle: Idle) -> None:
