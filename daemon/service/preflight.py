@@ -34,6 +34,7 @@ import structlog
 from daemon.config import PRESETS, Config
 from daemon.engine.recovery import check_checkout
 from daemon.exceptions import PreflightFailed, UsageError
+from daemon.world import deps
 from daemon.world.gitops import out, printable, run_git
 
 __all__ = [
@@ -250,9 +251,7 @@ def verify_problems(config: Config) -> list[Problem]:
     # The checks get batchd's own environment (daemon.world.checks), in a checkout of the branch.
     found: list[Problem] = []
     for argv in _distinct(config.verify.commands):
-        wrong = _unresolved(
-            argv[0], root=config.root, branch=config.batchd.branch, env=os.environ, dependencies=True
-        )
+        wrong = _unresolved(argv[0], root=config.root, branch=config.batchd.branch, env=os.environ)
         if wrong:
             found.append(
                 Problem(
@@ -261,6 +260,12 @@ def verify_problems(config: Config) -> list[Problem]:
                     "install it, or change [verify] commands to the command your CI runs",
                 )
             )
+    for argv in _distinct(config.verify.setup):
+        if "/" in argv[0]:
+            continue  # as for [agent] setup: an earlier set-up command may make it
+        wrong = _unresolved(argv[0], root=config.root, branch=config.batchd.branch, env=os.environ)
+        if wrong:
+            found.append(Problem("verify.setup", _naming(argv, wrong), "install it, or change it"))
     return found
 
 
@@ -276,11 +281,10 @@ def _distinct(commands: Sequence[Sequence[str]]) -> list[Sequence[str]]:
     return list(seen.values())
 
 
-def _unresolved(
-    argv0: str, *, root: Path, branch: str, env: Mapping[str, str], dependencies: bool = False
-) -> str:
-    """Why ``argv0`` will not start ("" when it will). ``dependencies``: a relative path may also be
-    in an ignored folder of the checkout (``node_modules/.bin/jest``), as workspaces get those."""
+def _unresolved(argv0: str, *, root: Path, branch: str, env: Mapping[str, str]) -> str:
+    """Why ``argv0`` will not start ("" when it will). A relative path may also be in one of the
+    checkout's dependency folders (``node_modules/.bin/jest``, ``.venv/bin/aider``), as every
+    workspace gets those (:mod:`daemon.world.deps`)."""
     if argv0.startswith("{worktree}/"):  # the workspace is a checkout of the branch: same path
         argv0 = argv0.removeprefix("{worktree}/")
     if _PLACEHOLDER.search(argv0):
@@ -294,10 +298,10 @@ def _unresolved(
         if _runnable(Path(argv0)):
             return ""
         return f"{argv0} is not executable" if Path(argv0).is_file() else f"{argv0} does not exist"
-    return _unresolved_in_branch(argv0, root=root, branch=branch, dependencies=dependencies)
+    return _unresolved_in_branch(argv0, root=root, branch=branch)
 
 
-def _unresolved_in_branch(argv0: str, *, root: Path, branch: str, dependencies: bool) -> str:
+def _unresolved_in_branch(argv0: str, *, root: Path, branch: str) -> str:
     """A relative path runs from a fresh checkout of ``branch`` (the agent's workspace, the checks'
     worktree): it must be committed there, executable; an uncommitted file of the person's
     checkout is not in those (the mistake that failed every attempt)."""
@@ -320,7 +324,7 @@ def _unresolved_in_branch(argv0: str, *, root: Path, branch: str, dependencies: 
     if mode:
         return f"{argv0} is a folder"
     there = root / rel
-    if dependencies and _runnable(there) and _ignored(root, rel):
+    if _runnable(there) and _in_dependencies(root, rel):
         return ""
     if there.exists():
         return (
@@ -334,8 +338,8 @@ def _runnable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _ignored(root: Path, rel: str) -> bool:
-    return run_git(root, "check-ignore", "--quiet", "--", rel, check=False).returncode == 0
+def _in_dependencies(root: Path, rel: str) -> bool:
+    return Path(rel).parts[0] in deps.sources(root)
 
 
 # --------------------------------------------------------------------------------------------

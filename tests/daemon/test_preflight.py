@@ -175,6 +175,31 @@ def test_a_verify_command_in_an_ignored_dependency_folder_passes(repo: Path) -> 
     assert problem.message.startswith("./check.sh is in your checkout but not committed")
 
 
+def test_an_agent_in_the_checkouts_venv_passes_but_another_ignored_folder_does_not(repo: Path) -> None:
+    """`.venv/bin/aider` runs in every agent workspace (each gets the checkout's `.venv`); a tool in
+    some other ignored folder (`build/`) is in none of them, so it is refused before anything runs."""
+    (repo / ".gitignore").write_text(".venv/\nbuild/\n", encoding="utf-8")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    executable(repo / ".venv" / "bin" / "aider", "#!/bin/sh\n")
+    executable(repo / "build" / "agent", "#!/bin/sh\n")
+    configure(repo, agent=[".venv/bin/aider", "{todo_path}"])
+    assert preflight.find_problems(load_config(repo)) == []
+    configure(repo, agent=["build/agent", "{todo_path}"])
+    [problem] = preflight.find_problems(load_config(repo))
+    assert problem.key == "agent.command"
+    assert problem.message.startswith("build/agent is in your checkout but not committed")
+
+
+def test_a_verify_setup_program_that_is_not_installed_is_refused(repo: Path) -> None:
+    configure(repo)
+    with (repo / "batchd.toml").open("a", encoding="utf-8") as f:
+        f.write('setup = [["no-such-installer", "ci"]]\n')
+    [problem] = preflight.find_problems(load_config(repo))
+    assert problem.key == "verify.setup"
+    assert "`no-such-installer ci`: `no-such-installer` is not on PATH" in problem.message
+
+
 # --- the branch and the remote --------------------------------------------------------------------
 
 
