@@ -18,6 +18,7 @@ __all__ = [
     "Halt",
     "LockHeld",
     "PlanError",
+    "Refused",
     "TodoFileError",
     "UsageError",
 ]
@@ -26,6 +27,13 @@ __all__ = [
 class UsageError(BatchdError):
     code = "usage_error"
     exit_code = EXIT_USAGE
+
+
+class Refused(BatchdError):
+    """A request the CLI can tell at once cannot be done (an unknown todo id): nothing was recorded."""
+
+    code = "refused"
+    exit_code = EXIT_FAILURES
 
 
 class ConfigError(BatchdError):

@@ -251,6 +251,7 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     max_log = d.config.agent.max_log_bytes
     policy = policy_for(d, todo_id)
     workspace, base, branch, title = d.root / todo.worktree, todo.base_sha, todo.branch, todo.title
+    shown = d.proj.shown(todo_id)  # the id as its file name writes it (leading zeros kept)
     home = d.home_snapshots.pop(todo_id, None)
 
     def work() -> _Collected:
@@ -270,8 +271,8 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
                 root,
                 workspace,
                 base,
-                message=f"batchd: todo {todo_id} attempt {attempt} - {title}",
-                trailers={"Batchd-Todo": todo_id, "Batchd-Attempt": str(attempt)},
+                message=f"batchd: todo {shown} attempt {attempt} - {title}",
+                trailers={"Batchd-Todo": shown, "Batchd-Attempt": str(attempt)},
                 branch=branch,
                 policy=policy,
             )
