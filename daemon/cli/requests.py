@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -27,6 +27,8 @@ from statemachine import events as ev
 from statemachine.tables import TodoState
 from store import EventLog
 from store.exceptions import EXIT_FAILURES
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,10 @@ class Answer:
         return f"{self.request}: {self.outcome}" + (f": {self.detail}" if self.detail else "")
 
 
-def wait_option(fn: Any) -> Any:
+DEFAULT_WAIT = 5.0  # seconds: a running daemon answers within a tick (0.2 s) unless it is busy
+
+
+def wait_option(fn: F) -> F:
     fn = click.option(
         "--no-wait", "no_wait", is_flag=True, help="Only record the request; do not wait for the answer."
     )(fn)
@@ -56,9 +61,6 @@ def wait_option(fn: Any) -> Any:
         metavar="SECONDS",
         help="How long to wait for the running daemon's answer.",
     )(fn)
-
-
-DEFAULT_WAIT = 5.0
 
 
 def send_requests(
@@ -85,17 +87,7 @@ def send_requests(
         log.close()
     for answer in answers:
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "request": answer.request,
-                        "seq": answer.seq,
-                        "outcome": answer.outcome,
-                        "detail": answer.detail,
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            click.echo(json.dumps(asdict(answer), ensure_ascii=False))
         else:
             click.echo(answer.line(), err=answer.outcome == "refused")
     if any(a.outcome == "refused" for a in answers):
