@@ -109,9 +109,10 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     timeout = d.config.agent.timeout
     sandbox = d.sandbox
     root = d.root
+    shown = d.proj.shown(todo_id)
 
     def work() -> agentproc.SetupResult | None:
-        header = f"--- batchd: todo {todo_id} attempt {attempt}, workspace {workspace} ---\n"
+        header = f"--- batchd: todo {shown} attempt {attempt}, workspace {workspace} ---\n"
         # Appended, not truncated: an attempt re-run after an interruption keeps the first run's output.
         safefs.append_text(root, log_path.relative_to(root), header)
         text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)

@@ -229,7 +229,7 @@ def answer(
             return (
                 [],
                 "refused",
-                f"todo #{todo_id} is {todo.state}: "
+                f"todo #{d.proj.shown(todo_id)} is {todo.state}: "
                 "only a failed, blocked, cancelled or invalid todo can be retried",
             )
         return [(ev.todo_stream(todo_id), [event])], "done", f"queued for attempt {todo.attempt + 1}"
@@ -256,7 +256,7 @@ def answer(
             )
         cancel = ev.TodoCancelled(todo_id=todo_id, reason="cancelled with batchd cancel")
         if not allowed(d, todo_id, cancel):
-            return [], "refused", f"todo #{todo_id} is {todo.state} and cannot be cancelled now"
+            return [], "refused", f"todo #{d.proj.shown(todo_id)} is {todo.state} and cannot be cancelled now"
         return [(ev.todo_stream(todo_id), [cancel])], "done", "cancelled"
     if type_ == "control.pause":
         run = d.proj.run
