@@ -20,6 +20,7 @@ __all__ = [
     "LockHeld",
     "PlanError",
     "PreflightFailed",
+    "Refused",
     "TodoFileError",
     "UsageError",
 ]
@@ -28,6 +29,13 @@ __all__ = [
 class UsageError(BatchdError):
     code = "usage_error"
     exit_code = EXIT_USAGE
+
+
+class Refused(BatchdError):
+    """A request the CLI can tell at once cannot be done (an unknown todo id): nothing was recorded."""
+
+    code = "refused"
+    exit_code = EXIT_FAILURES
 
 
 class ConfigError(BatchdError):

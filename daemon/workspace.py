@@ -63,6 +63,10 @@ class Workspace:
     def agent_log(self, todo_id: str, attempt: int) -> Path:
         return self.logs / f"todo-{todo_id}-attempt-{attempt}.log"
 
+    def verify_log(self, todo_id: str, attempt: int) -> Path:
+        """The whole output of the check that rejected ``attempt`` (``batchd logs ID --verify``)."""
+        return self.logs / f"todo-{todo_id}-attempt-{attempt}-verify.log"
+
     def db_location(self, db: str | None) -> str:
         """A URL is used as is; a path is relative to the repository root."""
         value = db or DEFAULT_DB

@@ -27,7 +27,7 @@ import structlog
 
 from statemachine.exceptions import InvalidTransition, SnapshotIncompatible
 from statemachine.handlers import HANDLERS, Handler, Payload
-from statemachine.ids import id_key, id_order
+from statemachine.ids import id_key, id_order, written_id
 from statemachine.machines import LiveMachines, LiveModel
 from statemachine.tables import CONTROL_EVENTS, EVENT_TRIGGERS, NEXT_STATE, Kind
 from statemachine.views import (
@@ -270,6 +270,12 @@ class Projection:
     def is_finished(self, stream: str) -> bool:
         kind, _ = parse_stream(stream)
         return self.state_of(stream) in _FINISHED_STATES[kind]
+
+    def shown(self, todo_id: str) -> str:
+        """A todo's id as a person wrote it in its file name (leading zeros kept): for display only;
+        every mapping and stream keeps the key."""
+        todo = self.todos.get(todo_id)
+        return written_id(todo_id, todo.path) if todo is not None else todo_id
 
     def todos_in(self, *states: str) -> list[TodoView]:
         """Todos in any of ``states``, in id order."""

@@ -145,6 +145,10 @@ RUN_TRANSITIONS: tuple[Transition, ...] = (
     Transition("attach", (R.STOPPING,), R.RUNNING),
     Transition("pause", (R.RUNNING,), R.PAUSED),
     Transition("resume", (R.PAUSED,), R.RUNNING),
+    # A completed run idling for new todos (continuous, `batchd run`) can be paused too: it stays
+    # completed, its verdict stands, and nothing dropped meanwhile reopens it until it is resumed.
+    Transition("pause", (R.COMPLETED,), None),
+    Transition("resume", (R.COMPLETED,), None),
     Transition("stop", (R.RUNNING, R.PAUSED), R.STOPPING),
     Transition("complete", (R.RUNNING,), R.COMPLETED),
     Transition("reopen", (R.COMPLETED,), R.RUNNING),

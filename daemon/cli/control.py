@@ -1,28 +1,25 @@
-"""``batchd status``, ``logs``, ``replay``, and the control requests ``retry``, ``cancel``, ``pause``,
-``resume`` and ``push``.
-
-Control commands only append a request to the log's ``control`` stream: a running daemon acts on
-it within a second, and with no daemon running the next start acts on it. Nothing here needs the
-daemon to be up.
-"""
+"""``batchd status``, ``logs`` and ``replay`` (the control requests are in :mod:`daemon.cli.requests`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from daemon.cli.main import db_option, json_option, parse_time_option, repo_option, resolve_root
+from daemon.cli.todoids import known_todo
 from daemon.engine.statusfile import review_items
 from daemon.exceptions import UsageError
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
+from statemachine.ids import user_id
 from statemachine.projection import Projection, replay
 from statemachine.tables import TodoState
 from store.eventlog import parse_time
@@ -49,7 +46,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
     todos = []
     for todo in sorted(proj.todos.values(), key=lambda t: (len(t.todo_id), t.todo_id)):
         item: dict[str, Any] = {
-            "id": todo.todo_id,
+            "id": proj.shown(todo.todo_id),  # as its file name writes it (leading zeros kept)
             "state": str(todo.state),
             "title": todo.title,
             "priority": todo.priority,
@@ -100,17 +97,17 @@ def status_data(proj: Projection) -> dict[str, Any]:
             {
                 "key": b.key,
                 "state": str(b.state),
-                "todos": list(b.todo_ids),
-                "accepted": list(b.accepted),
-                "rejected": list(b.rejected),
-                "conflicted": list(b.conflicted),
-                "failed": list(b.failed),
+                "todos": [proj.shown(t) for t in b.todo_ids],
+                "accepted": [proj.shown(t) for t in b.accepted],
+                "rejected": [proj.shown(t) for t in b.rejected],
+                "conflicted": [proj.shown(t) for t in b.conflicted],
+                "failed": [proj.shown(t) for t in b.failed],
                 "verify_runs": b.runs,
             }
             for b in proj.batches.values()
         ],
         "todos": todos,
-        "review": [{"id": t, "attempt": n, "what": what} for t, n, what in review_items(proj)],
+        "review": [{"id": proj.shown(t), "attempt": n, "what": what} for t, n, what in review_items(proj)],
         "last_seq": proj.last_seq,
     }
 
@@ -191,13 +188,18 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
 @click.argument("todo_id")
 @click.option("--attempt", type=int, default=None, help="Which attempt (default: the latest).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing while the agent writes.")
-def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, follow: bool) -> None:
-    """An agent's output (stdout and stderr), live with --follow while it runs."""
+@click.option("--verify", "verify_output", is_flag=True, help="The output of the check that rejected it.")
+def logs(
+    repo: Path | None, db: str | None, todo_id: str, attempt: int | None, follow: bool, verify_output: bool
+) -> None:
+    """An agent's output (stdout and stderr), live with --follow while it runs; with --verify the whole
+    output of the check that rejected the todo (its latest rejection, or that of --attempt)."""
     root, proj = load_projection(repo, db)
-    key = str(int(todo_id)) if todo_id.isdigit() else todo_id
-    todo = proj.todos.get(key)
-    if todo is None:
-        raise UsageError(f"no todo #{todo_id} in the log", hint="`batchd status` lists the todos")
+    key = known_todo(proj, todo_id)
+    todo = proj.todos[key]
+    if verify_output:
+        rejection_output(root, db, key, proj.shown(key), attempt)
+        return
     number = attempt or todo.attempt
     path = Workspace(root).agent_log(key, number)
     if not path.exists() and not path.is_symlink():
@@ -205,14 +207,7 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
             f"no output for todo #{todo_id} attempt {number} ({path})",
             hint="its agent has not started yet; `batchd status` shows its state",
         )
-    try:
-        # The log is batchd's, but a link put in its place is not followed.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise UsageError(
-            f"cannot read {path}: {e.strerror}", hint="batchd never follows a link put in place of a log"
-        ) from e
-    with os.fdopen(fd, "rb") as fh:
+    with open_batchd_log(path) as fh:
         while True:
             chunk = fh.read(65536)
             if chunk:
@@ -228,73 +223,43 @@ def logs(repo: Path | None, db: str | None, todo_id: str, attempt: int | None, f
             time.sleep(0.3)
 
 
-def append_control(repo: Path | None, db: str | None, event: object, what: str) -> None:
-    root = resolve_root(repo)
-    # A repository set up for batchd but never run yet may be paused (or resumed) ahead of time.
-    log = open_log(root, db, must_exist=not (root / "batchd.toml").is_file())
+def open_batchd_log(path: Path) -> BinaryIO:
     try:
-        stored = log.append(ev.CONTROL_STREAM, [event])
+        # The log is batchd's, but a link put in its place is not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(
+            f"cannot read {path}: {e.strerror}", hint="batchd never follows a link put in place of a log"
+        ) from e
+    return os.fdopen(fd, "rb")
+
+
+def rejection_output(root: Path, db: str | None, key: str, shown: str, attempt: int | None) -> None:
+    """Print the whole output of the check that rejected the todo's latest attempt (or ``attempt``)."""
+    log = open_log(root, db)
+    try:
+        rejections = [
+            e
+            for e in log.read(stream=ev.todo_stream(key))
+            if e.type == "todo.rejected" and attempt in (None, e.payload["attempt"])
+        ]
     finally:
         log.close()
-    click.echo(
-        f"{what}: request recorded (event {stored[0].seq}); a running daemon acts on it within a second, "
-        "otherwise the next `batchd run` does"
-    )
-
-
-def known_todo(repo: Path | None, db: str | None, todo_id: str) -> str:
-    if not todo_id.isdigit():
-        raise UsageError(f"{todo_id!r} is not a todo id", hint="give the number, e.g. `batchd retry 273`")
-    key = str(int(todo_id))
-    _, proj = load_projection(repo, db)
-    if key not in proj.todos:
-        raise UsageError(f"no todo #{todo_id} in the log", hint="`batchd status` lists the todos")
-    return key
-
-
-@click.command()
-@repo_option
-@db_option
-@click.argument("todo_id")
-def retry(repo: Path | None, db: str | None, todo_id: str) -> None:
-    """Give a failed, blocked, cancelled or invalid todo another attempt (attempts start counting again)."""
-    key = known_todo(repo, db, todo_id)
-    append_control(repo, db, ev.RetryRequested(todo_id=key), f"retry #{key}")
-
-
-@click.command()
-@repo_option
-@db_option
-@click.argument("todo_id")
-def cancel(repo: Path | None, db: str | None, todo_id: str) -> None:
-    """Cancel a todo (its agent is stopped if running; nothing of it is committed)."""
-    key = known_todo(repo, db, todo_id)
-    append_control(repo, db, ev.CancelRequested(todo_id=key), f"cancel #{key}")
-
-
-@click.command()
-@repo_option
-@db_option
-@click.option("--reason", default="requested with batchd pause", help="Shown in batchd status.")
-def pause(repo: Path | None, db: str | None, reason: str) -> None:
-    """Start no new agent or batch until `batchd resume` (running agents finish)."""
-    append_control(repo, db, ev.PauseRequested(reason=reason), "pause")
-
-
-@click.command()
-@repo_option
-@db_option
-def resume(repo: Path | None, db: str | None) -> None:
-    """Resume a paused run (and re-check a batch paused by a red baseline)."""
-    append_control(repo, db, ev.ResumeRequested(), "resume")
-
-
-@click.command("push")
-@repo_option
-@db_option
-def push_command(repo: Path | None, db: str | None) -> None:
-    """Push the last phase commit again, after its push failed (the remote was down, or refused)."""
-    append_control(repo, db, ev.PushRequested(), "push")
+    if not rejections:
+        which = f" at attempt {attempt}" if attempt else ""
+        click.echo(f"todo #{shown} was never rejected by the checks{which}", err=True)
+        raise SystemExit(EXIT_FAILURES)
+    latest = rejections[-1].payload
+    path = Workspace(root).verify_log(key, latest["attempt"])
+    if path.exists() or path.is_symlink():
+        with open_batchd_log(path) as fh:
+            shutil.copyfileobj(fh, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
+    # Rejected before batchd kept the whole output: the event's end of it is all there is.
+    click.echo(f"$ {' '.join(latest['command'])}")
+    click.echo(latest["output_tail"])
+    click.echo(f"[batchd] only the end of the output was kept for attempt {latest['attempt']}", err=True)
 
 
 @click.command("replay")
@@ -360,12 +325,18 @@ def select_stream(data: dict[str, Any], stream: str) -> dict[str, Any]:
     if key is None:
         raise UsageError(f"unknown stream {stream!r}", hint="use todo-<id>, batch-<key>, phase-<n> or run")
     field = {"todos": "id", "batches": "key", "phases": "number"}[key]
-    found: list[dict[str, Any]] = [item for item in data[key] if str(item[field]) == name]
+    wanted = user_id(name) if key == "todos" else None
+
+    def same(value: object) -> bool:
+        # A todo by any id form (todo-282 finds the todo its file calls 0282).
+        return str(value) == name or (wanted is not None and wanted == user_id(str(value)))
+
+    found: list[dict[str, Any]] = [item for item in data[key] if same(item[field])]
     if not found:
         raise UsageError(f"no stream {stream!r} at that point", hint="`batchd events` lists the streams")
     return found[0]
 
 
 def register(cli: click.Group) -> None:
-    for command in (status, logs, retry, cancel, pause, resume, push_command, replay_command):
+    for command in (status, logs, replay_command):
         cli.add_command(command)

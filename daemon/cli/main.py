@@ -15,6 +15,8 @@ import click
 
 from daemon.exceptions import UsageError
 from daemon.workspace import find_root, open_log
+from statemachine.events import todo_stream
+from statemachine.ids import user_id
 from store.eventlog import StoredEvent
 from store.exceptions import EXIT_FAILURES, EXIT_OK, BatchdError
 
@@ -107,6 +109,9 @@ def events(
     """Print the event log, oldest first (one JSON object per line with --json)."""
     log = open_log(resolve_root(repo), db)
     stop = _install_term_flag()
+    # A todo's stream by any id form a person types: 282, 0282, todo-0282.
+    key = user_id(stream) if stream is not None else None
+    stream = todo_stream(key) if key is not None else stream
 
     def emit(event: StoredEvent) -> None:
         click.echo(json.dumps(event.to_dict(), ensure_ascii=False) if as_json else format_event(event))
@@ -208,7 +213,13 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (kept small, one job each)."""
     import importlib
 
-    for module in ("daemon.cli.run", "daemon.cli.init", "daemon.cli.control", "daemon.cli.plan"):
+    for module in (
+        "daemon.cli.run",
+        "daemon.cli.init",
+        "daemon.cli.control",
+        "daemon.cli.requests",
+        "daemon.cli.plan",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

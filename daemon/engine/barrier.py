@@ -93,7 +93,7 @@ def start_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Fac
                 cmd.BlockTodo(
                     todo_id=todo_id,
                     reason=verdict,
-                    action=f"fix the dependency, then `batchd retry {todo_id}`",
+                    action=f"fix the dependency, then `batchd retry {proj.shown(todo_id)}`",
                 )
             )
     out.append(cmd.StartBatch(key=batch.key, phase=phase.number, base_sha=base, todo_ids=tuple(to_run)))
@@ -145,7 +145,7 @@ def retry_batch(proj: Projection, phase: PhaseView) -> list[cmd.Command]:
         cmd.BlockTodo(
             todo_id=t,
             reason="a dependency was not accepted in this phase",
-            action=f"resolve its dependencies, then `batchd retry {t}`",
+            action=f"resolve its dependencies, then `batchd retry {proj.shown(t)}`",
         )
         for t in waiting
         if t not in runnable

@@ -9,12 +9,15 @@ import structlog
 
 from daemon.engine import phases
 from daemon.engine.runner import Daemon
+from daemon.exceptions import BatchdError
 from daemon.intake.todofile import id_order
+from daemon.world import safefs
 from daemon.world.agents import repair_text
 from daemon.world.checks import CheckResult, CheckRunner
 from daemon.world.verify import (
     BatchVerdict,
     Candidate,
+    Rejection,
     SetupFailed,
     VerifyRun,
     check_baseline,
@@ -175,6 +178,7 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
                 rej = verdict.rejected[todo.todo_id]
                 rejected.append(todo.todo_id)
                 command = tuple(rej.command or ())
+                keep_verify_output(d, todo.todo_id, todo.attempt, command, rej)
                 reason = rej.reason or f"broke `{' '.join(command)}`"
                 events.append(
                     ev.TodoRejected(
@@ -258,6 +262,20 @@ def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_atte
         ev.TodoBlocked(
             todo_id=todo.todo_id,
             reason=f"attempts exhausted ({used}/{max_attempts}): {reason}",
-            action=f"fix by hand, or `batchd retry {todo.todo_id}` for another attempt",
+            action=f"fix by hand, or `batchd retry {d.proj.shown(todo.todo_id)}` for another attempt",
         )
     ]
+
+
+def keep_verify_output(
+    d: Daemon, todo_id: str, attempt: int, command: tuple[str, ...], rej: Rejection
+) -> None:
+    """The whole output of the check that rejected the attempt, for `batchd logs ID --verify` (the
+    event keeps only its end). Losing it costs a person the detail, never the run: a failed write
+    is logged and the run goes on."""
+    rel = d.ws.verify_log(todo_id, attempt).relative_to(d.root)
+    text = f"$ {' '.join(command)}\n{rej.output}" + ("" if rej.output.endswith("\n") else "\n")
+    try:
+        safefs.write_text(d.root, rel, text + f"[exit {rej.returncode}]\n")
+    except (OSError, BatchdError) as e:
+        log.warning("verify_output_not_kept", todo_id=todo_id, attempt=attempt, error=str(e))

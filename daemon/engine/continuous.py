@@ -187,7 +187,7 @@ def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.C
                 cmd.BlockTodo(
                     todo_id=todo_id,
                     reason=verdict,
-                    action=f"fix the dependency, then `batchd retry {todo_id}`",
+                    action=f"fix the dependency, then `batchd retry {proj.shown(todo_id)}`",
                 )
             )
             continue

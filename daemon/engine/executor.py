@@ -109,9 +109,10 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     timeout = d.config.agent.timeout
     sandbox = d.sandbox
     root = d.root
+    shown = d.proj.shown(todo_id)
 
     def work() -> agentproc.SetupResult | None:
-        header = f"--- batchd: todo {todo_id} attempt {attempt}, workspace {workspace} ---\n"
+        header = f"--- batchd: todo {shown} attempt {attempt}, workspace {workspace} ---\n"
         # Appended, not truncated: an attempt re-run after an interruption keeps the first run's output.
         safefs.append_text(root, log_path.relative_to(root), header)
         text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)
@@ -258,6 +259,7 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     max_log = d.config.agent.max_log_bytes
     policy = policy_for(d, todo_id)
     workspace, base, branch, title = d.root / todo.worktree, todo.base_sha, todo.branch, todo.title
+    shown = d.proj.shown(todo_id)  # the id as its file name writes it (leading zeros kept)
     home = d.home_snapshots.pop(todo_id, None)
 
     def work() -> _Collected:
@@ -277,8 +279,8 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
                 root,
                 workspace,
                 base,
-                message=f"batchd: todo {todo_id} attempt {attempt} - {title}",
-                trailers={"Batchd-Todo": todo_id, "Batchd-Attempt": str(attempt)},
+                message=f"batchd: todo {shown} attempt {attempt} - {title}",
+                trailers={"Batchd-Todo": shown, "Batchd-Attempt": str(attempt)},
                 branch=branch,
                 policy=policy,
             )

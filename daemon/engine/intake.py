@@ -229,10 +229,10 @@ def answer(
             return (
                 [],
                 "refused",
-                f"todo #{todo_id} is {todo.state}: "
+                f"todo #{d.proj.shown(todo_id)} is {todo.state}: "
                 "only a failed, blocked, cancelled or invalid todo can be retried",
             )
-        return [(ev.todo_stream(todo_id), [event])], "done", ""
+        return [(ev.todo_stream(todo_id), [event])], "done", f"queued for attempt {todo.attempt + 1}"
     if type_ == "control.cancel":
         if todo is None:
             return [], "refused", f"no todo #{todo_id}"
@@ -256,15 +256,22 @@ def answer(
             )
         cancel = ev.TodoCancelled(todo_id=todo_id, reason="cancelled with batchd cancel")
         if not allowed(d, todo_id, cancel):
-            return [], "refused", f"todo #{todo_id} is {todo.state} and cannot be cancelled now"
-        return [(ev.todo_stream(todo_id), [cancel])], "done", ""
+            return [], "refused", f"todo #{d.proj.shown(todo_id)} is {todo.state} and cannot be cancelled now"
+        return [(ev.todo_stream(todo_id), [cancel])], "done", "cancelled"
     if type_ == "control.pause":
-        if d.proj.run.state != RunState.RUNNING:
-            return [], "refused", f"the run is {d.proj.run.state}"
+        run = d.proj.run
+        if run.state == RunState.PAUSED or run.paused_reason:
+            return [], "refused", f"the run is paused already ({run.paused_reason or 'paused'})"
+        if run.state not in (RunState.RUNNING, RunState.COMPLETED):
+            return [], "refused", f"the run is {run.state}"
+        running = sum(1 for t in d.proj.todos.values() if t.state == TodoState.RUNNING)
+        detail = "no new agent starts until `batchd resume`" + (
+            f"; {running} running agent(s) finish" if running else ""
+        )
         return (
             [(ev.RUN_STREAM, [ev.RunPaused(reason=str(payload.get("reason", "")) or "paused")])],
             "done",
-            "",
+            detail,
         )
     if type_ == "control.push":
         from daemon.engine.pushes import retry_target
@@ -284,7 +291,11 @@ def answer(
         ]
         if d.proj.run.state == RunState.COMPLETED:
             # The verdict counted the failed push: it is decided again once this one is done.
-            appends_push.insert(0, (ev.RUN_STREAM, [ev.RunReopened(reason="batchd push")]))
+            # A pause made while the run idled holds the reopened run too.
+            run_events: list[object] = [ev.RunReopened(reason="batchd push")]
+            if d.proj.run.paused_reason:
+                run_events.append(ev.RunPaused(reason=d.proj.run.paused_reason, by=d.proj.run.paused_by))
+            appends_push.insert(0, (ev.RUN_STREAM, run_events))
         return appends_push, "done", f"pushing phase {target.number} again"
     if type_ == "control.resume":
         appends: list[Append | tuple[str, Sequence[object]]] = [
@@ -292,9 +303,9 @@ def answer(
             for b in d.proj.batches.values()
             if b.state == BatchState.PAUSED
         ]
-        if d.proj.run.state == RunState.PAUSED:
+        if d.proj.run.state == RunState.PAUSED or d.proj.run.paused_reason:
             appends.append((ev.RUN_STREAM, [ev.RunResumed()]))
         if not appends:
             return [], "refused", "nothing is paused"
-        return appends, "done", ""
+        return appends, "done", "the run goes on" if d.proj.run.paused_reason else "batches re-checked"
     return [], "refused", f"unknown request {type_}"

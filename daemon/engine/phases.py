@@ -69,7 +69,7 @@ def ensure_verify_worktree(d: Daemon, sha: str) -> WorkTree:
 
 def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:
     # Listed by id, whatever order they were accepted in (which depends on which agent finished first).
-    todo_ids = sorted(todo_ids, key=id_order)
+    todo_ids = [d.proj.shown(t) for t in sorted(todo_ids, key=id_order)]  # as the file names write them
     if phase.commit_message:
         subject = phase.commit_message.splitlines()[0]
     elif phase.title == AUTO_TITLE and todo_ids:
@@ -256,8 +256,9 @@ def commit_per_todo(
             safefs.write_text(vt.path, status_rel, status_text, replace_link=True)
             paths.append(status_rel)
         gitops.stage(vt, paths)
-        message = f"{titles[todo_id]}\n\nResolves todo #{todo_id}.\n"
-        text = gitops.with_trailers(vt, message, {**trailers, gitops.TRAILER_TODO: todo_id})
+        shown = d.proj.shown(todo_id)
+        message = f"{titles[todo_id]}\n\nResolves todo #{shown}.\n"
+        text = gitops.with_trailers(vt, message, {**trailers, gitops.TRAILER_TODO: shown})
         gitops.run_git(vt, "commit", "--quiet", "--no-verify", "--allow-empty", "-F", "-", stdin=text)
         made.append(gitops.head_sha(vt))
     if not made:

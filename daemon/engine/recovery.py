@@ -162,7 +162,8 @@ def break_crash_loop(d: Daemon) -> None:
             ev.TodoBlocked(
                 todo_id=todo.todo_id,
                 reason=reason,
-                action=f"report the bug with that file; `batchd retry {todo.todo_id}` once batchd is fixed",
+                action=f"report the bug with that file; `batchd retry {d.proj.shown(todo.todo_id)}` "
+                "once batchd is fixed",
             ),
         )
         log.error("crash_loop_broken", todo_id=todo.todo_id, place=run.crash_place)

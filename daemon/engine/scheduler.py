@@ -54,6 +54,8 @@ def advance(d: Daemon) -> None:
         advance_phase(d, phase)
         return
     if run.state == RunState.COMPLETED:
+        if run.paused_reason:
+            return  # paused while idle: todos dropped meanwhile wait for `batchd resume`
         # The plan's further final phases (commit points after the check) come first. Then todos
         # dropped (or retried) after the run completed reopen it; under --once too, so a later
         # `run --once` does that work instead of exiting on the old verdict.
@@ -172,7 +174,9 @@ def plan_more(d: Daemon) -> bool:
                     ev.TodoBlocked(
                         todo_id=todo_id,
                         reason=reason,
-                        action="fix or queue the dependency, then `batchd retry " + todo_id + "`",
+                        action="fix or queue the dependency, then `batchd retry "
+                        + d.proj.shown(todo_id)
+                        + "`",
                     )
                 ],
             )

@@ -103,7 +103,11 @@ def render_status(
         state = "running"
     lines.append(
         f"- **State:** {state}"
-        + (f" — paused: {run.paused_reason}" if run.paused_reason and run.state == "paused" else "")
+        + (
+            f" — paused: {run.paused_reason}"
+            if run.paused_reason and run.state in ("paused", "completed")
+            else ""
+        )
     )
     if run.verdict is not None:
         verdict = "SUCCESS" if run.verdict.success else "NOT COMPLETE"
@@ -111,7 +115,7 @@ def render_status(
         lines.append(
             f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
             f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing"
-            + (f" ({ids(run.verdict.missing)})" if run.verdict.missing else "")
+            + (f" ({ids(run.verdict.missing, proj)})" if run.verdict.missing else "")
         )
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"- **Todos:** {summary or 'none yet'}")
@@ -153,9 +157,9 @@ def render_status(
                 continue
             batch_state = "done" if batch.state == BatchState.DONE else str(batch.state)
             lines.append(
-                f"| {key} | {batch_state} | {ids(batch.todo_ids)} | {ids(batch.accepted)} "
-                f"| {ids(batch.rejected)} "
-                f"| {ids(batch.conflicted)} | {ids(batch.failed)} | {batch.runs} |"
+                f"| {key} | {batch_state} | {ids(batch.todo_ids, proj)} | {ids(batch.accepted, proj)} "
+                f"| {ids(batch.rejected, proj)} "
+                f"| {ids(batch.conflicted, proj)} | {ids(batch.failed, proj)} | {batch.runs} |"
             )
         lines.append("")
         members: list[str] = []
@@ -172,8 +176,8 @@ def render_status(
             attempts = len(member.history) if member else 0
             seconds = member.agent_seconds if member else 0.0
             lines.append(
-                f"| {todo_id} | {cell(title)} | {todo_state(proj, todo_id, committing)} | {attempts} "
-                f"| {duration(seconds)} |"
+                f"| {proj.shown(todo_id)} | {cell(title)} | {todo_state(proj, todo_id, committing)} "
+                f"| {attempts} | {duration(seconds)} |"
             )
         lines.append("")
     lines.extend(failed_table(proj))
@@ -182,8 +186,8 @@ def render_status(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def ids(values: Iterable[str]) -> str:
-    text = ", ".join(values)
+def ids(values: Iterable[str], proj: Projection) -> str:
+    text = ", ".join(proj.shown(t) for t in values)  # as the file names write them (leading zeros kept)
     return text or "—"
 
 
@@ -198,9 +202,10 @@ def failed_table(proj: Projection) -> list[str]:
     for todo in sorted(rows, key=lambda t: id_order(t.todo_id)):
         reverted = ", ".join(todo.files_reverted) or "—"
         reason = f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state)
+        shown = proj.shown(todo.todo_id)
         lines.append(
-            f"| {cell(todo.todo_id)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
-            f"| {cell(todo.action or default_action(str(todo.state), todo.todo_id))} |"
+            f"| {cell(shown)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
+            f"| {cell(todo.action or default_action(str(todo.state), shown))} |"
         )
     lines.append("")
     return lines
@@ -223,7 +228,7 @@ def review_table(proj: Projection) -> list[str]:
     if not items:
         return []
     lines = ["## Review", "", "| Todo ID | Attempt | What |", "|---------|---------|------|"]
-    lines += [f"| {cell(t)} | {n} | {cell(what)} |" for t, n, what in items]
+    lines += [f"| {cell(proj.shown(t))} | {n} | {cell(what)} |" for t, n, what in items]
     lines.append("")
     return lines
 
@@ -245,7 +250,8 @@ def earlier_attempts(proj: Projection) -> list[str]:
         for record in todo.history:
             if record.outcome in ("rejected", "conflicted", "agent_failed"):
                 rows.append(
-                    f"| {cell(todo.todo_id)} | {record.attempt} | {record.outcome} | {cell(record.reason)} |"
+                    f"| {cell(proj.shown(todo.todo_id))} | {record.attempt} | {record.outcome} "
+                    f"| {cell(record.reason)} |"
                 )
     if not rows:
         return []

@@ -18,7 +18,7 @@ from types import TracebackType
 from daemon.exceptions import LockHeld
 from daemon.workspace import STATE_DIR
 
-__all__ = ["LOCK_NAME", "DaemonLock", "read_holder_pid"]
+__all__ = ["LOCK_NAME", "DaemonLock", "holder", "read_holder_pid"]
 
 LOCK_NAME = Path(STATE_DIR) / "daemon.service.lock"
 
@@ -105,6 +105,43 @@ def read_holder_pid(path: Path | str) -> int | None:
         return _read_pid(fd)
     finally:
         os.close(fd)
+
+
+def holder(path: Path | str) -> int | None:
+    """The pid of the daemon holding the lock now, or None when no process holds it.
+
+    Read first from the kernel's lock table (``/proc/locks``, matched by device and inode), which
+    asking does not disturb. When the table does not name the file (no holder, or a file system
+    whose device numbers differ from the table's), a shared non-blocking ``flock`` probe answers;
+    it is let go at once (a daemon starting in that instant would find the lock taken).
+    """
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        table = ""
+    for line in table.splitlines():
+        fields = line.split()
+        if "->" in fields:
+            continue  # a process waiting for the lock, not holding it
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            return int(fields[4]) if fields[4].isdigit() else -1
+    return _probe(path)
+
+
+def _probe(path: Path | str) -> int | None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd) or -1
+    finally:
+        os.close(fd)  # closing drops a probe's shared lock at once
+    return None
 
 
 def _read_pid(fd: int) -> int | None:

@@ -41,6 +41,8 @@ class CheckResult:
     failed_command: tuple[str, ...] | None = None
     returncode: int = 0
     output_tail: str = ""
+    # A failed check: the failing command's whole output (its last try), kept for `batchd logs --verify`.
+    output: str = ""
     duration: float = 0.0
     flaky: bool = False
     timed_out: bool = False
@@ -113,6 +115,7 @@ class CheckRunner:
                     failed_command=command,
                     returncode=done.returncode,
                     output_tail=tail,
+                    output=done.output,
                     duration=time.monotonic() - start,
                     flaky=False,
                     timed_out=done.timed_out,

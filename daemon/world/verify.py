@@ -90,6 +90,7 @@ class Rejection:
     files: tuple[str, ...]
     returncode: int = 1
     reason: str = ""  # when not simply "broke the command": passing only with its own test edits
+    output: str = ""  # the failing command's whole output (``output_tail`` is its end)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +290,7 @@ class _Session:
             files=c.files,
             returncode=red.returncode,
             reason=reason,
+            output=red.output or red.output_tail,
         )
         log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()), reason=reason)
 

@@ -14,6 +14,7 @@ import pytest
 
 from daemon.exceptions import LockHeld
 from daemon.service.lock import LOCK_NAME, DaemonLock, read_holder_pid
+from daemon.service.lock import holder as lock_holder
 
 # A holder process: takes the lock, optionally starts a long-lived child, says so, then waits.
 _HOLDER = textwrap.dedent(
@@ -125,3 +126,22 @@ def test_orphaned_child_of_killed_holder_does_not_keep_lock(tmp_path: Path) -> N
 def test_read_holder_pid_without_file(tmp_path: Path) -> None:
     """No lock file means no holder."""
     assert read_holder_pid(tmp_path / LOCK_NAME) is None
+
+
+def test_the_holder_is_named_while_another_process_holds_the_lock(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    """`holder()` (how control commands know a daemon runs) names the holding process; asking leaves
+    the lock as it was."""
+    assert lock_holder(tmp_path / LOCK_NAME) == holder.pid
+    with pytest.raises(LockHeld):
+        DaemonLock.for_repo(tmp_path).acquire()
+
+
+def test_no_holder_once_the_holder_is_gone(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    """A killed holder holds nothing: `holder()` says so (the file is left behind), and a daemon can
+    start right after asking."""
+    holder.kill()
+    holder.wait()
+    assert lock_holder(tmp_path / LOCK_NAME) is None
+    DaemonLock.for_repo(tmp_path).acquire().release()

@@ -364,6 +364,14 @@ def test_commit_mode_todo_makes_one_commit_per_todo_with_todo_trailers(per_todo:
     assert {trailer(r.root, s, "Batchd-Run") for s in shas} == {run_id(r)}
 
 
+def test_commit_mode_todo_keeps_the_leading_zeros_of_the_id_in_message_and_trailer(tmp_path: Path) -> None:
+    """A todo filed as 007: its own commit says `Resolves todo #007.` and `Batchd-Todo: 007`."""
+    r = build_repo(tmp_path, {"007": module("7")}, commit_mode="todo", remote="")
+    assert r.run() == 0
+    assert trailer(r.root, "main", "Batchd-Todo") == "007"
+    assert "Resolves todo #007." in body(r, "main")
+
+
 def test_commit_mode_todo_commit_holds_its_todos_change_and_rename(per_todo: PhaseRepo) -> None:
     """Todo 1's commit holds its module and its rename; the status file rides on the last one."""
     r = per_todo
