@@ -14,7 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from daemon.cli.view import clock, id_order
+from daemon.cli.view import clock
+from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
 
@@ -42,9 +43,11 @@ def summarize(proj: Projection) -> RunSummary:
     cost_known = any(c is not None for c in costs)
     return RunSummary(
         total=len(todos),
-        complete=tuple(t.todo_id for t in todos if t.state == TodoState.COMPLETE),
-        rejected_ever=tuple(t.todo_id for t in todos if any(h.outcome == "rejected" for h in t.history)),
-        blocked=tuple((t.todo_id, t.reason) for t in todos if t.state == TodoState.BLOCKED),
+        complete=tuple(proj.shown(t.todo_id) for t in todos if t.state == TodoState.COMPLETE),
+        rejected_ever=tuple(
+            proj.shown(t.todo_id) for t in todos if any(h.outcome == "rejected" for h in t.history)
+        ),
+        blocked=tuple((proj.shown(t.todo_id), t.reason) for t in todos if t.state == TodoState.BLOCKED),
         verify_runs=sum(b.runs for b in proj.batches.values()),
         baseline_runs=sum(b.baseline_runs for b in proj.batches.values()),
         tested_changes=sum(1 for t in todos for h in t.history if h.outcome in ("accepted", "rejected")),

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from daemon.cli.control import elapsed_since
 from daemon.engine.state import batch_at_work
+from statemachine.ids import id_order
 from statemachine.projection import Projection, replay
 from statemachine.tables import PhaseState, TodoState
 from store import EventLog
@@ -81,11 +82,6 @@ def elapsed(recorded_at: str) -> str:
     return clock(elapsed_since(recorded_at)) if recorded_at else ""
 
 
-def id_order(todo_id: str) -> tuple[int, str]:
-    """Numeric order of ids (``9`` before ``10``), leading zeros kept as written."""
-    return (int(todo_id), todo_id) if todo_id.isdigit() else (0, todo_id)
-
-
 def describe_event(proj: Projection, event_type: str, payload: dict[str, object]) -> str | None:
     """One line for the "last events" area, or None for an event not worth a line."""
     what = NOTABLE.get(event_type)
@@ -95,7 +91,7 @@ def describe_event(proj: Projection, event_type: str, payload: dict[str, object]
         todo_id = str(payload.get("todo_id"))
         title = proj.todos[todo_id].title if todo_id in proj.todos else ""
         detail = payload.get("reason") or payload.get("detail") or ""
-        return f"#{todo_id} {title}: {what}" + (f" — {detail}" if detail else "")
+        return f"#{proj.shown(todo_id)} {title}: {what}" + (f" — {detail}" if detail else "")
     if event_type == "batch.verified":
 
         def names(key: str) -> str:
@@ -146,7 +142,8 @@ def _phase_line(proj: Projection) -> Text:
 
 
 def ids_in(proj: Projection, state: TodoState) -> list[str]:
-    return sorted((t.todo_id for t in proj.todos.values() if t.state == state), key=id_order)
+    found = sorted((t.todo_id for t in proj.todos.values() if t.state == state), key=id_order)
+    return [proj.shown(t) for t in found]
 
 
 def _queue_line(proj: Projection) -> Text:
@@ -177,7 +174,7 @@ def _agents_table(proj: Projection, agent_timeout: float | None) -> Table:
         if spent is not None and agent_timeout is not None:
             left = clock(max(0.0, agent_timeout - spent))
         table.add_row(
-            Text(todo.todo_id),
+            Text(proj.shown(todo.todo_id)),
             Text(todo.title[:48]),
             Text(state, style=STATE_STYLE.get(state, "")),
             Text(str(todo.attempt)),

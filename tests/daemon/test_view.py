@@ -334,10 +334,15 @@ def _console() -> Console:
 
 
 def test_render_shows_markup_in_titles_and_notes_literally() -> None:
-    """Titles in the table and lines of the last events keep their square brackets."""
+    """Titles in the table and lines of the last events keep their square brackets; the id is shown
+    as its file name writes it."""
     proj = Projection()
-    proj.todos["0282"] = TodoView(
-        "0282", state="running", title=MARKUP_TITLE, agent_started_at=format_time(datetime.now(UTC))
+    proj.todos["282"] = TodoView(
+        "282",
+        state="running",
+        title=MARKUP_TITLE,
+        path="todos/0282-ready-p2-x.md",
+        agent_started_at=format_time(datetime.now(UTC)),
     )
     console = _console()
     console.print(render(proj, ["#0282 [red]x[/red]: blocked"], agent_timeout=1800))
@@ -348,10 +353,12 @@ def test_render_shows_markup_in_titles_and_notes_literally() -> None:
 
 
 def test_the_summary_gives_the_cost_when_agents_reported_it() -> None:
-    """Agent time and cost add up over every attempt; the blocked todo keeps its leading zeros."""
+    """Agent time and cost add up over every attempt; the blocked todo's id is shown as its file
+    name writes it (leading zeros kept), though the log keys it without them."""
     proj = Projection()
-    proj.todos["0282"] = TodoView(
-        "0282",
+    proj.todos["282"] = TodoView(
+        "282",
+        path="todos/0282-ready-p2-x.md",
         state="blocked",
         reason="breaks [tests]",
         agent_seconds=90.0,
