@@ -49,7 +49,9 @@ def advance(d: Daemon) -> None:
         # The run's own policy: a reloaded config changes it only when the run next reopens.
         policy = continuous if run.schedule == "continuous" else barrier
         commands = policy.decide(d.proj, observe(d))
-        if ends_the_run(d, phase) and any(isinstance(c, cmd.CommitPhase) for c in commands):
+        is_checked = d.final_checked is not None and d.final_checked[0] == phase.number
+        commit = any(isinstance(c, cmd.CommitPhase) for c in commands)
+        if commit and not is_checked and ends_the_run(d, phase):
             # The run's last commit: the final check comes first, so that the commit's status file
             # carries the verdict and the checkout is clean after the run (see final_check).
             d.emit(*close_batches(d, phase))
@@ -69,6 +71,12 @@ def advance(d: Daemon) -> None:
             plan_more(d)
         return
     if plan_more(d) or plan_final(d):
+        return
+    checked, d.final_checked = d.final_checked, None
+    newest = max(d.proj.phases, default=None)
+    if checked is not None and checked[0] == newest:
+        # The last phase was checked before its commit (that commit's status file has this verdict).
+        record_verdict(d, checks_green=checked[1], detail=checked[2])
         return
     final_check(d, None)
 
@@ -261,8 +269,8 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
             return
         head = gitops.rev_parse(d.root, d.config.batchd.branch)
         d.emit_one(ev.phase_stream(phase.number), ev.PhaseStarted(number=phase.number, base_sha=head))
-    elif state == PhaseState.RUNNING and (phase.final or d.proj.run.state == RunState.COMPLETED):
-        final_check(d, phase)  # a completed run's last phase: its commit (the check is done)
+    elif state == PhaseState.RUNNING and phase.final:
+        final_check(d, phase)
     elif state == PhaseState.COMMITTING:
         phases.commit(d, phase)
     elif state == PhaseState.COMMITTED:
@@ -287,9 +295,11 @@ def ends_the_run(d: Daemon, phase: PhaseView) -> bool:
 def final_check(d: Daemon, phase: PhaseView | None) -> None:
     """Every verify command on the final tree, then the verdict (``run.completed``).
 
-    ``phase`` is the phase whose commit follows the verdict (a final phase, or the last phase of a
-    run without one, checked on its tested tree before it is committed); None when every commit is
-    made already. Either way the last commit's status file carries the verdict.
+    ``phase`` is the phase whose commit follows: a final phase (the verdict is recorded now, and its
+    commit carries it), or the last phase of a run without one (checked on its tested tree before
+    it is committed: the result waits in ``d.final_checked``, its commit's status file shows the
+    verdict it gives, and the verdict is recorded once that phase is done, see :func:`advance`);
+    None when every commit is made already. Either way the last commit's status file has the verdict.
     """
     if d.proj.run.state != RunState.RUNNING:
         if phase is not None and d.proj.run.state == RunState.COMPLETED:
@@ -315,23 +325,19 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
         moved = gitops.rev_parse(d.root, d.config.batchd.branch) != branch_head
         return not (others or moved or unplanned_ready(d))
 
+    def decided(passed: bool, detail: str) -> None:
+        if not still_the_end():
+            return
+        if phase is not None and not phase.final:
+            d.final_checked = (phase.number, passed, detail)
+        else:
+            record_verdict(d, checks_green=passed, detail=detail, commit_to_come=phase is not None)
+
     def done(result: CheckResult) -> None:
-        if still_the_end():
-            failed_command = " ".join(result.failed_command or ())
-            record_verdict(
-                d,
-                checks_green=result.passed,
-                detail="" if result.passed else f"final check failed: {failed_command}",
-                commit_to_come=phase is not None,
-            )
+        failed_command = " ".join(result.failed_command or ())
+        decided(result.passed, "" if result.passed else f"final check failed: {failed_command}")
 
     def crashed(error: BaseException) -> None:
-        if still_the_end():
-            record_verdict(
-                d,
-                checks_green=False,
-                detail=f"final check crashed: {error}",
-                commit_to_come=phase is not None,
-            )
+        decided(False, f"final check crashed: {error}")
 
     d.submit(key, work, done, crashed)
