@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
 from daemon.engine.state import batch_at_work
+from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
@@ -137,7 +138,11 @@ def render_status(
         state = "running" if verdict is None else "completed"
     lines.append(
         f"- **State:** {state}"
-        + (f" — paused: {run.paused_reason}" if run.paused_reason and run.state == "paused" else "")
+        + (
+            f" — paused: {cell(headline(run.paused_reason))}"
+            if run.paused_reason and run.state == "paused"
+            else ""
+        )
     )
     if verdict is not None:
         lines.append(f"- **Verdict:** {cell(verdict_line(verdict))}")
