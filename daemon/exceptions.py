@@ -23,6 +23,7 @@ __all__ = [
     "Refused",
     "TodoFileError",
     "UsageError",
+    "headline",
 ]
 
 
@@ -104,8 +105,28 @@ class GitError(BatchdError):
     def __init__(self, message: str, *, command: list[str], output: str = "", hint: str = "") -> None:
         self.command = command
         self.output = output
-        tail = f"\n  git said: {output.strip()[-800:]}" if output.strip() else ""
+        # Whole: the line that says why (`error: ...`) is often first, before a long list of files.
+        tail = f"\n  git said: {output.strip()}" if output.strip() else ""
         super().__init__(f"{message} (`{' '.join(command)}`){tail}", hint=hint)
+
+
+_WHY_PREFIXES = ("fatal:", "error:", "remote: error:", "! [rejected]", "! [remote rejected]")
+
+
+def headline(text: str) -> str:
+    """One line of a (git) failure for a person: its first line, and git's ``fatal:``/``error:`` line
+    when that comes later (the whole text stays in the event and in ``--json``)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    for line in lines[1:]:
+        said = line.removeprefix("git said:").strip()
+        if said.startswith(_WHY_PREFIXES) and said not in first:
+            more = len(lines) - 2
+            return f"{first} — {said}" + (f" (+{more} more lines)" if more > 0 else "")
+    more = len(lines) - 1
+    return first + (f" (+{more} more lines)" if more > 0 else "")
 
 
 class AgentError(BatchdError):

@@ -497,16 +497,30 @@ class RunStopping:
     reason: str
 
 
-@registry.register("run.completed", 1)
+@registry.register("run.completed", 2)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunCompleted:
-    """The verdict: success only when every planned todo is complete, checks are green, every batch done."""
+    """The verdict: success only when every planned todo is complete, checks are green, every batch
+    done and the last push went out. ``not_complete`` says what each other todo is, as
+    ``(id, state)`` pairs (``blocked``, ``rejected``, ``invalid``, ``cancelled``, ``pending``, ...;
+    ``no todo file`` for a planned id no file has); ``removed`` lists todos whose file a person
+    deleted or renamed away (they no longer count); ``unpushed`` says why the last push did not go out."""
 
     success: bool
     checks_green: bool
     complete: tuple[str, ...]
-    missing: tuple[str, ...]
+    not_complete: tuple[tuple[str, str], ...] = ()
+    removed: tuple[str, ...] = ()
     detail: str = ""
+    unpushed: str = ""
+
+
+@registry.upcaster("run.completed", 1)
+def _run_completed_v1(p: Json) -> Json:
+    """v1 listed unfinished todos as ``missing`` without saying why: their state was not recorded."""
+    data = {k: v for k, v in p.items() if k != "missing"}
+    data["not_complete"] = [[t, "unknown"] for t in p.get("missing", ())]
+    return data
 
 
 @registry.register("run.reopened", 1)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from statemachine.views import AttemptRecord, BatchView, PhaseView, RunVerdict, RunView, TodoView
+from statemachine.views import AttemptRecord, BatchView, PhaseView, RunView, TodoView, verdict_of
 
 if TYPE_CHECKING:
     from statemachine.projection import Projection
@@ -209,7 +209,8 @@ def _blocked(pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
 
 @on("todo.cancelled")
 def _cancelled(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
-    t.problem = "cancelled"
+    # A deleted (or renamed away) file: the todo is gone, not a cancellation that counts against the run.
+    t.problem = "removed" if p.get("removed") else "cancelled"
     t.reason = p["reason"]
     t.action = ""
 
@@ -420,8 +421,16 @@ def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> N
 
 @on("run.completed")
 def _run_completed(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
-    r.verdict = RunVerdict(
-        p["success"], p["checks_green"], tuple(p["complete"]), tuple(p["missing"]), p.get("detail", "")
+    r.verdict = verdict_of(
+        [
+            p["success"],
+            p["checks_green"],
+            p["complete"],
+            p.get("not_complete", ()),
+            p.get("removed", ()),
+            p.get("detail", ""),
+            p.get("unpushed", ""),
+        ]
     )
 
 

@@ -8,6 +8,7 @@ States are plain strings equal to the ``tables`` enum values (``view.state == To
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -27,11 +28,20 @@ class AttemptRecord(NamedTuple):
 
 
 class RunVerdict(NamedTuple):
+    """``run.completed``: see :class:`statemachine.events.RunCompleted` for the fields."""
+
     success: bool
     checks_green: bool
     complete: tuple[str, ...]
-    missing: tuple[str, ...]
+    not_complete: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...]
     detail: str
+    unpushed: str
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The ids of the planned todos that are not complete, whatever the reason."""
+        return tuple(t for t, _ in self.not_complete)
 
 
 @dataclass(slots=True, eq=False)
@@ -80,7 +90,7 @@ class TodoView:
     agent_commits: tuple[str, ...] = ()  # every commit its agents made themselves, all attempts
     accepted_commit: str = ""
     completed_commit: str = ""
-    problem: str = ""  # agent_failed | rejected | conflicted | blocked | invalid | cancelled
+    problem: str = ""  # agent_failed | rejected | conflicted | blocked | invalid | cancelled | removed
     reason: str = ""
     files_reverted: tuple[str, ...] = ()
     action: str = ""
@@ -226,6 +236,7 @@ def layout() -> dict[str, list[str]]:
         "batch": list(BATCH.names),
         "phase": list(PHASE.names),
         "run": list(RUN.names),
+        "verdict": list(RunVerdict._fields),
     }
 
 
@@ -252,7 +263,17 @@ def dump_run(view: RunView) -> Row:
     row = RUN.dump(view)
     v = view.verdict
     row[_VERDICT] = (
-        None if v is None else [v.success, v.checks_green, list(v.complete), list(v.missing), v.detail]
+        None
+        if v is None
+        else [
+            v.success,
+            v.checks_green,
+            list(v.complete),
+            [list(pair) for pair in v.not_complete],
+            list(v.removed),
+            v.detail,
+            v.unpushed,
+        ]
     )
     return row
 
@@ -260,5 +281,11 @@ def dump_run(view: RunView) -> Row:
 def load_run(row: Row) -> RunView:
     view: RunView = RUN.load(row)
     v = row[_VERDICT]
-    view.verdict = None if v is None else RunVerdict(v[0], v[1], tuple(v[2]), tuple(v[3]), v[4])
+    view.verdict = None if v is None else verdict_of(v)
     return view
+
+
+def verdict_of(v: Sequence[Any]) -> RunVerdict:
+    """A verdict from its JSON row (lists back to tuples)."""
+    pairs = tuple((str(t), str(what)) for t, what in v[3])
+    return RunVerdict(v[0], v[1], tuple(v[2]), pairs, tuple(v[4]), v[5], v[6])

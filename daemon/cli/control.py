@@ -15,13 +15,13 @@ import click
 
 from daemon.cli.main import db_option, json_option, parse_time_option, repo_option, resolve_root
 from daemon.cli.todoids import known_todo
-from daemon.engine.statusfile import review_items
-from daemon.exceptions import UsageError
+from daemon.engine.statusfile import review_items, verdict_line
+from daemon.exceptions import UsageError, headline
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
 from statemachine.ids import user_id
 from statemachine.projection import Projection, replay
-from statemachine.tables import TodoState
+from statemachine.tables import RunState, TodoState
 from store.eventlog import parse_time
 from store.exceptions import EXIT_FAILURES
 
@@ -70,6 +70,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
             "branch": run.branch,
             "pid": run.pid,
             "paused_reason": run.paused_reason,
+            "detail": run_detail(proj),
             "sandbox": run.sandbox,
             "remote_url": run.remote_url,
             "request": {
@@ -78,7 +79,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
                 "url": run.request_url,
                 "detail": run.request_detail,
             },
-            "verdict": run.verdict._asdict() if run.verdict is not None else None,
+            "verdict": verdict_data(proj),
         },
         "phases": [
             {
@@ -112,6 +113,25 @@ def status_data(proj: Projection) -> dict[str, Any]:
     }
 
 
+def run_detail(proj: Projection) -> str:
+    """Why the run is paused or stopping, whole (the human status shows its headline)."""
+    run = proj.run
+    if run.state == RunState.PAUSED:
+        return run.paused_reason
+    if run.state == RunState.STOPPING:
+        return run.stop_reason
+    return ""
+
+
+def verdict_data(proj: Projection) -> dict[str, Any] | None:
+    verdict = proj.run.verdict
+    if verdict is None:
+        return None
+    data = verdict._asdict()
+    data["not_complete"] = dict(verdict.not_complete)  # id -> blocked, rejected, invalid, ...
+    return data
+
+
 @click.command()
 @repo_option
 @db_option
@@ -130,8 +150,8 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
     console = Console()
     run = data["run"]
     console.print(
-        f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · branch {run['branch'] or '?'}"
-        + (f" · paused: {run['paused_reason']}" if run["paused_reason"] else "")
+        f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · "
+        f"branch {escape(run['branch'] or '?')}"
     )
     request = run["request"]
     if request["state"] == "opened":
@@ -139,21 +159,24 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
         console.print(f"pull request: {url} ({request['branch']})", markup=False)
     elif request["state"] == "failed":
         console.print(f"[yellow]warning[/]: the pull request was not opened: {escape(request['detail'])}")
-    if run["verdict"]:
-        verdict = run["verdict"]
-        console.print(
-            f"verdict: {'[green]success' if verdict['success'] else '[red]not complete'}[/] "
-            f"({len(verdict['complete'])} complete, missing: {', '.join(verdict['missing']) or 'none'})"
-        )
+    if run["detail"]:
+        console.print(f"{run['state']}: {escape(headline(run['detail']))}", soft_wrap=True)
+    if proj.run.verdict is not None:
+        colour = "green" if proj.run.verdict.success else "red"
+        console.print(f"verdict: [{colour}]{escape(verdict_line(proj.run.verdict, proj))}[/]", soft_wrap=True)
     phases = Table(title="phases", show_lines=False)
     for column in ("phase", "title", "state", "batches", "commit", "push"):
         phases.add_column(column)
     for p in data["phases"]:
-        push = (
-            p["pushed"][:10] if p["pushed"] else (f"failed: {p['push_failed']}" if p["push_failed"] else "")
-        )
+        failed = f"failed: {headline(p['push_failed'])}" if p["push_failed"] else ""
+        push = p["pushed"][:10] if p["pushed"] else failed
         phases.add_row(
-            str(p["number"]), p["title"], p["state"], ", ".join(p["batches"]), (p["commit"] or "")[:10], push
+            str(p["number"]),
+            escape(p["title"]),
+            p["state"],
+            ", ".join(p["batches"]),
+            (p["commit"] or "")[:10],
+            escape(push),
         )
     console.print(phases)
     todos = Table(title="todos")
@@ -170,16 +193,23 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
         "invalid": "magenta",
     }
     for t in data["todos"]:
-        why = f"{t['elapsed']:.0f}s (pid {t['pid']})" if "elapsed" in t else t.get("reason", "")
+        why = f"{t['elapsed']:.0f}s (pid {t['pid']})" if "elapsed" in t else headline(t.get("reason", ""))
         colour = colours.get(t["state"], "white")
         todos.add_row(
-            t["id"], f"[{colour}]{t['state']}[/]", str(t["attempt"]), t["batch"] or "", t["title"], why
+            escape(t["id"]),
+            f"[{colour}]{t['state']}[/]",
+            str(t["attempt"]),
+            escape(t["batch"] or ""),
+            escape(t["title"]),
+            escape(why),
         )
     console.print(todos)
     for item in data["review"]:
-        console.print(f"[yellow]review[/] #{item['id']} (attempt {item['attempt']}): {item['what']}")
+        console.print(
+            f"[yellow]review[/] #{escape(item['id'])} (attempt {item['attempt']}): {escape(item['what'])}"
+        )
     if run["sandbox"] and not run["sandbox"].startswith("bubblewrap"):
-        console.print(f"[yellow]warning[/]: agents run without a sandbox ({run['sandbox']})")
+        console.print(f"[yellow]warning[/]: agents run without a sandbox ({escape(run['sandbox'])})")
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 
 from daemon.cli.main import json_option, repo_option, resolve_root
 from daemon.config import Config, load_config
-from daemon.exceptions import UsageError
+from daemon.intake.lint import lint_folder
 from daemon.intake.plan import Plan, check_plan, extend_plan, load_plan
 from daemon.intake.scanner import ScanResult, scan_folder
 from daemon.intake.todofile import TodoStatus, id_key
@@ -96,39 +96,62 @@ def plan_show(repo: Path | None, as_json: bool) -> None:
 @repo_option
 @json_option
 def plan_check(repo: Path | None, as_json: bool) -> None:
-    """Check the plan against the todo files: unknown ids, ids in two batches, dependencies planned in
-    the same or a later batch, cycles, and invalid todo files. Exit 1 when there is a problem."""
-    config, loaded, scan = load(repo)
-    if loaded is None:
-        raise UsageError(
-            "batchd.toml names no plan", hint='set [batchd] plan = "plans/PLAN.md" (or a .toml plan)'
-        )
-    problems = [
-        {"where": p.where, "message": p.message, "todo": p.todo_id} for p in check_plan(loaded, scan.todos)
-    ]
-    problems += [
-        {
-            "where": str(bad.path.relative_to(config.root))
-            if bad.path.is_relative_to(config.root)
-            else str(bad.path),
-            "message": f"{bad.reason} (fix: {bad.hint})",
-            "todo": bad.todo_id,
-        }
-        for bad in scan.invalid
-    ]
+    """Lint the todo folder, and check the plan when batchd.toml names one; exit 1 on any problem.
+
+    \b
+    The folder: file names (todos/{id}-{pending|ready|complete}-{p1|p2|p3}-{slug}.md), names and
+    contents that are not UTF-8, front matter (YAML, and agreeing with the name), dependencies on
+    ids no file has, dependency cycles, two files with one id.
+    The plan: unknown ids, ids in two batches, dependencies planned in the same or a later batch.
+
+    \b
+    Each problem is printed with its file and how to fix it (--json lists them). It reads only files,
+    so it works in a pre-commit hook, e.g. in .pre-commit-config.yaml:
+      - repo: local
+        hooks:
+          - {id: batchd-todos, name: batchd plan check, entry: batchd plan check,
+             language: system, pass_filenames: false, files: ^todos/}
+    """
+    config, loaded, _ = load(repo)
+    scan, folder = lint_folder(
+        config.root, config.todos_path, config.batchd.ignore, known_ids=logged_states(config)
+    )
+    problems: list[dict[str, Any]] = []
+    if loaded is not None:
+        problems += [
+            {"where": p.where, "message": p.message, "fix": "", "todo": p.todo_id}
+            for p in check_plan(loaded, scan.todos)
+        ]
+    problems += [{"where": p.file, "message": p.message, "fix": p.fix, "todo": p.todo_id} for p in folder]
     if as_json:
-        click.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+        click.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2, ensure_ascii=False))
     elif not problems:
-        phases = len(loaded.phases)
-        batches = sum(len(p.batches) for p in loaded.phases)
-        todos = sum(len(b.todo_ids) for p in loaded.phases for b in p.batches)
-        click.echo(f"ok: {loaded.source}: {phases} phases, {batches} batches, {todos} todos, no problems")
+        folder_text = f"{rel(config, config.todos_path)}/: {len(scan.todos)} todo files"
+        if loaded is None:
+            click.echo(f"ok: {folder_text}, no problems (batchd.toml names no plan: auto-planned)")
+        else:
+            phases = len(loaded.phases)
+            batches = sum(len(p.batches) for p in loaded.phases)
+            todos = sum(len(b.todo_ids) for p in loaded.phases for b in p.batches)
+            click.echo(
+                f"ok: {loaded.source}: {phases} phases, {batches} batches, {todos} todos; "
+                f"{folder_text}; no problems"
+            )
     else:
         for problem in problems:
             click.echo(f"{problem['where']}: {problem['message']}", err=True)
+            if problem["fix"]:
+                click.echo(f"  fix: {problem['fix']}", err=True)
         click.echo(f"{len(problems)} problem(s)", err=True)
     if problems:
         raise SystemExit(EXIT_FAILURES)
+
+
+def rel(config: Config, path: Path) -> str:
+    try:
+        return str(path.relative_to(config.root))
+    except ValueError:
+        return str(path)
 
 
 def register(cli: click.Group) -> None:

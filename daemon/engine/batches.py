@@ -9,6 +9,7 @@ import structlog
 
 from daemon.engine import phases
 from daemon.engine.runner import Daemon
+from daemon.engine.verdict import EXHAUSTED
 from daemon.exceptions import BatchdError
 from daemon.intake.todofile import id_order
 from daemon.world import safefs
@@ -261,7 +262,7 @@ def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_atte
     return [
         ev.TodoBlocked(
             todo_id=todo.todo_id,
-            reason=f"attempts exhausted ({used}/{max_attempts}): {reason}",
+            reason=f"{EXHAUSTED} ({used}/{max_attempts}): {reason}",
             action=f"fix by hand, or `batchd retry {d.proj.shown(todo.todo_id)}` for another attempt",
         )
     ]

@@ -20,7 +20,9 @@ import structlog
 from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, phase_head
 from daemon.engine.statusfile import render_status
+from daemon.engine.verdict import amend_verdict, as_view, compute_verdict
 from daemon.exceptions import CannotProceed, GitError, Halt
+from daemon.intake.plan import AUTO_PHASE_TITLE
 from daemon.intake.todofile import (
     MAX_TODO_BYTES,
     TodoStatus,
@@ -39,7 +41,7 @@ log = structlog.get_logger(__name__)
 VERIFY_BRANCH = "batchd/verify"
 TRAILER_RUN = "Batchd-Run"
 TRAILER_PHASE = "Batchd-Phase"
-AUTO_TITLE = "Auto-planned todos"
+AUTO_TITLE = AUTO_PHASE_TITLE
 
 
 def verify_worktree(d: Daemon) -> WorkTree:
@@ -280,12 +282,17 @@ def land(d: Daemon, phase: PhaseView) -> None:
     try:
         move_checkout(d, sha)
     except GitError as e:
+        # The action first: git's whole message follows (the status shows its `error:` line).
         reason = (
-            f"phase {phase.number}: cannot bring the checkout to {sha[:10]}: {e.message}. "
-            "Commit or move aside what is named, then `batchd resume`."
+            f"phase {phase.number}: cannot bring the checkout to {sha[:10]}; commit or move aside "
+            f"what git names, then `batchd resume`: {e.message}"
         )
         if d.proj.run.state == RunState.RUNNING:
             d.emit_one(ev.RUN_STREAM, ev.RunPaused(reason=reason, by="daemon"))
+        elif d.proj.run.state == RunState.COMPLETED:
+            # The run's last commit (made after the verdict): the run is not done until it lands.
+            reopened = ev.RunReopened(reason=f"phase {phase.number} cannot reach the checkout")
+            d.emit_one(ev.RUN_STREAM, reopened, ev.RunPaused(reason=reason, by="daemon"))
         set_aside_status(d)  # so that the person's rebase or merge is not blocked by batchd's file
         if d.proj.run.state != RunState.PAUSED:  # nothing to pause: waiting would never end
             d.fatal = CannotProceed(reason, cause=Halt.CHECKOUT_BLOCKED)
@@ -313,6 +320,7 @@ def land(d: Daemon, phase: PhaseView) -> None:
 def finish(d: Daemon, phase: PhaseView) -> None:
     """The phase is done: record it, and tidy the workspaces of its completed todos away."""
     d.emit_one(ev.phase_stream(phase.number), ev.PhaseDone(number=phase.number))
+    amend_verdict(d)  # after the last phase: its push decides the verdict's push part
     done = [t for t in phase.todo_ids if d.proj.todos[t].state == TodoState.COMPLETE]
     if done:
         d.submit(f"tidy-{phase.number}", lambda: tidy(d, done), lambda _: None, lambda _: None)
@@ -427,8 +435,19 @@ _refused_status_links: set[str] = set()
 
 
 def status_of(d: Daemon, *, committing: int | None = None) -> str:
-    """The status file's text now (``committing``: as the phase commit about to be made shows it)."""
-    return render_status(d.proj, d.config, committing=committing, warnings=d.warnings())
+    """The status file's text now (``committing``: as the phase commit about to be made shows it,
+    with the verdict of its final check when it is the run's last: see scheduler.final_check)."""
+    checked = d.final_checked
+    pending = None
+    if (
+        committing is not None
+        and checked is not None
+        and checked[0] == committing
+        and d.proj.run.verdict is None
+    ):
+        _, passed, detail = checked
+        pending = as_view(compute_verdict(d.proj, checks_green=passed, detail=detail, commit_to_come=True))
+    return render_status(d.proj, d.config, committing=committing, warnings=d.warnings(), verdict=pending)
 
 
 def write_status(d: Daemon) -> None:

@@ -103,6 +103,9 @@ class Daemon:
         # The step the main thread is in (todo id, place): what a crash is blamed on.
         self.current_step: tuple[str, str] = ("", "")
         self.notes: list[str] = []  # found at start-up, shown in the status file
+        # (phase, passed, detail): the final check of a run's last phase, made before its commit
+        # (whose status file shows the verdict it gives); recorded as the verdict once the phase is done.
+        self.final_checked: tuple[int, bool, str] | None = None
         # What steers later agent sessions, noted before each attempt (see daemon.world.homeguard).
         self.home_snapshots: dict[str, Snapshot] = {}
         # Called from any thread when there is something to look at (a job done, an agent exited):

@@ -15,17 +15,19 @@ from collections.abc import Sequence
 import structlog
 
 from daemon.engine import barrier, continuous, phases, pushes, requests, state
+from daemon.engine import commands as cmd
 from daemon.engine.batches import check_runner
-from daemon.engine.execute import execute, observe
+from daemon.engine.execute import close_batches, execute, observe
 from daemon.engine.runner import Daemon
-from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER
-from daemon.intake.plan import plan_batches
-from daemon.intake.todofile import Priority, TodoFile, TodoStatus, id_key, id_order
+from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, phase_head
+from daemon.engine.verdict import amend_verdict, record_verdict
+from daemon.intake.plan import auto_phases, plan_batches
+from daemon.intake.todofile import Priority, TodoFile, TodoStatus, id_key
 from daemon.world import gitops
 from daemon.world.checks import CheckResult
 from daemon.world.verify import check_baseline
 from statemachine import events as ev
-from statemachine.tables import BatchState, PhaseState, RunState, TodoState
+from statemachine.tables import PhaseState, RunState, TodoState
 from statemachine.views import PhaseView, TodoView
 from store import Append
 
@@ -48,12 +50,22 @@ def advance(d: Daemon) -> None:
     if run.state == RunState.RUNNING and phase is not None and not phase.final:
         # The run's own policy: a reloaded config changes it only when the run next reopens.
         policy = continuous if run.schedule == "continuous" else barrier
-        execute(d, policy.decide(d.proj, observe(d)))
+        commands = policy.decide(d.proj, observe(d))
+        is_checked = d.final_checked is not None and d.final_checked[0] == phase.number
+        commit = any(isinstance(c, cmd.CommitPhase) for c in commands)
+        if commit and not is_checked and ends_the_run(d, phase):
+            # The run's last commit: the final check comes first, so that the commit's status file
+            # carries the verdict and the checkout is clean after the run (see final_check).
+            d.emit(*close_batches(d, phase))
+            final_check(d, phase)
+            commands = [c for c in commands if not isinstance(c, cmd.CommitPhase)]
+        execute(d, commands)
         return
     if phase is not None:
         advance_phase(d, phase)
         return
     if run.state == RunState.COMPLETED:
+        amend_verdict(d)  # a todo file removed since the verdict no longer counts
         if run.paused_reason:
             return  # paused while idle: todos dropped meanwhile wait for `batchd resume`
         # The plan's further final phases (commit points after the check) come first. Then todos
@@ -63,6 +75,12 @@ def advance(d: Daemon) -> None:
             plan_more(d)
         return
     if plan_more(d) or plan_final(d):
+        return
+    checked, d.final_checked = d.final_checked, None
+    newest = max(d.proj.phases, default=None)
+    if checked is not None and checked[0] == newest:
+        # The last phase was checked before its commit (that commit's status file has this verdict).
+        record_verdict(d, checks_green=checked[1], detail=checked[2])
         return
     final_check(d, None)
 
@@ -149,11 +167,6 @@ def current_phase(d: Daemon) -> PhaseView | None:
     return state.current_phase(d.proj)
 
 
-def planned_ids(d: Daemon) -> set[str]:
-    """Every todo a batch was planned with (not only those it started: a pending one counts too)."""
-    return {t for b in d.proj.batches.values() for t in (*b.planned_ids, *b.todo_ids)}
-
-
 def unplanned_ready(d: Daemon) -> list[str]:
     return state.unplanned_ready(d.proj)
 
@@ -184,22 +197,30 @@ def plan_more(d: Daemon) -> bool:
     if not batches:
         d.emit(*appends)
         return bool(appends)
-    number = max((p.number for p in d.proj.phases.values()), default=0) + 1
-    with_plan = d.config.plan_path is not None
-    # Without a plan each batch is its own phase (one commit each); with one, they share a phase.
-    groups = [batches] if with_plan else [batches[:1]]
-    for group in groups:
-        keys = tuple(f"{number}.{i + 1}" for i in range(len(group)))
+    # As `batchd plan show` shows it: one phase per batch. Only the first is recorded now; the rest
+    # are planned again once it is done, from what happened to it (and what arrived meanwhile).
+    phase = auto_phases(batches, after=max((p.number for p in d.proj.phases.values()), default=0))[0]
+    appends.append(
+        (
+            ev.phase_stream(phase.number),
+            [
+                # No commit message: the commit names the todos that were accepted (phases.message_for).
+                ev.PhasePlanned(
+                    number=phase.number,
+                    title=phase.title,
+                    commit_message="",
+                    batches=tuple(b.key for b in phase.batches),
+                )
+            ],
+        )
+    )
+    for batch in phase.batches:
         appends.append(
             (
-                ev.phase_stream(number),
-                [ev.PhasePlanned(number=number, title=phases.AUTO_TITLE, commit_message="", batches=keys)],
+                ev.batch_stream(batch.key),
+                [ev.BatchPlanned(key=batch.key, phase=phase.number, todo_ids=batch.todo_ids)],
             )
         )
-        for key, batch in zip(keys, group, strict=True):
-            appends.append(
-                (ev.batch_stream(key), [ev.BatchPlanned(key=key, phase=number, todo_ids=tuple(batch))])
-            )
     if d.proj.run.state == RunState.COMPLETED:
         reopened = ev.RunReopened(reason="new todos: " + ", ".join(ready), schedule=d.config.batchd.schedule)
         appends.insert(0, (ev.RUN_STREAM, [reopened]))
@@ -269,8 +290,23 @@ def advance_phase(d: Daemon, phase: PhaseView) -> None:
 # --- the end ------------------------------------------------------------------------------------
 
 
+def ends_the_run(d: Daemon, phase: PhaseView) -> bool:
+    """``phase`` is the run's last commit: no other phase to come, no final phase, no todo to plan."""
+    if d.proj.run.final_titles:
+        return False  # the plan's final phases carry the verdict
+    others = any(p.state != PhaseState.DONE for p in d.proj.phases.values() if p.number != phase.number)
+    return not others and not unplanned_ready(d)
+
+
 def final_check(d: Daemon, phase: PhaseView | None) -> None:
-    """Every verify command on the final tree, then the verdict (``run.completed``)."""
+    """Every verify command on the final tree, then the verdict (``run.completed``).
+
+    ``phase`` is the phase whose commit follows: a final phase (the verdict is recorded now, and its
+    commit carries it), or the last phase of a run without one (checked on its tested tree before
+    it is committed: the result waits in ``d.final_checked``, its commit's status file shows the
+    verdict it gives, and the verdict is recorded once that phase is done, see :func:`advance`);
+    None when every commit is made already. Either way the last commit's status file has the verdict.
+    """
     if d.proj.run.state != RunState.RUNNING:
         if phase is not None and d.proj.run.state == RunState.COMPLETED:
             phases.start_commit(d, phase)
@@ -279,7 +315,8 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
     if d.has_job(key):
         return
     runner = check_runner(d)
-    head = gitops.rev_parse(d.root, d.config.batchd.branch)
+    branch_head = gitops.rev_parse(d.root, d.config.batchd.branch)
+    head = phase_head(d.proj, phase) if phase is not None and not phase.final else branch_head
 
     def work() -> CheckResult:
         return check_baseline(phases.ensure_verify_worktree(d, head), head, runner)
@@ -287,57 +324,26 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
     def still_the_end() -> bool:
         """Work that arrived while the check ran (a dropped or retried todo, a new phase, a moved
         branch) makes its result stale: the next tick decides again instead of completing the run."""
-        others = any(not p.final and p.state != PhaseState.DONE for p in d.proj.phases.values())
-        moved = gitops.rev_parse(d.root, d.config.batchd.branch) != head
+        others = any(
+            not p.final and p.state != PhaseState.DONE and (phase is None or p.number != phase.number)
+            for p in d.proj.phases.values()
+        )
+        moved = gitops.rev_parse(d.root, d.config.batchd.branch) != branch_head
         return not (others or moved or unplanned_ready(d))
 
+    def decided(passed: bool, detail: str) -> None:
+        if not still_the_end():
+            return
+        if phase is not None and not phase.final:
+            d.final_checked = (phase.number, passed, detail)
+        else:
+            record_verdict(d, checks_green=passed, detail=detail, commit_to_come=phase is not None)
+
     def done(result: CheckResult) -> None:
-        if still_the_end():
-            failed_command = " ".join(result.failed_command or ())
-            record_verdict(
-                d,
-                checks_green=result.passed,
-                detail="" if result.passed else f"final check failed: {failed_command}",
-            )
+        failed_command = " ".join(result.failed_command or ())
+        decided(result.passed, "" if result.passed else f"final check failed: {failed_command}")
 
     def crashed(error: BaseException) -> None:
-        if still_the_end():
-            record_verdict(d, checks_green=False, detail=f"final check crashed: {error}")
+        decided(False, f"final check crashed: {error}")
 
     d.submit(key, work, done, crashed)
-
-
-def record_verdict(d: Daemon, *, checks_green: bool, detail: str) -> None:
-    if d.proj.run.state != RunState.RUNNING:
-        return
-    wanted = planned_ids(d) | {
-        t.todo_id for t in d.proj.todos.values() if t.state not in (TodoState.PENDING, TodoState.NEW)
-    }
-    complete = sorted(
-        (t for t in wanted if t in d.proj.todos and d.proj.todos[t].state == TodoState.COMPLETE), key=id_order
-    )
-    missing = sorted((t for t in wanted if t not in complete), key=id_order)
-    batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
-    # The seed's criteria include "all phases committed and pushed": the latest push must have
-    # gone out (a later phase's push carries earlier commits, so only the latest counts).
-    pushes = [
-        p
-        for p in sorted(d.proj.phases.values(), key=lambda p: p.number)
-        if p.pushed_sha or p.push_failed_reason
-    ]
-    unpushed = bool(pushes) and not pushes[-1].pushed_sha
-    if unpushed:
-        reason = f"phase {pushes[-1].number} was not pushed: {pushes[-1].push_failed_reason}"
-        detail = f"{detail}; {reason}" if detail else reason
-    success = checks_green and not missing and batches_done and not unpushed
-    d.emit_one(
-        ev.RUN_STREAM,
-        ev.RunCompleted(
-            success=success,
-            checks_green=checks_green,
-            complete=tuple(complete),
-            missing=tuple(missing),
-            detail=detail,
-        ),
-    )
-    log.info("run_completed", success=success, complete=len(complete), missing=missing)

@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
 from daemon.engine.state import batch_at_work
+from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
-from statemachine.views import PhaseView, RunView
+from statemachine.views import PhaseView, RunVerdict, RunView
 
 PROBLEM_STATES = (
     TodoState.REJECTED,
@@ -40,6 +41,47 @@ def duration(seconds: float) -> str:
         return "—"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+# How the phase whose commit carries the status file is shown in it, and in the checkout after the
+# run while nothing happened since (so that the checkout stays as committed: `git status` is clean).
+COMMITTED_HERE = "committed (this status file is part of its commit)"
+
+
+def carries_final_status(proj: Projection, phase: PhaseView) -> bool:
+    """``phase`` made the run's last commit and nothing since changed what that commit's file says:
+    the run is completed and the push (if any) went out."""
+    if proj.run.verdict is None or not phase.head_sha or phase.push_failed_reason:
+        return False
+    newest = max((p.number for p in proj.phases.values() if p.head_sha), default=None)
+    return phase.number == newest and phase.state in _COMMITTED_STATES
+
+
+_COMMITTED_STATES = (PhaseState.COMMITTED, PhaseState.PUSHING, PhaseState.PUSHED, PhaseState.DONE)
+
+
+def verdict_line(verdict: RunVerdict, proj: Projection) -> str:
+    """'NOT COMPLETE (why); checks green; 3 complete; blocked: 282; rejected: 290; removed: 291'."""
+    parts = [
+        ("SUCCESS" if verdict.success else "NOT COMPLETE")
+        + (f" ({verdict.detail})" if verdict.detail else "")
+    ]
+    if verdict.unpushed:
+        parts.append(verdict.unpushed)
+    parts.append(f"checks {'green' if verdict.checks_green else 'red'}")
+    parts.append(f"{len(verdict.complete)} complete")
+    parts.extend(f"{what}: {ids(todos, proj)}" for what, todos in by_state(verdict.not_complete).items())
+    if verdict.removed:
+        parts.append(f"removed (file deleted or renamed away): {ids(verdict.removed, proj)}")
+    return "; ".join(parts)
+
+
+def by_state(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """``(todo id, state)`` pairs grouped by state, in the order the states first appear."""
+    grouped: dict[str, list[str]] = {}
+    for todo_id, state in pairs:
+        grouped.setdefault(state, []).append(todo_id)
+    return grouped
 
 
 def phase_result(phase: PhaseView) -> str:
@@ -79,9 +121,15 @@ def todo_state(proj: Projection, todo_id: str, committing: int | None) -> str:
 
 
 def render_status(
-    proj: Projection, config: Config, *, committing: int | None = None, warnings: Sequence[str] = ()
+    proj: Projection,
+    config: Config,
+    *,
+    committing: int | None = None,
+    warnings: Sequence[str] = (),
+    verdict: RunVerdict | None = None,
 ) -> str:
-    """The status file's text; ``warnings`` are what the daemon found a person should know."""
+    """The status file's text; ``warnings`` are what the daemon found a person should know;
+    ``verdict`` is the one the commit being made will lead to (recorded once it is out)."""
     run = proj.run
     todos = proj.todos
     lines = ["# Execution Status", ""]
@@ -99,24 +147,19 @@ def render_status(
             f"on `{run.branch}` from `{short(run.base_sha)}`"
         )
     state = str(run.state)
+    verdict = run.verdict or verdict
     if committing is not None and run.verdict is None:
-        state = "running"
+        state = "running" if verdict is None else "completed"
     lines.append(
         f"- **State:** {state}"
         + (
-            f" — paused: {run.paused_reason}"
+            f" — paused: {cell(headline(run.paused_reason))}"
             if run.paused_reason and run.state in ("paused", "completed")
             else ""
         )
     )
-    if run.verdict is not None:
-        verdict = "SUCCESS" if run.verdict.success else "NOT COMPLETE"
-        detail = f" ({run.verdict.detail})" if run.verdict.detail else ""
-        lines.append(
-            f"- **Verdict:** {verdict}{detail}; checks {'green' if run.verdict.checks_green else 'red'}; "
-            f"{len(run.verdict.complete)} complete, {len(run.verdict.missing)} missing"
-            + (f" ({ids(run.verdict.missing, proj)})" if run.verdict.missing else "")
-        )
+    if verdict is not None:
+        lines.append(f"- **Verdict:** {cell(verdict_line(verdict, proj))}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"- **Todos:** {summary or 'none yet'}")
     runs = sum(b.runs for b in proj.batches.values())
@@ -135,6 +178,8 @@ def render_status(
         lines.append(f"### Phase {phase.number}: {phase.title or '(untitled)'}")
         lines.append("")
         view = phase_result(phase) if committing != phase.number else str(shown)
+        if committing == phase.number or (committing is None and carries_final_status(proj, phase)):
+            view = COMMITTED_HERE
         lines.append(f"- **State:** {view}")
         if phase.commit_message:
             lines.append(f"- **Commit message:** `{phase.commit_message.splitlines()[0]}`")

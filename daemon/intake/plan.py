@@ -51,6 +51,7 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "auto_commit_message",
+    "auto_phases",
     "check_plan",
     "extend_plan",
     "load_plan",
@@ -374,10 +375,17 @@ def extend_plan(
         return base
     cut = max((i + 1 for i, p in enumerate(base.phases) if p.batches), default=0)
     head, tail = base.phases[:cut], base.phases[cut:]
-    number = head[-1].number if head else 0
-    auto: list[Phase] = []
-    for ids in batches:
-        number += 1
-        auto.append(Phase(number, AUTO_PHASE_TITLE, auto_commit_message(ids), (Batch(f"{number}.1", ids),)))
+    auto = auto_phases(batches, after=head[-1].number if head else 0)
+    number = auto[-1].number
     moved = [replace(p, number=number + i) for i, p in enumerate(tail, start=1)]
     return Plan(phases=(*head, *auto, *moved), source=base.source)
+
+
+def auto_phases(batches: Sequence[Sequence[str]], *, after: int) -> list[Phase]:
+    """The phases of automatically planned batches, numbered after phase ``after``: one phase (one
+    commit) per batch, with or without a plan. `batchd plan show` and the daemon both plan this way
+    (the daemon records the first phase now and plans the rest again once it is done)."""
+    return [
+        Phase(number, AUTO_PHASE_TITLE, auto_commit_message(ids), (Batch(f"{number}.1", tuple(ids)),))
+        for number, ids in enumerate(batches, start=after + 1)
+    ]

@@ -231,7 +231,7 @@ def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) ->
             d.fatal = unattended_halt(d)
         if d.fatal:
             log.error("cannot_proceed", cause=str(d.fatal.cause), reason=d.fatal.render())
-            stop(d, None, once=once)
+            stop(d, None, once=once, why=d.fatal.render())
             return EXIT_CANNOT_PROCEED
         if once and finished(d):
             return exit_code_for(d)
@@ -305,15 +305,16 @@ def _innermost(error: BaseException) -> str:
     return found
 
 
-def stop(d: Daemon, signum: int | None, *, once: bool) -> int:
-    """Stop starting agents, give running ones ``stop_timeout`` seconds, record the rest interrupted."""
+def stop(d: Daemon, signum: int | None, *, once: bool, why: str = "") -> int:
+    """Stop starting agents, give running ones ``stop_timeout`` seconds, record the rest interrupted;
+    ``why`` is what cannot proceed (kept whole in ``run.stopping``, for `batchd status`)."""
     d.stopping = True
     reason = f"signal {signal.Signals(signum).name}" if signum else "cannot proceed"
     log.info("daemon_stopping", reason=reason, running=len(d.agents))
     d.notifier.stopping()
     # A paused run stays paused across the stop: the next start must not resume it by itself.
     if d.proj.run.state == RunState.RUNNING:
-        d.emit_one(ev.RUN_STREAM, ev.RunStopping(reason=reason))
+        d.emit_one(ev.RUN_STREAM, ev.RunStopping(reason=f"{reason}: {why}" if why else reason))
     executor.stop_all(d, f"daemon stopped ({reason})", grace=d.config.batchd.stop_timeout)
     d.wait_jobs(timeout=d.config.batchd.stop_timeout)
     if signum is None:

@@ -177,6 +177,9 @@ def act(name: str, args: list[str], ws: Path, root: Path, values: dict[str, str]
         sys.stdout.flush()
     elif name == "sleep":
         time.sleep(float(args[0]))
+    elif name == "batchd":  # batchd ARGS...: a person's batchd command on their repository, mid-run
+        argv = [sys.executable, "-m", "daemon", *args, "-C", values["root"]]
+        subprocess.run(argv, check=True, capture_output=True)
     elif name == "exit":
         sys.exit(int(args[0]))
     else:

@@ -109,6 +109,18 @@ def make_repo(root: Path, todos: Mapping[str, str], **config: Any) -> Path:
     return root
 
 
+def add_plan(root: Path, text: str) -> None:
+    """``plans/PLAN.md`` with ``text``, named in batchd.toml, committed."""
+    (root / "plans").mkdir(exist_ok=True)
+    (root / "plans" / "PLAN.md").write_text(text, encoding="utf-8")
+    config = root / "batchd.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[batchd]\n", '[batchd]\nplan = "plans/PLAN.md"\n')
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "plan")
+
+
 def batchd(
     root: Path | None,
     *args: str,

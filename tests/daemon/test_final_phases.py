@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from procs import base_env, batchd, git, make_repo, projection
+from procs import add_plan, base_env, batchd, git, make_repo, projection
 
 PLAN = """### Phase 1: First (Batch 1.1)
 - **Batch 1.1:** Todos 1, 2
@@ -31,14 +31,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("final") / "repo",
         {str(n): f"write: [{{path: f{n}.txt, content: x}}]" for n in (1, 2, 3)},
     )
-    (root / "plans").mkdir()
-    (root / "plans" / "PLAN.md").write_text(PLAN, encoding="utf-8")
-    config = root / "batchd.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("[batchd]\n", '[batchd]\nplan = "plans/PLAN.md"\n')
-    )
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "plan")
+    add_plan(root, PLAN)
     done = batchd(root, "run", "--once", env=base_env(), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return root
@@ -69,12 +62,7 @@ def test_phase_numbers_follow_the_order_they_ran_in(finished: Path) -> None:
 def test_plan_show_printed_the_same_phases_before_the_run(tmp_path: Path) -> None:
     """`batchd plan show --json` numbers and titles the phases as the daemon then runs them."""
     root = make_repo(tmp_path / "repo", {str(n): "exit: 0" for n in (1, 2, 3)})
-    (root / "plans").mkdir()
-    (root / "plans" / "PLAN.md").write_text(PLAN, encoding="utf-8")
-    config = root / "batchd.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("[batchd]\n", '[batchd]\nplan = "plans/PLAN.md"\n')
-    )
+    add_plan(root, PLAN)
     shown = json.loads(batchd(root, "plan", "show", "--json").stdout)
     assert [(p["number"], p["title"]) for p in shown["phases"]] == [
         (1, "First"),

@@ -189,7 +189,7 @@ def test_committed_status_file_shows_the_phase_todos_complete(happy: Happy) -> N
 def test_run_once_exits_0_with_a_success_verdict(happy: Happy) -> None:
     """Every todo complete and checks green: verdict success and exit code 0."""
     verdict = happy.repo.events("run.completed")[-1].payload
-    assert (happy.rc, verdict["success"], verdict["missing"]) == (0, True, [])
+    assert (happy.rc, verdict["success"], verdict["not_complete"]) == (0, True, [])
 
 
 # --- a person's edit in the way -----------------------------------------------------------------
@@ -399,7 +399,7 @@ def test_run_once_exits_1_with_an_invalid_todo_file(tmp_path: Path) -> None:
     r = build_repo(tmp_path, {"1": module("1")}, remote="")
     (r.todo("2")).write_text("---\nstatus: ready\npriority: [p2\n---\n\n# Broken\n", encoding="utf-8")
     rc = r.run()
-    assert (rc, r.events("run.completed")[-1].payload["missing"]) == (1, ["2"])
+    assert (rc, r.events("run.completed")[-1].payload["not_complete"]) == (1, [["2", "invalid"]])
 
 
 def test_run_once_exits_3_when_the_baseline_is_red(tmp_path: Path) -> None:

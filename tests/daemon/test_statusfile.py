@@ -113,6 +113,20 @@ def test_committed_status_file_has_the_same_table(failures: Failures) -> None:
 
 
 def test_run_once_exits_1_with_blocked_todos(failures: Failures) -> None:
-    """Blocked and invalid todos make the verdict a failure listing them, and `run --once` exit 1."""
+    """Blocked and invalid todos make the verdict a failure naming what became of each (how the
+    attempts of a blocked one ended), and `run --once` exit 1."""
     verdict = failures.repo.events("run.completed")[-1].payload
-    assert (failures.rc, verdict["success"], verdict["missing"]) == (1, False, ["1", "3", "4", "5"])
+    assert (failures.rc, verdict["success"]) == (1, False)
+    assert dict(verdict["not_complete"]) == {
+        "1": "rejected",
+        "3": "conflicted",
+        "4": "agent failed",
+        "5": "invalid",
+    }
+
+
+def test_the_verdict_line_names_each_kind(failures: Failures) -> None:
+    """The status file's verdict says rejected, conflicted, agent failed and invalid, never "missing"."""
+    line = next(ln for ln in failures.repo.status().splitlines() if ln.startswith("- **Verdict:**"))
+    assert "rejected: 1; conflicted: 3; agent failed: 4; invalid: 5" in line
+    assert "missing" not in line

@@ -326,13 +326,14 @@ def test_the_seeds_rename_to_complete_and_its_work_log_just_work(tmp_path: Path)
 # --- records that are true -------------------------------------------------------------------------
 
 
-def test_the_verdict_counts_planned_todos_that_are_pending_or_missing(tmp_path: Path) -> None:
+def test_the_verdict_counts_planned_todos_that_are_pending_or_have_no_file(tmp_path: Path) -> None:
     """A plan names 1 (ready), 2 (pending) and 3 (no file): the run is not a success, exit 1, naming both."""
     repo = hostile_repo(tmp_path, {"1": []}, plan={1: ("One", [["1", "2", "3"]], "")})
     (repo.root / "todos" / "2-pending-p2-thing-2.md").write_text("# Two\n")
     assert repo.run() == 1
     found = verdict(repo)
-    assert found["success"] is False and set(found["missing"]) == {"2", "3"}  # type: ignore[arg-type]
+    assert found["success"] is False
+    assert dict(found["not_complete"]) == {"2": "pending", "3": "no todo file"}  # type: ignore[call-overload]
 
 
 def test_the_status_file_says_when_agents_run_unconfined(tmp_path: Path) -> None:

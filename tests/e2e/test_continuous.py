@@ -167,7 +167,7 @@ def test_sigterm_stops_the_idle_daemon_with_exit_0(session: Session) -> None:
     assert verdicts, "no run.completed in the log"
     assert verdicts[-1]["success"] is True
     assert set(verdicts[-1]["complete"]) == {t.todo_id for t in DROPPED}
-    assert verdicts[-1]["missing"] == []
+    assert verdicts[-1]["not_complete"] == []
 
 
 def test_log_verifies_after_the_stop(session: Session) -> None:

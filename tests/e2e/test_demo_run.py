@@ -67,7 +67,7 @@ def test_run_once_exits_1_because_two_todos_are_blocked(demo: DemoRun) -> None:
     verdict = demo.status["run"]["verdict"]
     assert verdict["success"] is False
     assert verdict["checks_green"] is True
-    assert set(verdict["missing"]) == set(EXPECTED_BLOCKED)
+    assert set(verdict["not_complete"]) == set(EXPECTED_BLOCKED)
     assert set(verdict["complete"]) == EXPECTED_COMPLETE
 
 

@@ -76,7 +76,8 @@ def _fixed(tp: Any) -> Any:
         return 1.5
     origin = typing.get_origin(tp)
     if origin is tuple:
-        return ("a",)
+        inner = typing.get_args(tp)[0]
+        return (("a", "b"),) if typing.get_origin(inner) is tuple else ("a",)  # pairs, or strings
     if origin is dict:
         return {}
     return None  # an optional field
@@ -105,6 +106,10 @@ def _random(tp: Any) -> st.SearchStrategy[Any]:
         return st.floats(0, 1e5, allow_nan=False, allow_infinity=False)
     origin = typing.get_origin(tp)
     if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        if typing.get_origin(inner) is tuple:  # pairs such as (todo id, state)
+            pair = st.tuples(st.text(max_size=4), st.text(max_size=4))
+            return st.lists(pair, max_size=3).map(tuple)
         return st.lists(st.text(max_size=4), max_size=3).map(tuple)
     if origin is dict:
         return st.just({})

@@ -242,7 +242,12 @@ def test_to_json_round_trips_exactly_through_json_text() -> None:
             *_todo("7", *RUN_TO_FAIL),
             ("control", ev.PauseRequested()),
             ("run", ev.RunStarted(run_id="r", branch="main", base_sha="abc")),
-            ("run", ev.RunCompleted(success=False, checks_green=True, complete=("1",), missing=("7",))),
+            (
+                "run",
+                ev.RunCompleted(
+                    success=False, checks_green=True, complete=("1",), not_complete=(("7", "blocked"),)
+                ),
+            ),
         ]
     )
     again = Projection.from_json(json.loads(json.dumps(pr.to_json())))
@@ -326,9 +331,9 @@ def test_the_runs_policy_is_the_one_it_started_or_reopened_with() -> None:
     assert old.run.schedule == "barrier"
     pr = _fold([("run", ev.RunStarted(run_id="r", branch="main", base_sha="b", schedule="continuous"))])
     assert pr.run.schedule == "continuous"
-    pr.apply(stored(2, "run", ev.RunCompleted(success=True, checks_green=True, complete=(), missing=())))
+    pr.apply(stored(2, "run", ev.RunCompleted(success=True, checks_green=True, complete=())))
     pr.apply(stored(3, "run", ev.RunReopened(reason="new todos: 9")))
     assert pr.run.schedule == "continuous"
-    pr.apply(stored(4, "run", ev.RunCompleted(success=True, checks_green=True, complete=(), missing=())))
+    pr.apply(stored(4, "run", ev.RunCompleted(success=True, checks_green=True, complete=())))
     pr.apply(stored(5, "run", ev.RunReopened(reason="new todos: 10", schedule="barrier")))
     assert pr.run.schedule == "barrier"
