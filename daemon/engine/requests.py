@@ -23,6 +23,7 @@ import structlog
 from daemon.config import BatchdConfig
 from daemon.engine import commands as cmd
 from daemon.engine.runner import Daemon
+from daemon.engine.state import run_branch
 from daemon.intake.todofile import id_order
 from daemon.world import request, safefs
 from statemachine import events as ev
@@ -32,10 +33,6 @@ from statemachine.views import PhaseView
 log = structlog.get_logger(__name__)
 
 JOB = "open-request"
-
-
-def run_branch(run_id: str) -> str:
-    return f"batchd/run-{run_id}"
 
 
 def landing_branch(config: BatchdConfig, run_id: str) -> str:

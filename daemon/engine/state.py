@@ -185,3 +185,8 @@ def after_running(phase: PhaseView) -> str:
         PhaseState.PUSHED: "finish",
         PhaseState.PUSH_FAILED: "finish",
     }.get(PhaseState(phase.state), "")
+
+
+def run_branch(run_id: str) -> str:
+    """Where a run's phase commits are pushed with ``land = "branch"`` (the one spelling of it)."""
+    return f"batchd/run-{run_id}"

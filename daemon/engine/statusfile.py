@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
-from daemon.engine.state import batch_at_work
+from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
-from statemachine.views import PhaseView, RunVerdict, RunView
+from statemachine.views import PhaseView, RunVerdict
 
 PROBLEM_STATES = (
     TodoState.REJECTED,
@@ -97,11 +97,20 @@ def phase_result(phase: PhaseView) -> str:
     return ", ".join(parts)
 
 
-def landing_lines(run: RunView, config: Config) -> list[str]:
-    """Where the work lands with land = "branch": the run branch and its pull request."""
+def landing_lines(proj: Projection, config: Config, committing: int | None) -> list[str]:
+    """Where the work lands with land = "branch": the run branch and its pull request.
+
+    The request is opened after a phase's push, so after the run's last commit there is no commit
+    left to carry its line: it is shown from the next phase commit on (``batchd status`` shows it at
+    once). Written earlier, the status file would differ from the one committed and leave the
+    checkout modified after every run."""
+    run = proj.run
     if config.batchd.land != "branch" or not config.batchd.remote or not run.run_id:
         return []
-    lines = [f"- **Run branch:** `batchd/run-{run.run_id}` (`{config.batchd.branch}` is not pushed)"]
+    lines = [f"- **Run branch:** `{run_branch(run.run_id)}` (`{config.batchd.branch}` is not pushed)"]
+    later = [p.number for p in proj.phases.values() if p.head_sha] + [committing or 0]
+    if max(later) <= run.request_phase:
+        return lines
     if run.request_state == "opened":
         lines.append(f"- **Pull request:** {run.request_url or 'opened (the command printed no URL)'}")
     elif run.request_state == "opening":
@@ -169,7 +178,7 @@ def render_status(
     if cost:
         lines.append(f"- **Agent cost:** ${cost:.2f}")
     lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
-    lines.extend(landing_lines(run, config))
+    lines.extend(landing_lines(proj, config, committing))
     lines.append("")
     lines.append("## Phases")
     lines.append("")

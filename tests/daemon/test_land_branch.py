@@ -117,6 +117,22 @@ def test_open_request_runs_once_over_two_phases_with_its_placeholders(landed: Se
     assert "#1 Thing 1" in body and branch in body
 
 
+def test_a_one_phase_run_leaves_the_checkout_clean_and_its_url_in_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request opens after the only phase's push: no commit is left to carry its line, so the
+    status file stays as committed (`git status` clean) and `batchd status` has the URL."""
+    calls = tmp_path / "gh-calls.jsonl"
+    install_gh(tmp_path / "bin", calls, "ok")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    extra = f'land = "branch"\nopen_request = {json.dumps(OPEN_REQUEST)}'
+    r = build_repo(tmp_path, {"1": module("1")}, batchd_extra=extra)
+    assert r.run() == 0
+    assert r.events("run.request_opened")
+    assert git(r.root, "status", "--porcelain") == ""
+    assert status_json(r.root)["run"]["request"]["url"] == URL
+
+
 def test_the_url_is_in_the_event_the_status_file_and_status(landed: Setup) -> None:
     """The last URL line the command printed is recorded, written in the status file and shown."""
     r = landed.repo
