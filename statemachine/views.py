@@ -198,6 +198,12 @@ class RunView:
     def stream(self) -> str:
         return "run"
 
+    @property
+    def paused(self) -> bool:
+        """Paused, running or idle: a completed run can be paused too (``batchd pause`` on an idle
+        daemon), and then holds the todos dropped meanwhile. The one test of it."""
+        return self.state == "paused" or (self.state == "completed" and bool(self.paused_reason))
+
 
 class _Codec:
     """Positional rows for one view class; tuple fields become lists in JSON and tuples again on load."""

@@ -116,7 +116,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
 def run_detail(proj: Projection) -> str:
     """Why the run is paused or stopping, whole (the human status shows its headline)."""
     run = proj.run
-    if run.state == RunState.PAUSED:
+    if run.paused:
         return run.paused_reason
     if run.state == RunState.STOPPING:
         return run.stop_reason

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from daemon.cli.view import clock
+from daemon.engine.statusfile import verdict_line
 from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
@@ -24,7 +25,8 @@ __all__ = ["RunSummary", "counted", "next_commands", "print_summary", "summarize
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSummary:
-    total: int
+    verdict: str  # the run's verdict line, as the status file has it ("" before there is one)
+    total: int  # the todos the verdict counts (all known todos before there is one)
     complete: tuple[str, ...]
     rejected_ever: tuple[str, ...]  # rejected by verification at least once, whatever came after
     blocked: tuple[tuple[str, str], ...]  # (todo id as written, why)
@@ -41,9 +43,18 @@ def summarize(proj: Projection) -> RunSummary:
     todos = sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id))
     costs = [c for t in todos for c in (t.last_cost_usd, *(h.cost_usd for h in t.history))]
     cost_known = any(c is not None for c in costs)
+    verdict = proj.run.verdict
     return RunSummary(
-        total=len(todos),
-        complete=tuple(proj.shown(t.todo_id) for t in todos if t.state == TodoState.COMPLETE),
+        verdict=verdict_line(verdict, proj) if verdict is not None else "",
+        total=len(verdict.complete) + len(verdict.not_complete) if verdict is not None else len(todos),
+        complete=tuple(
+            proj.shown(t)
+            for t in (
+                verdict.complete
+                if verdict is not None
+                else [t.todo_id for t in todos if t.state == TodoState.COMPLETE]
+            )
+        ),
         rejected_ever=tuple(
             proj.shown(t.todo_id) for t in todos if any(h.outcome == "rejected" for h in t.history)
         ),
@@ -75,6 +86,8 @@ def print_summary(console: Console, s: RunSummary, *, root: Path | None = None) 
     def line(text: str) -> None:
         console.print(Text(text))
 
+    if s.verdict:
+        line(f"  verdict: {s.verdict}")
     line(
         f"  todos complete: {len(s.complete)}/{s.total}; rejected at least once: {counted(s.rejected_ever)}; "
         f"blocked: {counted(tuple(t for t, _ in s.blocked))}"

@@ -121,7 +121,7 @@ def _run_line(proj: Projection) -> Text:
     line.append(f" · {run.state}")
     if run.started_at:
         line.append(f" · {elapsed(run.started_at)}")
-    if run.paused_reason and run.state == "paused":
+    if run.paused:
         line.append(f" · {run.paused_reason}", style="yellow")
     return line
 

@@ -260,7 +260,7 @@ def answer(
         return [(ev.todo_stream(todo_id), [cancel])], "done", "cancelled"
     if type_ == "control.pause":
         run = d.proj.run
-        if run.state == RunState.PAUSED or run.paused_reason:
+        if run.paused:
             return [], "refused", f"the run is paused already ({run.paused_reason or 'paused'})"
         if run.state not in (RunState.RUNNING, RunState.COMPLETED):
             return [], "refused", f"the run is {run.state}"
@@ -296,6 +296,8 @@ def answer(
             if d.proj.run.paused_reason:
                 run_events.append(ev.RunPaused(reason=d.proj.run.paused_reason, by=d.proj.run.paused_by))
             appends_push.insert(0, (ev.RUN_STREAM, run_events))
+        if d.proj.run.paused:
+            return appends_push, "done", f"phase {target.number} is pushed again after `batchd resume`"
         return appends_push, "done", f"pushing phase {target.number} again"
     if type_ == "control.resume":
         appends: list[Append | tuple[str, Sequence[object]]] = [
@@ -303,7 +305,7 @@ def answer(
             for b in d.proj.batches.values()
             if b.state == BatchState.PAUSED
         ]
-        if d.proj.run.state == RunState.PAUSED or d.proj.run.paused_reason:
+        if d.proj.run.paused:
             appends.append((ev.RUN_STREAM, [ev.RunResumed()]))
         if not appends:
             return [], "refused", "nothing is paused"

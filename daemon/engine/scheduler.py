@@ -66,7 +66,7 @@ def advance(d: Daemon) -> None:
         return
     if run.state == RunState.COMPLETED:
         amend_verdict(d)  # a todo file removed since the verdict no longer counts
-        if run.paused_reason:
+        if run.paused:
             return  # paused while idle: todos dropped meanwhile wait for `batchd resume`
         # The plan's further final phases (commit points after the check) come first. Then todos
         # dropped (or retried) after the run completed reopen it; under --once too, so a later

@@ -160,12 +160,7 @@ def render_status(
     if committing is not None and run.verdict is None:
         state = "running" if verdict is None else "completed"
     lines.append(
-        f"- **State:** {state}"
-        + (
-            f" — paused: {cell(headline(run.paused_reason))}"
-            if run.paused_reason and run.state in ("paused", "completed")
-            else ""
-        )
+        f"- **State:** {state}" + (f" — paused: {cell(headline(run.paused_reason))}" if run.paused else "")
     )
     if verdict is not None:
         lines.append(f"- **Verdict:** {cell(verdict_line(verdict, proj))}")

@@ -253,6 +253,14 @@ def unattended_halt(d: Daemon) -> CannotProceed | None:
     run = d.proj.run
     if run.state == RunState.PAUSED and run.paused_by == "daemon":
         return CannotProceed(run.paused_reason, cause=Halt.PAUSED, hint="then `batchd resume`")
+    waiting = scheduler.unplanned_ready(d) if run.state == RunState.COMPLETED and run.paused else []
+    if waiting:  # held by a pause: ending on the old verdict (exit 0) would say they were done
+        shown = ", ".join(d.proj.shown(t) for t in waiting)
+        return CannotProceed(
+            f"the run is paused ({run.paused_reason}) and todos wait: {shown}",
+            cause=Halt.PAUSED,
+            hint="`batchd resume`, then run again",
+        )
     return None
 
 

@@ -199,12 +199,28 @@ def test_pause_while_idle_holds_a_dropped_todo_until_resume(
     daemon.wait_events("todo.queued", count=2)
     answered_twice(root)
     assert started(root) == [("1", 1)]
-    assert status_json(root)["run"]["state"] == "completed"
+    run = status_json(root)["run"]
+    assert (run["state"], run["detail"]) == ("completed", "requested with batchd pause")
     assert "run.reopened" not in [e.type for e in read_events(root)]
     assert ok(batchd(root, "resume")).startswith("resume: done")
     daemon.wait_events("run.completed", count=2, timeout=30)
     assert todo_states(root) == {"1": "complete", "2": "complete"}
     assert started(root) == [("1", 1), ("2", 1)]
+
+
+def test_run_once_on_a_paused_idle_run_with_todos_waiting_exits_3(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """A pause queued after the run completed holds a todo dropped later; `run --once` then ends
+    with exit 3 naming the pause and the waiting todo, not with exit 0 on the old verdict."""
+    root = make_repo(tmp_path / "repo", {"1": quick("one.txt")})
+    assert start_daemon(root, "--once").wait(timeout=60) == 0
+    assert "queued" in ok(batchd(root, "pause"))
+    (root / "todos" / todo_name("2")).write_text(todo_text("2", quick("two.txt")), encoding="utf-8")
+    again = start_daemon(root, "--once")
+    assert again.wait(timeout=60) == 3
+    assert "the run is paused (requested with batchd pause) and todos wait: 2" in again.log_path.read_text()
+    assert todo_states(root)["2"] == "ready"
 
 
 def test_retry_blocked_retries_every_blocked_todo(

@@ -36,7 +36,7 @@ from daemon.cli.view import LiveView, log_opener, render
 from daemon.service.lock import DaemonLock
 from daemon.workspace import Workspace
 from statemachine.projection import Projection
-from statemachine.views import AttemptRecord, TodoView
+from statemachine.views import AttemptRecord, RunVerdict, TodoView
 from store.eventlog import format_time
 
 AGENT = Path(__file__).resolve().parents[1] / "agents" / "wait_release.py"
@@ -374,6 +374,28 @@ def test_the_summary_gives_the_cost_when_agents_reported_it() -> None:
     assert "0282: breaks [tests]" in out
     assert "batchd logs 0282\n" in out
     assert "batchd retry 0282\n" in out
+
+
+def test_the_summary_counts_what_the_verdict_counts_and_shows_it() -> None:
+    """A pending todo is no part of the run: the summary's counts and verdict line are the verdict's,
+    with why it is not complete (a failed last push here)."""
+    proj = Projection()
+    proj.todos["1"] = TodoView("1", state="complete", path="todos/001-complete-p2-a.md")
+    proj.todos["2"] = TodoView("2", state="pending", path="todos/002-pending-p2-b.md")
+    proj.run.verdict = RunVerdict(
+        success=False,
+        checks_green=True,
+        complete=("1",),
+        not_complete=(),
+        removed=(),
+        detail="",
+        unpushed="phase 1 was not pushed: remote rejected",
+    )
+    console = _console()
+    print_summary(console, summarize(proj))
+    out = console.export_text()
+    assert "verdict: NOT COMPLETE; phase 1 was not pushed: remote rejected; checks green; 1 complete" in out
+    assert "todos complete: 1/1;" in out
 
 
 def test_off_a_terminal_the_view_prints_each_notable_event_once(tmp_path: Path) -> None:
