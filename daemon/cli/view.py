@@ -96,7 +96,9 @@ def describe_event(proj: Projection, event_type: str, payload: dict[str, object]
 
         def names(key: str) -> str:
             value = payload.get(key)
-            return ", ".join(map(str, value)) if isinstance(value, list | tuple) and value else "none"
+            if not isinstance(value, list | tuple) or not value:
+                return "none"
+            return ", ".join(proj.shown(str(t)) for t in value)
 
         accepted = payload.get("accepted")
         count = len(accepted) if isinstance(accepted, list | tuple) else 0

@@ -83,7 +83,7 @@ def body_for(proj: Projection, phases: list[PhaseView], *, branch: str, base: st
         ids = sorted(phase.todo_ids, key=id_order)
         for todo_id in ids:
             todo = proj.todos.get(todo_id)
-            lines.append(f"- #{todo_id} {todo.title if todo is not None else ''}".rstrip())
+            lines.append(f"- #{proj.shown(todo_id)} {todo.title if todo is not None else ''}".rstrip())
         if not ids:
             lines.append("- (no todos: the phase's status commit)")
         lines.append("")
