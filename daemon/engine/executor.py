@@ -105,6 +105,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         worktree=workspace,
         token=todo.token,
     )
+    env = deps.with_python_paths(env, d.root, workspace)  # its tests import its own code
     setup = d.config.agent.setup
     timeout = d.config.agent.timeout
     sandbox = d.sandbox

@@ -38,7 +38,7 @@ from daemon.service import preflight
 from daemon.service.lock import DaemonLock
 from daemon.service.signals import SignalFlags
 from daemon.workspace import Workspace
-from daemon.world import safefs
+from daemon.world import deps, safefs
 from daemon.world.hooks import snapshot as snapshot_hooks
 from daemon.world.notify import Notifier
 from daemon.world.remote import pin_remote
@@ -182,6 +182,14 @@ def _run(d: Daemon, flags: SignalFlags, *, once: bool) -> int:
             log.warning(
                 "agents_unconfined", reason=d.sandbox.note, hint="install bubblewrap to confine agents"
             )
+            shared = sorted(deps.sources(config.root))
+            if shared:  # linked into every workspace: without a sandbox, writable through the links
+                log.warning(
+                    "dependencies_writable",
+                    folders=shared,
+                    hint="an agent or a set-up command (pip install, npm install) can change these "
+                    "folders of your checkout; install bubblewrap to make them read-only",
+                )
         ignore = config.batchd.ignore
         watcher = TodoWatcher(config.todos_path, ignore=lambda name: is_ignored(name, ignore))
         # Watching before the first scan: a file written while it runs is caught by its event

@@ -126,7 +126,9 @@ class CheckRunner:
         return CheckResult(passed=True, output_tail=tail, duration=time.monotonic() - start, flaky=flaky)
 
     def _run_one(self, command: tuple[str, ...], worktree: Path, log_path: Path | None) -> _Attempt:
-        env = {**os.environ, **self.env} if self.env is not None else None
+        env = {**os.environ, **(self.env or {})}
+        if self.dependencies_from is not None:  # the worktree's code, not the person's editable install
+            env = deps.with_python_paths(env, self.dependencies_from, worktree)
         with tempfile.TemporaryFile(mode="w+b") as out:
             try:
                 proc = subprocess.Popen(

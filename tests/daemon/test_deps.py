@@ -20,6 +20,7 @@ from gitrepo import CHECK_PY, git, init_repo
 from phase_repo import PY, PhaseRepo, build_repo
 
 from daemon.world import agentspace, deps, sandbox
+from daemon.world.checks import CheckRunner
 from daemon.world.collect import Policy, collect
 from daemon.world.sandbox import _probe
 
@@ -267,3 +268,70 @@ def test_the_dependencies_stay_read_only_even_inside_a_writable_path(tmp_path: P
     assert done.stdout.split("\n")[:2] == ["refused 30", "refused 30"]  # EROFS
     assert (root / "elsewhere.txt").read_text() == "writable"
     assert (root / "node_modules" / "x" / "index.js").read_text() == PACKAGE
+
+
+# --- the person's own code among the dependencies: the workspace's copy is what gets tested ------
+
+
+def editable_venv(root: Path, *, finder: bool) -> Path:
+    """A venv with ``pip install -e .`` of ``root/src/calc`` in one of its two forms: a ``.pth`` line
+    (hatchling, old setuptools) or setuptools' ``__editable__`` finder with its MAPPING."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / ".venv")], check=True)
+    (site,) = (root / ".venv" / "lib").glob("python*/site-packages")
+    if finder:
+        (site / "__editable___calc_0_1_finder.py").write_text(
+            f"import sys\nMAPPING: dict[str, str] = {{'calc': {str(root / 'src' / 'calc')!r}}}\n"
+            "NAMESPACES = {}\n"
+        )
+    else:
+        (site / "_calc.pth").write_text(f"{root / 'src'}\n")
+    return site
+
+
+@pytest.mark.parametrize("finder", [False, True], ids=["pth", "finder"])
+def test_an_editable_install_of_the_checkout_is_shadowed_by_the_workspace_copy(
+    tmp_path: Path, finder: bool
+) -> None:
+    """Its path into the checkout is redirected to the workspace's copy, first on PYTHONPATH; paths
+    outside the checkout (another project) are left to the venv."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    site = editable_venv(root, finder=finder)
+    (site / "other.pth").write_text(f"{tmp_path / 'elsewhere'}\n# a comment\nimport os\n")
+    workspace = tmp_path / "ws"
+    assert deps.python_paths(root, workspace) == (str(workspace / "src"),)
+    env = deps.with_python_paths({"PYTHONPATH": "/x"}, root, workspace)
+    assert env["PYTHONPATH"] == os.pathsep.join([str(workspace / "src"), "/x"])
+
+
+def test_a_check_imports_the_workspaces_code_not_the_persons_editable_install(tmp_path: Path) -> None:
+    """`pip install -e .` in the person's venv points at their `src/`; a check of a workspace whose
+    change makes VALUE 2 must see 2 (seeing the person's 1 would be a false verdict)."""
+    root = tmp_path / "repo"
+    (root / "src" / "calc").mkdir(parents=True)
+    (root / "src" / "calc" / "__init__.py").write_text("VALUE = 1\n")
+    editable_venv(root, finder=False)
+    worktree = tmp_path / "wt"
+    (worktree / "src" / "calc").mkdir(parents=True)
+    (worktree / "src" / "calc" / "__init__.py").write_text("VALUE = 2\n")
+    check = [".venv/bin/python", "-c", "import calc, sys; sys.exit(0 if calc.VALUE == 2 else 1)"]
+    result = CheckRunner([check], timeout=30, dependencies_from=root).run(worktree)
+    assert result.passed, result.output
+
+
+def test_a_monorepo_workspace_package_leads_to_the_workspaces_own_folder(tmp_path: Path) -> None:
+    """`node_modules/@team/lib -> ../../packages/lib` (npm/yarn/pnpm workspaces) is the person's own
+    code: in a workspace it leads to the workspace's `packages/lib`; a real package beside it in the
+    same scope still leads to the person's installed one."""
+    root = tmp_path / "repo"
+    (root / "packages" / "lib").mkdir(parents=True)
+    scope = root / "node_modules" / "@team"
+    scope.mkdir(parents=True)
+    (scope / "lib").symlink_to("../../packages/lib")
+    (scope / "ui").mkdir()
+    workspace = tmp_path / "ws"
+    (workspace / "packages" / "lib").mkdir(parents=True)
+    assert deps.place(root, workspace) == ("node_modules",)
+    placed = workspace / "node_modules" / "@team"
+    assert (placed / "lib").resolve() == (workspace / "packages" / "lib").resolve()
+    assert (placed / "ui").resolve() == (scope / "ui").resolve()
