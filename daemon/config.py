@@ -579,6 +579,14 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
             key="batchd.open_request",
             hint='set land = "branch", or remove open_request',
         )
+    if config.batchd.land == "branch" and not config.batchd.remote:
+        raise ConfigError(
+            'land = "branch" pushes the phase commits to a run branch on the remote, but remote = "" '
+            "pushes nothing",
+            path=str(path),
+            key="batchd.land",
+            hint='name the remote (remote = "origin"), or set land = "push" to work offline',
+        )
     if config.agent.prompt_file and not (root / config.agent.prompt_file).is_file():
         raise ConfigError(
             f"prompt file {config.agent.prompt_file!r} does not exist under {root}",

@@ -249,9 +249,18 @@ def _loop(d: Daemon, watcher: TodoWatcher, flags: SignalFlags, *, once: bool) ->
 def unattended_halt(d: Daemon) -> CannotProceed | None:
     """Under ``--once`` nobody is there to clear a pause: a paused batch (a red baseline) or a run
     the daemon paused ends the run (exit 3) instead of waiting forever."""
+    setups = {tuple(c) for c in d.config.verify.setup}
     for batch in d.proj.batches.values():
         if batch.state == BatchState.PAUSED:
             command = " ".join(batch.pause_command)
+            if batch.pause_command in setups:  # not the tests: what the set-up needs (a registry, ...)
+                return CannotProceed(
+                    f"batch {batch.key}: [verify] setup failed on the tested tree and the last green one "
+                    f"({command}), so no todo is blamed",
+                    cause=Halt.BASELINE_RED,
+                    hint="`batchd status` shows its output; fix what it needs, then `batchd resume` "
+                    "and run again",
+                )
             why = "its verification crashed" if command == "batchd" else f"the baseline is red ({command})"
             return CannotProceed(
                 f"batch {batch.key}: {why}",

@@ -110,6 +110,7 @@ def find_problems(config: Config, *, remote_timeout: float = REMOTE_TIMEOUT) -> 
         *remote_problems(root, config.batchd.remote, branch, timeout=remote_timeout),
         *agent_problems(config),
         *verify_problems(config),
+        *request_problems(config),
     ]
 
 
@@ -267,6 +268,24 @@ def verify_problems(config: Config) -> list[Problem]:
         if wrong:
             found.append(Problem("verify.setup", _naming(argv, wrong), "install it, or change it"))
     return found
+
+
+def request_problems(config: Config) -> list[Problem]:
+    """`[batchd] open_request`'s program (gh): missing, the pull request would fail after the push."""
+    argv = config.batchd.open_request
+    if not argv:
+        return []
+    wrong = _unresolved(argv[0], root=config.root, branch=config.batchd.branch, env=os.environ)
+    if not wrong:
+        return []
+    return [
+        Problem(
+            "batchd.open_request",
+            _naming(argv, wrong),
+            "install it (GitHub's `gh`: https://cli.github.com, then `gh auth login`), or remove "
+            "open_request and open the pull request by hand",
+        )
+    ]
 
 
 def _naming(argv: Sequence[str], wrong: str) -> str:

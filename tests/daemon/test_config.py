@@ -378,3 +378,10 @@ def test_open_request_without_land_branch_is_refused(tmp_path: Path) -> None:
     err = error(tmp_path, '[batchd]\nopen_request = ["gh", "pr", "create"]\n' + MINIMAL)
     assert err.key == "batchd.open_request"
     assert 'land = "branch"' in err.hint
+
+
+def test_land_branch_without_a_remote_is_refused(tmp_path: Path) -> None:
+    """land = "branch" with remote = "" would push nothing: a config error naming both ways out."""
+    err = error(tmp_path, '[batchd]\nland = "branch"\nremote = ""\n' + MINIMAL)
+    assert err.key == "batchd.land"
+    assert 'remote = "origin"' in err.hint and 'land = "push"' in err.hint

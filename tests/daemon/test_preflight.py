@@ -200,6 +200,18 @@ def test_a_verify_setup_program_that_is_not_installed_is_refused(repo: Path) -> 
     assert "`no-such-installer ci`: `no-such-installer` is not on PATH" in problem.message
 
 
+def test_an_open_request_program_that_is_not_installed_is_refused(repo: Path) -> None:
+    """`gh` missing would fail the pull request only after the first push: said before the run."""
+    with_remote(repo)
+    configure(repo, remote="origin")
+    text = (repo / "batchd.toml").read_text(encoding="utf-8")
+    extra = 'land = "branch"\nopen_request = ["no-such-gh", "pr", "create", "--head", "{branch}"]\n'
+    (repo / "batchd.toml").write_text(text.replace("[batchd]\n", "[batchd]\n" + extra, 1), encoding="utf-8")
+    [problem] = preflight.find_problems(load_config(repo))
+    assert problem.key == "batchd.open_request"
+    assert "`no-such-gh` is not on PATH" in problem.message
+
+
 # --- the branch and the remote --------------------------------------------------------------------
 
 

@@ -168,6 +168,18 @@ def test_a_run_whose_verify_setup_breaks_midway_pauses_the_batch_and_rejects_nob
     assert repo.events("todo.rejected") == []
 
 
+def test_run_once_whose_verify_setup_breaks_says_it_was_the_setup_not_the_tests(tmp_path: Path) -> None:
+    """Under --once the paused batch ends the run (exit 3) saying the set-up failed, not that the
+    branch's tests are red (the fix is a registry or a network, not the tests)."""
+    setup = toml_list(counter(tmp_path / "n", passes=1))
+    repo = build_repo(tmp_path, {"1": module("1"), "2": module("2")}, verify_extra=f"{NONE}\nsetup = {setup}")
+    daemon = DaemonProcess(repo.root, "--once")
+    assert daemon.wait(timeout=120) == 3
+    text = daemon.log_path.read_text(encoding="utf-8")
+    assert "[verify] setup failed on the tested tree and the last green one" in text
+    assert "the baseline is red" not in text
+
+
 # --- the key -----------------------------------------------------------------------------------------
 
 
