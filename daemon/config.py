@@ -38,6 +38,7 @@ __all__ = [
     "AGENT_PLACEHOLDERS",
     "AGENT_WRITABLE",
     "CONFIG_FILE",
+    "PLACEHOLDER",
     "PRESETS",
     "REQUEST_PLACEHOLDERS",
     "SECTIONS",
@@ -139,7 +140,8 @@ def _seconds(*, allow_zero: bool) -> Check:
     return lambda c, k, v: c.seconds(k, v, allow_zero=allow_zero)
 
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A {name} placeholder in an argv element or a prompt: the one spelling, for config, agents, preflight.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _argv_with(known: tuple[str, ...]) -> Check:
@@ -148,7 +150,7 @@ def _argv_with(known: tuple[str, ...]) -> Check:
     def check(c: Checker, key: str, value: object) -> Argv:
         argv = c.argv(key, value, allow_empty=True)
         for element in argv:
-            for name in _PLACEHOLDER.findall(element):
+            for name in PLACEHOLDER.findall(element):
                 if name not in known:
                     near = difflib.get_close_matches(name, known, n=1)
                     raise c.fail(

@@ -20,7 +20,6 @@ units never restart after exit 2, so it is a warning there (see :func:`check`).
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.config import PRESETS, Config
+from daemon.config import PLACEHOLDER, PRESETS, Config
 from daemon.engine.recovery import check_checkout
 from daemon.exceptions import PreflightFailed, UsageError
 from daemon.world import deps
@@ -58,7 +57,6 @@ PRESET_TOOLS: Mapping[str, tuple[str, str]] = {
     "codex": ("OpenAI Codex CLI", "`npm install -g @openai/codex`"),
     "aider": ("aider", "`python3 -m pip install aider-install && aider-install`"),
 }
-_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _NO_PUSH = 'remote = "" to work without pushing'
 
 
@@ -306,7 +304,7 @@ def _unresolved(argv0: str, *, root: Path, branch: str, env: Mapping[str, str]) 
     workspace gets those (:mod:`daemon.world.deps`)."""
     if argv0.startswith("{worktree}/"):  # the workspace is a checkout of the branch: same path
         argv0 = argv0.removeprefix("{worktree}/")
-    if _PLACEHOLDER.search(argv0):
+    if PLACEHOLDER.search(argv0):
         return ""  # known only per todo
     if "/" not in argv0:
         path = env.get("PATH", os.defpath)

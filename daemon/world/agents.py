@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from daemon.config import AGENT_PLACEHOLDERS, AgentConfig
+from daemon.config import AGENT_PLACEHOLDERS, PLACEHOLDER, AgentConfig
 from daemon.exceptions import AgentError
 
 __all__ = [
@@ -35,13 +35,12 @@ __all__ = [
 ]
 
 PROMPT_PLACEHOLDERS = ("todo_id", "todo_path", "title", "verify_commands", "worktree", "repair")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def substitute(text: str, values: Mapping[str, str]) -> str:
     # One pass, known names only: a substituted value is never scanned again (a todo containing
     # "{prompt}" stays literal), and other braces (JSON, code in a prompt) are left alone.
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 # --------------------------------------------------------------------------------------------
