@@ -197,31 +197,36 @@ def plan_more(d: Daemon) -> bool:
     if not batches:
         d.emit(*appends)
         return bool(appends)
-    # As `batchd plan show` shows it: one phase per batch. Only the first is recorded now; the rest
-    # are planned again once it is done, from what happened to it (and what arrived meanwhile).
-    phase = auto_phases(batches, after=max((p.number for p in d.proj.phases.values()), default=0))[0]
-    appends.append(
-        (
-            ev.phase_stream(phase.number),
-            [
-                # No commit message: the commit names the todos that were accepted (phases.message_for).
-                ev.PhasePlanned(
-                    number=phase.number,
-                    title=phase.title,
-                    commit_message="",
-                    batches=tuple(b.key for b in phase.batches),
-                )
-            ],
-        )
-    )
-    for batch in phase.batches:
+    # As `batchd plan show` shows it: one phase per batch. The barrier records only the first now
+    # and plans the rest again once it is done, from what happened to it (and what arrived). The
+    # continuous policy gets them all at once, as from a plan: a free slot takes the next phase's
+    # todos while this one is verified and committed (commits still in order).
+    reopening = d.proj.run.state == RunState.COMPLETED
+    schedule = d.config.batchd.schedule if reopening else d.proj.run.schedule
+    planned = auto_phases(batches, after=max((p.number for p in d.proj.phases.values()), default=0))
+    for phase in planned if schedule == "continuous" else planned[:1]:
         appends.append(
             (
-                ev.batch_stream(batch.key),
-                [ev.BatchPlanned(key=batch.key, phase=phase.number, todo_ids=batch.todo_ids)],
+                ev.phase_stream(phase.number),
+                [
+                    # No commit message: the commit names the todos accepted (phases.message_for).
+                    ev.PhasePlanned(
+                        number=phase.number,
+                        title=phase.title,
+                        commit_message="",
+                        batches=tuple(b.key for b in phase.batches),
+                    )
+                ],
             )
         )
-    if d.proj.run.state == RunState.COMPLETED:
+        for batch in phase.batches:
+            appends.append(
+                (
+                    ev.batch_stream(batch.key),
+                    [ev.BatchPlanned(key=batch.key, phase=phase.number, todo_ids=batch.todo_ids)],
+                )
+            )
+    if reopening:
         reopened = ev.RunReopened(reason="new todos: " + ", ".join(ready), schedule=d.config.batchd.schedule)
         appends.insert(0, (ev.RUN_STREAM, [reopened]))
     d.emit(*appends)
