@@ -88,14 +88,17 @@ class CheckRunner:
 
     def run(self, worktree: Path, log_path: Path | None = None) -> CheckResult:
         start = time.monotonic()
+        env = {**os.environ, **(self.env or {})}
         if self.dependencies_from is not None:
             deps.place(self.dependencies_from, worktree)
+            # The worktree's code, not the person's editable install (once per tree, not per command).
+            env = deps.with_python_paths(env, self.dependencies_from, worktree)
         flaky = False
         tail = ""
         commands = [*((c, True) for c in self.setup), *((c, False) for c in self.commands)]
         for command, is_setup in commands:
             for attempt in range(self.retries + 1):
-                done = self._run_one(command, worktree, log_path)
+                done = self._run_one(command, worktree, log_path, env)
                 tail = done.output[-TAIL_CHARS:]
                 if done.returncode == 0:
                     flaky = flaky or attempt > 0
@@ -125,10 +128,9 @@ class CheckRunner:
             log.warning("check_flaky", worktree=str(worktree))
         return CheckResult(passed=True, output_tail=tail, duration=time.monotonic() - start, flaky=flaky)
 
-    def _run_one(self, command: tuple[str, ...], worktree: Path, log_path: Path | None) -> _Attempt:
-        env = {**os.environ, **(self.env or {})}
-        if self.dependencies_from is not None:  # the worktree's code, not the person's editable install
-            env = deps.with_python_paths(env, self.dependencies_from, worktree)
+    def _run_one(
+        self, command: tuple[str, ...], worktree: Path, log_path: Path | None, env: Mapping[str, str]
+    ) -> _Attempt:
         with tempfile.TemporaryFile(mode="w+b") as out:
             try:
                 proc = subprocess.Popen(
