@@ -12,6 +12,7 @@ its push decides: the verdict is recorded assuming it goes out, and amended (``r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -56,6 +57,12 @@ def push_problem(proj: Projection) -> str:
     return f"phase {pushes[-1].number} was not pushed: {pushes[-1].push_failed_reason}"
 
 
+def succeeded(proj: Projection, *, checks_green: bool, not_complete: Sequence[object], unpushed: str) -> bool:
+    """The seed's criteria: checks green, every counted todo complete, every batch done, pushed."""
+    batches_done = all(b.state == BatchState.DONE for b in proj.batches.values())
+    return checks_green and not not_complete and batches_done and not unpushed
+
+
 def compute_verdict(
     proj: Projection, *, checks_green: bool, detail: str, commit_to_come: bool = False
 ) -> ev.RunCompleted:
@@ -74,10 +81,9 @@ def compute_verdict(
             removed.append(todo_id)
         else:
             not_complete.append((todo_id, kind_of(todo)))
-    batches_done = all(b.state == BatchState.DONE for b in proj.batches.values())
     unpushed = "" if commit_to_come else push_problem(proj)
     return ev.RunCompleted(
-        success=checks_green and not not_complete and batches_done and not unpushed,
+        success=succeeded(proj, checks_green=checks_green, not_complete=not_complete, unpushed=unpushed),
         checks_green=checks_green,
         complete=tuple(complete),
         not_complete=tuple(not_complete),
@@ -130,9 +136,10 @@ def amend_verdict(d: Daemon) -> None:
     if unpushed == verdict.unpushed and not gone:
         return
     not_complete = tuple(pair for pair in verdict.not_complete if pair[0] not in gone)
-    batches_done = all(b.state == BatchState.DONE for b in d.proj.batches.values())
     amended = ev.RunCompleted(
-        success=verdict.checks_green and not not_complete and batches_done and not unpushed,
+        success=succeeded(
+            d.proj, checks_green=verdict.checks_green, not_complete=not_complete, unpushed=unpushed
+        ),
         checks_green=verdict.checks_green,
         complete=verdict.complete,
         not_complete=not_complete,
