@@ -24,6 +24,7 @@ __all__ = [
     "TodoFileError",
     "UsageError",
     "headline",
+    "printable",
 ]
 
 
@@ -111,6 +112,11 @@ class GitError(BatchdError):
 
 
 _WHY_PREFIXES = ("fatal:", "error:", "remote: error:", "! [rejected]", "! [remote rejected]")
+
+
+def printable(text: str) -> str:
+    """``text`` with any undecodable bytes (surrogate escapes) shown as ``\\xNN``: safe to log and store."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def headline(text: str) -> str:

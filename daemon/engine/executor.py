@@ -24,11 +24,10 @@ from pathlib import Path
 import structlog
 
 from daemon.engine.runner import Daemon
-from daemon.exceptions import AgentError, BatchdError
+from daemon.exceptions import AgentError, BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
 from daemon.world import agentproc, agents, agentspace, collect, deps, homeguard, safefs, testinfra
 from daemon.world.faults import raise_at
-from daemon.world.gitops import printable
 from statemachine import events as ev
 from statemachine.tables import TodoState
 

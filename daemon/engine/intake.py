@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from daemon.engine.runner import Daemon
+from daemon.exceptions import printable
 from daemon.intake.scanner import (
     Added,
     Edited,
@@ -26,7 +27,6 @@ from daemon.intake.scanner import (
     scan_folder,
 )
 from daemon.intake.todofile import TodoFile, TodoStatus
-from daemon.world.gitops import printable
 from statemachine import events as ev
 from statemachine.tables import EVENT_TRIGGERS, NEXT_STATE, BatchState, RunState, TodoState
 from store import Append

@@ -21,7 +21,7 @@ from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, phase_head
 from daemon.engine.statusfile import render_status
 from daemon.engine.verdict import amend_verdict, as_view, compute_verdict
-from daemon.exceptions import CannotProceed, GitError, Halt
+from daemon.exceptions import CannotProceed, GitError, Halt, printable
 from daemon.intake.plan import AUTO_PHASE_TITLE
 from daemon.intake.todofile import (
     MAX_TODO_BYTES,
@@ -358,7 +358,7 @@ def move_checkout(d: Daemon, sha: str, *, replaces: str = "") -> None:
     if not forward and head != replaces:
         subject = gitops.run_git(root, "log", "-1", "--format=%an: %s", head).stdout.strip()
         raise GitError(
-            f"the branch moved under batchd: it is at {head[:10]} ({gitops.printable(subject)}), "
+            f"the branch moved under batchd: it is at {head[:10]} ({printable(subject)}), "
             f"which is not in the phase commit {sha[:10]}",
             command=["git", "merge", "--ff-only", sha],
             hint="someone committed on the branch while batchd ran; rebase those commits onto "

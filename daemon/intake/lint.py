@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from daemon.exceptions import printable
 from daemon.intake.scanner import ScanResult, scan_folder
 from daemon.intake.todofile import DEFAULT_IGNORE, is_editor_temp
 
@@ -45,7 +46,7 @@ def _shown(root: Path, path: Path) -> str:
 def lint_scan(root: Path, todos_dir: Path, scan: ScanResult, ignore: Iterable[str]) -> list[FolderProblem]:
     """The problems of a folder already scanned with :func:`scan_folder`, in file name order."""
     problems = [
-        FolderProblem(_shown(root, bad.path), _printable(bad.reason), _printable(bad.hint), bad.todo_id)
+        FolderProblem(_shown(root, bad.path), printable(bad.reason), printable(bad.hint), bad.todo_id)
         for bad in scan.invalid
     ]
     for todo in scan.todos.values():
@@ -72,7 +73,7 @@ def lint_scan(root: Path, todos_dir: Path, scan: ScanResult, ignore: Iterable[st
             FolderProblem(
                 _shown(root, todos_dir / name),
                 "looks like a todo file but does not end in .md, so batchd ignores it",
-                f"rename it to end in .md (e.g. {_printable(Path(name).stem)}.md)",
+                f"rename it to end in .md (e.g. {printable(Path(name).stem)}.md)",
             )
         )
     return sorted(problems, key=lambda p: (p.file, p.message))
@@ -86,8 +87,3 @@ def lint_folder(
     globs = tuple(ignore)
     scan = scan_folder(todos_dir, globs, known_ids=known_ids)
     return scan, lint_scan(root, todos_dir, scan, globs)
-
-
-def _printable(text: str) -> str:
-    """Text safe to print: a lone surrogate (from an undecodable name) shown as its bytes."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

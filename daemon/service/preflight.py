@@ -32,9 +32,9 @@ import structlog
 
 from daemon.config import PLACEHOLDER, PRESETS, Config
 from daemon.engine.recovery import check_checkout
-from daemon.exceptions import PreflightFailed, UsageError
+from daemon.exceptions import PreflightFailed, UsageError, printable
 from daemon.world import deps
-from daemon.world.gitops import out, printable, run_git
+from daemon.world.gitops import out, run_git
 
 __all__ = [
     "PRESET_TOOLS",

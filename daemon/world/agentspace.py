@@ -25,9 +25,9 @@ from pathlib import Path
 
 import structlog
 
-from daemon.exceptions import BatchdError
+from daemon.exceptions import BatchdError, printable
 from daemon.world import safefs
-from daemon.world.gitops import WorkTree, git_common_dir, out, printable, records, remove_tree, run_git
+from daemon.world.gitops import WorkTree, git_common_dir, out, records, remove_tree, run_git
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ the agent's config, hooks, attributes drivers and refs play no part. Then the po
   existing test files are listed for the test-integrity check of :mod:`daemon.world.verify`.
 
 File names are kept as git gives them (undecodable bytes as surrogate escapes) until they leave this
-module, where :func:`daemon.world.gitops.printable` escapes them.
+module, where :func:`daemon.exceptions.printable` escapes them.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from daemon.config import path_patterns
-from daemon.exceptions import BatchdError
+from daemon.exceptions import BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES, parse_name
 from daemon.world import agentspace, deps
-from daemon.world.gitops import WorkTree, git_common_dir, out, printable, run_git, split_z, with_trailers
+from daemon.world.gitops import WorkTree, git_common_dir, out, run_git, split_z, with_trailers
 
 log = structlog.get_logger(__name__)
 

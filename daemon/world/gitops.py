@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from daemon.exceptions import GitError
+from daemon.exceptions import GitError, printable
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +62,6 @@ _LOCAL_ENV = (
 # What makes a repository's recorded history say something other than its commits do.
 _UNTRUSTED_CONFIG = ("-c", "core.commitGraph=false", "-c", "core.multiPackIndex=false")
 _UNTRUSTED_ENV = {"GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull}
-
-
-def printable(text: str) -> str:
-    """``text`` with any undecodable bytes (surrogate escapes) shown as ``\\xNN``: safe to log and store."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True, slots=True)

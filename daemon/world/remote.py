@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import path_patterns
-from daemon.exceptions import GitError, UsageError
+from daemon.exceptions import GitError, UsageError, printable
 from daemon.world.gitops import (
     GitTarget,
     abort_in_progress,
@@ -36,7 +36,6 @@ from daemon.world.gitops import (
     head_sha,
     is_ancestor,
     out,
-    printable,
     reset_keep,
     run_git,
     split_z,

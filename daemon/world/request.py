@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import REQUEST_PLACEHOLDERS
+from daemon.exceptions import printable
 from daemon.world.agents import DAEMON_ONLY_ENV, substitute
-from daemon.world.gitops import printable
 
 TIMEOUT = 120.0  # seconds: `gh pr create` talks to a server, it does not build anything
 OUTPUT_CAP = 4000  # characters of the command's output kept in the log

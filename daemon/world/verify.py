@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import ConflictMode, Strategy, TestIntegrity
-from daemon.exceptions import BatchdError, GitError
+from daemon.exceptions import BatchdError, GitError, printable
 from daemon.intake.todofile import id_order
 from daemon.world.blame import is_named
 from daemon.world.checks import CheckResult
@@ -40,7 +40,6 @@ from daemon.world.gitops import (
     WorkTree,
     abort_in_progress,
     head_sha,
-    printable,
     reset_hard,
     run_git,
     split_z,
