@@ -41,6 +41,8 @@ __all__ = [
     "PLACEHOLDER",
     "PRESETS",
     "REQUEST_PLACEHOLDERS",
+    "RESUME_PLACEHOLDERS",
+    "RESUME_PRESETS",
     "SECTIONS",
     "TEST_GLOBS",
     "TEST_INFRA",
@@ -63,7 +65,7 @@ CommitMode = Literal["phase", "todo"]
 Schedule = Literal["continuous", "barrier"]
 Preset = Literal["claude", "codex", "aider"]
 Strategy = Literal["bisect", "incremental"]
-ConflictMode = Literal["merge", "strict"]
+ConflictMode = Literal["merge", "redo", "strict"]
 SandboxMode = Literal["auto", "bwrap", "none"]
 TestIntegrity = Literal["report", "reject"]
 Land = Literal["push", "branch"]
@@ -100,7 +102,9 @@ TEST_INFRA = (
 )
 
 # Placeholders allowed inside [agent] command elements (substituted by daemon.world.agents.build_argv).
-AGENT_PLACEHOLDERS = ("prompt", "todo_path", "todo_id", "worktree")
+AGENT_PLACEHOLDERS = ("prompt", "todo_path", "todo_id", "worktree", "failure_file")
+# [agent] resume_command may also name the session it continues.
+RESUME_PLACEHOLDERS = (*AGENT_PLACEHOLDERS, "session_id")
 # Placeholders allowed inside [batchd] open_request elements (daemon.world.request.build_argv).
 REQUEST_PLACEHOLDERS = ("branch", "base", "title", "body_file")
 
@@ -111,6 +115,17 @@ PRESETS: Mapping[str, Argv] = MappingProxyType(
         "aider": ("aider", "--yes-always", "--message", "{prompt}"),
     }
 )
+# How a preset continues its own session for a repair ({session_id}: from the agent's JSON result).
+# aider keeps no session id, so a repair starts afresh with the failure in its prompt.
+RESUME_PRESETS: Mapping[str, Argv] = MappingProxyType(
+    {
+        "claude": (
+            "claude", "-p", "{prompt}", "--resume", "{session_id}",
+            "--dangerously-skip-permissions", "--output-format", "json",
+        ),
+        "codex": ("codex", "exec", "resume", "--full-auto", "{session_id}", "{prompt}"),
+    }
+)  # fmt: skip
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -140,6 +155,11 @@ def _seconds(*, allow_zero: bool) -> Check:
     return lambda c, k, v: c.seconds(k, v, allow_zero=allow_zero)
 
 
+def _limit(unit: str) -> Check:
+    """A budget: a number >= 0, where 0 means no limit."""
+    return lambda c, k, v: c.number(k, v, unit)
+
+
 # A {name} placeholder in an argv element or a prompt: the one spelling, for config, agents, preflight.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -166,6 +186,7 @@ def _argv_with(known: tuple[str, ...]) -> Check:
 
 
 _agent_command = _argv_with(AGENT_PLACEHOLDERS)
+_resume_command = _argv_with(RESUME_PLACEHOLDERS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,8 +229,32 @@ class BatchdConfig:
         default=2,
         metadata=_key(
             _at_least(1),
-            "Attempts per todo (failed, conflicted or rejected; interrupted ones do not count), "
+            "Attempts per todo (failed or rejected; conflicts and interrupted ones do not count), "
             "then blocked.",
+        ),
+    )
+    max_conflict_retries: int = field(
+        default=3,
+        metadata=_key(
+            _at_least(0),
+            "Times a todo may lose a conflict with another todo and be tried again on the new head "
+            "(conflicts are nobody's fault, so they do not count as attempts), then blocked.",
+        ),
+    )
+    max_cost_usd: float = field(
+        default=0.0,
+        metadata=_key(
+            _limit("US dollars"),
+            "Agent cost (as the agents report it) for the whole run; when reached, no new agent starts, "
+            "running ones finish and the run ends (exit 1). 0 = no limit.",
+        ),
+    )
+    max_agent_minutes: float = field(
+        default=0.0,
+        metadata=_key(
+            _limit("minutes"),
+            "Agent time (minutes, all agents added up) for the whole run; when reached, no new agent "
+            "starts, running ones finish and the run ends (exit 1). 0 = no limit.",
         ),
     )
     schedule: Schedule = field(
@@ -293,9 +338,36 @@ class AgentConfig:
         metadata=_key(
             _agent_command,
             "Your own agent as an argv list; wins over preset. Placeholders inside any element: "
-            "{prompt} {todo_path} {todo_id} {worktree}. Agents also get the environment variables "
-            "BATCHD_TODO_ID, BATCHD_TODO_PATH, BATCHD_ATTEMPT and BATCHD_WORKTREE.",
+            "{prompt} {todo_path} {todo_id} {worktree} {failure_file} (why the last attempt was "
+            "rejected; an empty file on a first attempt). Agents also get the environment variables "
+            "BATCHD_TODO_ID, BATCHD_TODO_PATH, BATCHD_ATTEMPT, BATCHD_WORKTREE and BATCHD_FAILURE_FILE.",
             example='["my-agent", "--todo", "{todo_path}"]',
+        ),
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_key(
+            Checker.boolean,
+            "A repair after a rejection (or a resolve after a conflict) continues the agent's own "
+            "session (resume_command) with its change in the workspace, instead of starting afresh.",
+        ),
+    )
+    resume_command: Argv = field(
+        default=(),
+        metadata=_key(
+            _resume_command,
+            "The argv that continues a session; [] = the preset's (claude: --resume {session_id}; "
+            "codex: exec resume {session_id}). Placeholders: those of command, and {session_id} (from "
+            "the agent's JSON result). Without a session id the repair starts afresh.",
+            example='["my-agent", "--continue", "{session_id}", "--todo", "{todo_path}"]',
+        ),
+    )
+    max_cost_usd_per_todo: float = field(
+        default=0.0,
+        metadata=_key(
+            _limit("US dollars"),
+            "Agent cost one todo may use over all its attempts; when reached it is blocked, not retried. "
+            "0 = no limit.",
         ),
     )
     timeout: float = field(
@@ -368,6 +440,14 @@ class AgentConfig:
         """The agent argv with placeholders: ``command`` when given, else the preset's."""
         return self.command or PRESETS[self.preset]
 
+    @property
+    def resume_template(self) -> Argv:
+        """The argv that continues a session: ``resume_command``, else the preset's when ``command``
+        is not set (a custom agent's sessions are its own business); () when there is none."""
+        if self.resume_command:
+            return self.resume_command
+        return () if self.command else RESUME_PRESETS.get(self.preset, ())
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyConfig:
@@ -419,7 +499,10 @@ class VerifyConfig:
         default="merge",
         metadata=_key(
             _choice(ConflictMode),
-            '"merge": git\'s 3-way merge decides; "strict": any file shared with a lower todo id conflicts.',
+            '"merge": git\'s 3-way merge decides, and a change that no longer applies is rebased onto the '
+            "new head (where both sides only added lines, both are kept), verified, and otherwise "
+            'given to its agent to resolve; "redo": a change that no longer applies is done again from '
+            'scratch; "strict": any file shared with a lower todo id conflicts (the seed\'s rule).',
         ),
     )
     sandbox: SandboxMode = field(

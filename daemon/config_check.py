@@ -56,6 +56,14 @@ class Checker:
             raise self.fail(key, f"must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
         return float(value)
 
+    def number(self, key: str, value: object, unit: str) -> float:
+        """A limit: a number >= 0 in ``unit`` (0 is no limit)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.wrong_type(key, f"a number of {unit}", value)
+        if not value >= 0 or value == float("inf"):
+            raise self.fail(key, f"must be a number of {unit} >= 0 (0 = no limit), got {value}")
+        return float(value)
+
     def boolean(self, key: str, value: object) -> bool:
         if not isinstance(value, bool):
             raise self.wrong_type(key, "true or false", value)

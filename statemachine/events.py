@@ -147,6 +147,8 @@ class AgentFinished:
     warnings: tuple[str, ...] = ()  # for review: deletions or reverts of earlier work, embedded repositories
     test_edits: tuple[str, ...] = ()  # existing test files it changed or deleted
     note: str = ""  # work-log text it appended to its own todo file (carried into the committed file)
+    session_id: str = ""  # the agent's own session (its JSON result), which a repair may continue
+    recovered: bool = False  # it ended while the daemon was down, and its change was collected after
     agent_head: str = ""  # the commit its own repository was at
     agent_commits: tuple[str, ...] = ()  # commits it made itself (recognised if they reach the remote)
 
@@ -166,6 +168,7 @@ class AgentFailed:
     duration: float = 0.0
     cost_usd: float | None = None
     log_tail: str = ""
+    session_id: str = ""
 
 
 @registry.register("todo.agent_interrupted", 1)
@@ -176,6 +179,8 @@ class AgentInterrupted:
     todo_id: str
     attempt: int
     reason: str
+    duration: float = 0.0  # agent time spent before it was lost (wasted: the attempt runs again)
+    cost_usd: float | None = None
 
 
 @registry.register("todo.verifying", 1)
@@ -192,6 +197,9 @@ class TodoAccepted:
     batch: str
     commit: str  # on the verification branch
     review: str = ""  # why a person should look at it (it passed only with its own test edits)
+    # Files where its change and an earlier todo's both only added lines at one place: batchd kept both
+    # (its change rebased onto the newer head, then verified), so no agent ran again.
+    resolved: tuple[str, ...] = ()
 
 
 @registry.register("todo.rejected", 1)
@@ -219,6 +227,9 @@ class TodoConflicted:
     attempt: int
     winner: str
     files: tuple[str, ...]
+    # What happens next: "resolve" (its agent gets its change rebased, with the conflict markers),
+    # "redo" (from scratch on the new head), "strict" (the seed's rule: from scratch); "" in old logs.
+    resolution: str = ""
 
 
 @registry.register("todo.retry_scheduled", 1)
@@ -231,6 +242,11 @@ class TodoRetryScheduled:
     reason: str
     repair: str = ""
     by: str = "daemon"  # daemon | person
+    # The commit whose change the next attempt starts with, rebased onto its new base (a repair or a
+    # resolve: the agent fixes its own work instead of redoing it); "" = from scratch.
+    carry: str = ""
+    session_id: str = ""  # the agent session the next attempt continues ([agent] resume); "" = a new one
+    mode: str = ""  # repair | resolve | redo | retry (a person's) | "" (old logs)
 
 
 @registry.register("todo.blocked", 1)
@@ -521,6 +537,16 @@ def _run_completed_v1(p: Json) -> Json:
     data = {k: v for k, v in p.items() if k != "missing"}
     data["not_complete"] = [[t, "unknown"] for t in p.get("missing", ())]
     return data
+
+
+@registry.register("run.budget_reached", 1)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunBudgetReached:
+    """A run budget is used up: no new agent starts, running ones finish, the run ends (exit 1)."""
+
+    budget: str  # the config key: "max_cost_usd" | "max_agent_minutes"
+    limit: float
+    used: float
 
 
 @registry.register("run.reopened", 1)

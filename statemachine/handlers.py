@@ -137,6 +137,11 @@ def _agent_finished(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -
     t.warnings = tuple(p.get("warnings", ()))
     t.test_edits = tuple(p.get("test_edits", ()))
     t.note = p.get("note", "")
+    summary = p.get("summary") or {}
+    old = summary.get("session_id") if isinstance(summary, dict) else None  # logs before the field
+    t.last_session_id = p.get("session_id") or (old if isinstance(old, str) else "")
+    t.recovered = bool(p.get("recovered", False))
+    t.cost_simulated = t.cost_simulated or (isinstance(summary, dict) and summary.get("simulated") is True)
     made = [c for c in p.get("agent_commits", ()) if c not in t.agent_commits]
     t.agent_commits = (*t.agent_commits, *made)[-_MAX_AGENT_COMMITS:]
 
@@ -144,6 +149,7 @@ def _agent_finished(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -
 @on("todo.agent_failed")
 def _agent_failed(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     _agent_ended(t, p)
+    t.last_session_id = p.get("session_id", "")
     t.attempts_used += 1
     t.problem = "agent_failed"
     t.reason = f"{p['reason']}: {p['detail']}" if p["detail"] else p["reason"]
@@ -153,9 +159,11 @@ def _agent_failed(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> 
 
 @on("todo.agent_interrupted")
 def _agent_interrupted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
-    # The attempt number stays: the re-run is the same attempt, and it is not counted as used.
-    t.pid = t.pgid = None
-    t.history.append(AttemptRecord(p["attempt"], "interrupted", p["reason"], 0.0, None))
+    # The attempt number stays: the re-run is the same attempt, and it is not counted as used. Its
+    # agent time (when known) is spent all the same: it is in the totals, and wasted.
+    _agent_ended(t, p)
+    record = AttemptRecord(p["attempt"], "interrupted", p["reason"], t.last_duration, t.last_cost_usd)
+    t.history.append(record)
 
 
 @on("todo.verifying")
@@ -167,6 +175,7 @@ def _verifying(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> Non
 def _accepted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.accepted_commit = p["commit"]
     t.review = p.get("review", "")
+    t.resolved = tuple(p.get("resolved", ()))
     t.history.append(AttemptRecord(t.attempt, "accepted", "", t.last_duration, t.last_cost_usd))
 
 
@@ -183,7 +192,7 @@ def _rejected(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None
 
 @on("todo.conflicted")
 def _conflicted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
-    t.attempts_used += 1
+    t.conflicts_used += 1  # nobody's fault: not an attempt used (max_conflict_retries bounds them)
     t.problem = "conflicted"
     t.reason = f"conflicts with {p['winner']} on {', '.join(p['files'])}"
     t.history.append(AttemptRecord(p["attempt"], "conflicted", t.reason, t.last_duration, t.last_cost_usd))
@@ -193,8 +202,13 @@ def _conflicted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> No
 def _retry(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.attempt = p["next_attempt"]
     t.repair = p.get("repair", "")
+    t.carry = p.get("carry", "")
+    t.session_id = p.get("session_id", "")
+    t.retry_mode = p.get("mode", "")
+    if t.carry and t.history:
+        t.history[-1] = t.history[-1]._replace(kept=True)  # its work goes on in the next attempt
     if p.get("by", "daemon") == "person":
-        t.attempts_used = 0  # a person's retry grants a fresh budget of attempts
+        t.attempts_used = t.conflicts_used = 0  # a person's retry grants a fresh budget of attempts
     _clear_problem(t)
 
 
@@ -417,6 +431,12 @@ def _run_resumed(_pr: Projection, r: RunView, _p: Payload, _e: StoredEvent) -> N
 def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.stop_reason = p["reason"]
     _clear_crashes(r)  # a clean stop ends a run of crashes
+
+
+@on("run.budget_reached")
+def _run_budget(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
+    r.budget = p["budget"]
+    r.budget_detail = f"{_float(p['used']):g} of {_float(p['limit']):g}"
 
 
 @on("run.completed")

@@ -155,6 +155,7 @@ RUN_TRANSITIONS: tuple[Transition, ...] = (
     # The pull request of a run branch (land = "branch"): recorded whatever the run is doing.
     Transition("request", (R.RUNNING, R.PAUSED, R.STOPPING, R.COMPLETED), None),
     Transition("crash", tuple(R), None),
+    Transition("budget", (R.RUNNING, R.PAUSED, R.STOPPING), None),
 )
 
 TRANSITIONS: dict[Kind, tuple[Transition, ...]] = {
@@ -227,6 +228,7 @@ EVENT_TRIGGERS: dict[type[object], tuple[Kind, str]] = {
     ev.RequestOpening: (Kind.RUN, "request"),
     ev.RequestOpened: (Kind.RUN, "request"),
     ev.RequestFailed: (Kind.RUN, "request"),
+    ev.RunBudgetReached: (Kind.RUN, "budget"),
 }
 
 #: Requests from the CLI: recorded, answered by the daemon, but they move no machine themselves.

@@ -18,13 +18,16 @@ Row = list[Any]
 
 
 class AttemptRecord(NamedTuple):
-    """How one attempt ended (``outcome``: accepted, agent_failed, rejected, conflicted, interrupted)."""
+    """How one attempt ended (``outcome``: accepted, agent_failed, rejected, conflicted, interrupted).
+    ``kept``: its change was carried into the next attempt (a resolve or a repair), so its agent time
+    was not thrown away."""
 
     attempt: int
     outcome: str
     reason: str
     duration: float
     cost_usd: float | None
+    kept: bool = False
 
 
 class RunVerdict(NamedTuple):
@@ -48,8 +51,11 @@ class RunVerdict(NamedTuple):
 class TodoView:
     """One todo. ``attempt`` is the current (or next) attempt number, starting at 1: ``todo.retry_scheduled``
     sets it, ``todo.agent_started`` records it, an interrupted attempt keeps it for the re-run.
-    ``attempts_used`` counts only attempts that failed, were rejected or lost a conflict (the number the
-    configured bound applies to); a retry by a person starts a fresh budget (it resets to 0).
+    ``attempts_used`` counts only attempts that failed or were rejected (the number ``max_attempts``
+    applies to); ``conflicts_used`` those that lost a conflict (``max_conflict_retries``); a retry by a
+    person starts a fresh budget (both reset to 0). ``carry``/``session_id``/``retry_mode``: how the
+    next attempt starts (see ``todo.retry_scheduled``); ``last_session_id`` is the session of the last
+    attempt that ended.
     ``problem``/``reason``/``action``/``files_reverted``/``output_tail`` describe the current unhappy
     state and are cleared when the todo leaves it; ``repair`` is what the next prompt should show;
     ``history`` keeps every ended attempt."""
@@ -64,6 +70,7 @@ class TodoView:
     files: tuple[str, ...] = ()
     attempt: int = 1
     attempts_used: int = 0
+    conflicts_used: int = 0
     batch: str = ""
     phase: int | None = None
     worktree: str = ""
@@ -96,6 +103,13 @@ class TodoView:
     action: str = ""
     output_tail: str = ""
     repair: str = ""
+    carry: str = ""
+    session_id: str = ""
+    retry_mode: str = ""
+    last_session_id: str = ""
+    recovered: bool = False  # its last agent's change was collected after a crash
+    cost_simulated: bool = False  # its agent said its cost is made up (the demo's scripted agent)
+    resolved: tuple[str, ...] = ()
     history: list[AttemptRecord] = field(default_factory=list)
 
     @property
@@ -192,6 +206,8 @@ class RunView:
     request_phase: int = 0  # the phase whose push it followed
     request_url: str = ""
     request_detail: str = ""  # why it failed
+    budget: str = ""  # the run budget that stopped new agents ("max_cost_usd" | "max_agent_minutes")
+    budget_detail: str = ""  # e.g. "$5.20 of $5.00"
     verdict: RunVerdict | None = None
 
     @property
@@ -243,6 +259,7 @@ def layout() -> dict[str, list[str]]:
         "phase": list(PHASE.names),
         "run": list(RUN.names),
         "verdict": list(RunVerdict._fields),
+        "attempt": list(AttemptRecord._fields),
     }
 
 

@@ -48,10 +48,22 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
 
 
 def build_argv(
-    agent: AgentConfig, *, prompt: str, todo_path: Path | str, todo_id: str, worktree: Path | str
+    agent: AgentConfig,
+    *,
+    prompt: str,
+    todo_path: Path | str,
+    todo_id: str,
+    worktree: Path | str,
+    failure_file: Path | str = "",
 ) -> list[str]:
     """The agent's argv with placeholders filled in; each element stays one argument (no shell)."""
-    values = {"prompt": prompt, "todo_path": str(todo_path), "todo_id": todo_id, "worktree": str(worktree)}
+    values = {
+        "prompt": prompt,
+        "todo_path": str(todo_path),
+        "todo_id": todo_id,
+        "worktree": str(worktree),
+        "failure_file": str(failure_file),
+    }
     assert set(values) == set(AGENT_PLACEHOLDERS)
     return [substitute(element, values) for element in agent.argv_template]
 

@@ -28,6 +28,7 @@ import structlog
 from daemon.exceptions import BatchdError, printable
 from daemon.world import safefs
 from daemon.world.gitops import WorkTree, git_common_dir, out, records, remove_tree, run_git
+from daemon.world.rebase import Carried
 
 log = structlog.get_logger(__name__)
 
@@ -40,9 +41,19 @@ class WorkspaceError(BatchdError):
     code = "workspace_error"
 
 
-def create(root: Path, path: Path, *, branch: str, base_sha: str, files: dict[str, bytes]) -> Path:
+def create(
+    root: Path,
+    path: Path,
+    *,
+    branch: str,
+    base_sha: str,
+    files: dict[str, bytes],
+    carried: Carried | None = None,
+) -> Path:
     """A new workspace at ``path`` on ``branch`` at ``base_sha``; ``files`` (relative path -> bytes)
-    are written on top (the todo file as the person has it now, committed or not)."""
+    are written on top (the todo file as the person has it now, committed or not). ``carried``: an
+    earlier attempt's change rebased onto ``base_sha``, written first as uncommitted files (conflict
+    markers and all), so the agent goes on from its own work."""
     remove_tree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     common = git_common_dir(root)
@@ -66,6 +77,8 @@ def create(root: Path, path: Path, *, branch: str, base_sha: str, files: dict[st
     ws = WorkTree(path=path, git_dir=git_dir)
     run_git(ws, "update-ref", f"refs/heads/{branch}", base_sha)
     run_git(ws, "reset", "--quiet", "--hard", base_sha)
+    if carried is not None:
+        _write_carried(path, carried)
     for rel, data in files.items():
         target = path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +86,24 @@ def create(root: Path, path: Path, *, branch: str, base_sha: str, files: dict[st
             target.write_bytes(data)
     log.debug("workspace_created", path=str(path), branch=branch, base=base_sha)
     return path
+
+
+def _write_carried(path: Path, carried: Carried) -> None:
+    """The rebased change's files into a workspace batchd just made (no link in it is followed:
+    the names come from git trees, which hold no ``..``, and folders are made fresh)."""
+    for rel, data in carried.files.items():
+        target = path / rel
+        if data is None:
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            continue
+        if target.is_symlink():
+            target.unlink()
+        elif target.is_dir():
+            remove_tree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(0o755 if rel in carried.executable else 0o644)
 
 
 def checked_git_dir(path: Path) -> Path:

@@ -177,6 +177,22 @@ def records(
     return found[:limit], more
 
 
+def read_blob(where: GitTarget | str, sha: str) -> bytes:
+    """A blob's bytes as they are (``run_git`` decodes text; a file's content may be anything)."""
+    argv, cwd, full_env = _command(
+        where, ("cat-file", "blob", sha), None, None, untrusted=False, as_configured=False
+    )
+    proc = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise GitError(
+            f"cannot read the object {sha}",
+            command=[printable(a) for a in argv],
+            output=printable(os.fsdecode(proc.stderr)),
+            hint="check that the object exists in this repository",
+        )
+    return proc.stdout
+
+
 def out(where: GitTarget | str, *args: str, **kwargs: object) -> str:
     return run_git(where, *args, **kwargs).stdout.strip()  # type: ignore[arg-type]
 

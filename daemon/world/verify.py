@@ -112,6 +112,8 @@ class BatchVerdict:
     rejected: dict[str, Rejection] = field(default_factory=dict)
     conflicted: dict[str, Conflict] = field(default_factory=dict)
     review: dict[str, str] = field(default_factory=dict)  # accepted, but a person should look (why)
+    # accepted after batchd rebased it onto the newer head keeping both sides' added lines: the files
+    resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     head_sha: str
     runs: int
 
