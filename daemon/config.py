@@ -111,7 +111,8 @@ REQUEST_PLACEHOLDERS = ("branch", "base", "title", "body_file")
 PRESETS: Mapping[str, Argv] = MappingProxyType(
     {
         "claude": ("claude", "-p", "{prompt}", "--dangerously-skip-permissions", "--output-format", "json"),
-        "codex": ("codex", "exec", "--full-auto", "{prompt}"),
+        # --json: its events as JSON lines, the first naming the session (thread) a repair resumes.
+        "codex": ("codex", "exec", "--json", "--full-auto", "{prompt}"),
         "aider": ("aider", "--yes-always", "--message", "{prompt}"),
     }
 )
@@ -123,7 +124,7 @@ RESUME_PRESETS: Mapping[str, Argv] = MappingProxyType(
             "claude", "-p", "{prompt}", "--resume", "{session_id}",
             "--dangerously-skip-permissions", "--output-format", "json",
         ),
-        "codex": ("codex", "exec", "resume", "--full-auto", "{session_id}", "{prompt}"),
+        "codex": ("codex", "exec", "--json", "resume", "--full-auto", "{session_id}", "{prompt}"),
     }
 )  # fmt: skip
 

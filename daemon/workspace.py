@@ -67,6 +67,11 @@ class Workspace:
         """The whole output of the check that rejected ``attempt`` (``batchd logs ID --verify``)."""
         return self.logs / f"todo-{todo_id}-attempt-{attempt}-verify.log"
 
+    def failure_file(self, todo_id: str, attempt: int) -> Path:
+        """Why the attempt before ``attempt`` was not accepted, for the agent of ``attempt``
+        (``{failure_file}``, ``BATCHD_FAILURE_FILE``): outside its workspace, readable in its sandbox."""
+        return self.logs / f"todo-{todo_id}-attempt-{attempt}-failure.txt"
+
     def db_location(self, db: str | None) -> str:
         """A URL is used as is; a path is relative to the repository root."""
         value = db or DEFAULT_DB

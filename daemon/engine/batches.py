@@ -256,7 +256,12 @@ def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_atte
     if used < max_attempts:
         return [
             ev.TodoRetryScheduled(
-                todo_id=todo.todo_id, next_attempt=todo.attempt + 1, reason=reason, repair=repair
+                todo_id=todo.todo_id,
+                next_attempt=todo.attempt + 1,
+                reason=reason,
+                repair=repair,
+                # glue (helper "resume"; helper "conflicts" owns this): a repair continues the session
+                session_id=todo.last_session_id if repair and d.config.agent.resume else "",
             )
         ]
     return [

@@ -60,24 +60,45 @@ def settling(d: Daemon, todo_id: str) -> bool:
 
 
 def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
-    """Record the intent, then prepare the workspace in the pool; the agent starts when it is ready."""
+    """Record the intent, then prepare the workspace in the pool; the agent starts when it is ready.
+
+    The failure file (why the last attempt was not accepted) is written first. A repair whose
+    retry names a session the agent can continue resumes it, with the failure as its prompt."""
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
     workspace = d.ws.workspace(todo_id)
     log_path = d.ws.agent_log(todo_id, attempt)
     todo_file = workspace / todo.path  # its own copy: the person's checkout is not the agent's to edit
-    template = agents.load_template(d.config.agent, d.root)
-    prompt = agents.render_prompt(
-        template,
-        todo_id=todo_id,
-        todo_path=todo_file,
-        title=todo.title,
-        verify_commands=d.config.verify.commands,
-        worktree=workspace,
-        repair=todo.repair,
-    )
+    failure_file = write_failure_file(d, todo_id, attempt)
+    session = agents.resume_session(d.config.agent, todo.session_id)
+    if todo.session_id and not session:
+        log.info("agent_not_resumed", todo_id=todo_id, attempt=attempt, why=_why_fresh(d, todo.session_id))
+    if session:
+        prompt = agents.resume_prompt(
+            todo.repair or f"Attempt {attempt - 1} was not accepted; see {failure_file}.",
+            todo_id=d.proj.shown(todo_id),
+            todo_path=todo_file,
+            verify_commands=d.config.verify.commands,
+            carried=bool(todo.carry),
+        )
+    else:
+        prompt = agents.render_prompt(
+            agents.load_template(d.config.agent, d.root),
+            todo_id=todo_id,
+            todo_path=todo_file,
+            title=todo.title,
+            verify_commands=d.config.verify.commands,
+            worktree=workspace,
+            repair=todo.repair,
+        )
     argv = agents.build_argv(
-        d.config.agent, prompt=prompt, todo_path=todo_file, todo_id=todo_id, worktree=workspace
+        d.config.agent,
+        prompt=prompt,
+        todo_path=todo_file,
+        todo_id=todo_id,
+        worktree=workspace,
+        failure_file=failure_file,
+        session_id=session,
     )
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -96,6 +117,43 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     prepare(d, todo_id, argv)
 
 
+def _why_fresh(d: Daemon, session_id: str) -> str:
+    if not d.config.agent.resume:
+        return "[agent] resume is off"
+    if not d.config.agent.resume_template:
+        return "the agent has no resume command"
+    return "its session id does not look like one"
+
+
+MAX_FAILURE_BYTES = 1 << 20  # the failure file keeps the end of a longer check output
+
+
+def write_failure_file(d: Daemon, todo_id: str, attempt: int) -> Path:
+    """Write why the attempt before ``attempt`` was not accepted (empty on a first attempt) where
+    the agent may read it: the failing command and its whole output (as ``batchd logs ID --verify``
+    keeps it) for a rejection, the reason and the repair text for anything else. Losing it costs
+    the agent the detail, never the run."""
+    path = d.ws.failure_file(todo_id, attempt)
+    todo = d.proj.todos[todo_id]
+    last = next((r for r in reversed(todo.history) if r.outcome != "interrupted"), None)
+    text = ""
+    if last is not None and last.outcome != "accepted" and last.attempt < attempt:
+        verify_log = d.ws.verify_log(todo_id, last.attempt)
+        output = agentproc.tail_bytes(verify_log, MAX_FAILURE_BYTES) if last.outcome == "rejected" else ""
+        with contextlib.suppress(OSError):
+            if output and verify_log.stat().st_size > MAX_FAILURE_BYTES:
+                output = "[batchd: the start of the output was dropped]\n" + output.partition("\n")[2]
+        text = agents.failure_text(
+            attempt=last.attempt, outcome=last.outcome, reason=last.reason, verify_output=output,
+            repair=todo.repair,
+        )  # fmt: skip
+    try:
+        safefs.write_text(d.root, path.relative_to(d.root), text)
+    except (OSError, BatchdError) as e:
+        log.warning("failure_file_not_written", todo_id=todo_id, attempt=attempt, error=str(e))
+    return path
+
+
 def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     """Create a fresh workspace and run the set-up commands (in the pool), then spawn the agent."""
     todo = d.proj.todos[todo_id]
@@ -112,6 +170,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         attempt=attempt,
         worktree=workspace,
         token=todo.token,
+        failure_file=d.ws.failure_file(todo_id, attempt),  # written by launch()
     )
     env = deps.with_python_paths(env, d.root, workspace)  # its tests import its own code
     setup = d.config.agent.setup
@@ -217,6 +276,7 @@ def fail(
     duration: float = 0.0,
     cost: float | None = None,
     tail: str = "",
+    session: str | None = None,
 ) -> None:
     d.emit_one(
         ev.todo_stream(todo_id),
@@ -229,6 +289,7 @@ def fail(
             duration=duration,
             cost_usd=cost,
             log_tail=printable(tail[-2000:]),
+            session_id=session if session is not None and agents.valid_session_id(session) else "",
         ),
     )
     log.warning("agent_failed", todo_id=todo_id, attempt=attempt, reason=reason, detail=printable(detail))
@@ -341,8 +402,15 @@ def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> N
             duration=outcome.duration,
             cost=outcome.cost_usd,
             tail=outcome.log_tail,
+            session=outcome.session_id,
         )
         return
+    # Only a session id that looks like one is kept (the summary's too: old logs' projection reads it
+    # there); anything else means the next repair starts afresh.
+    session = outcome.session_id if agents.valid_session_id(outcome.session_id) else None
+    summary = plain_summary(outcome.summary)
+    if session is None:
+        summary.pop("session_id", None)
     d.emit_one(
         ev.todo_stream(todo_id),
         ev.AgentFinished(
@@ -353,13 +421,14 @@ def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> N
             commit=change.sha,
             files=change.files,
             cost_usd=outcome.cost_usd,
-            summary=plain_summary(outcome.summary),
+            summary=summary,
             dropped=(*change.dropped, *result.put_back),
             warnings=change.warnings,
             test_edits=change.test_edits,
             note=change.note,
             agent_head=change.agent_head,
             agent_commits=change.agent_commits,
+            session_id=session or "",
         ),
     )
     log.info(

@@ -237,6 +237,17 @@ def agent_problems(config: Config) -> list[Problem]:
                 "folder: each agent runs in a fresh checkout of the branch)",
             )
         )
+    resume = agent.resume_template if agent.resume else ()
+    if resume and resume[0] != argv0:  # the preset's is the same CLI: said above
+        wrong = _unresolved(resume[0], root=config.root, branch=config.batchd.branch, env=env)
+        if wrong:
+            found.append(
+                Problem(
+                    "agent.resume_command",
+                    _naming(resume, wrong),
+                    "install it or fix the path, or set [agent] resume = false (repairs then start afresh)",
+                )
+            )
     for argv in _distinct(agent.setup):
         if "/" in argv[0]:
             continue  # a relative path may be made by the set-up command before it (npm ci)

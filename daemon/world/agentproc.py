@@ -390,6 +390,44 @@ def read_result(log_path: Path) -> dict[str, Any] | None:
     return None
 
 
+# codex exec --json: one JSON event a line, the first of each run `{"type":"thread.started","thread_id":..}`.
+_THREAD_STARTED = re.compile(rb'(?m)^\{"type":\s*"thread\.started"')
+_SCAN_CHUNK = 1 << 20
+
+
+def read_thread_id(log_path: Path) -> str | None:
+    """The ``thread_id`` of the last ``thread.started`` event in the log (codex ``exec --json``: the
+    session that ``codex exec resume`` continues), or None. Read in chunks: it is printed first,
+    so in a long log it is far from the end (a capped log has lost it: the repair starts afresh)."""
+    try:
+        fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    found: bytes | None = None
+    carry = b""
+    try:
+        while chunk := os.read(fd, _SCAN_CHUNK):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1  # whole lines only; the rest waits for the next chunk
+            lines, carry = (data[:cut], data[cut:]) if cut else (b"", data)
+            if len(carry) > _SCAN_CHUNK:  # one endless line is no event
+                carry = b""
+            for match in _THREAD_STARTED.finditer(lines):
+                found = lines[match.start() : lines.find(b"\n", match.start())]
+        if carry and _THREAD_STARTED.match(carry):
+            found = carry
+    finally:
+        os.close(fd)
+    if found is None:
+        return None
+    try:
+        event = _json.decode(found.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return None
+    thread = event.get("thread_id") if isinstance(event, dict) else None
+    return thread if isinstance(thread, str) else None
+
+
 MAX_COST_USD = 1e6  # a cost an agent reports above this is not a cost: it is not recorded
 
 
@@ -435,6 +473,8 @@ def finish(proc: AgentProcess, *, tail_chars: int = TAIL_CHARS) -> AgentOutcome:
         raw_turns = summary.get("num_turns")
         turns = raw_turns if type(raw_turns) is int and 0 <= raw_turns < 2**31 else None
         session = summary.get("session_id") if isinstance(summary.get("session_id"), str) else None
+    if session is None:
+        session = read_thread_id(proc.log_path)
     outcome = AgentOutcome(
         rc=rc,
         duration=duration,

@@ -3,9 +3,17 @@
 
 Agents get these environment variables (see :func:`agent_env`): ``BATCHD_TODO_ID``,
 ``BATCHD_TODO_PATH`` (absolute, inside its workspace), ``BATCHD_ATTEMPT`` (1-based),
-``BATCHD_WORKTREE`` (its workspace, its cwd) and ``BATCHD_AGENT_TOKEN`` (marks every process of the
+``BATCHD_WORKTREE`` (its workspace, its cwd), ``BATCHD_FAILURE_FILE`` (why the previous attempt
+was rejected, see :func:`failure_text`) and ``BATCHD_AGENT_TOKEN`` (marks every process of the
 attempt, so recovery finds them and nothing else), on top of batchd's own environment and
 ``[agent] env``.
+
+A repair may *resume* the agent's own session (``[agent] resume``): the argv is then
+``resume_template`` with ``{session_id}`` filled in, and the prompt is :func:`resume_prompt`, the
+failure and what to do about it, not the whole task again (the session already holds the task, the
+files it read and its reasoning; repeating them costs tokens and reads as a new task). A session id
+comes from the agent's own output, so it is used only when it looks like an id
+(:func:`valid_session_id`): never as an option, never across lines.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
-from daemon.config import AGENT_PLACEHOLDERS, PLACEHOLDER, AgentConfig
+from daemon.config import AGENT_PLACEHOLDERS, PLACEHOLDER, RESUME_PLACEHOLDERS, AgentConfig
 from daemon.exceptions import AgentError
 
 __all__ = [
@@ -27,11 +35,15 @@ __all__ = [
     "agent_env",
     "build_argv",
     "default_template",
+    "failure_text",
     "load_template",
     "render_prompt",
     "repair_text",
     "resolve_executable",
+    "resume_prompt",
+    "resume_session",
     "todo_title",
+    "valid_session_id",
 ]
 
 PROMPT_PLACEHOLDERS = ("todo_id", "todo_path", "title", "verify_commands", "worktree", "repair")
@@ -55,8 +67,12 @@ def build_argv(
     todo_id: str,
     worktree: Path | str,
     failure_file: Path | str = "",
+    session_id: str = "",
 ) -> list[str]:
-    """The agent's argv with placeholders filled in; each element stays one argument (no shell)."""
+    """The agent's argv with placeholders filled in; each element stays one argument (no shell).
+
+    With ``session_id`` (from :func:`resume_session`: checked, and only when the agent can resume)
+    it is ``resume_template`` that is filled in, ``{session_id}`` included."""
     values = {
         "prompt": prompt,
         "todo_path": str(todo_path),
@@ -65,7 +81,32 @@ def build_argv(
         "failure_file": str(failure_file),
     }
     assert set(values) == set(AGENT_PLACEHOLDERS)
-    return [substitute(element, values) for element in agent.argv_template]
+    template = agent.argv_template
+    if session_id:
+        if not valid_session_id(session_id) or not agent.resume_template:
+            raise ValueError(f"not a session to resume: {session_id[:80]!r}")  # resume_session's job
+        values["session_id"] = session_id
+        assert set(values) == set(RESUME_PLACEHOLDERS)
+        template = agent.resume_template
+    return [substitute(element, values) for element in template]
+
+
+# What an agent printed as its session, to be passed back as one argv element: a word of id
+# characters, never an option ("-..."), bounded. Claude's are UUIDs, codex's UUIDs too.
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+def valid_session_id(value: object) -> bool:
+    """Whether ``value`` may be given back to the agent as the session it continues."""
+    return isinstance(value, str) and bool(_SESSION_ID.fullmatch(value)) and not value.startswith("-")
+
+
+def resume_session(agent: AgentConfig, session_id: str) -> str:
+    """The session the next attempt continues: ``session_id`` when ``[agent] resume`` is on, the
+    agent has a resume command and the id looks like one; else "" (a fresh start, which always works)."""
+    if agent.resume and agent.resume_template and valid_session_id(session_id):
+        return session_id
+    return ""
 
 
 DAEMON_ONLY_ENV = (
@@ -85,6 +126,7 @@ def agent_env(
     attempt: int,
     worktree: Path | str,
     token: str = "",
+    failure_file: Path | str = "",
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The complete environment of an agent: ``base`` (default ``os.environ``), ``[agent] env``, BATCHD_*."""
@@ -99,6 +141,7 @@ def agent_env(
         BATCHD_TODO_PATH=str(todo_path),
         BATCHD_ATTEMPT=str(attempt),
         BATCHD_WORKTREE=str(worktree),
+        BATCHD_FAILURE_FILE=str(failure_file),
     )
     if token:
         env["BATCHD_AGENT_TOKEN"] = token
@@ -117,6 +160,43 @@ def load_template(agent: AgentConfig, root: Path) -> str:
 def repair_text(command: Sequence[str], output_tail: str) -> str:
     """The ``{repair}`` text for an attempt after a rejected one."""
     return f"Your previous attempt broke: {shlex.join(command)}\n{output_tail.rstrip()}\nFix it."
+
+
+def resume_prompt(
+    repair: str,
+    *,
+    todo_id: str,
+    todo_path: Path | str,
+    verify_commands: Sequence[Sequence[str]],
+    carried: bool,
+) -> str:
+    """The prompt of a resumed session: the failure and what to do, not the task again.
+
+    ``carried``: its change is in the workspace (rebased onto the new head); otherwise the workspace
+    is a fresh checkout and the session's memory of its edits is out of date: it must make them again.
+    """
+    where = (
+        "Your change is in the workspace, rebased onto the newest verified head: fix it there."
+        if carried
+        else "The workspace was reset to the newest verified head, so your earlier edits are not in "
+        "it: make the change again, with the fix."
+    )
+    checks = "\n".join(f"   - `{shlex.join(c)}`" for c in verify_commands)
+    return (
+        f"batchd did not accept your change for todo #{todo_id} ({todo_path}).\n"
+        f"{repair.strip()}\n\n{where}\nRun the verification commands and make them pass:\n{checks}\n"
+        "Same rules as before: do not rename the todo file, do not push, do not weaken tests. "
+        "Return a summary of what you changed."
+    )
+
+
+def failure_text(*, attempt: int, outcome: str, reason: str, verify_output: str | None, repair: str) -> str:
+    """The failure file's text: why ``attempt`` was not accepted (its outcome and reason), then the
+    failing command with its whole output when the checks rejected it, else the repair text."""
+    head = f"batchd: attempt {attempt} was {outcome.replace('_', ' ')}: {reason}".rstrip(": ") + "\n"
+    if verify_output:
+        return f"{head}\n{verify_output}"
+    return f"{head}\n{repair.strip()}\n" if repair.strip() else head
 
 
 def render_prompt(

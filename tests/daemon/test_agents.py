@@ -95,7 +95,7 @@ def test_claude_preset_argv() -> None:
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        ("codex", ["codex", "exec", "--full-auto", "P"]),
+        ("codex", ["codex", "exec", "--json", "--full-auto", "P"]),
         ("aider", ["aider", "--yes-always", "--message", "P"]),
     ],
 )

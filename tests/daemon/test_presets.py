@@ -22,7 +22,7 @@ import json, os, subprocess, sys
 args = sys.argv[1:]
 name = os.path.basename(sys.argv[0])
 expected = {{"claude": ["-p", None, "--dangerously-skip-permissions", "--output-format", "json"],
-             "codex": ["exec", "--full-auto", None],
+             "codex": ["exec", "--json", "--full-auto", None],
              "aider": ["--yes-always", "--message", None]}}[name]
 if len(args) != len(expected) or any(e is not None and a != e for a, e in zip(args, expected)):
     print(f"{{name}}: unexpected argv {{args}}", file=sys.stderr)
