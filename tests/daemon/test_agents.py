@@ -26,6 +26,7 @@ from daemon.world.agentproc import (
     process_alive,
     process_start_ticks,
     read_result,
+    read_thread_id,
     run_agent,
     run_setup,
     start_agent,
@@ -35,10 +36,14 @@ from daemon.world.agents import (
     agent_env,
     build_argv,
     default_template,
+    failure_text,
     load_template,
     render_prompt,
     repair_text,
+    resume_prompt,
+    resume_session,
     todo_title,
+    valid_session_id,
 )
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
@@ -611,3 +616,114 @@ def test_on_exit_calls_back_when_the_process_ends_and_leaves_its_status_to_poll(
     assert not woke.wait(0.05)  # still running
     assert woke.wait(10)
     assert proc.wait(timeout=10) == 7
+
+
+# ---------------------------------------------------------------------------- resuming a session
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("3f2a9c1e-7b4d-4e8a-9f10-2c5d6e7f8a9b", True),
+        ("thread_01:ab.c", True),
+        ("-x", False),
+        ("--resume", False),
+        ("a\nb", False),
+        ("a b", False),
+        ("", False),
+        ("x" * 201, False),
+        ("ünï", False),
+        (None, False),
+        (42, False),
+    ],
+)
+def test_valid_session_id(value: object, ok: bool) -> None:
+    """Only a bounded word of id characters that is not an option counts as a session id."""
+    assert valid_session_id(value) is ok
+
+
+def test_resume_argv_fills_the_session_and_prompt_in_one_pass() -> None:
+    """The claude preset's resume argv: the id is one element after --resume; a prompt that says
+    "{session_id}" stays literal (values are never substituted again)."""
+    argv = build_argv(
+        AgentConfig(), prompt="fix {session_id}", todo_path="t", todo_id="1", worktree="w", session_id="s-1"
+    )
+    assert argv == [
+        "claude", "-p", "fix {session_id}", "--resume", "s-1",
+        "--dangerously-skip-permissions", "--output-format", "json",
+    ]  # fmt: skip
+
+
+def test_build_argv_refuses_a_session_id_that_is_not_one() -> None:
+    """The last guard: a caller passing an unchecked id gets an error, never an extra option."""
+    with pytest.raises(ValueError, match="not a session"):
+        build_argv(AgentConfig(), prompt="p", todo_path="t", todo_id="1", worktree="w", session_id="--evil")
+
+
+@pytest.mark.parametrize(
+    ("agent", "resumed"),
+    [
+        (AgentConfig(), "s-1"),
+        (AgentConfig(resume=False), ""),
+        (AgentConfig(preset="aider"), ""),  # type: ignore[arg-type]
+        (AgentConfig(command=("my-agent", "{prompt}")), ""),  # its sessions are its own business
+        (AgentConfig(command=("a",), resume_command=("a", "--continue", "{session_id}")), "s-1"),
+    ],
+)
+def test_resume_session_only_when_the_agent_can_resume(agent: AgentConfig, resumed: str) -> None:
+    """A session is continued only with `resume` on and a resume command (the preset's or one's own)."""
+    assert resume_session(agent, "s-1") == resumed
+    assert resume_session(agent, "-s") == ""
+
+
+def test_custom_resume_command_gets_every_placeholder() -> None:
+    """`resume_command` may use the command's placeholders as well as {session_id}."""
+    agent = AgentConfig(command=("a",), resume_command=("a", "{session_id}", "{failure_file}", "{todo_path}"))
+    argv = build_argv(
+        agent, prompt="p", todo_path="/t.md", todo_id="1", worktree="w", failure_file="/f.txt", session_id="s"
+    )
+    assert argv == ["a", "s", "/f.txt", "/t.md"]
+
+
+def test_agent_env_names_the_failure_file() -> None:
+    """BATCHD_FAILURE_FILE is set to the failure file's path when there is one."""
+    env = agent_env(
+        AgentConfig(), todo_id="1", todo_path="/t", attempt=2, worktree="/w", failure_file="/f", base={}
+    )
+    assert env["BATCHD_FAILURE_FILE"] == "/f"
+
+
+def test_failure_text_keeps_the_whole_check_output_or_the_repair() -> None:
+    """A rejection: the reason, then the command and its output as kept; otherwise the repair text."""
+    rejected = failure_text(
+        attempt=1, outcome="rejected", reason="broke `t`", verify_output="$ t\nout\n[exit 1]\n", repair="r"
+    )
+    assert rejected == "batchd: attempt 1 was rejected: broke `t`\n\n$ t\nout\n[exit 1]\n"
+    failed = failure_text(attempt=2, outcome="agent_failed", reason="exit", verify_output="", repair="")
+    assert failed == "batchd: attempt 2 was agent failed: exit\n"
+
+
+def test_resume_prompt_says_whether_the_change_is_still_there() -> None:
+    """Without a carried change the session is told its edits are gone; with one, to fix it in place."""
+    fresh = resume_prompt("broke t", todo_id="7", todo_path="/t.md", verify_commands=[["t"]], carried=False)
+    kept = resume_prompt("broke t", todo_id="7", todo_path="/t.md", verify_commands=[["t"]], carried=True)
+    assert "broke t" in fresh and "`t`" in fresh and "not in it" in fresh
+    assert "Your change is in the workspace" in kept
+
+
+def test_read_thread_id_finds_codex_s_last_thread_started(tmp_path: Path) -> None:
+    """codex exec --json: the `thread.started` event (the last one, after a re-run) names the session."""
+    log = tmp_path / "agent.log"
+    events = [
+        "--- batchd: todo 1 attempt 1 ---",
+        json.dumps({"type": "thread.started", "thread_id": "old"}),
+        json.dumps({"type": "item.completed", "item": {"text": '{"type":"thread.started","thread_id":"x"}'}}),
+        json.dumps({"type": "thread.started", "thread_id": "0199-abc"}),
+        "x" * (3 << 20),  # a very long line in between: no event
+        json.dumps({"type": "turn.completed"}),
+    ]
+    log.write_text("\n".join(events) + "\n", encoding="utf-8")
+    assert read_thread_id(log) == "0199-abc"
+    log.write_text('{"type":"turn.completed"}\n{"type":"thread.started","thread_id":7}\n', encoding="utf-8")
+    assert read_thread_id(log) is None
+    assert read_thread_id(tmp_path / "missing.log") is None
