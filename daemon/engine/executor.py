@@ -72,7 +72,7 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     failure_file = write_failure_file(d, todo_id, attempt)
     session = agents.resume_session(d.config.agent, todo.session_id)
     if todo.session_id and not session:
-        log.info("agent_not_resumed", todo_id=todo_id, attempt=attempt, why=_why_fresh(d, todo.session_id))
+        log.info("agent_not_resumed", todo_id=todo_id, attempt=attempt, why=_why_fresh(d))
     if session:
         prompt = agents.resume_prompt(
             todo.repair or f"Attempt {attempt - 1} was not accepted; see {failure_file}.",
@@ -117,7 +117,7 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     prepare(d, todo_id, argv)
 
 
-def _why_fresh(d: Daemon, session_id: str) -> str:
+def _why_fresh(d: Daemon) -> str:
     if not d.config.agent.resume:
         return "[agent] resume is off"
     if not d.config.agent.resume_template:

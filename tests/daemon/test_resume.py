@@ -8,6 +8,7 @@ is a repair: with the claude preset it must pass ``--resume <that id>``, and onl
 
 from __future__ import annotations
 
+import itertools
 import json
 import stat
 import sys
@@ -20,6 +21,8 @@ from procs import PY, DaemonProcess, base_env, git, make_repo, read_events
 
 from daemon.config import load_config
 from daemon.service import preflight
+from daemon.workspace import Workspace
+from daemon.world.sandbox import Sandbox
 
 # Fails with a long output (far more than an event keeps) whenever bad.txt exists.
 FAILING_CHECK = """\
@@ -201,3 +204,21 @@ def test_preflight_refuses_a_resume_command_whose_program_is_missing(tmp_path: P
     assert problem.key == "agent.resume_command" and "no-such-resumer" in problem.message
     config.write_text(text.replace("[agent]\n", "[agent]\nresume = false\n" + resume), encoding="utf-8")
     assert preflight.agent_problems(load_config(root)) == []
+
+
+def test_the_failure_file_is_readable_inside_the_sandbox_and_outside_the_workspace(tmp_path: Path) -> None:
+    """bubblewrap's argv shows the repository (and so `.batchd/logs`) read-only and hides no folder
+    above the failure file; only the workspace is writable, and the file is not in it."""
+    root = tmp_path / "repo"
+    ws = Workspace(root)
+    failure = ws.failure_file("1", 2)
+    workspace = ws.workspace("1")
+    failure.parent.mkdir(parents=True)
+    workspace.mkdir(parents=True)
+    argv = Sandbox(kind="bwrap", bwrap="bwrap").wrap(["agent"], workspace=workspace, readable=[root])
+    pairs = list(itertools.pairwise(argv))
+    # "/" is shown read-only; the host's /tmp is not, so a repository under it is bound again.
+    assert ("--ro-bind-try", str(root)) in pairs or not root.is_relative_to("/tmp")
+    hidden = [b for a, b in pairs if a == "--tmpfs"]
+    assert not any(failure.is_relative_to(h) and h != "/tmp" for h in hidden)
+    assert not failure.is_relative_to(workspace)
