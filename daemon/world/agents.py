@@ -141,8 +141,9 @@ def agent_env(
         BATCHD_TODO_PATH=str(todo_path),
         BATCHD_ATTEMPT=str(attempt),
         BATCHD_WORKTREE=str(worktree),
-        BATCHD_FAILURE_FILE=str(failure_file),
     )
+    if str(failure_file):
+        env["BATCHD_FAILURE_FILE"] = str(failure_file)
     if token:
         env["BATCHD_AGENT_TOKEN"] = token
     return env
