@@ -102,7 +102,7 @@ def _resolve(worktree: GitTarget, sha: str, paths: list[str]) -> bool:
             worktree,
             "commit", "--quiet", "--no-verify", "--allow-empty", "--cleanup=verbatim", "-C", sha,
         )  # fmt: skip
-    except (GitError, OSError) as exc:  # a resolution that cannot be written is just a conflict
+    except (GitError, OSError, ValueError) as exc:  # one that cannot be made is just a conflict
         log.warning("keep_both_failed", commit=sha, error=str(exc))
         return False
     return True

@@ -16,6 +16,12 @@ output names (one extra run for a single named culprit), and otherwise halves th
 group (adaptive group testing), so one or two unnamed culprits cost a few runs, not n.
 ``incremental`` is the seed's one-by-one (n runs for n todos).
 
+In ``[verify] conflicts = "merge"`` mode a cherry-pick whose conflicts only insert lines on both
+sides (three todos appending to one module) is resolved keeping both (:mod:`daemon.world.keepboth`)
+and tested like any change (``BatchVerdict.resolved`` names its files). A todo that such a merge put
+in a tree the search condemns is conflicted (``Conflict.kept_both`` holds the run), never rejected:
+its change was fine on its own base, so its agent gets a resolve attempt.
+
 A ``[verify] setup`` command that fails is not yet anyone's fault (a registry that is down fails
 ``npm ci`` whatever the tree): the green head alone is run again, and only when it still passes is
 the failure the change's, searched like a failing check; when it fails too, the batch stops with
