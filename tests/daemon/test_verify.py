@@ -470,3 +470,19 @@ def test_conflict_in_a_non_utf8_file_name(lib_repo: Path, mode: ConflictMode) ->
     else:
         assert verdict.accepted_ids == ("1",)
         assert verdict.conflicted["2"].files == ("caf\\xe9.txt",)
+
+
+def test_appenders_beside_a_failing_keep_both_are_still_accepted(lib_repo: Path) -> None:
+    """The 2nd duplicates the 1st's helper(), the 3rd appends f_3: the search settles the 2nd as a
+    conflict and accepts the 3rd, merged keeping both on the 1st alone."""
+    cands = [
+        _appender(lib_repo, "1", "helper", 1),
+        _appender(lib_repo, "2", "helper", 2),
+        _appender(lib_repo, "3", "f_3", 3),
+    ]
+    wt, verdict = _lib_verify(lib_repo, cands)
+    assert verdict.accepted_ids == ("1", "3")
+    assert set(verdict.conflicted) == {"2"} and not verdict.rejected
+    assert verdict.resolved == {"3": ("lib.py",)}
+    assert "def f_3" in (wt / "lib.py").read_text() and (wt / "lib.py").read_text().count("def helper") == 1
+    assert CheckRunner([LIB_CMD], timeout=30, retries=0)(wt).passed
