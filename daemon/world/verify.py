@@ -19,8 +19,9 @@ group (adaptive group testing), so one or two unnamed culprits cost a few runs, 
 In ``[verify] conflicts = "merge"`` mode a cherry-pick whose conflicts only insert lines on both
 sides (three todos appending to one module) is resolved keeping both (:mod:`daemon.world.keepboth`)
 and tested like any change (``BatchVerdict.resolved`` names its files). A todo that such a merge put
-in a tree the search condemns is conflicted (``Conflict.kept_both`` holds the run), never rejected:
-its change was fine on its own base, so its agent gets a resolve attempt.
+in a tree the search condemns is conflicted (``Conflict.kept_both`` holds the run), so its agent gets
+a resolve attempt, unless its own commit fails alone on the batch base (one more run): then it is
+rejected with that run, as its change is broken whatever the merge.
 
 A ``[verify] setup`` command that fails is not yet anyone's fault (a registry that is down fails
 ``npm ci`` whatever the tree): the green head alone is run again, and only when it still passes is
@@ -37,11 +38,20 @@ from pathlib import Path
 import structlog
 
 from daemon.config import ConflictMode, Strategy, TestIntegrity
-from daemon.exceptions import BatchdError, printable
+from daemon.exceptions import BatchdError, GitError, printable
 from daemon.intake.todofile import id_order
 from daemon.world.blame import is_named
 from daemon.world.checks import CheckResult
-from daemon.world.gitops import GitTarget, WorkTree, abort_in_progress, head_sha, reset_hard, run_git, split_z
+from daemon.world.gitops import (
+    GitTarget,
+    WorkTree,
+    abort_in_progress,
+    head_sha,
+    reset_hard,
+    rev_parse,
+    run_git,
+    split_z,
+)
 from daemon.world.keepboth import cherry_pick
 
 log = structlog.get_logger(__name__)
@@ -301,10 +311,15 @@ class _Session:
 
     def _condemn(self, c: Candidate, red: CheckResult) -> None:
         """The search found ``c`` to blame for ``red``. If batchd's own keep-both merge put it in that
-        tree, its change was fine on its own base: a conflict for its agent to resolve, not a rejection."""
+        tree, the merge is what failed unless ``c`` fails alone too: a conflict for its agent to
+        resolve, not a rejection."""
         merged = self.merged.get(c.todo_id)
         if merged is None:
             self._reject(c, red)
+            return
+        alone = self._alone(c)
+        if alone is not None and not alone.passed and not alone.setup_failed:
+            self._reject(c, alone)  # broken on its own (green) base: a resolve attempt would not help
             return
         self.conflicted[c.todo_id] = Conflict(
             winner=merged.winner, files=merged.files, kept_both=_rejection(c, red)
@@ -316,6 +331,22 @@ class _Session:
             files=list(merged.files),
             kept_both_failed=True,
         )
+
+    def _alone(self, c: Candidate) -> CheckResult | None:
+        """The checks on ``c``'s own commit when its parent is the (green) batch base; else None."""
+        try:
+            if rev_parse(self.worktree, f"{c.sha}^") != self.base_sha:
+                return None
+        except GitError:
+            return None
+        reset_hard(self.worktree, c.sha)
+        result = self.runner(work_path(self.worktree))
+        self.runs += 1
+        log.info("verify_run_alone", run=self.runs, todo_id=c.todo_id, passed=result.passed)
+        if self.on_run is not None:
+            self.on_run(VerifyRun(todo_ids=(c.todo_id,), result=result))
+        reset_hard(self.worktree, self.good_head)
+        return result
 
     def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
         self.rejected[c.todo_id] = _rejection(c, red, reason)

@@ -486,3 +486,16 @@ def test_appenders_beside_a_failing_keep_both_are_still_accepted(lib_repo: Path)
     assert verdict.resolved == {"3": ("lib.py",)}
     assert "def f_3" in (wt / "lib.py").read_text() and (wt / "lib.py").read_text().count("def helper") == 1
     assert CheckRunner([LIB_CMD], timeout=30, retries=0)(wt).passed
+
+
+def test_a_resolved_todo_broken_on_its_own_is_rejected_with_its_own_run(lib_repo: Path) -> None:
+    """The 2nd's f_2 returns the wrong value: kept both it fails, and alone on the base it fails too,
+    so it is rejected (its repair sees that run), not handed a resolve attempt."""
+    cands = [_appender(lib_repo, "1", "f_1", 1), _appender(lib_repo, "2", "f_2", 5)]
+    runs: list[VerifyRun] = []
+    wt, verdict = _lib_verify(lib_repo, cands, on_run=runs.append)
+    assert verdict.accepted_ids == ("1",)
+    assert set(verdict.rejected) == {"2"} and not verdict.conflicted
+    assert "wrong values: ['f_2']" in verdict.rejected["2"].output_tail
+    assert runs[-1].todo_ids == ("2",) and not runs[-1].result.passed
+    assert head(wt) == verdict.head_sha
