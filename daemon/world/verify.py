@@ -16,6 +16,13 @@ output names (one extra run for a single named culprit), and otherwise halves th
 group (adaptive group testing), so one or two unnamed culprits cost a few runs, not n.
 ``incremental`` is the seed's one-by-one (n runs for n todos).
 
+In ``[verify] conflicts = "merge"`` mode a cherry-pick whose conflicts only insert lines on both
+sides (three todos appending to one module) is resolved keeping both (:mod:`daemon.world.keepboth`)
+and tested like any change (``BatchVerdict.resolved`` names its files). A todo that such a merge put
+in a tree the search condemns is conflicted (``Conflict.kept_both`` holds the run), so its agent gets
+a resolve attempt, unless its own commit fails alone on the batch base (one more run): then it is
+rejected with that run, as its change is broken whatever the merge.
+
 A ``[verify] setup`` command that fails is not yet anyone's fault (a registry that is down fails
 ``npm ci`` whatever the tree): the green head alone is run again, and only when it still passes is
 the failure the change's, searched like a failing check; when it fails too, the batch stops with
@@ -41,9 +48,11 @@ from daemon.world.gitops import (
     abort_in_progress,
     head_sha,
     reset_hard,
+    rev_parse,
     run_git,
     split_z,
 )
+from daemon.world.keepboth import cherry_pick
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +104,9 @@ class Rejection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Conflict:
     winner: str
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # the files that conflicted
+    # batchd merged them keeping both sides, and that tree failed the checks: the run that showed it
+    kept_both: Rejection | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,7 +166,7 @@ def verify_batch(
     rejected, the accepted set searched again without it (``"reject"``).
     """
     ordered = sorted(candidates, key=lambda c: id_order(c.todo_id))
-    session = _Session(worktree, base_sha, runner, on_run, ordered)
+    session = _Session(worktree, base_sha, runner, on_run, ordered, keep_both=conflicts == "merge")
     live = session.strict_conflicts(ordered) if conflicts == "strict" else ordered
     if strategy == "incremental":
         session.incremental(live)
@@ -163,6 +174,17 @@ def verify_batch(
         session.bisect(live)
     session.test_integrity(integrity)
     return session.verdict()
+
+
+def _rejection(c: Candidate, red: CheckResult, reason: str = "") -> Rejection:
+    return Rejection(
+        command=red.failed_command,
+        output_tail=red.output_tail,
+        files=c.files,
+        returncode=red.returncode,
+        reason=reason,
+        output=red.output or red.output_tail,
+    )
 
 
 class _Session:
@@ -173,6 +195,8 @@ class _Session:
         runner: Runner,
         on_run: Callable[[VerifyRun], None] | None,
         ordered: Sequence[Candidate],
+        *,
+        keep_both: bool,
     ) -> None:
         self.worktree = worktree
         self.base_sha = base_sha
@@ -185,6 +209,11 @@ class _Session:
         self.rejected: dict[str, Rejection] = {}
         self.conflicted: dict[str, Conflict] = {}
         self.review: dict[str, str] = {}
+        self.keep_both = keep_both
+        # Candidates batchd merged keeping both sides in the last tree built with them (winner, files);
+        # of those accepted, the files (for the verdict).
+        self.merged: dict[str, Conflict] = {}
+        self.good_resolved: dict[str, tuple[str, ...]] = {}
         self.runs = 0
         self.setup_confirmed = ""  # the green head on which a failing setup was seen to pass again
         abort_in_progress(worktree)
@@ -212,32 +241,25 @@ class _Session:
     # --- building and testing trees ---------------------------------------------------------------
 
     def _build(self, extra: Sequence[Candidate]) -> tuple[list[Candidate], list[tuple[str, str]]]:
-        """Reset to the green head and cherry-pick ``extra``; a textual conflict drops that todo."""
+        """Reset to the green head and cherry-pick ``extra``; a textual conflict drops that todo,
+        unless (merge mode) batchd resolves it keeping both sides: see :mod:`daemon.world.keepboth`."""
         reset_hard(self.worktree, self.good_head)
         picks = list(self.good_picks)
         applied: list[Candidate] = []
         for c in extra:
-            proc = run_git(
-                self.worktree,
-                "-c", "rerere.enabled=false",
-                "cherry-pick", "--keep-redundant-commits", c.sha,
-                check=False,
-            )  # fmt: skip
-            if proc.returncode == 0:
-                picks.append((c.todo_id, head_sha(self.worktree)))
-                applied.append(c)
-                continue
-            listing = run_git(self.worktree, "diff", "--name-only", "-z", "--diff-filter=U").stdout
-            unmerged = [printable(f) for f in split_z(listing)]
-            abort_in_progress(self.worktree)
-            if not unmerged:
-                raise GitError(
-                    f"cannot cherry-pick todo {c.todo_id}'s commit",
-                    command=["git", "cherry-pick", c.sha],
-                    output=proc.stdout + proc.stderr,
-                    hint="check that the commit exists in this repository",
-                )
-            self._conflict(c, self._winner(c, unmerged, [*self.good, *applied]), tuple(unmerged))
+            picked = cherry_pick(
+                self.worktree, c.sha, keep_both=self.keep_both, what=f"todo {c.todo_id}'s commit"
+            )
+            self.merged.pop(c.todo_id, None)
+            if picked.conflicts:
+                winner = self._winner(c, picked.conflicts, [*self.good, *applied])
+                if not picked.applied:
+                    self._conflict(c, winner, picked.conflicts)
+                    continue
+                # Applied, but by batchd's own merge: if the checks condemn it, it is a conflict.
+                self.merged[c.todo_id] = Conflict(winner=winner, files=picked.conflicts)
+            picks.append((c.todo_id, head_sha(self.worktree)))
+            applied.append(c)
         return applied, picks
 
     def _winner(self, c: Candidate, files: Sequence[str], earlier: Sequence[Candidate]) -> str:
@@ -260,6 +282,9 @@ class _Session:
             self.on_run(VerifyRun(todo_ids=ids, result=result))
         if result.passed:
             self.good.extend(applied)
+            self.good_resolved.update(
+                {c.todo_id: self.merged[c.todo_id].files for c in applied if c.todo_id in self.merged}
+            )
             self.good_head = head_sha(self.worktree)
             self.good_picks = picks
         elif result.setup_failed:
@@ -284,15 +309,47 @@ class _Session:
             raise SetupFailed(red, again)
         self.setup_confirmed = self.good_head
 
-    def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
-        self.rejected[c.todo_id] = Rejection(
-            command=red.failed_command,
-            output_tail=red.output_tail,
-            files=c.files,
-            returncode=red.returncode,
-            reason=reason,
-            output=red.output or red.output_tail,
+    def _condemn(self, c: Candidate, red: CheckResult) -> None:
+        """The search found ``c`` to blame for ``red``. If batchd's own keep-both merge put it in that
+        tree, the merge is what failed unless ``c`` fails alone too: a conflict for its agent to
+        resolve, not a rejection."""
+        merged = self.merged.get(c.todo_id)
+        if merged is None:
+            self._reject(c, red)
+            return
+        alone = self._alone(c)
+        if alone is not None and not alone.passed and not alone.setup_failed:
+            self._reject(c, alone)  # broken on its own (green) base: a resolve attempt would not help
+            return
+        self.conflicted[c.todo_id] = Conflict(
+            winner=merged.winner, files=merged.files, kept_both=_rejection(c, red)
         )
+        log.info(
+            "todo_conflicted",
+            todo_id=c.todo_id,
+            winner=merged.winner,
+            files=list(merged.files),
+            kept_both_failed=True,
+        )
+
+    def _alone(self, c: Candidate) -> CheckResult | None:
+        """The checks on ``c``'s own commit when its parent is the (green) batch base; else None."""
+        try:
+            if rev_parse(self.worktree, f"{c.sha}^") != self.base_sha:
+                return None
+        except GitError:
+            return None
+        reset_hard(self.worktree, c.sha)
+        result = self.runner(work_path(self.worktree))
+        self.runs += 1
+        log.info("verify_run_alone", run=self.runs, todo_id=c.todo_id, passed=result.passed)
+        if self.on_run is not None:
+            self.on_run(VerifyRun(todo_ids=(c.todo_id,), result=result))
+        reset_hard(self.worktree, self.good_head)
+        return result
+
+    def _reject(self, c: Candidate, red: CheckResult, reason: str = "") -> None:
+        self.rejected[c.todo_id] = _rejection(c, red, reason)
         log.info("todo_rejected", todo_id=c.todo_id, command=list(red.failed_command or ()), reason=reason)
 
     def _live(self, pool: Iterable[Candidate]) -> list[Candidate]:
@@ -307,7 +364,7 @@ class _Session:
         for c in self._live(live):
             result, applied = self._test([c])
             if applied and not result.passed:
-                self._reject(c, result)
+                self._condemn(c, result)
 
     def bisect(self, live: Sequence[Candidate]) -> None:
         self._search(live, None)
@@ -323,7 +380,7 @@ class _Session:
                 return
             pool, red = applied, result
         if len(pool) == 1:
-            self._reject(pool[0], red)
+            self._condemn(pool[0], red)
             return
         named = [c for c in pool if any(is_named(red.output_tail, f) for f in c.files)]
         if named and len(named) < len(pool):
@@ -336,10 +393,12 @@ class _Session:
     def _blame_named(self, pool: list[Candidate], named: list[Candidate], red: CheckResult) -> None:
         """Test everything the failure does not name; if green, the named ones hold the culprits."""
         rest = [c for c in pool if c not in named]
+        # A keep-both merge in the red tree depends on the order of the picks, which changes now.
+        reordered = any(c.todo_id in self.merged for c in pool)
         result, applied = self._test(rest)
         if result.passed:
             # head now = old head + rest, so head + named is exactly the set that failed.
-            known = red if len(applied) == len(rest) else None
+            known = red if len(applied) == len(rest) and not reordered else None
             self._narrow(named, known)
         else:
             self._search(applied, result)
@@ -358,14 +417,14 @@ class _Session:
         intact = True
         for i, c in enumerate(pool):
             if i == len(pool) - 1 and intact and red is not None:
-                self._reject(c, red)
+                self._condemn(c, red)
                 return
             result, applied = self._test([c])
             if not applied:
                 intact = False
             elif not result.passed:
                 intact = False
-                self._reject(c, result)
+                self._condemn(c, result)
 
     def _halve(self, pool: list[Candidate], red: CheckResult) -> None:
         """Binary search for the first culprit (the shortest red prefix), then test the rest at once.
@@ -384,7 +443,7 @@ class _Session:
                 lo = mid
             else:
                 hi, red = mid, result
-        self._reject(pool[lo], red)
+        self._condemn(pool[lo], red)
         self._search(pool[hi:], None)
 
     # --- the test-integrity gate -------------------------------------------------------------------
@@ -412,6 +471,7 @@ class _Session:
             # Search the rest again without it: the accepted set must be a tree that passed whole.
             rest = [c for c in self.good if c.todo_id != todo.todo_id]
             self.good, self.good_head, self.good_picks = [], self.base_sha, []
+            self.good_resolved = {}
             self._search(rest, None)
 
     def _without_test_edits(self, todo: Candidate) -> CheckResult | None:
@@ -456,6 +516,9 @@ class _Session:
             rejected=dict(self.rejected),
             conflicted=dict(self.conflicted),
             review={t: why for t, why in self.review.items() if any(t == g for g, _ in self.good_picks)},
+            resolved={
+                t: files for t, files in self.good_resolved.items() if any(t == g for g, _ in self.good_picks)
+            },
             head_sha=self.good_head,
             runs=self.runs,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,6 +228,7 @@ def test_textual_conflict_keeps_the_lower_id(shared_repo: Path, mode: ConflictMo
     assert verdict.conflicted["267"].files == ("shared.txt",)
     assert (wt / "shared.txt").read_text() == _edit(3, "from 266")
     assert verdict.runs == 1
+    assert verdict.resolved == {}
 
 
 def test_clean_same_file_merge_is_accepted_in_merge_mode(shared_repo: Path) -> None:
@@ -351,3 +354,148 @@ def test_a_test_edit_the_change_does_not_need_is_not_flagged(guarded: Path) -> N
     tidy = Candidate(todo_id="3", sha=c.sha, files=c.files, test_edits=("mods/guard.py",))
     verdict = _integrity(guarded, [tidy], "report")
     assert verdict.accepted_ids == ("3",) and verdict.review == {}
+
+
+# --- keep-both merges (conflicts = "merge") ------------------------------------------------------------
+
+LIB = "def base():\n    return 0\n"
+# The appenders' repository check: no function defined twice, and each f_<n>() returns n.
+LIB_CHECK = """
+import ast, pathlib, sys
+names = [n.name for n in ast.parse(pathlib.Path("lib.py").read_text()).body if isinstance(n, ast.FunctionDef)]
+twice = sorted({n for n in names if names.count(n) > 1})
+if twice:
+    sys.exit(f"defined twice: {twice}")
+sys.path.insert(0, ".")
+import lib
+wrong = [n for n in names if n.startswith("f_") and getattr(lib, n)() != int(n[2:])]
+if wrong:
+    sys.exit(f"wrong values: {wrong}")
+print("ok:", names)
+""".lstrip()
+LIB_CMD = (sys.executable, "-B", "check_lib.py")
+
+
+@pytest.fixture
+def lib_repo(tmp_path: Path) -> Path:
+    return init_repo(tmp_path / "repo", {"check_lib.py": LIB_CHECK, "lib.py": LIB})
+
+
+def _lib_verify(repo: Path, cands: Sequence[Candidate], **kwargs: object) -> tuple[Path, BatchVerdict]:
+    wt = add_worktree(repo, repo / ".batchd" / "worktrees" / "verify", "batchd/verify-1.1", head(repo))
+    runner = CheckRunner([LIB_CMD], timeout=30, retries=0)
+    return wt, verify_batch(wt, head(repo), cands, runner, **kwargs)  # type: ignore[arg-type]
+
+
+def _appender(repo: Path, todo_id: str, name: str, value: int) -> Candidate:
+    return candidate(repo, head(repo), todo_id, {"lib.py": LIB + f"\n\ndef {name}():\n    return {value}\n"})
+
+
+def _appenders(repo: Path) -> list[Candidate]:
+    return [_appender(repo, str(i), f"f_{i}", i) for i in (1, 2, 3)]
+
+
+def test_three_appenders_are_all_accepted_keeping_both(lib_repo: Path) -> None:
+    """Three todos appending a function to one module: one run, all accepted, the 2nd and 3rd resolved."""
+    wt, verdict = _lib_verify(lib_repo, _appenders(lib_repo))
+    assert verdict.accepted_ids == ("1", "2", "3")
+    assert verdict.resolved == {"2": ("lib.py",), "3": ("lib.py",)}
+    assert not verdict.conflicted and not verdict.rejected
+    assert verdict.runs == 1
+    assert head(wt) == verdict.head_sha
+    calls = "import lib; print(lib.f_1(), lib.f_2(), lib.f_3())"
+    out = subprocess.run(
+        [sys.executable, "-B", "-c", calls], cwd=wt, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "2", "3"]
+    assert CheckRunner([LIB_CMD], timeout=30, retries=0)(wt).passed
+
+
+def test_three_appenders_are_accepted_by_incremental_too(lib_repo: Path) -> None:
+    """incremental decides conflicts on the whole batch first: the resolved ones are tested, one by one."""
+    _wt, verdict = _lib_verify(lib_repo, _appenders(lib_repo), strategy="incremental")
+    assert verdict.accepted_ids == ("1", "2", "3")
+    assert set(verdict.resolved) == {"2", "3"}
+    assert verdict.runs == 3
+
+
+def test_keep_both_that_breaks_the_checks_is_a_conflict_not_a_rejection(lib_repo: Path) -> None:
+    """Two todos each adding a helper() pass alone; kept both, the check finds it defined twice. The
+    second is conflicted (its change was fine on its own base) and carries the run that showed it."""
+    first, second = _appender(lib_repo, "1", "helper", 1), _appender(lib_repo, "2", "helper", 2)
+    wt, verdict = _lib_verify(lib_repo, [first, second])
+    assert verdict.accepted_ids == ("1",)
+    assert not verdict.rejected and verdict.resolved == {}
+    conflict = verdict.conflicted["2"]
+    assert (conflict.winner, conflict.files) == ("1", ("lib.py",))
+    assert conflict.kept_both is not None
+    assert conflict.kept_both.command == LIB_CMD
+    assert "defined twice: ['helper']" in conflict.kept_both.output_tail
+    assert head(wt) == verdict.head_sha
+    assert CheckRunner([LIB_CMD], timeout=30, retries=0)(wt).passed
+
+
+def test_a_resolved_todo_whose_winner_is_rejected_is_accepted_as_it_is(lib_repo: Path) -> None:
+    """The 2nd is resolved against a broken 1st: once the 1st is rejected, the 2nd applies cleanly
+    on the base and is accepted with no keep-both merge recorded."""
+    broken, good = _appender(lib_repo, "1", "f_1", 7), _appender(lib_repo, "2", "f_2", 2)
+    _wt, verdict = _lib_verify(lib_repo, [broken, good])
+    assert set(verdict.rejected) == {"1"}
+    assert "wrong values: ['f_1']" in verdict.rejected["1"].output_tail
+    assert verdict.accepted_ids == ("2",)
+    assert verdict.resolved == {} and not verdict.conflicted
+
+
+def test_redo_mode_leaves_the_appenders_conflicted(lib_repo: Path) -> None:
+    """conflicts = "redo" keeps today's behaviour: the 2nd and 3rd lose to the 1st and nothing is merged."""
+    _wt, verdict = _lib_verify(lib_repo, _appenders(lib_repo), conflicts="redo")
+    assert verdict.accepted_ids == ("1",)
+    assert {t: (c.winner, c.files, c.kept_both) for t, c in verdict.conflicted.items()} == {
+        "2": ("1", ("lib.py",), None),
+        "3": ("1", ("lib.py",), None),
+    }
+    assert verdict.resolved == {}
+
+
+@pytest.mark.parametrize("mode", ["merge", "redo"])
+def test_conflict_in_a_non_utf8_file_name(lib_repo: Path, mode: ConflictMode) -> None:
+    """A name that is not UTF-8 is resolved (merge) or conflicted (redo), shown escaped, no crash."""
+    name = os.fsdecode(b"caf\xe9.txt")
+    base = head(lib_repo)
+    cands = [candidate(lib_repo, base, t, {name: f"start\n{t}\n"}) for t in ("1", "2")]
+    _wt, verdict = _lib_verify(lib_repo, cands, conflicts=mode)
+    if mode == "merge":
+        assert verdict.accepted_ids == ("1", "2")
+        assert verdict.resolved == {"2": ("caf\\xe9.txt",)}
+    else:
+        assert verdict.accepted_ids == ("1",)
+        assert verdict.conflicted["2"].files == ("caf\\xe9.txt",)
+
+
+def test_appenders_beside_a_failing_keep_both_are_still_accepted(lib_repo: Path) -> None:
+    """The 2nd duplicates the 1st's helper(), the 3rd appends f_3: the search settles the 2nd as a
+    conflict and accepts the 3rd, merged keeping both on the 1st alone."""
+    cands = [
+        _appender(lib_repo, "1", "helper", 1),
+        _appender(lib_repo, "2", "helper", 2),
+        _appender(lib_repo, "3", "f_3", 3),
+    ]
+    wt, verdict = _lib_verify(lib_repo, cands)
+    assert verdict.accepted_ids == ("1", "3")
+    assert set(verdict.conflicted) == {"2"} and not verdict.rejected
+    assert verdict.resolved == {"3": ("lib.py",)}
+    assert "def f_3" in (wt / "lib.py").read_text() and (wt / "lib.py").read_text().count("def helper") == 1
+    assert CheckRunner([LIB_CMD], timeout=30, retries=0)(wt).passed
+
+
+def test_a_resolved_todo_broken_on_its_own_is_rejected_with_its_own_run(lib_repo: Path) -> None:
+    """The 2nd's f_2 returns the wrong value: kept both it fails, and alone on the base it fails too,
+    so it is rejected (its repair sees that run), not handed a resolve attempt."""
+    cands = [_appender(lib_repo, "1", "f_1", 1), _appender(lib_repo, "2", "f_2", 5)]
+    runs: list[VerifyRun] = []
+    wt, verdict = _lib_verify(lib_repo, cands, on_run=runs.append)
+    assert verdict.accepted_ids == ("1",)
+    assert set(verdict.rejected) == {"2"} and not verdict.conflicted
+    assert "wrong values: ['f_2']" in verdict.rejected["2"].output_tail
+    assert runs[-1].todo_ids == ("2",) and not runs[-1].result.passed
+    assert head(wt) == verdict.head_sha
