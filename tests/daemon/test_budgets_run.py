@@ -168,6 +168,19 @@ def test_the_cost_budget_stops_new_agents_and_ends_the_run_naming_it(
     assert reached == [{"budget": "max_cost_usd", "limit": 5.0, "used": 6.0}]
 
 
+def test_the_last_commits_status_file_names_the_budget(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """The run's last phase commit carries the verdict in its status file (checked before it is
+    made): it says which budget stopped the run. (One phase: a run whose last phase is skipped
+    records its verdict after its last commit, budget or not.)"""
+    root, env = three_todos(tmp_path, batchd_keys="max_cost_usd = 5", plan=PLAN)
+    assert run_held(root, env, start_daemon, tmp_path / "release") == 1
+    committed = git(root, "show", "HEAD:plans/EXECUTION-STATUS.md")
+    assert "stopped by [batchd] max_cost_usd: $7.00 of $5.00" in committed
+    assert "not started: budget: 3" in committed
+
+
 def test_the_agent_minutes_budget_counts_the_running_agent_and_ends_the_run(
     tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
