@@ -79,7 +79,10 @@ def running_seconds(d: Daemon) -> float:
 
 def budget_hit(d: Daemon) -> budget.Reached | None:
     """The run budget that keeps new agents from starting now, if one is reached."""
-    return budget.reached(d.proj, budget_limits(d.config), running_seconds(d))
+    limits = budget_limits(d.config)
+    if limits.max_cost_usd <= 0 and limits.max_agent_minutes <= 0:
+        return None  # asked many times a tick: no clock read, no sum, when there is no run budget
+    return budget.reached(d.proj, limits, running_seconds(d))
 
 
 def kind_of(todo: TodoView, held: bool = False) -> str:
