@@ -69,7 +69,7 @@ class Reached:
         if self.budget == COST:
             amount = f"${self.used:.2f} of ${self.limit:.2f}"
         else:
-            amount = f"{self.used:.1f} of {self.limit:g} agent minutes"
+            amount = f"{self.used:.2f} of {self.limit:g} agent minutes"
         return f"stopped by [batchd] {self.budget}: {amount}"
 
 

@@ -94,7 +94,7 @@ def test_the_verdict_text_names_the_key_and_the_amounts() -> None:
         "stopped by [batchd] max_cost_usd: $5.20 of $5.00"
     )
     assert Reached(budget="max_agent_minutes", limit=30, used=31.25).text() == (
-        "stopped by [batchd] max_agent_minutes: 31.2 of 30 agent minutes"
+        "stopped by [batchd] max_agent_minutes: 31.25 of 30 agent minutes"
     )
 
 
@@ -222,7 +222,7 @@ def test_barrier_starts_no_agent_of_the_batch_once_a_budget_is_reached() -> None
     assert (
         cmd.PutBack(
             todo_id="2",
-            reason="not started: budget (stopped by [batchd] max_agent_minutes: 1.5 of 1 agent minutes)",
+            reason="not started: budget (stopped by [batchd] max_agent_minutes: 1.50 of 1 agent minutes)",
         )
         in out
     )
