@@ -9,8 +9,9 @@ deferred todo) get one more batch; then the phase commit, or no commit when noth
 
 from __future__ import annotations
 
+from daemon.engine import budget
 from daemon.engine import commands as cmd
-from daemon.engine.continuous import Facts
+from daemon.engine.continuous import Facts, budget_hit
 from daemon.engine.state import (
     DONE_STATES,
     accepted_in,
@@ -36,6 +37,11 @@ def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
     phase = current_phase(proj)
     if phase is None or phase.final:
         return []
+    held = budget.held_back(proj, budget_hit(proj, facts), facts.settling)
+    return held + phase_step(proj, phase, facts)
+
+
+def phase_step(proj: Projection, phase: PhaseView, facts: Facts) -> list[cmd.Command]:
     if phase.state == PhaseState.PENDING:
         return [cmd.StartPhase(number=phase.number, base_sha=facts.branch_head)]
     if phase.state != PhaseState.RUNNING:
@@ -43,7 +49,7 @@ def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
     batch = next((proj.batches[k] for k in phase.batches if proj.batches[k].state != BatchState.DONE), None)
     if batch is not None:
         return batch_step(proj, phase, batch, facts)
-    retry = retry_batch(proj, phase)
+    retry = retry_batch(proj, phase, facts)
     if retry:
         return retry
     if accepted_in(proj, phase):
@@ -75,8 +81,11 @@ def batch_step(proj: Projection, phase: PhaseView, batch: BatchView, facts: Fact
 
 
 def start_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Facts) -> list[cmd.Command]:
+    """The batch starts with its todos that can run. While a run budget is reached it starts with
+    none (and no baseline first: nothing would be tested on it), so the phase goes on to its end."""
     base = phase_head(proj, phase)
-    if base not in green_shas(proj):
+    held = budget_hit(proj, facts) is not None
+    if not held and base not in green_shas(proj):
         return [] if f"baseline-{batch.key}" in facts.busy else [cmd.Baseline(key=batch.key, base_sha=base)]
     out: list[cmd.Command] = []
     to_run: list[str] = []
@@ -85,6 +94,12 @@ def start_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Fac
         todo = proj.todos.get(todo_id)
         if todo is None or todo.state != TodoState.READY:
             continue  # not ready (pending, invalid, missing, done): shown in the status file
+        over = budget.block_over_cap(proj, todo, facts.limits)
+        if over is not None:
+            out.append(over)
+            continue
+        if held:
+            continue  # waits, ready, for the budget (the verdict says so)
         verdict = dependency_verdict(proj, todo, members)
         if verdict == "ok":
             to_run.append(todo_id)
@@ -103,7 +118,7 @@ def start_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Fac
 def run_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Facts) -> list[cmd.Command]:
     members = [t for t in proj.todos.values() if t.batch == batch.key]
     out: list[cmd.Command] = []
-    if facts.accepting:
+    if facts.accepting and budget_hit(proj, facts) is None:
         running = sum(1 for t in proj.todos.values() if t.state == TodoState.RUNNING)
         waiting = sorted((t.todo_id for t in members if t.state == TodoState.PLANNED), key=id_order)
         for todo_id in waiting:
@@ -128,12 +143,17 @@ def run_batch(proj: Projection, phase: PhaseView, batch: BatchView, facts: Facts
     return [cmd.VerifyBatch(key=batch.key, base_sha=batch.base_sha, candidates=candidates)]
 
 
-def retry_batch(proj: Projection, phase: PhaseView) -> list[cmd.Command]:
+def retry_batch(proj: Projection, phase: PhaseView, facts: Facts) -> list[cmd.Command]:
     """Todos of this phase that are ready again (retry scheduled, or deferred) get one more batch;
-    those whose dependencies can no longer be accepted in this phase are blocked."""
+    those whose dependencies can no longer be accepted in this phase are blocked, and those whose
+    agents cost their cap (``max_cost_usd_per_todo``). None while a run budget is reached: the
+    phase ends without them."""
     members = phase_members(proj, phase)
     waiting = [t for t in members if t in proj.todos and proj.todos[t].state == TodoState.READY]
-    if not waiting:
+    capped = [c for c in (budget.block_over_cap(proj, proj.todos[t], facts.limits) for t in waiting) if c]
+    if capped:
+        return list(capped)
+    if not waiting or budget_hit(proj, facts) is not None:
         return []
     done = {t.todo_id for t in proj.todos.values() if t.state in DONE_STATES}
     runnable = [

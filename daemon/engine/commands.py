@@ -54,6 +54,24 @@ class BlockTodo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordBudget:
+    """A run budget is used up and keeps work from starting: ``run.budget_reached`` (once per limit)."""
+
+    budget: str
+    limit: float
+    used: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutBack:
+    """A planned todo a run budget keeps from starting goes back to ready, so that its phase can end
+    (the run ends with a verdict) and it is planned again once the budget allows (a raised limit)."""
+
+    todo_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OpenGroup:
     """A new verification group of the phase (it checks its base first when that was never green)."""
 
@@ -187,6 +205,8 @@ Command = (
     | StartAgent
     | SettleFailure
     | BlockTodo
+    | RecordBudget
+    | PutBack
     | OpenGroup
     | Baseline
     | VerifyGroup

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.engine import budget
 from daemon.engine import commands as cmd
 from daemon.engine.state import (
     GROUP_MARK,
@@ -55,6 +56,13 @@ class Facts:
     busy: frozenset[str] = frozenset()  # keys of jobs in flight ("verify-1.v2", "baseline-1.v1")
     settling: frozenset[str] = frozenset()  # todos whose last agent is still being wound up
     accepting: bool = True  # new agents may start (not stopping)
+    limits: budget.Limits = budget.NO_LIMITS  # the budgets in force (the configuration now)
+    running_seconds: float = 0.0  # how long the agents running now have run, added up
+
+
+def budget_hit(proj: Projection, facts: Facts) -> budget.Reached | None:
+    """The run budget that keeps new agents from starting, if one is reached."""
+    return budget.reached(proj, facts.limits, facts.running_seconds)
 
 
 def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
@@ -65,7 +73,8 @@ def decide(proj: Projection, facts: Facts) -> list[cmd.Command]:
     phase = current_phase(proj)
     if phase is None or phase.final:
         return []
-    out: list[cmd.Command] = [
+    out: list[cmd.Command] = budget.held_back(proj, budget_hit(proj, facts), facts.settling)
+    out += [
         cmd.SettleFailure(todo_id=t.todo_id)
         for t in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id))
         if t.state == TodoState.AGENT_FAILED and t.todo_id not in facts.settling
@@ -99,7 +108,11 @@ def phase_step(proj: Projection, phase: PhaseView, facts: Facts) -> list[cmd.Com
     green = head in green_shas(proj)
     candidates = finished(proj, phase, group)
     members = [proj.todos[t] for t in phase_members(proj, phase) if t in proj.todos]
-    open_work = any(t.state in OPEN_STATES for t in members)
+    # A run budget reached: a ready todo will not start, so it holds the phase up no longer (the
+    # phase is committed with what was accepted, and the run goes on to its verdict). A planned one
+    # is put back to ready first (budget.held_back).
+    held = budget_hit(proj, facts) is not None
+    open_work = any(t.state in OPEN_STATES and not (held and t.state == TodoState.READY) for t in members)
     idle = group is not None and group.state == BatchState.PLANNED and green and not candidates
     if group is not None and (open_work or not idle):
         return group_step(group, head, green=green, candidates=candidates, busy=facts.busy)
@@ -157,10 +170,12 @@ def finished(proj: Projection, phase: PhaseView, group: BatchView | None) -> tup
 
 def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.Command]:
     """Start the next ready todos in plan order, as many as there are free slots, all from the
-    newest verified head (none while that head was never seen green: its baseline comes first)."""
+    newest verified head (none while that head was never seen green: its baseline comes first).
+    None while a run budget is reached; a ready todo over its own cost cap is blocked instead."""
     base = newest_head(proj)
     if not facts.accepting or base not in green_shas(proj):
         return []
+    held = budget_hit(proj, facts) is not None
     running = [t for t in proj.todos.values() if t.state == TodoState.RUNNING]
     free = facts.max_parallel - len(running)
     busy_files = {norm_path(f) for t in running for f in t.files}
@@ -181,6 +196,10 @@ def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.C
             continue
         if todo_id in facts.settling:
             continue
+        over = budget.block_over_cap(proj, todo, facts.limits)
+        if over is not None:
+            out.append(over)
+            continue
         verdict = dependency_verdict(proj, todo, planned, open_only=True)
         if verdict not in ("ok", "wait"):
             out.append(
@@ -192,7 +211,7 @@ def fill_slots(proj: Projection, current: PhaseView, facts: Facts) -> list[cmd.C
             )
             continue
         files = [norm_path(f) for f in todo.files]
-        if verdict == "wait" or free <= 0 or files_overlap(files, busy_files):
+        if held or verdict == "wait" or free <= 0 or files_overlap(files, busy_files):
             continue
         out.append(
             cmd.StartAgent(

@@ -17,6 +17,7 @@ from daemon.engine import commands as cmd
 from daemon.engine.continuous import Facts
 from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, current_phase, phase_head
+from daemon.engine.verdict import budget_limits, running_seconds
 from daemon.world import gitops
 from statemachine import events as ev
 from statemachine.ids import id_order
@@ -44,6 +45,8 @@ def observe(d: Daemon) -> Facts:
         busy=frozenset(d.jobs),
         settling=frozenset(t for t in proj.todos if executor.settling(d, t)),
         accepting=not d.stopping,
+        limits=budget_limits(d.config),
+        running_seconds=running_seconds(d),
     )
 
 
@@ -91,6 +94,12 @@ def _one(d: Daemon, c: cmd.Command) -> None:
                     ev.todo_stream(c.todo_id),
                     ev.TodoBlocked(todo_id=c.todo_id, reason=c.reason, action=c.action),
                 )
+        case cmd.RecordBudget():
+            if proj.may(ev.RUN_STREAM, "budget"):
+                d.emit_one(ev.RUN_STREAM, ev.RunBudgetReached(budget=c.budget, limit=c.limit, used=c.used))
+                log.warning("run_budget_reached", budget=c.budget, limit=c.limit, used=round(c.used, 4))
+        case cmd.PutBack():
+            put_back(d, c)
         case cmd.OpenGroup():
             d.emit_one(ev.batch_stream(c.key), ev.BatchPlanned(key=c.key, phase=c.phase, todo_ids=()))
         case cmd.Baseline():
@@ -150,6 +159,36 @@ def _one(d: Daemon, c: cmd.Command) -> None:
                 ev.batch_stream(c.key),
                 ev.BatchPlanned(key=c.key, phase=c.phase, todo_ids=c.todo_ids, retry_of=c.retry_of),
             )
+
+
+def put_back(d: Daemon, c: cmd.PutBack) -> None:
+    """Planned -> ready, as the log can say it: blocked by the budget and at once scheduled again,
+    the same attempt (nothing ran), with what the next attempt was to start from (a carried change,
+    a session to resume, the repair text) kept. The two are one transaction."""
+    todo = d.proj.todos.get(c.todo_id)
+    if todo is None or todo.state != TodoState.PLANNED or executor.settling(d, c.todo_id):
+        return
+    shown = d.proj.shown(c.todo_id)
+    d.emit(
+        (
+            ev.todo_stream(c.todo_id),
+            [
+                ev.TodoBlocked(
+                    todo_id=c.todo_id, reason=c.reason, action=f"raise the budget, or `batchd cancel {shown}`"
+                ),
+                ev.TodoRetryScheduled(
+                    todo_id=c.todo_id,
+                    next_attempt=todo.attempt,
+                    reason=c.reason,
+                    repair=todo.repair,
+                    carry=todo.carry,
+                    session_id=todo.session_id,
+                    mode=todo.retry_mode,
+                ),
+            ],
+        )
+    )
+    log.info("todo_put_back", todo_id=c.todo_id, reason=c.reason)
 
 
 def verify_group(d: Daemon, c: cmd.VerifyGroup) -> None:

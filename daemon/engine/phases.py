@@ -20,7 +20,7 @@ import structlog
 from daemon.engine.runner import Daemon
 from daemon.engine.state import accepted_in, phase_head
 from daemon.engine.statusfile import render_status
-from daemon.engine.verdict import amend_verdict, as_view, compute_verdict
+from daemon.engine.verdict import amend_verdict, as_view, budget_hit, compute_verdict
 from daemon.exceptions import CannotProceed, GitError, Halt, printable
 from daemon.intake.plan import AUTO_PHASE_TITLE
 from daemon.intake.todofile import (
@@ -446,7 +446,11 @@ def status_of(d: Daemon, *, committing: int | None = None) -> str:
         and d.proj.run.verdict is None
     ):
         _, passed, detail = checked
-        pending = as_view(compute_verdict(d.proj, checks_green=passed, detail=detail, commit_to_come=True))
+        pending = as_view(
+            compute_verdict(
+                d.proj, checks_green=passed, detail=detail, commit_to_come=True, hit=budget_hit(d)
+            )
+        )
     return render_status(d.proj, d.config, committing=committing, warnings=d.warnings(), verdict=pending)
 
 

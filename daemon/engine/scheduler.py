@@ -20,7 +20,7 @@ from daemon.engine.batches import check_runner
 from daemon.engine.execute import close_batches, execute, observe
 from daemon.engine.runner import Daemon
 from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, phase_head
-from daemon.engine.verdict import amend_verdict, record_verdict
+from daemon.engine.verdict import amend_verdict, budget_hit, record_verdict
 from daemon.intake.plan import auto_phases, plan_batches
 from daemon.intake.todofile import Priority, TodoFile, TodoStatus, id_key
 from daemon.world import gitops
@@ -164,11 +164,13 @@ def plan_final(d: Daemon) -> bool:
 
 
 def current_phase(d: Daemon) -> PhaseView | None:
-    return state.current_phase(d.proj)
+    return state.current_phase(d.proj, held=budget_hit(d) is not None)
 
 
 def unplanned_ready(d: Daemon) -> list[str]:
-    return state.unplanned_ready(d.proj)
+    """Ready todos to plan; none while a run budget is reached (nothing would start them: they wait
+    and the run ends with a verdict that lists them, see :mod:`daemon.engine.budget`)."""
+    return state.unplanned_ready(d.proj, held=budget_hit(d) is not None)
 
 
 def plan_more(d: Daemon) -> bool:

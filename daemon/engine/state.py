@@ -107,8 +107,11 @@ def newest_head(proj: Projection) -> str:
     return phase_head(proj, phase)
 
 
-def unplanned_ready(proj: Projection) -> list[str]:
-    """Ready todos no unfinished phase names, by priority then id (the auto-planner's input)."""
+def unplanned_ready(proj: Projection, *, held: bool = False) -> list[str]:
+    """Ready todos no unfinished phase names, by priority then id (the auto-planner's input). None
+    while a run budget is reached (``held``): they wait, and the run goes on to its verdict."""
+    if held:
+        return []
     # A batch of a finished phase runs nothing more: a todo it named that is ready again (blocked,
     # then `batchd retry`) must be planned anew, or it would wait forever.
     done_phases = {p.number for p in proj.phases.values() if p.state == PhaseState.DONE}
@@ -119,12 +122,13 @@ def unplanned_ready(proj: Projection) -> list[str]:
     )
 
 
-def current_phase(proj: Projection) -> PhaseView | None:
-    """The first phase not done, in order; None when auto-planned work must come first."""
+def current_phase(proj: Projection, *, held: bool = False) -> PhaseView | None:
+    """The first phase not done, in order; None when auto-planned work must come first (none does
+    while a run budget is reached: ``held``)."""
     for phase in ordered_phases(proj):
         if phase.state != PhaseState.DONE:
             waiting = phase.final and phase.state in (PhaseState.PENDING, PhaseState.RUNNING)
-            if waiting and unplanned_ready(proj):
+            if waiting and unplanned_ready(proj, held=held):
                 return None  # auto-planned phases go before the final one (and its check again)
             return phase
     return None

@@ -4,6 +4,12 @@ Recorded once the final check is done. Each todo that is not complete is named w
 (blocked, rejected, invalid, cancelled, pending, or ``no todo file`` for a planned id no file has);
 a todo whose file a person deleted or renamed away is listed as removed and no longer counts.
 
+A run budget that kept todos from starting (:mod:`daemon.engine.budget`) makes the verdict a
+failure that says so: those todos are listed as ``not started: budget`` and the detail names the
+budget ("stopped by [batchd] max_cost_usd: $5.20 of $5.00"). Todos that arrive after such a verdict
+while the budget still holds are added to it (an amendment, as below), so a later ``run --once``
+does not end on an old success as if they were done.
+
 Only the latest push counts: a later phase's push carries the earlier phases' commits. When a phase
 commit is still to come after the verdict (the phase that carries the verdict in its status file),
 its push decides: the verdict is recorded assuming it goes out, and amended (``run.reopened`` +
@@ -13,17 +19,22 @@ its push decides: the verdict is recorded assuming it goes out, and amended (``r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
 
+from daemon.engine import budget
+from daemon.engine.state import unplanned_ready
 from daemon.intake.todofile import id_order
 from statemachine import events as ev
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, RunState, TodoState
 from statemachine.views import RunVerdict, TodoView
+from store.eventlog import parse_time
 
 if TYPE_CHECKING:  # the status file's module uses this one, and the daemon's uses that
+    from daemon.config import Config
     from daemon.engine.runner import Daemon
 
 log = structlog.get_logger(__name__)
@@ -40,12 +51,58 @@ def counted_ids(proj: Projection) -> set[str]:
     }
 
 
-def kind_of(todo: TodoView) -> str:
+def budget_limits(config: Config) -> budget.Limits:
+    """The budgets of the configuration in force (a reload changes them: see :mod:`budget`)."""
+    return budget.Limits(
+        max_cost_usd=config.batchd.max_cost_usd,
+        max_agent_minutes=config.batchd.max_agent_minutes,
+        max_cost_usd_per_todo=config.agent.max_cost_usd_per_todo,
+    )
+
+
+def running_seconds(d: Daemon) -> float:
+    """How long the run's agents in flight have run, added up: a process's own clock, or for one
+    being prepared or collected (no process in hand, its end not recorded yet) the time since its
+    start was recorded, so a budget never looks further from reached than it is."""
+    now = datetime.now(UTC)
+    total = 0.0
+    for todo in d.proj.todos.values():
+        if todo.state != TodoState.RUNNING:
+            continue
+        proc = d.agents.get(todo.todo_id)
+        if proc is not None:
+            total += proc.elapsed
+        elif todo.agent_started_at:
+            total += max(0.0, (now - parse_time(todo.agent_started_at)).total_seconds())
+    return total
+
+
+def budget_hit(d: Daemon) -> budget.Reached | None:
+    """The run budget that keeps new agents from starting now, if one is reached."""
+    limits = budget_limits(d.config)
+    if limits.max_cost_usd <= 0 and limits.max_agent_minutes <= 0:
+        return None  # asked many times a tick: no clock read, no sum, when there is no run budget
+    return budget.reached(d.proj, limits, running_seconds(d))
+
+
+def kind_of(todo: TodoView, held: bool = False) -> str:
     """What a todo that is not complete is: its state, or for one blocked when its attempts ran out,
-    how they ended (``rejected``: verification kept its change out; ``agent failed``; ``conflicted``)."""
+    how they ended (``rejected``: verification kept its change out; ``agent failed``; ``conflicted``);
+    ``not started: budget`` for one a run budget keeps waiting (``held``)."""
+    if held and todo.state in budget.WAITING:
+        return budget.NOT_STARTED
     if todo.state == TodoState.BLOCKED and todo.history and todo.reason.startswith(EXHAUSTED):
         return todo.history[-1].outcome.replace("_", " ")
+    if todo.state == TodoState.BLOCKED and budget.CAP_KEY in todo.reason:
+        return f"blocked: {budget.CAP_KEY}"
     return str(todo.state).replace("_", " ")
+
+
+def with_budget(detail: str, stopped: str) -> str:
+    """The verdict's detail with the budget that stopped the run first ("" adds nothing)."""
+    if not stopped or stopped in detail:
+        return detail
+    return f"{stopped}; {detail}" if detail else stopped
 
 
 def push_problem(proj: Projection) -> str:
@@ -64,10 +121,16 @@ def succeeded(proj: Projection, *, checks_green: bool, not_complete: Sequence[ob
 
 
 def compute_verdict(
-    proj: Projection, *, checks_green: bool, detail: str, commit_to_come: bool = False
+    proj: Projection,
+    *,
+    checks_green: bool,
+    detail: str,
+    commit_to_come: bool = False,
+    hit: budget.Reached | None = None,
 ) -> ev.RunCompleted:
     """The verdict now; ``commit_to_come``: a phase commit follows (its accepted todos count as
-    complete, and its push decides the push part: see :func:`amend_verdict`)."""
+    complete, and its push decides the push part: see :func:`amend_verdict`); ``hit``: the run
+    budget reached, which the todos still waiting for an agent are listed under."""
     complete: list[str] = []
     not_complete: list[tuple[str, str]] = []
     removed: list[str] = []
@@ -80,8 +143,10 @@ def compute_verdict(
         elif todo.problem == "removed":
             removed.append(todo_id)
         else:
-            not_complete.append((todo_id, kind_of(todo)))
+            not_complete.append((todo_id, kind_of(todo, held=hit is not None)))
     unpushed = "" if commit_to_come else push_problem(proj)
+    if hit is not None and any(kind == budget.NOT_STARTED for _, kind in not_complete):
+        detail = with_budget(detail, hit.text())
     return ev.RunCompleted(
         success=succeeded(proj, checks_green=checks_green, not_complete=not_complete, unpushed=unpushed),
         checks_green=checks_green,
@@ -109,7 +174,9 @@ def record_verdict(d: Daemon, *, checks_green: bool, detail: str, commit_to_come
     """``run.completed`` (see :func:`compute_verdict`)."""
     if d.proj.run.state != RunState.RUNNING:
         return
-    verdict = compute_verdict(d.proj, checks_green=checks_green, detail=detail, commit_to_come=commit_to_come)
+    verdict = compute_verdict(
+        d.proj, checks_green=checks_green, detail=detail, commit_to_come=commit_to_come, hit=budget_hit(d)
+    )
     d.emit_one(ev.RUN_STREAM, verdict)
     log.info(
         "run_completed",
@@ -133,9 +200,15 @@ def amend_verdict(d: Daemon) -> None:
         return
     unpushed = push_problem(d.proj)
     gone = {t for t, _ in verdict.not_complete if t in d.proj.todos and d.proj.todos[t].problem == "removed"}
-    if unpushed == verdict.unpushed and not gone:
+    hit = budget_hit(d)
+    listed = {t for t, _ in verdict.not_complete}
+    # Dropped since, kept from starting by the budget (nothing plans them while it holds).
+    held = [t for t in unplanned_ready(d.proj) if t not in listed] if hit is not None else []
+    if unpushed == verdict.unpushed and not gone and not held:
         return
     not_complete = tuple(pair for pair in verdict.not_complete if pair[0] not in gone)
+    not_complete += tuple((t, budget.NOT_STARTED) for t in sorted(held, key=id_order))
+    detail = with_budget(verdict.detail, hit.text()) if held and hit is not None else verdict.detail
     amended = ev.RunCompleted(
         success=succeeded(
             d.proj, checks_green=verdict.checks_green, not_complete=not_complete, unpushed=unpushed
@@ -144,13 +217,14 @@ def amend_verdict(d: Daemon) -> None:
         complete=verdict.complete,
         not_complete=not_complete,
         removed=tuple(sorted({*verdict.removed, *gone}, key=id_order)),
-        detail=verdict.detail,
+        detail=detail,
         unpushed=unpushed,
     )
-    why = (
-        f"the files of todos {', '.join(sorted(gone, key=id_order))} were removed"
-        if gone
-        else ("the last push failed" if unpushed else "the last push went out")
-    )
+    if gone:
+        why = f"the files of todos {', '.join(sorted(gone, key=id_order))} were removed"
+    elif held:
+        why = f"todos {', '.join(d.proj.shown(t) for t in held)} wait for the budget"
+    else:
+        why = "the last push failed" if unpushed else "the last push went out"
     d.emit_one(ev.RUN_STREAM, ev.RunReopened(reason=why), amended)
     log.info("run_verdict_amended", success=amended.success, unpushed=unpushed, reason=why)
