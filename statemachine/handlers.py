@@ -436,7 +436,12 @@ def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> N
 @on("run.budget_reached")
 def _run_budget(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.budget = p["budget"]
-    r.budget_detail = f"{_float(p['used']):g} of {_float(p['limit']):g}"
+    used, limit = _float(p["used"]), _float(p["limit"])
+    r.budget_limit = limit
+    if r.budget == "max_agent_minutes":
+        r.budget_detail = f"{used:.2f} of {limit:g} agent minutes"  # the verdict's words
+    else:
+        r.budget_detail = f"${used:.2f} of ${limit:.2f}"
 
 
 @on("run.completed")

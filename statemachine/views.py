@@ -208,6 +208,7 @@ class RunView:
     request_detail: str = ""  # why it failed
     budget: str = ""  # the run budget that stopped new agents ("max_cost_usd" | "max_agent_minutes")
     budget_detail: str = ""  # e.g. "$5.20 of $5.00"
+    budget_limit: float = 0.0  # the limit in force when it was reached (raised since: work goes on)
     verdict: RunVerdict | None = None
 
     @property

@@ -104,9 +104,7 @@ def record(proj: Projection, hit: Reached | None) -> bool:
         return False
     if not waiting(proj):
         return False  # nothing was kept from starting: the budget stopped nothing
-    # Compared as the projection writes it ("<used:g> of <limit:g>"): the same text never records twice.
-    recorded = proj.run.budget_detail.rpartition(" of ")[2]
-    return not (proj.run.budget == hit.budget and recorded == f"{hit.limit:g}")
+    return not (proj.run.budget == hit.budget and proj.run.budget_limit == hit.limit)
 
 
 def over_cap(todo: TodoView, limits: Limits) -> str:
