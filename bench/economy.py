@@ -305,10 +305,7 @@ def plan_toml(batches: tuple[str, ...]) -> str:
 
 def compare(seed: int, *, median: float, batches: tuple[str, ...] | None, keep: Path | None) -> list[Outcome]:
     """Both ways on one seed's todo minutes (``batches``: only these of the plan's; None: all)."""
-    ids = [
-        t for phase in PHASES for b in phase.batches if batches is None or b.id in batches for t in b.todos
-    ]
-    minutes = seed_times(seed, ids, median=median, sigma=0.5)
+    minutes = seed_times(seed, planned(batches), median=median, sigma=0.5)
     plan = render_plan() if batches is None else plan_toml(batches)
     with tempfile.TemporaryDirectory(prefix="batchd-economy-") as tmp:
         folder = Path(tmp) if keep is None else keep / f"seed-{seed}"
@@ -322,6 +319,58 @@ def compare(seed: int, *, median: float, batches: tuple[str, ...] | None, keep: 
 # --- the report ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    less_wasted: float | None  # redo's wasted minutes / the new way's; None: the new way wasted none
+    aim_waste_ratio: bool
+    aim_less_wasted: bool
+
+
+def verdict(redo: Outcome, new: Outcome) -> Verdict:
+    new_ratio = new.waste_ratio
+    return Verdict(
+        less_wasted=redo.wasted / new.wasted if new.wasted > 0 else None,
+        aim_waste_ratio=new_ratio is not None and new_ratio <= AIM_WASTE_RATIO,
+        aim_less_wasted=redo.wasted > 0 and redo.wasted >= AIM_LESS_WASTED * new.wasted,
+    )
+
+
+def totals(outcomes: list[Outcome]) -> dict[str, Outcome]:
+    return {way.name: total(way.name, [o for o in outcomes if o.way == way.name]) for way in WAYS}
+
+
+def planned(batches: tuple[str, ...] | None) -> list[str]:
+    """The plan's todo ids, in its order (``batches``: only these; None: all)."""
+    return [
+        t for phase in PHASES for b in phase.batches if batches is None or b.id in batches for t in b.todos
+    ]
+
+
+def json_report(outcomes: list[Outcome], batches: tuple[str, ...] | None) -> dict[str, object]:
+    summed = totals(outcomes)
+    judged = verdict(summed["redo"], summed["new"])
+    return {
+        "todos": len(planned(batches)),
+        "batches": "all" if batches is None else list(batches),
+        "seconds_per_agent_minute": SECONDS_PER_MINUTE,
+        "median_minutes": MEDIAN,
+        "resumed_share": RESUMED_SHARE,
+        "seeds": sorted({o.seed for o in outcomes}),
+        "ways": {
+            way.name: {
+                "conflicts": way.conflicts,
+                "resume": way.resume,
+                "runs": [o.as_json() for o in outcomes if o.way == way.name],
+                "total": {k: v for k, v in summed[way.name].as_json().items() if k != "seed"},
+            }
+            for way in WAYS
+        },
+        "wasted_redo_over_new": rounded(judged.less_wasted),
+        "aim_waste_ratio": judged.aim_waste_ratio,
+        "aim_less_wasted": judged.aim_less_wasted,
+    }
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -329,84 +378,53 @@ def percent(value: float | None) -> str:
 def row(o: Outcome, label: str) -> str:
     m = o.minutes
     text = f"{label:<10} {m['useful']:8.1f} {m['failed']:7.1f} {m['wasted']:7.1f} {percent(o.waste_ratio):>7}"
-    text += f" {o.agent_runs:>5} {o.accepted:>5}  {percent(ratio(o.measured)):>7}"
+    text += f" {o.agent_runs:>5} {o.accepted:>5}  {percent(ratio(o.measured)):>8}"
     return text + (f"  not accepted: {', '.join(o.not_accepted)}" if o.not_accepted else "")
 
 
-def verdict(redo: Outcome, new: Outcome) -> dict[str, object]:
-    less = redo.wasted / new.wasted if new.wasted > 0 else None  # None: the new way wasted nothing
-    new_ratio = new.waste_ratio
-    return {
-        "wasted_redo_over_new": rounded(less),
-        "aim_waste_ratio": new_ratio is not None and new_ratio <= AIM_WASTE_RATIO,
-        "aim_less_wasted": redo.wasted > 0 and redo.wasted >= AIM_LESS_WASTED * new.wasted,
-    }
+def text_report(outcomes: list[Outcome], batches: tuple[str, ...] | None) -> list[str]:
+    summed = totals(outcomes)
+    judged = verdict(summed["redo"], summed["new"])
+    where = "the seed's plan" if batches is None else f"the seed's batches {', '.join(batches)}"
+    lines = [
+        f"{where}, {len(planned(batches))} todos, {SLOTS} slots, agents lognormal(median {MEDIAN:g} "
+        f"agent-minutes, sigma 0.5), 1 agent-minute = {SECONDS_PER_MINUTE} s",
+        f"{len(SHARED)} todos append to the same 2 files, {len(BREAKS)} break the tests once; "
+        f"a repair or resolve that finds its change costs {RESUMED_SHARE:.0%} of a redo",
+        *(f"  {way.name}: {way.label}" for way in WAYS),
+        "agent-minutes as the agents report them; measured: the waste ratio by batchd's durations",
+        f"{'seed/way':<10} {'useful':>8} {'failed':>7} {'wasted':>7} {'waste':>7} {'runs':>5} {'acc.':>5}"
+        "  measured",
+        *(row(o, f"{o.seed} {o.way}") for o in outcomes),
+    ]
+    if len({o.seed for o in outcomes}) > 1:
+        lines += [row(summed[way.name], f"all {way.name}") for way in WAYS]
+    less = "the new way wasted none" if judged.less_wasted is None else f"{judged.less_wasted:.2f}x"
+    lines.append(f"wasted agent-minutes, redo / new: {less}")
+    lines.append(
+        f"aims: new way's waste ratio <= {AIM_WASTE_RATIO:.0%}: "
+        f"{'met' if judged.aim_waste_ratio else 'NOT met'}"
+        f" ({percent(summed['new'].waste_ratio)}); at least {AIM_LESS_WASTED:g}x less wasted than redo: "
+        f"{'met' if judged.aim_less_wasted else 'NOT met'}"
+    )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.economy", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
-    parser.add_argument(
-        "--quick", action="store_true", help=f"one seed, batches {', '.join(QUICK_BATCHES)} only"
-    )
+    quick = f"one seed, batches {', '.join(QUICK_BATCHES)} only"
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the repositories and logs in DIR")
     args = parser.parse_args(argv)
     seeds = range(1, (1 if args.quick else args.seeds) + 1)
     batches = QUICK_BATCHES if args.quick else None
     outcomes = [o for seed in seeds for o in compare(seed, median=MEDIAN, batches=batches, keep=args.keep)]
-    totals = {way.name: total(way.name, [o for o in outcomes if o.way == way.name]) for way in WAYS}
-    judged = verdict(totals["redo"], totals["new"])
-    todos = sum(len(b.todos) for phase in PHASES for b in phase.batches if batches is None or b.id in batches)
     if args.json:
-        report = {
-            "todos": todos,
-            "seconds_per_agent_minute": SECONDS_PER_MINUTE,
-            "median_minutes": MEDIAN,
-            "resumed_share": RESUMED_SHARE,
-            "seeds": list(seeds),
-            "ways": {
-                way.name: {
-                    "conflicts": way.conflicts,
-                    "resume": way.resume,
-                    "runs": [o.as_json() for o in outcomes if o.way == way.name],
-                    "total": {k: v for k, v in totals[way.name].as_json().items() if k != "seed"},
-                }
-                for way in WAYS
-            },
-            **judged,
-        }
-        print(json.dumps(report, indent=2))
-        return 0
-    where = "the seed's plan" if batches is None else f"the seed's batches {', '.join(batches)}"
-    print(
-        f"{where}, {todos} todos, {SLOTS} slots, "
-        f"agents lognormal(median {MEDIAN:g} agent-minutes, sigma 0.5), "
-        f"1 agent-minute = {SECONDS_PER_MINUTE} s; {len(SHARED)} todos append to the same 2 files, "
-        f"{len(BREAKS)} break the tests; a repair or resolve that finds its change: {RESUMED_SHARE:.0%}"
-    )
-    for way in WAYS:
-        print(f"  {way.name}: {way.label}")
-    print("agent-minutes as the agents report them; 'measured': the waste ratio from batchd's durations")
-    print(
-        f"{'seed/way':<10} {'useful':>8} {'failed':>7} {'wasted':>7} {'waste':>7} {'runs':>5} {'acc.':>5}"
-        "  measured"
-    )
-    for o in outcomes:
-        print(row(o, f"{o.seed} {o.way}"))
-    if len(seeds) > 1:
-        for way in WAYS:
-            print(row(totals[way.name], f"all {way.name}"))
-    less = judged["wasted_redo_over_new"]
-    print(
-        f"wasted agent-minutes, redo / new: {'no waste with the new way' if less is None else f'{less:.2f}x'}"
-    )
-    print(
-        f"aims: new-way waste ratio <= {AIM_WASTE_RATIO:.0%}: "
-        f"{'met' if judged['aim_waste_ratio'] else 'NOT met'}"
-        f" ({percent(totals['new'].waste_ratio)}); at least {AIM_LESS_WASTED:g}x less wasted than redo: "
-        f"{'met' if judged['aim_less_wasted'] else 'NOT met'}"
-    )
+        print(json.dumps(json_report(outcomes, batches), indent=2))
+    else:
+        print("\n".join(text_report(outcomes, batches)))
     return 0
 
 
