@@ -194,7 +194,9 @@ class Classed:
 def _classed(proj: Projection) -> list[Classed]:  # replaced by statemachine.economy at merge
     """Every attempt in the todos' histories, classed as ``run_economy`` does: useful (accepted, or
     kept: carried into the next attempt), wasted (conflicted, interrupted; an agent's time that no
-    record holds: discarded unjudged), else failed."""
+    record holds: discarded unjudged), else failed. With statemachine.economy it is
+    ``[Classed(e.todo_id, a.attempt, a.kind, a.minutes * 60) for e in run_economy(proj).todos.values()
+    for a in e.attempts]``."""
     classed: list[Classed] = []
     for t in proj.todos.values():
         for r in t.history:
@@ -278,9 +280,10 @@ def measure(folder: Path, way: Way, seed: int, minutes: dict[str, float], plan: 
     attempts = dict.fromkeys(KINDS, 0)
     for c in _classed(proj):
         agent_minutes = c.seconds / SECONDS_PER_MINUTE
-        measured[c.kind] += agent_minutes
-        reported[c.kind] += said.get((c.todo_id, c.attempt), agent_minutes)  # no result: batchd's
-        attempts[c.kind] += 1
+        # A class other than the three (pending: not judged) is kept apart, so the sums show it.
+        measured[c.kind] = measured.get(c.kind, 0.0) + agent_minutes
+        reported[c.kind] = reported.get(c.kind, 0.0) + said.get((c.todo_id, c.attempt), agent_minutes)
+        attempts[c.kind] = attempts.get(c.kind, 0) + 1
     runs = sum(1 for e in events if e.type == "todo.agent_started")
     missing = tuple(sorted(set(minutes) - result.accepted))
     return Outcome(
