@@ -13,6 +13,7 @@ from daemon.config import Config
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
+from statemachine.economy import RunEconomy, budget_text, cost_text, ratio_text, run_economy
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView, RunVerdict
@@ -169,12 +170,12 @@ def render_status(
     runs = sum(b.runs for b in proj.batches.values())
     baselines = sum(b.baseline_runs for b in proj.batches.values())
     lines.append(f"- **Verify runs:** {runs} (plus {baselines} baseline)")
-    cost = sum(t.cost_usd for t in todos.values())
-    if cost:
-        lines.append(f"- **Agent cost:** ${cost:.2f}")
     lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
     lines.extend(landing_lines(proj, config, committing))
     lines.append("")
+    # No clock: a running agent's time so far is left out, so the file is the same whenever rebuilt.
+    economy = run_economy(proj)
+    lines.extend(agent_time(proj, economy))
     lines.append("## Phases")
     lines.append("")
     for phase in sorted(proj.phases.values(), key=lambda p: (p.final, p.number)):
@@ -217,22 +218,52 @@ def render_status(
             for todo_id in batch.todo_ids if batch else ():
                 if todo_id not in members:
                     members.append(todo_id)
-        lines.append("| Todo | Title | State | Attempts | Agent time |")
-        lines.append("|------|-------|-------|----------|------------|")
+        lines.append("| Todo | Title | State | Attempts | Agent time | Wasted | Cost |")
+        lines.append("|------|-------|-------|----------|------------|--------|------|")
         for todo_id in members:
             member = todos.get(todo_id)
             title = member.title if member else ""
             attempts = len(member.history) if member else 0
-            seconds = member.agent_seconds if member else 0.0
+            spent = economy.todos.get(todo_id)
+            minutes = spent.minutes if spent else 0.0
+            wasted = spent.wasted_minutes if spent else 0.0
+            cost = cost_text(spent.cost_usd, spent.simulated, short=True) if spent else "—"
             lines.append(
                 f"| {proj.shown(todo_id)} | {cell(title)} | {todo_state(proj, todo_id, committing)} "
-                f"| {attempts} | {duration(seconds)} |"
+                f"| {attempts} | {duration(minutes * 60)} | {duration(wasted * 60)} | {cost} |"
             )
         lines.append("")
     lines.extend(failed_table(proj))
     lines.extend(review_table(proj))
     lines.extend(earlier_attempts(proj))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def agent_time(proj: Projection, economy: RunEconomy) -> list[str]:
+    """The run's agent-minutes by class, its cost and waste ratio, and the budget that stopped it."""
+    budget = budget_text(proj.run.budget, proj.run.budget_detail)
+    if economy.minutes <= 0 and economy.cost_usd is None and not budget:
+        return []
+    n = economy.attempts
+
+    def part(kind: str, minutes: float) -> str:
+        return f"{kind} {minutes:.1f} ({n[kind]} attempt{'' if n[kind] == 1 else 's'})"
+
+    parts = [
+        part("useful", economy.useful_minutes),
+        part("failed", economy.failed_minutes),
+        part("wasted", economy.wasted_minutes),
+    ]
+    if economy.pending_minutes > 0:
+        parts.append(f"not judged yet {economy.pending_minutes:.1f}")
+    lines = ["## Agent time", "", f"- **Agent-minutes:** {economy.minutes:.1f}: {', '.join(parts)}"]
+    lines.append(f"- **Waste ratio:** {ratio_text(economy.waste_ratio)} (wasted / useful agent-minutes)")
+    if economy.cost_usd is not None:
+        lines.append(f"- **Agent cost:** {cost_text(economy.cost_usd, economy.simulated)}")
+    if budget:
+        lines.append(f"- **Stopped by a budget:** {cell(budget)}")
+    lines.append("")
+    return lines
 
 
 def ids(values: Iterable[str], proj: Projection) -> str:
