@@ -42,6 +42,7 @@ __all__ = [
     "TodoEconomy",
     "attempt_class",
     "budget_text",
+    "clock",
     "cost_text",
     "minutes_text",
     "ratio_text",
@@ -263,9 +264,19 @@ def cost_text(cost: float | None, simulated: bool, *, short: bool = False) -> st
     return text
 
 
+def clock(seconds: float) -> str:
+    """``4.2s`` under a minute, ``3m 07s`` under an hour, ``2h 05m`` beyond."""
+    if seconds < 60:
+        return f"{max(0.0, seconds):.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
 def minutes_text(minutes: float) -> str:
-    """``12.5 min`` (agent-minutes: agents that ran side by side add up)."""
-    return f"{minutes:.1f} min"
+    """Agent-minutes as a person reads a duration (agents that ran side by side add up)."""
+    return clock(minutes * 60)
 
 
 def ratio_text(ratio: float | None) -> str:
@@ -274,14 +285,14 @@ def ratio_text(ratio: float | None) -> str:
 
 
 def summary_text(e: RunEconomy) -> str:
-    """``14.2 min: useful 12.0, failed 1.2, wasted 1.0 (waste ratio 8.3%)``."""
+    """``14m 12s: useful 12m 00s, failed 1m 12s, wasted 1m 00s (waste ratio 8.3%)``."""
     parts = [
-        f"useful {e.useful_minutes:.1f}",
-        f"failed {e.failed_minutes:.1f}",
-        f"wasted {e.wasted_minutes:.1f}",
+        f"useful {minutes_text(e.useful_minutes)}",
+        f"failed {minutes_text(e.failed_minutes)}",
+        f"wasted {minutes_text(e.wasted_minutes)}",
     ]
     if e.pending_minutes > 0:
-        parts.append(f"not judged yet {e.pending_minutes:.1f}")
+        parts.append(f"not judged yet {minutes_text(e.pending_minutes)}")
     return f"{minutes_text(e.minutes)}: {', '.join(parts)} (waste ratio {ratio_text(e.waste_ratio)})"
 
 

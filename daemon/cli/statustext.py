@@ -22,7 +22,7 @@ def agent_cell(agent: dict[str, Any]) -> str:
     if minutes <= 0:
         return ""
     lost = [(k, float(agent[f"{k}_minutes"])) for k in ("failed", "wasted")]
-    said = ", ".join(f"{k} {m:.1f}" for k, m in lost if m > 0)
+    said = ", ".join(f"{k} {minutes_text(m)}" for k, m in lost if m > 0)
     return minutes_text(minutes) + (f" ({said})" if said else "")
 
 

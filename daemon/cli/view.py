@@ -25,7 +25,7 @@ from rich.text import Text
 
 from daemon.cli.control import elapsed_since
 from daemon.engine.state import batch_at_work
-from statemachine.economy import cost_text, ratio_text, run_economy
+from statemachine.economy import clock, cost_text, ratio_text, run_economy
 from statemachine.ids import id_order
 from statemachine.projection import Projection, replay
 from statemachine.tables import PhaseState, TodoState
@@ -68,16 +68,6 @@ NOTABLE = {
 AT_WORK = (TodoState.PLANNED, TodoState.RUNNING, TodoState.AGENT_DONE, TodoState.VERIFYING)
 LAST_EVENTS = 6  # lines of the "last events" area
 CLOCK_TICK = 1.0  # seconds between frames when nothing happened but the clocks (elapsed, countdowns)
-
-
-def clock(seconds: float) -> str:
-    """``4.2s`` under a minute, ``3m 07s`` under an hour, ``2h 05m`` beyond."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def elapsed(recorded_at: str) -> str:

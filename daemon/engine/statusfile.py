@@ -13,7 +13,7 @@ from daemon.config import Config
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
-from statemachine.economy import RunEconomy, budget_text, cost_text, ratio_text, run_economy
+from statemachine.economy import RunEconomy, budget_text, cost_text, minutes_text, ratio_text, run_economy
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView, RunVerdict
@@ -37,11 +37,8 @@ def short(sha: str) -> str:
     return sha[:10] if sha else "—"
 
 
-def duration(seconds: float) -> str:
-    if seconds <= 0:
-        return "—"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+def spent(minutes: float) -> str:
+    return minutes_text(minutes) if minutes > 0 else "—"
 
 
 # How the phase whose commit carries the status file is shown in it, and in the checkout after the
@@ -224,13 +221,13 @@ def render_status(
             member = todos.get(todo_id)
             title = member.title if member else ""
             attempts = len(member.history) if member else 0
-            spent = economy.todos.get(todo_id)
-            minutes = spent.minutes if spent else 0.0
-            wasted = spent.wasted_minutes if spent else 0.0
-            cost = cost_text(spent.cost_usd, spent.simulated, short=True) if spent else "—"
+            paid = economy.todos.get(todo_id)
+            minutes = paid.minutes if paid else 0.0
+            wasted = paid.wasted_minutes if paid else 0.0
+            cost = cost_text(paid.cost_usd, paid.simulated, short=True) if paid else "—"
             lines.append(
                 f"| {proj.shown(todo_id)} | {cell(title)} | {todo_state(proj, todo_id, committing)} "
-                f"| {attempts} | {duration(minutes * 60)} | {duration(wasted * 60)} | {cost} |"
+                f"| {attempts} | {spent(minutes)} | {spent(wasted)} | {cost} |"
             )
         lines.append("")
     lines.extend(failed_table(proj))
@@ -247,7 +244,7 @@ def agent_time(proj: Projection, economy: RunEconomy) -> list[str]:
     n = economy.attempts
 
     def part(kind: str, minutes: float) -> str:
-        return f"{kind} {minutes:.1f} ({n[kind]} attempt{'' if n[kind] == 1 else 's'})"
+        return f"{kind} {minutes_text(minutes)} ({n[kind]} attempt{'' if n[kind] == 1 else 's'})"
 
     parts = [
         part("useful", economy.useful_minutes),
@@ -255,8 +252,8 @@ def agent_time(proj: Projection, economy: RunEconomy) -> list[str]:
         part("wasted", economy.wasted_minutes),
     ]
     if economy.pending_minutes > 0:
-        parts.append(f"not judged yet {economy.pending_minutes:.1f}")
-    lines = ["## Agent time", "", f"- **Agent-minutes:** {economy.minutes:.1f}: {', '.join(parts)}"]
+        parts.append(f"not judged yet {minutes_text(economy.pending_minutes)}")
+    lines = ["## Agent time", "", f"- **Agent time:** {minutes_text(economy.minutes)}: {', '.join(parts)}"]
     lines.append(f"- **Waste ratio:** {ratio_text(economy.waste_ratio)} (wasted / useful agent-minutes)")
     if economy.cost_usd is not None:
         lines.append(f"- **Agent cost:** {cost_text(economy.cost_usd, economy.simulated)}")

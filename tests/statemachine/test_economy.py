@@ -216,7 +216,7 @@ def test_the_summary_line_names_each_class_and_the_ratio() -> None:
         _todo("2", *START, "interrupt", duration=30.0),
     )
     assert summary_text(run_economy(pr)) == (
-        "2.5 min: useful 2.0, failed 0.0, wasted 0.5 (waste ratio 25.0%)"
+        "2m 30s: useful 2m 00s, failed 0.0s, wasted 30.0s (waste ratio 25.0%)"
     )
 
 
