@@ -59,10 +59,10 @@ WASTED = "wasted"
 PENDING = "pending"
 CLASSES = (USEFUL, FAILED, WASTED, PENDING)
 
-# The outcomes (``AttemptRecord.outcome``) whose agent time is paid again though nobody did wrong.
-# Issue 14's "redone for a flake" joins here under its own outcome name ("flaked").
+# The outcomes (``AttemptRecord.outcome``) whose agent time is paid again though nobody did wrong;
+# agent_failed and rejected are failed. Issue 14's "redone for a flake" joins here under its own
+# outcome name ("flaked" is reserved for it).
 WASTED_OUTCOMES = frozenset({"conflicted", "interrupted", "flaked"})
-FAILED_OUTCOMES = frozenset({"agent_failed", "rejected"})
 
 # Outcomes of the attempts that have no record (yet): see :func:`todo_economy`.
 RUNNING = "running"
@@ -158,7 +158,7 @@ def todo_json(e: TodoEconomy) -> dict[str, object]:
 
 
 def _round(minutes: float) -> float:
-    return round(minutes, 2)
+    return round(minutes, 4)  # to the hundredth of a second: a short agent does not read as none
 
 
 def running_seconds(t: TodoView, now: datetime | None) -> float:

@@ -10,20 +10,30 @@ from typing import Any
 
 from daemon.engine.statusfile import verdict_line
 from daemon.exceptions import headline
-from statemachine.economy import RunEconomy, budget_text, cost_text, minutes_text, summary_text
+from statemachine.economy import SIMULATED, RunEconomy, budget_text, cost_text, minutes_text, summary_text
 from statemachine.projection import Projection
 
-__all__ = ["agent_cell", "print_status"]
+__all__ = ["agent_cell", "print_status", "simulated_note"]
 
 
-def agent_cell(agent: dict[str, Any]) -> str:
-    """A todo's agent time for the table: ``2.5 min``, with what of it was wasted or failed."""
+def agent_cell(agent: dict[str, Any], *, say_simulated: bool) -> str:
+    """A todo's agent time and cost for the table: ``6m 00s, $1.00`` (``say_simulated``: the cost
+    says it is simulated when it is; else the table's caption says it for all)."""
     minutes = float(agent["minutes"])
-    if minutes <= 0:
-        return ""
-    lost = [(k, float(agent[f"{k}_minutes"])) for k in ("failed", "wasted")]
-    said = ", ".join(f"{k} {minutes_text(m)}" for k, m in lost if m > 0)
-    return minutes_text(minutes) + (f" ({said})" if said else "")
+    cost = agent["cost_usd"]
+    parts = [minutes_text(minutes)] if minutes > 0 else []
+    if cost is not None:
+        parts.append(cost_text(cost, say_simulated and bool(agent["cost_simulated"]), short=True))
+    return ", ".join(parts)
+
+
+def simulated_note(todos: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """The table's caption, and whether each cost must say it is simulated: when every cost shown
+    is, the caption says it once (the table stays narrow enough for the titles)."""
+    costed = [t["agent"] for t in todos if t["agent"]["cost_usd"] is not None]
+    if costed and all(a["cost_simulated"] for a in costed):
+        return f"agent costs {SIMULATED}", False
+    return None, True
 
 
 def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) -> None:
@@ -72,8 +82,9 @@ def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) ->
             escape(push),
         )
     console.print(phases)
-    todos = Table(title="todos")
-    for column in ("id", "state", "attempt", "batch", "title", "agent time", "cost", "why / elapsed"):
+    note, say_simulated = simulated_note(data["todos"])
+    todos = Table(title="todos", caption=note)
+    for column in ("id", "state", "try", "batch", "title", "agent", "why / elapsed"):
         todos.add_column(column)
     colours = {
         "complete": "green",
@@ -94,8 +105,7 @@ def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) ->
             str(t["attempt"]),
             escape(t["batch"] or ""),
             escape(t["title"]),
-            escape(agent_cell(t["agent"])),
-            escape(cost_text(t["agent"]["cost_usd"], t["agent"]["cost_simulated"], short=True)),
+            escape(agent_cell(t["agent"], say_simulated=say_simulated)),
             escape(why),
         )
     console.print(todos)

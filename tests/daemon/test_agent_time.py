@@ -166,4 +166,5 @@ def test_human_status_gives_agent_time_cost_and_the_budget(logged: Path) -> None
     line = next(ln for ln in out.splitlines() if ln.startswith("agent time: "))
     assert "useful 4m 00s, failed 1m 00s, wasted 2m 00s" in line and "waste ratio 50.0%" in line
     assert "cost $1.03 (simulated: the demo's scripted agent)" in line
-    assert "6m 00s (wasted 2m 00s)" in out
+    # Todo 0002's cost came with a failure, which does not say simulated: each cost says it or not.
+    assert "6m 00s, $1.00 (simulated)" in out
