@@ -13,7 +13,15 @@ from daemon.config import Config
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
-from statemachine.economy import RunEconomy, budget_text, cost_text, minutes_text, ratio_text, run_economy
+from statemachine.economy import (
+    RunEconomy,
+    attempt_class,
+    budget_text,
+    cost_text,
+    minutes_text,
+    ratio_text,
+    run_economy,
+)
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView, RunVerdict
@@ -326,17 +334,19 @@ def earlier_attempts(proj: Projection) -> list[str]:
     for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
         for record in todo.history:
             if record.outcome in ("rejected", "conflicted", "agent_failed"):
+                kind = attempt_class(record)
+                counted = f"{kind} (the next attempt went on from it)" if record.kept else kind
                 rows.append(
                     f"| {cell(proj.shown(todo.todo_id))} | {record.attempt} | {record.outcome} "
-                    f"| {cell(record.reason)} |"
+                    f"| {cell(record.reason)} | {spent(record.duration / 60)} | {counted} |"
                 )
     if not rows:
         return []
     return [
         "## Failed Attempts",
         "",
-        "| Todo ID | Attempt | Outcome | Reason |",
-        "|---|---|---|---|",
+        "| Todo ID | Attempt | Outcome | Reason | Agent time | Counted as |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -131,6 +131,27 @@ def test_the_status_file_gives_each_todos_time_waste_and_cost(proj: Projection, 
     assert "| 0002 | Todo 2 | running | 1 | 1m 00s | — | $0.03 |" in text
 
 
+def test_the_failed_attempts_say_what_their_agent_time_counted_as(proj: Projection, tmp_path: Path) -> None:
+    audit = _status_file(proj, tmp_path).split("## Failed Attempts", 1)[1]
+    assert "| 0001 | 1 | conflicted | conflicts with 0 on a.py | 2m 00s | wasted |" in audit
+    assert "| 0002 | 1 | agent_failed | x: boom | 1m 00s | failed |" in audit
+
+
+def test_a_rejected_attempt_its_repair_went_on_from_counts_as_useful(tmp_path: Path) -> None:
+    repaired = [
+        *EVENTS[:3],
+        *_queued("1", PATH_1),
+        _finished("1", 120.0, 0.4),
+        _todo("1", "verify", batch="1.1"),
+        _todo("1", "reject", attempt=1, reason="breaks"),
+        _todo("1", "retry", next_attempt=2, carry="abc", mode="repair", by="daemon", session_id=""),
+    ]
+    pr = Projection()
+    pr.apply_all(number(repaired))
+    audit = _status_file(pr, tmp_path).split("## Failed Attempts", 1)[1]
+    assert "| 0001 | 1 | rejected | breaks | 2m 00s | useful (the next attempt went on from it) |" in audit
+
+
 def test_no_agent_time_section_before_any_agent_ran(tmp_path: Path) -> None:
     pr = Projection()
     pr.apply_all(number(EVENTS[:3]))
