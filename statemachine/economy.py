@@ -218,7 +218,9 @@ def todo_economy(t: TodoView, *, now: datetime | None = None) -> TodoEconomy:
     return TodoEconomy(
         todo_id=t.todo_id,
         minutes=sum(by_kind.values()),
-        cost_usd=t.cost_usd if costs or t.cost_usd else None,
+        # A negative cost is an agent's nonsense (or a trick): it never makes another todo's cost
+        # disappear from the run's total.
+        cost_usd=max(0.0, t.cost_usd) if costs or t.cost_usd else None,
         useful_minutes=by_kind[USEFUL],
         failed_minutes=by_kind[FAILED],
         wasted_minutes=by_kind[WASTED],

@@ -237,3 +237,8 @@ def test_the_run_budget_event_is_shown_from_the_projection() -> None:
     assert budget_text(pr.run.budget, pr.run.budget_detail) == (
         "[batchd] max_cost_usd reached (5.2 of 5 USD): no new agent starts"
     )
+
+
+def test_a_negative_cost_does_not_lower_the_runs_total() -> None:
+    pr = _fold(_todo("1", *START), _agent("1", 60.0, 1.0), _todo("2", *START), _agent("2", 60.0, -5.0))
+    assert run_economy(pr).cost_usd == 1.0
