@@ -14,11 +14,13 @@ from typing import Any, BinaryIO
 import click
 
 from daemon.cli.main import db_option, json_option, parse_time_option, repo_option, resolve_root
+from daemon.cli.statustext import print_status
 from daemon.cli.todoids import known_todo
-from daemon.engine.statusfile import review_items, verdict_line
-from daemon.exceptions import UsageError, headline
+from daemon.engine.statusfile import review_items
+from daemon.exceptions import UsageError
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
+from statemachine.economy import RunEconomy, budget_text, run_economy, todo_json
 from statemachine.ids import user_id
 from statemachine.projection import Projection, replay
 from statemachine.tables import RunState, TodoState
@@ -41,8 +43,11 @@ def elapsed_since(recorded_at: str) -> float:
     return max(0.0, (datetime.now(UTC) - parse_time(recorded_at)).total_seconds())
 
 
-def status_data(proj: Projection) -> dict[str, Any]:
+def status_data(proj: Projection, *, economy: RunEconomy | None = None) -> dict[str, Any]:
+    """Everything ``status`` shows; ``economy`` is the run's accounting (default: with the running
+    agents' time by the clock)."""
     run = proj.run
+    economy = economy or run_economy(proj, now=datetime.now(UTC))
     todos = []
     for todo in sorted(proj.todos.values(), key=lambda t: (len(t.todo_id), t.todo_id)):
         item: dict[str, Any] = {
@@ -62,6 +67,7 @@ def status_data(proj: Projection) -> dict[str, Any]:
             item["reason"] = todo.reason
         if todo.action:
             item["action"] = todo.action
+        item["agent"] = todo_json(economy.todos[todo.todo_id])
         todos.append(item)
     return {
         "run": {
@@ -80,6 +86,17 @@ def status_data(proj: Projection) -> dict[str, Any]:
                 "detail": run.request_detail,
             },
             "verdict": verdict_data(proj),
+            "agent": economy.as_json(),
+            # The run budget that stopped new agents (null: none did).
+            "budget": (
+                {
+                    "name": run.budget,
+                    "detail": run.budget_detail,
+                    "text": budget_text(run.budget, run.budget_detail),
+                }
+                if run.budget
+                else None
+            ),
         },
         "phases": [
             {
@@ -139,77 +156,12 @@ def verdict_data(proj: Projection) -> dict[str, Any] | None:
 def status(repo: Path | None, db: str | None, as_json: bool) -> None:
     """The run, its phases and batches, every todo's state, running agents, and what is blocked and why."""
     _, proj = load_projection(repo, db)
-    data = status_data(proj)
+    economy = run_economy(proj, now=datetime.now(UTC))
+    data = status_data(proj, economy=economy)
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    run = data["run"]
-    console.print(
-        f"[bold]run[/] {run['id'] or '(not started)'} · {run['state']} · "
-        f"branch {escape(run['branch'] or '?')}"
-    )
-    request = run["request"]
-    if request["state"] == "opened":
-        url = request["url"] or "(no URL printed)"
-        console.print(f"pull request: {url} ({request['branch']})", markup=False)
-    elif request["state"] == "failed":
-        console.print(f"[yellow]warning[/]: the pull request was not opened: {escape(request['detail'])}")
-    if run["detail"]:
-        console.print(f"{run['state']}: {escape(headline(run['detail']))}", soft_wrap=True)
-    if proj.run.verdict is not None:
-        colour = "green" if proj.run.verdict.success else "red"
-        console.print(f"verdict: [{colour}]{escape(verdict_line(proj.run.verdict, proj))}[/]", soft_wrap=True)
-    phases = Table(title="phases", show_lines=False)
-    for column in ("phase", "title", "state", "batches", "commit", "push"):
-        phases.add_column(column)
-    for p in data["phases"]:
-        failed = f"failed: {headline(p['push_failed'])}" if p["push_failed"] else ""
-        push = p["pushed"][:10] if p["pushed"] else failed
-        phases.add_row(
-            str(p["number"]),
-            escape(p["title"]),
-            p["state"],
-            ", ".join(p["batches"]),
-            (p["commit"] or "")[:10],
-            escape(push),
-        )
-    console.print(phases)
-    todos = Table(title="todos")
-    for column in ("id", "state", "attempt", "batch", "title", "why / elapsed"):
-        todos.add_column(column)
-    colours = {
-        "complete": "green",
-        "accepted": "green",
-        "running": "cyan",
-        "rejected": "red",
-        "blocked": "red",
-        "agent_failed": "red",
-        "conflicted": "yellow",
-        "invalid": "magenta",
-    }
-    for t in data["todos"]:
-        why = f"{t['elapsed']:.0f}s (pid {t['pid']})" if "elapsed" in t else headline(t.get("reason", ""))
-        colour = colours.get(t["state"], "white")
-        todos.add_row(
-            escape(t["id"]),
-            f"[{colour}]{t['state']}[/]",
-            str(t["attempt"]),
-            escape(t["batch"] or ""),
-            escape(t["title"]),
-            escape(why),
-        )
-    console.print(todos)
-    for item in data["review"]:
-        console.print(
-            f"[yellow]review[/] #{escape(item['id'])} (attempt {item['attempt']}): {escape(item['what'])}"
-        )
-    if run["sandbox"] and not run["sandbox"].startswith("bubblewrap"):
-        console.print(f"[yellow]warning[/]: agents run without a sandbox ({escape(run['sandbox'])})")
+    print_status(proj, data, economy)
 
 
 @click.command()

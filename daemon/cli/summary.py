@@ -16,6 +16,7 @@ from rich.text import Text
 
 from daemon.cli.view import clock
 from daemon.engine.statusfile import verdict_line
+from statemachine.economy import RunEconomy, budget_text, cost_text, ratio_text, run_economy
 from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
@@ -37,12 +38,13 @@ class RunSummary:
     remote: str
     agent_seconds: float
     cost_usd: float | None  # None when no agent reported a cost
+    economy: RunEconomy  # the agent time by class (useful, failed, wasted) and the cost
+    budget: str = ""  # the run budget that stopped new agents, said for a person ("" = none)
 
 
 def summarize(proj: Projection) -> RunSummary:
     todos = sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id))
-    costs = [c for t in todos for c in (t.last_cost_usd, *(h.cost_usd for h in t.history))]
-    cost_known = any(c is not None for c in costs)
+    economy = run_economy(proj)  # the run has ended: no agent is still running
     verdict = proj.run.verdict
     return RunSummary(
         verdict=verdict_line(verdict, proj) if verdict is not None else "",
@@ -64,8 +66,10 @@ def summarize(proj: Projection) -> RunSummary:
         tested_changes=sum(1 for t in todos for h in t.history if h.outcome in ("accepted", "rejected")),
         pushed=sum(1 for p in proj.phases.values() if p.pushed_sha),
         remote=proj.run.remote_url,
-        agent_seconds=sum(t.agent_seconds for t in todos),
-        cost_usd=sum(t.cost_usd for t in todos) if cost_known else None,
+        agent_seconds=economy.minutes * 60,
+        cost_usd=economy.cost_usd,
+        economy=economy,
+        budget=budget_text(proj.run.budget, proj.run.budget_detail),
     )
 
 
@@ -98,8 +102,16 @@ def print_summary(console: Console, s: RunSummary, *, root: Path | None = None) 
         + (f", where testing each change alone needs {s.tested_changes}" if saved else "")
     )
     line(f"  phase commits pushed: {s.pushed}" + (f" to {s.remote}" if s.remote else " (no remote)"))
-    cost = f", cost ${s.cost_usd:.2f}" if s.cost_usd is not None else ""
+    e = s.economy
+    cost = f", cost {cost_text(s.cost_usd, e.simulated)}" if s.cost_usd is not None else ""
     line(f"  agent time: {clock(s.agent_seconds)}{cost}")
+    if s.agent_seconds > 0:
+        line(
+            f"    useful {clock(e.useful_minutes * 60)}, failed {clock(e.failed_minutes * 60)}, "
+            f"wasted {clock(e.wasted_minutes * 60)} (waste ratio {ratio_text(e.waste_ratio)})"
+        )
+    if s.budget:
+        line(f"  stopped by a budget: {s.budget}")
     if s.blocked:
         line("\nBlocked, and what to type next:")
         for todo_id, why in s.blocked:

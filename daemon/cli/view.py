@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from daemon.cli.control import elapsed_since
 from daemon.engine.state import batch_at_work
+from statemachine.economy import clock, cost_text, ratio_text, run_economy
 from statemachine.ids import id_order
 from statemachine.projection import Projection, replay
 from statemachine.tables import PhaseState, TodoState
@@ -66,16 +68,6 @@ NOTABLE = {
 AT_WORK = (TodoState.PLANNED, TodoState.RUNNING, TodoState.AGENT_DONE, TodoState.VERIFYING)
 LAST_EVENTS = 6  # lines of the "last events" area
 CLOCK_TICK = 1.0  # seconds between frames when nothing happened but the clocks (elapsed, countdowns)
-
-
-def clock(seconds: float) -> str:
-    """``4.2s`` under a minute, ``3m 07s`` under an hour, ``2h 05m`` beyond."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def elapsed(recorded_at: str) -> str:
@@ -186,6 +178,19 @@ def _agents_table(proj: Projection, agent_timeout: float | None) -> Table:
     return table
 
 
+def _agent_time_line(proj: Projection) -> Text | None:
+    """``agent time 12m 05s · wasted 1m 02s · waste ratio 8.5% · cost $1.03 (simulated)``; None
+    before any agent ran."""
+    e = run_economy(proj, now=datetime.now(UTC))
+    if e.minutes <= 0:
+        return None
+    line = f"agent time {clock(e.minutes * 60)} · wasted {clock(e.wasted_minutes * 60)}"
+    line += f" · waste ratio {ratio_text(e.waste_ratio)}"
+    if e.cost_usd is not None:
+        line += f" · cost {cost_text(e.cost_usd, e.simulated, short=True)}"
+    return Text(line, style="dim")
+
+
 def render(proj: Projection, notes: list[str], *, agent_timeout: float | None = None) -> Group:
     """The whole frame: the run, the phase, the agents, the verification queue, a tally, last events."""
     counts: dict[str, int] = {}
@@ -194,7 +199,16 @@ def render(proj: Projection, notes: list[str], *, agent_timeout: float | None = 
     tally = Text("  ".join(f"{state} {n}" for state, n in sorted(counts.items())), style="dim")
     recent = Text("\n".join(notes[-LAST_EVENTS:]), style="dim")
     table = _agents_table(proj, agent_timeout)
-    return Group(_run_line(proj), _phase_line(proj), table, _queue_line(proj), tally, recent)
+    spent = _agent_time_line(proj)
+    return Group(
+        _run_line(proj),
+        _phase_line(proj),
+        table,
+        _queue_line(proj),
+        tally,
+        *([spent] if spent else []),
+        recent,
+    )
 
 
 def log_opener(url: str) -> LogOpener:

@@ -15,6 +15,7 @@ It stands in for an LLM agent in the demo and the tests, so every behaviour batc
     stdout: "text"          # printed
     stderr: "text"
     json_result: {is_error: false, total_cost_usd: 0.01}  # a claude-like result object, printed last
+                            # (with "simulated": true: its cost is made up)
     exit: 0
     hang: false             # after acting, sleep until killed
     attempts: {2: {exit: 0}}  # overrides for BATCHD_ATTEMPT=2 (top-level keys replaced)
@@ -263,6 +264,8 @@ def _result_object(fields: dict[str, Any] | bool, *, todo_id: str, attempt: int)
         "num_turns": 1,
         "session_id": f"demo-{todo_id}-{attempt}",
         "total_cost_usd": 0.0,
+        # No LLM ran: whatever cost the script gives is made up, and batchd shows it as simulated.
+        "simulated": True,
         **given,
     }
 

@@ -13,6 +13,15 @@ from daemon.config import Config
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
+from statemachine.economy import (
+    RunEconomy,
+    attempt_class,
+    budget_text,
+    cost_text,
+    minutes_text,
+    ratio_text,
+    run_economy,
+)
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, TodoState
 from statemachine.views import PhaseView, RunVerdict
@@ -36,11 +45,8 @@ def short(sha: str) -> str:
     return sha[:10] if sha else "—"
 
 
-def duration(seconds: float) -> str:
-    if seconds <= 0:
-        return "—"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+def spent(minutes: float) -> str:
+    return minutes_text(minutes) if minutes > 0 else "—"
 
 
 # How the phase whose commit carries the status file is shown in it, and in the checkout after the
@@ -169,12 +175,12 @@ def render_status(
     runs = sum(b.runs for b in proj.batches.values())
     baselines = sum(b.baseline_runs for b in proj.batches.values())
     lines.append(f"- **Verify runs:** {runs} (plus {baselines} baseline)")
-    cost = sum(t.cost_usd for t in todos.values())
-    if cost:
-        lines.append(f"- **Agent cost:** ${cost:.2f}")
     lines.extend(f"- **Warning:** {cell(w)}" for w in warnings)
     lines.extend(landing_lines(proj, config, committing))
     lines.append("")
+    # No clock: a running agent's time so far is left out, so the file is the same whenever rebuilt.
+    economy = run_economy(proj)
+    lines.extend(agent_time(proj, economy))
     lines.append("## Phases")
     lines.append("")
     for phase in sorted(proj.phases.values(), key=lambda p: (p.final, p.number)):
@@ -217,22 +223,52 @@ def render_status(
             for todo_id in batch.todo_ids if batch else ():
                 if todo_id not in members:
                     members.append(todo_id)
-        lines.append("| Todo | Title | State | Attempts | Agent time |")
-        lines.append("|------|-------|-------|----------|------------|")
+        lines.append("| Todo | Title | State | Attempts | Agent time | Wasted | Cost |")
+        lines.append("|------|-------|-------|----------|------------|--------|------|")
         for todo_id in members:
             member = todos.get(todo_id)
             title = member.title if member else ""
             attempts = len(member.history) if member else 0
-            seconds = member.agent_seconds if member else 0.0
+            paid = economy.todos.get(todo_id)
+            minutes = paid.minutes if paid else 0.0
+            wasted = paid.wasted_minutes if paid else 0.0
+            cost = cost_text(paid.cost_usd, paid.simulated, short=True) if paid else "—"
             lines.append(
                 f"| {proj.shown(todo_id)} | {cell(title)} | {todo_state(proj, todo_id, committing)} "
-                f"| {attempts} | {duration(seconds)} |"
+                f"| {attempts} | {spent(minutes)} | {spent(wasted)} | {cost} |"
             )
         lines.append("")
     lines.extend(failed_table(proj))
     lines.extend(review_table(proj))
     lines.extend(earlier_attempts(proj))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def agent_time(proj: Projection, economy: RunEconomy) -> list[str]:
+    """The run's agent-minutes by class, its cost and waste ratio, and the budget that stopped it."""
+    budget = budget_text(proj.run.budget, proj.run.budget_detail)
+    if economy.minutes <= 0 and economy.cost_usd is None and not budget:
+        return []
+    n = economy.attempts
+
+    def part(kind: str, minutes: float) -> str:
+        return f"{kind} {minutes_text(minutes)} ({n[kind]} attempt{'' if n[kind] == 1 else 's'})"
+
+    parts = [
+        part("useful", economy.useful_minutes),
+        part("failed", economy.failed_minutes),
+        part("wasted", economy.wasted_minutes),
+    ]
+    if economy.pending_minutes > 0:
+        parts.append(f"not judged yet {minutes_text(economy.pending_minutes)}")
+    lines = ["## Agent time", "", f"- **Agent time:** {minutes_text(economy.minutes)}: {', '.join(parts)}"]
+    lines.append(f"- **Waste ratio:** {ratio_text(economy.waste_ratio)} (wasted / useful agent-minutes)")
+    if economy.cost_usd is not None:
+        lines.append(f"- **Agent cost:** {cost_text(economy.cost_usd, economy.simulated)}")
+    if budget:
+        lines.append(f"- **Stopped by a budget:** {cell(budget)}")
+    lines.append("")
+    return lines
 
 
 def ids(values: Iterable[str], proj: Projection) -> str:
@@ -298,17 +334,19 @@ def earlier_attempts(proj: Projection) -> list[str]:
     for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
         for record in todo.history:
             if record.outcome in ("rejected", "conflicted", "agent_failed"):
+                kind = attempt_class(record)
+                counted = f"{kind} (the next attempt went on from it)" if record.kept else kind
                 rows.append(
                     f"| {cell(proj.shown(todo.todo_id))} | {record.attempt} | {record.outcome} "
-                    f"| {cell(record.reason)} |"
+                    f"| {cell(record.reason)} | {spent(record.duration / 60)} | {counted} |"
                 )
     if not rows:
         return []
     return [
         "## Failed Attempts",
         "",
-        "| Todo ID | Attempt | Outcome | Reason |",
-        "|---|---|---|---|",
+        "| Todo ID | Attempt | Outcome | Reason | Agent time | Counted as |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
     ]

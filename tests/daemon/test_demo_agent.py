@@ -168,7 +168,14 @@ def test_json_result_is_claude_like(repo: Path, tmp_path: Path) -> None:
         "num_turns": 3,
         "session_id": "demo-273-1",
         "total_cost_usd": 0.01,
+        "simulated": True,
     }
+
+
+def test_json_result_says_its_cost_is_simulated(repo: Path, tmp_path: Path) -> None:
+    """No LLM runs: the result says so, and batchd shows the cost as simulated."""
+    done = agent(repo, todo(tmp_path, "json_result: {total_cost_usd: 0.25}"))
+    assert json.loads(done.stdout)["simulated"] is True
 
 
 def test_json_result_error_has_error_subtype(repo: Path, tmp_path: Path) -> None:

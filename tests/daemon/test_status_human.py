@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from phase_repo import PhaseRepo, build_repo, todo_name
-from procs import batchd
+from procs import base_env, batchd
 
 NO_SANDBOX = 'sandbox = "none"'
 FILES = 60  # enough that git's list of files is longer than any cut batchd ever made (800 chars)
@@ -63,7 +63,8 @@ def test_status_json_gives_the_whole_detail(blocked_checkout: tuple[PhaseRepo, i
 def test_text_in_square_brackets_is_shown_as_written(blocked_checkout: tuple[PhaseRepo, int]) -> None:
     """A todo titled "Fix the [agent] section" appears with its brackets (Rich markup is escaped)."""
     repo, _ = blocked_checkout
-    assert "Fix the [agent] section" in batchd(repo.root, "status").stdout
+    wide = base_env(COLUMNS="200")  # the title on one line of the table, not wrapped at 80 columns
+    assert "Fix the [agent] section" in batchd(repo.root, "status", env=wide).stdout
 
 
 def test_human_status_shows_why_the_run_is_stopping(tmp_path: Path) -> None:

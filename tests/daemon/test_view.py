@@ -376,6 +376,58 @@ def test_the_summary_gives_the_cost_when_agents_reported_it() -> None:
     assert "batchd retry 0282\n" in out
 
 
+def _spent() -> Projection:
+    """Todo 1 accepted at its second attempt after losing a conflict (redone from scratch), todo 2
+    rejected for good; the demo's scripted agent reported the costs (simulated)."""
+    proj = Projection()
+    proj.todos["1"] = TodoView(
+        "1",
+        state="complete",
+        agent_seconds=180.0,
+        cost_usd=0.75,
+        cost_simulated=True,
+        history=[
+            AttemptRecord(1, "conflicted", "conflicts with 0", 60.0, 0.25),
+            AttemptRecord(2, "accepted", "", 120.0, 0.5),
+        ],
+    )
+    proj.todos["2"] = TodoView(
+        "2",
+        state="blocked",
+        agent_seconds=30.0,
+        cost_usd=0.28,
+        history=[AttemptRecord(1, "rejected", "breaks", 30.0, 0.28)],
+    )
+    return proj
+
+
+def test_the_summary_says_a_scripted_agents_cost_is_simulated() -> None:
+    console = _console()
+    print_summary(console, summarize(_spent()))
+    assert "agent time: 3m 30s, cost $1.03 (simulated: the demo's scripted agent)" in console.export_text()
+
+
+def test_the_summary_splits_agent_time_into_useful_failed_and_wasted() -> None:
+    console = _console()
+    print_summary(console, summarize(_spent()))
+    assert "useful 2m 00s, failed 30.0s, wasted 1m 00s (waste ratio 50.0%)" in console.export_text()
+
+
+def test_the_summary_names_the_budget_that_stopped_the_run() -> None:
+    proj = _spent()
+    proj.run.budget, proj.run.budget_detail = "max_cost_usd", "1.03 of 1"
+    console = _console()
+    print_summary(console, summarize(proj))
+    assert "stopped by a budget: [batchd] max_cost_usd reached (1.03 of 1 USD)" in console.export_text()
+
+
+def test_the_live_view_shows_agent_time_waste_and_a_simulated_cost() -> None:
+    console = _console()
+    console.print(render(_spent(), []))
+    out = console.export_text()
+    assert "agent time 3m 30s · wasted 1m 00s · waste ratio 50.0% · cost $1.03 (simulated)" in out
+
+
 def test_the_summary_counts_what_the_verdict_counts_and_shows_it() -> None:
     """A pending todo is no part of the run: the summary's counts and verdict line are the verdict's,
     with why it is not complete (a failed last push here)."""

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from e2e_harness import Outcome, collect_outcome, commit_messages, events, git, reap, run_daemon, status_json
+from rich.console import Console
 
+from daemon.cli.summary import print_summary, summarize
 from daemon.demo.project import DemoProject, build_demo
 from daemon.demo.scenario import (
     ALL_TODO_IDS,
@@ -28,6 +30,8 @@ from daemon.demo.scenario import (
     PHASE_MESSAGES,
     PHASES,
 )
+from daemon.workspace import open_log
+from statemachine.projection import replay
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -204,3 +208,19 @@ def test_each_phase_commit_renames_its_resolved_todos(demo: DemoRun) -> None:
         renamed_ids = {Path(p).name.split("-")[0] for p in added.splitlines() if "-complete-" in p}
         resolved = {t for batch in phase.batches for t in batch.todos} - EXPECTED_BLOCKED.keys()
         assert renamed_ids == resolved, f"phase {phase.number}"
+
+
+def test_the_scripted_agents_cost_is_shown_as_simulated(demo: DemoRun) -> None:
+    """No LLM ran: the run summary, `status --json` and the status file say the cost is simulated."""
+    root = demo.project.root
+    log = open_log(root)
+    try:
+        proj = replay(log)
+    finally:
+        log.close()
+    console = Console(record=True, width=200, force_terminal=False, color_system=None)
+    print_summary(console, summarize(proj))
+    assert "(simulated: the demo's scripted agent)" in console.export_text()
+    assert demo.status["run"]["agent"]["cost_simulated"] is True
+    status_file = (root / "plans" / "EXECUTION-STATUS.md").read_text(encoding="utf-8")
+    assert "- **Agent cost:** $" in status_file and "(simulated: the demo's scripted agent)" in status_file
