@@ -50,8 +50,8 @@ from bench.makespan import run as run_batchd
 from daemon.demo.project import render_plan
 from daemon.demo.scenario import PHASES
 from daemon.workspace import open_log
+from statemachine.economy import run_economy
 from statemachine.projection import Projection, replay
-from statemachine.tables import TodoState
 
 SECONDS_PER_MINUTE = 0.02  # real seconds an agent sleeps per agent-minute
 SHARED_FILES = ("scheduling/availability.py", "scheduling/pricing.py")
@@ -191,24 +191,14 @@ class Classed:
     seconds: float
 
 
-def _classed(proj: Projection) -> list[Classed]:  # replaced by statemachine.economy at merge
-    """Every attempt in the todos' histories, classed as ``run_economy`` does: useful (accepted, or
-    kept: carried into the next attempt), wasted (conflicted, interrupted; an agent's time that no
-    record holds: discarded unjudged), else failed. With statemachine.economy it is
-    ``[Classed(e.todo_id, a.attempt, a.kind, a.minutes * 60) for e in run_economy(proj).todos.values()
-    for a in e.attempts]``."""
-    classed: list[Classed] = []
-    for t in proj.todos.values():
-        for r in t.history:
-            useful = r.outcome == "accepted" or r.kept
-            kind = (
-                "useful" if useful else "wasted" if r.outcome in ("conflicted", "interrupted") else "failed"
-            )
-            classed.append(Classed(t.todo_id, r.attempt, kind, r.duration))
-        rest = t.agent_seconds - sum(r.duration for r in t.history)
-        if rest > 1e-6 and t.state not in (TodoState.AGENT_DONE, TodoState.VERIFYING):
-            classed.append(Classed(t.todo_id, t.attempt, "wasted", rest))
-    return classed
+def _classed(proj: Projection) -> list[Classed]:
+    """Every attempt of every todo, classed by :func:`statemachine.economy.run_economy` (the one
+    definition that status, the status file and this benchmark share)."""
+    return [
+        Classed(e.todo_id, a.attempt, a.kind, a.minutes * 60)
+        for e in run_economy(proj).todos.values()
+        for a in e.attempts
+    ]
 
 
 # --- a run -----------------------------------------------------------------------------------------
