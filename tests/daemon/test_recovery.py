@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from procs import make_repo
+from procs import PY, DaemonProcess, alive, git, group_members, make_repo, projection, read_events, wait_for
 
 from daemon.config import load_config
 from daemon.engine.recovery import check_checkout, reconcile
@@ -16,6 +20,7 @@ from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.world.agentproc import process_start_ticks
 from statemachine import events as ev
+from store.eventlog import StoredEvent
 
 
 def test_a_checkout_on_another_branch_is_refused_with_how_to_fix(tmp_path: Path) -> None:
@@ -117,3 +122,171 @@ def test_an_agent_started_but_never_recorded_is_found_by_its_token(running: Call
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# --- an agent that outlives its daemon is collected, not paid for twice (issue 13) ----------------
+
+CRASH_AGENT = Path(__file__).resolve().parents[1] / "agents" / "crash_agent.py"
+
+
+@dataclass
+class Crashed:
+    """A repository with one todo whose ``crash_agent.py`` runs, the daemon that ran it killed -9."""
+
+    root: Path
+    folder: Path  # the agent's run counter, start markers and release file (outside the workspace)
+    spawned: StoredEvent
+
+    @property
+    def exit_record(self) -> Path:
+        return self.root / self.spawned.payload["exit_path"]
+
+    def runs(self) -> int:
+        counter = self.folder / "runs-1"
+        return len(counter.read_text(encoding="utf-8").splitlines()) if counter.exists() else 0
+
+    def release(self) -> None:
+        (self.folder / "release-1").write_text("go", encoding="utf-8")
+
+    def outcomes(self) -> list[StoredEvent]:
+        kinds = ("todo.agent_finished", "todo.agent_failed", "todo.agent_interrupted")
+        return [e for e in read_events(self.root) if e.type in kinds]
+
+
+@pytest.fixture
+def crashed(tmp_path: Path) -> Iterator[Callable[..., Crashed]]:
+    """``crashed(rc=0)``: run the daemon until the agent started, then ``kill -9`` the daemon only
+    (the agent, in its own session, goes on). Everything started is killed at the end."""
+    daemons: list[DaemonProcess] = []
+
+    def make(*, rc: int = 0) -> Crashed:
+        folder = tmp_path / "agent"
+        folder.mkdir()
+        root = make_repo(tmp_path / "repo", {})
+        (root / "todos" / "1-ready-p2-thing.md").write_text("# Thing\n\nDo the thing.\n", encoding="utf-8")
+        (root / "batchd.toml").write_text(
+            textwrap.dedent(
+                f"""\
+                [batchd]
+                remote = ""
+                max_parallel = 1
+                max_attempts = 1
+                stop_timeout = 2.0
+                rescan_interval = 30
+
+                [agent]
+                command = {json.dumps([PY, str(CRASH_AGENT), "{todo_id}"])}
+                timeout = 120.0
+                sandbox = "none"
+                env = {{ CRASH_DIR = {json.dumps(str(folder))}, CRASH_RC = "{rc}" }}
+
+                [verify]
+                commands = [{json.dumps([PY, "-B", "check.py"])}]
+                retries = 0
+                """
+            ),
+            encoding="utf-8",
+        )
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "todo")
+        first = DaemonProcess(root, "--once")
+        daemons.append(first)
+        spawned = first.wait_events("todo.agent_spawned")[0]
+        wait_for((folder / "started-1-1").exists, what="the agent's first run")
+        first.proc.kill()  # kill -9 of the daemon alone
+        first.wait()
+        return Crashed(root=root, folder=folder, spawned=spawned)
+
+    yield make
+    for daemon in daemons:
+        daemon.kill()
+
+
+def restart(crashed: Crashed, daemons: list[DaemonProcess] | None = None) -> DaemonProcess:
+    daemon = DaemonProcess(crashed.root, "--once")
+    if daemons is not None:
+        daemons.append(daemon)
+    return daemon
+
+
+def test_an_agent_that_finished_while_the_daemon_was_down_is_collected_not_rerun(
+    crashed: Callable[..., Crashed],
+) -> None:
+    """kill -9 while the agent runs, the agent ends before the restart: its change is verified and
+    accepted, marked recovered, and the agent ran once."""
+    lab = crashed()
+    lab.release()
+    wait_for(lab.exit_record.exists, what="the shim's exit record")
+    daemon = restart(lab)
+    try:
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        daemon.kill()
+    assert lab.runs() == 1
+    [outcome] = lab.outcomes()
+    assert outcome.type == "todo.agent_finished"
+    assert outcome.payload["recovered"] is True
+    assert projection(lab.root).todos["1"].state == "complete"
+    assert "out-1.txt" in git(lab.root, "ls-tree", "--name-only", "HEAD")
+
+
+def test_an_agent_still_running_at_the_restart_is_adopted_and_collected_when_it_ends(
+    crashed: Callable[..., Crashed],
+) -> None:
+    """The restarted daemon takes the running agent over (no kill, no second run) and collects it."""
+    lab = crashed()
+    daemon = restart(lab)
+    try:
+        [line] = daemon.wait_logged("recovered_agent")
+        assert line["case"] == "adopted"
+        assert alive(lab.spawned.payload["pid"])
+        lab.release()
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        daemon.kill()
+    assert lab.runs() == 1
+    [outcome] = lab.outcomes()
+    assert outcome.type == "todo.agent_finished"
+    assert outcome.payload["recovered"] is True
+    assert projection(lab.root).todos["1"].state == "complete"
+
+
+def test_an_agent_that_failed_while_the_daemon_was_down_is_recorded_failed_not_rerun(
+    crashed: Callable[..., Crashed],
+) -> None:
+    """Its exit record says it exited 1: the attempt failed (as if the daemon had watched), once."""
+    lab = crashed(rc=1)
+    lab.release()
+    wait_for(lab.exit_record.exists, what="the shim's exit record")
+    daemon = restart(lab)
+    try:
+        daemon.wait(timeout=60)
+    finally:
+        daemon.kill()
+    assert lab.runs() == 1
+    [outcome] = lab.outcomes()
+    assert outcome.type == "todo.agent_failed"
+    assert outcome.payload["returncode"] == 1
+    assert "ended while batchd was down" in outcome.payload["detail"]
+
+
+def test_an_agent_lost_with_its_daemon_is_interrupted_and_run_again(crashed: Callable[..., Crashed]) -> None:
+    """No process and no exit record (killed with the daemon): its work is lost and redone, once more,
+    and the interruption says so and counts the agent time it had spent."""
+    lab = crashed()
+    pgid = lab.spawned.payload["pgid"]
+    os.killpg(pgid, signal.SIGKILL)
+    wait_for(lambda: not group_members(pgid), what="the agent's group to die")
+    lab.release()  # the second run ends at once
+    daemon = restart(lab)
+    try:
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        daemon.kill()
+    assert lab.runs() == 2
+    interrupted, finished = lab.outcomes()
+    assert interrupted.type == "todo.agent_interrupted"
+    assert "lost" in interrupted.payload["reason"] and "redone" in interrupted.payload["reason"]
+    assert interrupted.payload["duration"] > 0
+    assert finished.type == "todo.agent_finished"
+    assert finished.payload["recovered"] is False
