@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,12 @@ import pytest
 from procs import PY, DaemonProcess, alive, git, group_members, make_repo, projection, read_events, wait_for
 
 from daemon.config import load_config
+from daemon.engine import executor
 from daemon.engine.recovery import check_checkout, reconcile
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
-from daemon.world.agentproc import process_start_ticks
+from daemon.world import agentspace
+from daemon.world.agentproc import AdoptedProcess, enforce_timeout, process_start_ticks
 from statemachine import events as ev
 from store.eventlog import StoredEvent
 
@@ -290,3 +293,142 @@ def test_an_agent_lost_with_its_daemon_is_interrupted_and_run_again(crashed: Cal
     assert interrupted.payload["duration"] > 0
     assert finished.type == "todo.agent_finished"
     assert finished.payload["recovered"] is False
+
+
+# --- the cases decided in-process: committed work, timeouts from the original start ----------------
+
+
+def dead_pid() -> int:
+    """A pid that was batchd's agent and has ended (its start time no longer matches anything)."""
+    proc = subprocess.Popen(["true"], start_new_session=True)
+    proc.wait()
+    return proc.pid
+
+
+def spawned_daemon(tmp_path: Path, *, pid: int, start_ticks: int | None, commit: str | None) -> Daemon:
+    """A daemon whose log says todo 7's agent runs (spawned through the shim) in a real workspace;
+    ``commit``: a commit message the agent made there (None: it only left an uncommitted file)."""
+    root = make_repo(tmp_path / "repo", {})
+    base = git(root, "rev-parse", "HEAD").strip()
+    workspace = root / ".batchd" / "workspaces" / "todo-7"
+    agentspace.create(root, workspace, branch="batchd/todo-7-a1", base_sha=base, files={})
+    (workspace / "feature.py").write_text("def feature() -> int:\n    return 1\n", encoding="utf-8")
+    if commit is not None:
+        git(workspace, "add", "feature.py")
+        git(workspace, "commit", "-q", "-m", commit)
+    d = Daemon(load_config(root))
+    d.load()
+    stream = ev.todo_stream("7")
+    d.emit_one(stream, ev.TodoQueued(todo_id="7", path="todos/7.md", title="t", priority="p2", digest="d"))
+    d.emit_one(stream, ev.TodoPlanned(todo_id="7", batch="1.1", phase=1))
+    d.emit_one(
+        stream,
+        ev.AgentStarted(
+            todo_id="7", attempt=1, batch="1.1", worktree=".batchd/workspaces/todo-7",
+            branch="batchd/todo-7-a1", base_sha=base, log_path=".batchd/logs/x.log", token="t7",
+        ),
+    )  # fmt: skip
+    d.emit_one(
+        stream,
+        ev.AgentSpawned(
+            todo_id="7", attempt=1, pid=pid, pgid=pid, start_ticks=start_ticks,
+            exit_path=".batchd/exits/todo-7-attempt-1.json",
+        ),
+    )  # fmt: skip
+    return d
+
+
+def test_an_agent_killed_after_committing_its_work_with_its_trailers_is_collected(tmp_path: Path) -> None:
+    """No process, no exit record, but its HEAD carries Batchd-Todo/Batchd-Attempt of this attempt:
+    it said it was done; it is collected as a success, not re-run."""
+    message = "Add feature\n\nBatchd-Todo: 7\nBatchd-Attempt: 1\n"
+    d = spawned_daemon(tmp_path, pid=dead_pid(), start_ticks=1, commit=message)
+    try:
+        reconcile(d)
+        assert d.agents["7"].recovery == "committed"
+        executor.poll(d, d.clock())  # the normal path: its exit is seen and its change collected
+        d.wait_jobs(timeout=30)
+        d.poll_jobs()
+        [finished] = [e for e in d.log.read(since=0) if e.type == "todo.agent_finished"]
+        assert finished.payload["recovered"] is True
+        assert finished.payload["files"] == ["feature.py"]
+    finally:
+        d.close()
+
+
+def test_a_commit_for_another_attempt_is_not_taken_as_done(tmp_path: Path) -> None:
+    """Trailers naming another attempt are not this attempt's word: its work is lost and redone."""
+    message = "Add feature\n\nBatchd-Todo: 7\nBatchd-Attempt: 2\n"
+    d = spawned_daemon(tmp_path, pid=dead_pid(), start_ticks=1, commit=message)
+    try:
+        reconcile(d)
+        assert "7" not in d.agents
+        assert d.proj.todos["7"].history[-1].outcome == "interrupted"
+    finally:
+        d.close()
+
+
+def test_half_written_uncommitted_files_are_lost_and_the_attempt_interrupted(tmp_path: Path) -> None:
+    """Files the agent had not committed when it was killed are not a finished change."""
+    d = spawned_daemon(tmp_path, pid=dead_pid(), start_ticks=1, commit=None)
+    try:
+        reconcile(d)
+        assert "7" not in d.agents
+        record = d.proj.todos["7"].history[-1]
+        assert record.outcome == "interrupted"
+        assert "no committed work" in record.reason
+    finally:
+        d.close()
+
+
+def test_an_exit_record_older_than_the_attempt_is_not_its_outcome(tmp_path: Path) -> None:
+    """A record left by an earlier run of the same attempt (interrupted, then started again) does
+    not say how this run ended."""
+    d = spawned_daemon(tmp_path, pid=dead_pid(), start_ticks=1, commit=None)
+    try:
+        record = d.root / ".batchd" / "exits" / "todo-7-attempt-1.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"rc": 0, "ended_at": 1000.0}), encoding="utf-8")
+        reconcile(d)
+        assert "7" not in d.agents
+        assert d.proj.todos["7"].history[-1].outcome == "interrupted"
+    finally:
+        d.close()
+
+
+def test_an_adopted_agent_times_out_from_its_original_start(tmp_path: Path) -> None:
+    """Its timeout counts from when the dead daemon started it, not from the adoption."""
+    agent = sleeper()
+    try:
+        proc = AdoptedProcess(
+            pid=agent.pid, start_ticks=process_start_ticks(agent.pid), token="", log_path=tmp_path / "log",
+            exit_path=tmp_path / "exit.json", started_wall=time.time() - 3600,
+        )  # fmt: skip
+        assert proc.poll() is None
+        assert enforce_timeout(proc, 60.0, time.monotonic())
+        assert gone(agent)
+        assert proc.poll() == -signal.SIGKILL  # no exit record: the shim was killed
+        assert proc.elapsed >= 3600
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_a_reused_pid_is_not_adopted(tmp_path: Path) -> None:
+    """A live process at the recorded pid with another start time is not the agent: not adopted,
+    not killed; the attempt is interrupted."""
+    stranger = sleeper()
+    try:
+        ticks = process_start_ticks(stranger.pid)
+        assert ticks is not None
+        d = spawned_daemon(tmp_path, pid=stranger.pid, start_ticks=ticks - 1, commit=None)
+        try:
+            reconcile(d)
+            assert "7" not in d.agents
+            assert d.proj.todos["7"].history[-1].outcome == "interrupted"
+        finally:
+            d.close()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
