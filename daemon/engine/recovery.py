@@ -14,6 +14,7 @@ that repeats at the same place is stopped here (:func:`break_crash_loop`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -144,6 +145,17 @@ def settle_agent(d: Daemon, todo: TodoView) -> ev.AgentInterrupted | None:
       killed (only what batchd started: checked by start time and token) and the returned
       interruption, with the agent time spent, makes it run again.
     """
+    if not todo.pgid and todo.token:
+        # Started just before the crash, its pid never recorded: its shim is found by its token.
+        leader = agentproc.shim_leader(todo.token, d.ws.exit_record(todo.todo_id, todo.attempt))
+        if leader is not None:
+            todo = dataclasses.replace(
+                todo,
+                pid=leader,
+                pgid=leader,
+                start_ticks=agentproc.process_start_ticks(leader),
+                exit_path=str(d.ws.exit_record(todo.todo_id, todo.attempt).relative_to(d.root)),
+            )
     if todo.pgid and todo.exit_path:
         proc = adopt(d, todo)
         if proc is not None:

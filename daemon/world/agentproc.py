@@ -55,6 +55,7 @@ __all__ = [
     "read_result",
     "run_agent",
     "run_setup",
+    "shim_leader",
     "start_agent",
     "token_holders",
 ]
@@ -130,6 +131,22 @@ def token_holders(token: str) -> list[int]:
         if needle in environ.split(b"\0") and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def shim_leader(token: str, exit_path: Path) -> int | None:
+    """Among the processes carrying ``token``, the shim that leads the agent's group and writes
+    ``exit_path``: how an agent started just before a crash (its pid never recorded) is found. Set-up
+    commands carry the token too, but are not a shim writing that record."""
+    wanted = [os.fsencode(_SHIM), os.fsencode(str(exit_path))]
+    for pid in token_holders(token):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            pgid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgid == pid and all(part in argv for part in wanted):
+            return pid
+    return None
 
 
 # --- one agent -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from daemon.engine import executor
 from daemon.engine.recovery import check_checkout, reconcile
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
-from daemon.world import agentspace
+from daemon.world import agentproc, agentshim, agentspace
 from daemon.world.agentproc import AdoptedProcess, enforce_timeout, process_start_ticks
 from statemachine import events as ev
 from store.eventlog import StoredEvent
@@ -432,3 +432,26 @@ def test_a_reused_pid_is_not_adopted(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_an_agent_whose_pid_was_never_recorded_is_adopted_through_its_shim(
+    running: Callable[..., Daemon],
+) -> None:
+    """A crash between starting the agent and recording its pid: its shim (carrying the attempt's
+    token, writing the attempt's exit record) is found and adopted, not killed."""
+    d = running(pid=None, start_ticks=None, token="t8")
+    exit_path = d.ws.exit_record("7", 1)
+    shim = subprocess.Popen(
+        [PY, "-I", "-S", agentshim.__file__, str(exit_path), "sleep", "60"],
+        start_new_session=True,
+        env={**os.environ, "BATCHD_AGENT_TOKEN": "t8"},
+    )
+    try:
+        wait_for(lambda: agentproc.shim_leader("t8", exit_path), what="the shim to carry its token")
+        reconcile(d)
+        proc = d.agents["7"]
+        assert (proc.recovery, proc.pid) == ("adopted", shim.pid)
+        assert shim.poll() is None
+    finally:
+        os.killpg(shim.pid, signal.SIGKILL)
+        shim.wait()
