@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from daemon.world import agentproc, agents, agentspace, collect, deps, homeguard
 from daemon.world.faults import raise_at
 from statemachine import events as ev
 from statemachine.tables import TodoState
+from statemachine.views import TodoView
+from store.eventlog import parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -317,6 +320,7 @@ class _Collected:
     reason: str = ""  # the failure code when the attempt failed
     detail: str = ""
     put_back: tuple[str, ...] = ()  # agent settings in its home it changed, put back
+    recovery: str = ""  # how a crashed daemon's agent was taken over (AdoptedProcess), "" if ours
 
 
 def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> None:
@@ -333,7 +337,7 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     home = d.home_snapshots.pop(todo_id, None)
 
     def work() -> _Collected:
-        result = read_and_collect()
+        result = dataclasses.replace(read_and_collect(), recovery=proc.recovery)
         put_back = tuple(homeguard.restore(home)) if home is not None else ()
         return dataclasses.replace(result, put_back=put_back) if put_back else result
 
@@ -397,7 +401,9 @@ def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> N
             todo_id,
             attempt,
             result.reason,
-            result.detail + ("; put back: " + "; ".join(result.put_back) if result.put_back else ""),
+            result.detail
+            + ("; put back: " + "; ".join(result.put_back) if result.put_back else "")
+            + (f" ({RECOVERED[result.recovery]})" if result.recovery in RECOVERED else ""),
             rc=outcome.rc,
             duration=outcome.duration,
             cost=outcome.cost_usd,
@@ -429,6 +435,7 @@ def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> N
             agent_head=change.agent_head,
             agent_commits=change.agent_commits,
             session_id=session or "",
+            recovered=bool(result.recovery),
         ),
     )
     log.info(
@@ -438,7 +445,16 @@ def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> N
         commit=change.sha[:10],
         files=len(change.files),
         dropped=len(change.dropped),
+        recovered=result.recovery or None,
     )
+
+
+# How an agent of a crashed daemon was collected (the recovery case), as its outcome's detail says it.
+RECOVERED = {
+    "adopted": "a crashed daemon's agent, taken over while it ran",
+    "exited": "it ended while batchd was down; collected after the restart",
+    "committed": "killed with the daemon after committing its work; collected after the restart",
+}
 
 
 def plain_summary(summary: dict[str, object] | None) -> dict[str, object]:
@@ -514,8 +530,9 @@ def stop_all(d: Daemon, reason: str, *, grace: float) -> None:
         poll(d, d.clock())
         if d.agents or d.jobs:
             time.sleep(0.1)
+    spent = {todo_id: proc.elapsed for todo_id, proc in d.agents.items()}  # before the kill ends them
     kill_all(d)
-    interrupt_running(d, reason)
+    interrupt_running(d, reason, spent)
 
 
 def kill_all(d: Daemon) -> None:
@@ -529,13 +546,30 @@ def kill_all(d: Daemon) -> None:
         del d.agents[todo_id]
 
 
-def interrupt_running(d: Daemon, reason: str) -> None:
+def interrupt_running(d: Daemon, reason: str, spent: Mapping[str, float] | None = None) -> None:
+    """Record every running todo interrupted, with the agent time it had spent (wasted: it runs
+    again): ``spent`` as its process measured it, else from its start as the log has it."""
     for todo in list(d.proj.todos.values()):
         if todo.state == TodoState.RUNNING:
+            duration = (spent or {}).get(todo.todo_id)
+            if duration is None:
+                proc = d.agents.get(todo.todo_id)
+                duration = proc.elapsed if proc is not None else agent_seconds(todo)
             d.emit_one(
                 ev.todo_stream(todo.todo_id),
-                ev.AgentInterrupted(todo_id=todo.todo_id, attempt=todo.attempt, reason=reason),
+                ev.AgentInterrupted(
+                    todo_id=todo.todo_id, attempt=todo.attempt, reason=reason, duration=round(duration, 3)
+                ),
             )
+
+
+def agent_seconds(todo: TodoView, until: float | None = None) -> float:
+    """Seconds from the todo's agent start (its log's time) to ``until`` (wall clock, default now);
+    0 when no agent process was recorded (it was still being set up: no agent time spent)."""
+    if todo.pid is None or not todo.agent_started_at:
+        return 0.0
+    started = parse_time(todo.agent_started_at).timestamp()
+    return max(0.0, (time.time() if until is None else until) - started)
 
 
 def stop_agent(d: Daemon, todo_id: str) -> None:

@@ -2,29 +2,35 @@
 
 The log says what was intended; the world (processes, workspaces, git refs, the remote) says what
 happened. Each intent without its outcome is settled here or by the step that owns it: an agent
-whose daemon died is killed (only the processes batchd started: checked by start time and token)
-and re-run as a new, uncounted attempt; an interrupted cherry-pick, merge or rebase in batchd's
-worktree is aborted; records of vanished worktrees are pruned. Commits and pushes are settled by
-their steps (found by trailer, compared with the remote) so they are never made twice. A crash
+whose daemon died is adopted while it runs, collected when it ended meanwhile (or committed its
+work), and only when its work is lost killed (only the processes batchd started: checked by
+start time and token) and re-run as a new, uncounted attempt (:func:`settle_agent`); an
+interrupted cherry-pick, merge or rebase in batchd's worktree is aborted; records of vanished
+worktrees are pruned. Commits and pushes are settled by their steps (found by trailer, compared
+with the remote) so they are never made twice. A crash
 that repeats at the same place is stopped here (:func:`break_crash_loop`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
+import time
 from pathlib import Path
 
 import structlog
 
-from daemon.engine import requests
+from daemon.engine import executor, requests
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.workspace import STATE_DIR
-from daemon.world import agentproc, gitops
+from daemon.world import agentproc, agentspace, gitops
 from statemachine import events as ev
 from statemachine.tables import TodoState
+from statemachine.views import TodoView
+from store.eventlog import parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -114,32 +120,125 @@ def reconcile(d: Daemon) -> None:
     for todo in list(d.proj.todos.values()):
         if todo.state != TodoState.RUNNING or todo.todo_id in d.agents:
             continue
-        # Only what batchd started: the group whose leader has the recorded start time, and the
-        # processes carrying the attempt's token (a crash before the pid was recorded). A reused
-        # pid, or a person's shell in the workspace, is never killed.
-        if todo.pgid:
-            agentproc.kill_leftover_group(todo.pgid, start_ticks=todo.start_ticks)
-        for pid in agentproc.token_holders(todo.token):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                log.info("leftover_agent_killed", todo_id=todo.todo_id, pid=pid)
-        interrupted.append(
-            (
-                ev.todo_stream(todo.todo_id),
-                [
-                    ev.AgentInterrupted(
-                        todo_id=todo.todo_id,
-                        attempt=todo.attempt,
-                        reason="the daemon stopped while the agent ran",
-                    )
-                ],
-            )
-        )
+        lost = settle_agent(d, todo)
+        if lost is not None:
+            interrupted.append((ev.todo_stream(todo.todo_id), [lost]))
     d.emit(*interrupted)
     if interrupted:
         log.info("recovered_agents", todos=[stream for stream, _ in interrupted])
     requests.reconcile(d)
     break_crash_loop(d)
+
+
+LOST = "the daemon stopped while the agent ran and its work was lost with it ({why}): it is redone"
+
+
+def settle_agent(d: Daemon, todo: TodoView) -> ev.AgentInterrupted | None:
+    """A dead daemon's running agent, which is never paid for twice when its work is there:
+
+    - still running (its shim leads its group with the recorded start time): adopted, and the
+      normal poll, timeout and collect path finishes it;
+    - ended while the daemon was down (the shim's exit record): collected by that same path;
+    - killed with the daemon (no record, no process) after committing its work with its attempt's
+      ``Batchd-Todo``/``Batchd-Attempt`` trailers: collected, as finished when it committed;
+    - otherwise its work is lost (half-written files are not a change): what is left of it is
+      killed (only what batchd started: checked by start time and token) and the returned
+      interruption, with the agent time spent, makes it run again.
+    """
+    if not todo.pgid and todo.token:
+        # Started just before the crash, its pid never recorded: its shim is found by its token.
+        leader = agentproc.shim_leader(todo.token, d.ws.exit_record(todo.todo_id, todo.attempt))
+        if leader is not None:
+            todo = dataclasses.replace(
+                todo,
+                pid=leader,
+                pgid=leader,
+                start_ticks=agentproc.process_start_ticks(leader),
+                exit_path=str(d.ws.exit_record(todo.todo_id, todo.attempt).relative_to(d.root)),
+            )
+    if todo.pgid and todo.exit_path:
+        proc = adopt(d, todo)
+        if proc is not None:
+            d.agents[todo.todo_id] = proc
+            if proc.recovery == "adopted":
+                agentproc.on_exit(proc.pid, d.wake)
+            log.info(
+                "recovered_agent",
+                todo_id=todo.todo_id,
+                attempt=todo.attempt,
+                case=proc.recovery,
+                detail=executor.RECOVERED[proc.recovery],
+            )
+            return None
+    # Only what batchd started: the group whose leader has the recorded start time, and the
+    # processes carrying the attempt's token (a crash before the pid was recorded). A reused
+    # pid, or a person's shell in the workspace, is never killed.
+    if todo.pgid:
+        agentproc.kill_leftover_group(todo.pgid, start_ticks=todo.start_ticks)
+    for pid in agentproc.token_holders(todo.token):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            log.info("leftover_agent_killed", todo_id=todo.todo_id, pid=pid)
+    if not todo.pgid:
+        why = "it had not started yet, or its process was never recorded"
+    elif not todo.exit_path:
+        why = "it ran without an exit record"
+    else:
+        why = "it ended with no exit record and no committed work"
+    duration = executor.agent_seconds(todo, until=crash_time(d, todo))
+    log.info("recovered_agent", todo_id=todo.todo_id, attempt=todo.attempt, case="lost", detail=why)
+    return ev.AgentInterrupted(
+        todo_id=todo.todo_id, attempt=todo.attempt, reason=LOST.format(why=why), duration=round(duration, 3)
+    )
+
+
+def adopt(d: Daemon, todo: TodoView) -> agentproc.AdoptedProcess | None:
+    """The handle the normal path finishes the agent through, or None when its work is lost."""
+    assert todo.pgid is not None
+    started = parse_time(todo.agent_started_at).timestamp() if todo.agent_started_at else time.time()
+    proc = agentproc.AdoptedProcess(
+        pid=todo.pgid,
+        start_ticks=todo.start_ticks,
+        token=todo.token,
+        log_path=d.root / todo.log_path,
+        exit_path=d.root / todo.exit_path,
+        started_wall=started,
+    )
+    if proc.poll() is None:
+        return proc  # still running: "adopted"
+    if proc.exit_record() is not None:
+        proc.recovery = "exited"
+        return proc
+    shown = d.proj.shown(todo.todo_id)
+    trailers = {gitops.TRAILER_TODO: shown, gitops.TRAILER_ATTEMPT: str(todo.attempt)}
+    committed = agentspace.committed_done(d.root, d.root / todo.worktree, todo.base_sha, trailers)
+    if committed is None:
+        return None
+    # The agent said it was done when it committed: it counts as ended then, with success.
+    assumed = {"rc": 0, "ended_at": min(max(committed, started), time.time())}
+    proc = agentproc.AdoptedProcess(
+        pid=todo.pgid,
+        start_ticks=todo.start_ticks,
+        token=todo.token,
+        log_path=d.root / todo.log_path,
+        exit_path=d.root / todo.exit_path,
+        started_wall=started,
+        assumed=assumed,
+    )
+    proc.recovery = "committed"
+    proc.poll()
+    return proc
+
+
+def crash_time(d: Daemon, todo: TodoView) -> float:
+    """The best known moment the agent was lost: the latest of its log's last write and the log's
+    last event (both happened before the crash), or now when neither is known."""
+    known: list[float] = []
+    with contextlib.suppress(OSError):
+        known.append((d.root / todo.log_path).stat().st_mtime)
+    if d.proj.last_recorded_at:
+        known.append(parse_time(d.proj.last_recorded_at).timestamp())
+    return min(max(known), time.time()) if known else time.time()
 
 
 CRASH_LOOP = 3  # the same unexpected error at the same place this many times in a row

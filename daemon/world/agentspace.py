@@ -228,6 +228,25 @@ def agent_commits(root: Path, path: Path, base_sha: str, head: str) -> tuple[str
     return tuple(proc.stdout.split()) if proc.returncode == 0 else ()
 
 
+def committed_done(root: Path, path: Path, base_sha: str, trailers: dict[str, str]) -> float | None:
+    """When the agent's HEAD is a commit of its own (on its base) whose message carries every one of
+    ``trailers`` (``Batchd-Todo``/``Batchd-Attempt`` of its attempt): that commit's time, the agent's
+    word that its work was done. None otherwise (or when the workspace cannot be read)."""
+    try:
+        head = agent_head(root, path)
+        if head == base_sha or not descends(root, path, base_sha, head):
+            return None
+        keys = "".join(f"%x1e%(trailers:key={k},valueonly,separator=%x1f)" for k in trailers)
+        proc = _read(root, path, "log", "-1", f"--format=%ct{keys}", head, "--")
+    except WorkspaceError:
+        return None
+    fields = proc.stdout.strip().split("\x1e")
+    if proc.returncode != 0 or len(fields) != len(trailers) + 1 or not fields[0].isdigit():
+        return None
+    found = [set(value.strip().split("\x1f")) for value in fields[1:]]
+    return float(fields[0]) if all(v in f for v, f in zip(trailers.values(), found, strict=True)) else None
+
+
 def tracked_paths(root: Path, path: Path, base_sha: str, head: str) -> list[str]:
     """Paths the agent's commits or its own index changed from the base: how a file it added despite
     ``.gitignore`` is found. Only what differs from the base is listed (bounded by the change, not
