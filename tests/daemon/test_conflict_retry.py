@@ -50,7 +50,8 @@ AGENT = textwrap.dedent(
         Path(path).write_text(text)
     for path in step.get("keep_both", []):
         lines = Path(path).read_text().splitlines(keepends=True)
-        kept = [ln for ln in lines if not ln.startswith(("<<<<<<< ", ">>>>>>> ")) and ln.rstrip() != "======="]
+        marker = [ln.startswith(("<<<<<<< ", ">>>>>>> ")) or ln.rstrip() == "=======" for ln in lines]
+        kept = [ln for ln, is_marker in zip(lines, marker) if not is_marker]
         Path(path).write_text("".join(kept))
     if "session" in step:
         print(json.dumps({"type": "result", "is_error": False, "session_id": step["session"]}))
@@ -76,7 +77,8 @@ def repo_with(
     plan = {"watch": list(watch), "todos": {t: {str(a): s for a, s in by.items()} for t, by in steps.items()}}
     (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     script = tmp_path / "agent.py"
-    script.write_text(f"PLAN = {str(tmp_path / 'plan.json')!r}\nSEEN = {str(seen)!r}\n{AGENT}", encoding="utf-8")
+    header = f"PLAN = {str(tmp_path / 'plan.json')!r}\nSEEN = {str(seen)!r}\n"
+    script.write_text(header + AGENT, encoding="utf-8")
     config.setdefault("max_attempts", 2)
     return build_repo(
         tmp_path,
