@@ -283,8 +283,7 @@ def conflict(d: Daemon, todo: TodoView, batch: str, con: Conflict) -> list[objec
         events.append(
             ev.TodoBlocked(
                 todo_id=todo.todo_id,
-                reason=f"{EXHAUSTED}: lost {used} conflicts (max_conflict_retries = {limit}); the last, "
-                f"with {against} on {', '.join(files)}",
+                reason=f"{EXHAUSTED} (conflicts {used}, max_conflict_retries = {limit}): {reason}",
                 action=f"merge it by hand, raise [batchd] max_conflict_retries, or "
                 f"`batchd retry {d.proj.shown(todo.todo_id)}` for another attempt",
             )
