@@ -23,20 +23,11 @@ from pathlib import Path
 
 import structlog
 
+from daemon.engine import carrying
 from daemon.engine.runner import Daemon
-from daemon.exceptions import AgentError, BatchdError, GitError, printable
+from daemon.exceptions import AgentError, BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
-from daemon.world import (
-    agentproc,
-    agents,
-    agentspace,
-    collect,
-    deps,
-    homeguard,
-    rebase,
-    safefs,
-    testinfra,
-)
+from daemon.world import agentproc, agents, agentspace, collect, deps, homeguard, safefs, testinfra
 from daemon.world.faults import raise_at
 from statemachine import events as ev
 from statemachine.tables import TodoState
@@ -138,7 +129,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)
         if text is None:
             raise AgentError(f"its todo file {todo.path} is gone", hint="it is cancelled by the next scan")
-        carried = carried_change(root, todo_id, carry_commit, base_sha, log_path)
+        carried = carrying.carried_change(root, todo_id, carry_commit, base_sha, log_path)
         d.markers[todo_id] = carried.conflicts if carried is not None else ()
         agentspace.create(
             root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text}, carried=carried
@@ -214,38 +205,6 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         fail(d, todo_id, attempt, "setup", f"could not prepare the workspace: {_message(error)}")
 
     d.submit(f"prepare-{todo_id}", work, done, failed)
-
-
-def carried_change(
-    root: Path, todo_id: str, commit: str, base_sha: str, log_path: Path
-) -> rebase.Carried | None:
-    """An earlier attempt's change rebased onto this attempt's base (None: start from scratch), said
-    in the agent's log: what was carried, and which files hold conflict markers."""
-    if not commit:
-        return None
-    rel = log_path.relative_to(root)
-    try:
-        carried = rebase.carry(root, commit, base_sha)
-    except GitError as e:
-        log.warning("carry_missing", todo_id=todo_id, commit=commit, error=e.message)
-        note = f"--- batchd: the earlier change {commit[:12]} cannot be read ({e.message}): starting afresh"
-        safefs.append_text(root, rel, printable(note) + " ---\n")
-        return None
-    line = f"--- batchd: carried the change of {commit[:12]} ({len(carried.files)} files)"
-    line += f" onto {base_sha[:12]}"
-    if carried.conflicts:
-        line += "; conflict markers in: " + ", ".join(printable(f) for f in carried.conflicts)
-    if carried.skipped:
-        line += "; not carried (not plain files): " + ", ".join(printable(f) for f in carried.skipped)
-    safefs.append_text(root, rel, line + " ---\n")
-    log.info(
-        "change_carried",
-        todo_id=todo_id,
-        commit=commit[:12],
-        files=len(carried.files),
-        conflicts=[printable(f) for f in carried.conflicts],
-    )
-    return carried
 
 
 def _message(error: BaseException) -> str:
@@ -472,22 +431,8 @@ def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
         max_change_bytes=config.agent.max_change_bytes,
         earlier=earlier,
         run_base=d.proj.run.base_sha,
-        markers=_markers(d, todo_id),
+        markers=carrying.marker_files(d, todo_id),
     )
-
-
-def _markers(d: Daemon, todo_id: str) -> tuple[str, ...]:
-    """The files its attempt was given with conflict markers: as prepared, or (its workspace was
-    prepared by a daemon that is gone) the same rebase worked out again from the objects."""
-    if todo_id in d.markers:
-        return d.markers[todo_id]
-    todo = d.proj.todos[todo_id]
-    if not todo.carry or not todo.base_sha:
-        return ()
-    try:
-        return rebase.carry(d.root, todo.carry, todo.base_sha).conflicts
-    except GitError:
-        return ()  # it was started afresh then too
 
 
 def _placed(d: Daemon, rel: str) -> bytes:

@@ -22,6 +22,7 @@ from gitrepo import GOOD_MOD, NAMED_BREAK
 from phase_repo import PhaseRepo, build_repo
 from procs import projection
 
+from daemon.engine import carrying
 from daemon.world.collect import has_conflict_block
 
 SHARED = "mods/shared.py"
@@ -280,3 +281,14 @@ def test_a_link_to_a_file_with_markers_is_not_read(tmp_path: Path) -> None:
     target.write_bytes(b"<<<<<<< a\n=======\n>>>>>>> b\n")
     (tmp_path / "f.py").symlink_to(target)
     assert not has_conflict_block(tmp_path / "f.py")
+
+
+def test_a_carried_commit_that_is_missing_starts_the_attempt_afresh(tmp_path: Path) -> None:
+    """A carry naming a commit this repository lacks (a log from another clone): nothing is carried,
+    and the agent's log says the attempt starts afresh."""
+    repo = repo_with(tmp_path, {"1": {}})
+    log_path = repo.root / ".batchd" / "logs" / "todo-1-attempt-2.log"
+    log_path.parent.mkdir(parents=True)
+    head = repo.git("rev-parse", "HEAD")
+    assert carrying.carried_change(repo.root, "1", "f" * 40, head, log_path) is None
+    assert "starting afresh" in log_path.read_text()
