@@ -161,7 +161,7 @@ class AgentFailed:
     todo_id: str
     attempt: int
     # exit | timeout | no_change | is_error | setup | start | history | workspace | too_large |
-    # protected | embedded | collect | crash_loop
+    # protected | embedded | collect | crash_loop | conflict_markers (a resolve left git's markers in)
     reason: str
     detail: str
     returncode: int | None = None

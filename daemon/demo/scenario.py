@@ -90,11 +90,11 @@ SCENARIO: Final[dict[str, tuple[str, ...]]] = {
     "267": ("agent exits 1", "agent exits 1 again: blocked, attempts exhausted"),
     "269": (
         "breaks tests/test_bookings.py (ValueError raised in scheduling/bookings.py): rejected",
-        "repaired with the failure in its prompt: accepted",
+        "repairs its own change, with the failure in its prompt: accepted",
     ),
     "278": (
         "edits the same lines of scheduling/availability.py as 277: loses the conflict",
-        "re-run on the new base, applies on top of 277: accepted",
+        "resolves its own change rebased on 277 (the conflict markers), keeping both: accepted",
     ),
     "282": (
         "surges every quote, breaking the pricing tests: rejected",
@@ -123,9 +123,10 @@ def describe() -> str:
         "agent in place of an LLM. Each todo runs in its own git worktree; each batch is verified "
         "against the project's own tests; each phase becomes one commit, pushed to a local bare remote. "
         "Most todos succeed at once. 269 breaks an existing test, is found from the failure output, "
-        "reverted, and repaired on its second attempt; 282 breaks the tests on both attempts and ends "
-        "blocked. 277 and 278 edit the same lines: 277 (lower id) wins, 278 is re-run on the new base "
-        "and succeeds. 267's agent exits 1 on every attempt and ends blocked; 283's agent hangs until "
-        "its timeout kills it, then succeeds. Expected result: 26 todos complete, 2 blocked (267, 282), "
+        "reverted, and its own change repaired on its second attempt; 282 breaks the tests on both "
+        "attempts and ends blocked. 277 and 278 edit the same lines: 277 (lower id) wins, 278 resolves "
+        "its change rebased on 277's, keeping both. 267's agent exits 1 on every attempt and ends "
+        "blocked; 283's agent hangs until its timeout kills it, then succeeds. Expected result: 26 todos "
+        "complete, 2 blocked (267, 282), "
         "5 phase commits pushed."
     )

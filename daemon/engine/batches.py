@@ -3,11 +3,12 @@ every todo's fate decided in one transaction (accepted, rejected, conflicted, re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import phases
+from daemon.engine import phases, retrytext
 from daemon.engine.runner import Daemon
 from daemon.engine.verdict import EXHAUSTED
 from daemon.exceptions import BatchdError
@@ -18,6 +19,7 @@ from daemon.world.checks import CheckResult, CheckRunner
 from daemon.world.verify import (
     BatchVerdict,
     Candidate,
+    Conflict,
     Rejection,
     SetupFailed,
     VerifyRun,
@@ -156,13 +158,12 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
     rejected: list[str] = []
     conflicted: list[str] = []
     failed: list[str] = []
-    max_attempts = d.config.batchd.max_attempts
     for todo in sorted(members, key=lambda t: id_order(t.todo_id)):
         stream = ev.todo_stream(todo.todo_id)
         events: list[object] = []
         if todo.state == TodoState.AGENT_FAILED:
             failed.append(todo.todo_id)
-            events += retry_or_block(d, todo, f"agent {todo.reason or 'failed'}", "", max_attempts)
+            events += after_failure(d, todo)
         elif todo.state == TodoState.VERIFYING and verdict is not None:
             accepted_shas = dict(verdict.accepted)
             if todo.todo_id in accepted_shas:
@@ -173,49 +174,15 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
                         batch=batch.key,
                         commit=accepted_shas[todo.todo_id],
                         review=verdict.review.get(todo.todo_id, ""),
+                        resolved=tuple(verdict.resolved.get(todo.todo_id, ())),
                     )
                 )
             elif todo.todo_id in verdict.rejected:
-                rej = verdict.rejected[todo.todo_id]
                 rejected.append(todo.todo_id)
-                command = tuple(rej.command or ())
-                keep_verify_output(d, todo.todo_id, todo.attempt, command, rej)
-                reason = rej.reason or f"broke `{' '.join(command)}`"
-                events.append(
-                    ev.TodoRejected(
-                        todo_id=todo.todo_id,
-                        batch=batch.key,
-                        attempt=todo.attempt,
-                        command=command,
-                        output_tail=rej.output_tail[-3000:],
-                        files_reverted=tuple(rej.files),
-                        action="its change was left out; it is retried with the failure in its prompt"
-                        if d.config.verify.repair and todo.attempt < max_attempts
-                        else "fix by hand or `batchd retry`",
-                        reason=rej.reason,
-                    )
-                )
-                repair = ""
-                if d.config.verify.repair:
-                    repair = repair_text(command, rej.output_tail[-2000:])
-                    if rej.reason:
-                        repair = f"Your change {rej.reason}. Make it pass the tests as they are.\n{repair}"
-                events += retry_or_block(d, todo, reason, repair, max_attempts)
+                events += rejection(d, todo, batch.key, verdict.rejected[todo.todo_id])
             elif todo.todo_id in verdict.conflicted:
-                con = verdict.conflicted[todo.todo_id]
                 conflicted.append(todo.todo_id)
-                events.append(
-                    ev.TodoConflicted(
-                        todo_id=todo.todo_id,
-                        batch=batch.key,
-                        attempt=todo.attempt,
-                        winner=con.winner,
-                        files=tuple(con.files),
-                    )
-                )
-                events += retry_or_block(
-                    d, todo, f"lost a conflict with #{con.winner} on {', '.join(con.files)}", "", max_attempts
-                )
+                events += conflict(d, todo, batch.key, verdict.conflicted[todo.todo_id])
         if events:
             appends.append((stream, events))
     head = verdict.head_sha if verdict is not None else batch.base_sha
@@ -249,9 +216,130 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
     )
 
 
-def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_attempts: int) -> list[object]:
-    # attempts_used already counts an agent failure (its event is applied); a rejection or a
-    # conflict is being recorded in this same transaction, so it is one more.
+def rejection(d: Daemon, todo: TodoView, batch: str, rej: Rejection) -> list[object]:
+    """A rejected todo's record, then its repair attempt (or its block). With ``[agent] resume`` the
+    repair starts from its own change, rebased onto the new head, and continues its agent's session:
+    it fixes what it did instead of doing it again."""
+    max_attempts = d.config.batchd.max_attempts
+    command = tuple(rej.command or ())
+    keep_verify_output(d, todo.todo_id, todo.attempt, command, rej)
+    reason = rej.reason or f"broke `{' '.join(command)}`"
+    repairing = d.config.verify.repair
+    # attempts_used does not count this rejection yet: it is recorded in this same transaction.
+    retried = repairing and todo.attempts_used + 1 < max_attempts
+    events: list[object] = [
+        ev.TodoRejected(
+            todo_id=todo.todo_id,
+            batch=batch,
+            attempt=todo.attempt,
+            command=command,
+            output_tail=rej.output_tail[-3000:],
+            files_reverted=tuple(rej.files),
+            action="its change was left out; it is retried with the failure in its prompt"
+            if retried
+            else "fix by hand or `batchd retry`",
+            reason=rej.reason,
+        )
+    ]
+    repair = ""
+    carry = session = ""
+    if repairing:
+        repair = repair_text(command, rej.output_tail[-2000:])
+        if rej.reason:
+            repair = f"Your change {rej.reason}. Make it pass the tests as they are.\n{repair}"
+        if d.config.agent.resume and todo.agent_commit:
+            carry, session = todo.agent_commit, todo.last_session_id
+            repair = retrytext.own_change(repair)
+    events += retry_or_block(
+        d, todo, reason, repair, max_attempts, mode="repair", carry=carry, session_id=session
+    )
+    return events
+
+
+def conflict(d: Daemon, todo: TodoView, batch: str, con: Conflict) -> list[object]:
+    """A todo whose change lost a conflict: recorded, then tried again on the new head without
+    spending one of its attempts (a conflict is nobody's fault), at most ``max_conflict_retries``
+    times. ``conflicts = "merge"``: the next attempt resolves, starting from its own change rebased
+    onto the new head with git's conflict markers; ``"redo"``/``"strict"``: it starts afresh."""
+    mode = d.config.verify.conflicts
+    resolution = "resolve" if mode == "merge" else mode
+    files = tuple(con.files)
+    winner = d.proj.shown(con.winner) if con.winner else ""
+    events: list[object] = [
+        ev.TodoConflicted(
+            todo_id=todo.todo_id,
+            batch=batch,
+            attempt=todo.attempt,
+            winner=con.winner,
+            files=files,
+            resolution=resolution,
+        )
+    ]
+    against = f"#{winner}" if winner else "an earlier change"
+    reason = f"lost a conflict with {against} on {', '.join(files)}"
+    used = todo.conflicts_used + 1  # this conflict is recorded in the same transaction
+    limit = d.config.batchd.max_conflict_retries
+    if used > limit:
+        events.append(
+            ev.TodoBlocked(
+                todo_id=todo.todo_id,
+                reason=f"{EXHAUSTED} (conflicts {used}, max_conflict_retries = {limit}): {reason}",
+                action=f"merge it by hand, raise [batchd] max_conflict_retries, or "
+                f"`batchd retry {d.proj.shown(todo.todo_id)}` for another attempt",
+            )
+        )
+        log.warning("conflict_retries_exhausted", todo_id=todo.todo_id, conflicts=used, limit=limit)
+        return events
+    retry = ev.TodoRetryScheduled(
+        todo_id=todo.todo_id, next_attempt=todo.attempt + 1, reason=reason, mode="redo"
+    )
+    if resolution == "resolve" and todo.agent_commit:
+        retry = dataclasses.replace(
+            retry,
+            mode="resolve",
+            carry=todo.agent_commit,
+            session_id=todo.last_session_id if d.config.agent.resume else "",
+            repair=retrytext.resolve(winner, files),
+        )
+    events.append(retry)
+    return events
+
+
+def after_failure(d: Daemon, todo: TodoView) -> list[object]:
+    """A failed agent's next attempt (or its block). An attempt that started from an earlier change
+    (a resolve or a repair) that failed starts from that same change again: its own work was not
+    collected, and the earlier work must not be lost with it."""
+    reason = f"agent {todo.reason or 'failed'}"
+    if not todo.carry:
+        return retry_or_block(d, todo, reason, "", d.config.batchd.max_attempts, mode="redo")
+    repair = retrytext.failed_again(todo.reason or "failed", todo.repair)
+    return retry_or_block(
+        d,
+        todo,
+        reason,
+        repair,
+        d.config.batchd.max_attempts,
+        mode=todo.retry_mode or "repair",
+        carry=todo.carry,
+        session_id=todo.last_session_id if d.config.agent.resume else "",
+    )
+
+
+def retry_or_block(
+    d: Daemon,
+    todo: TodoView,
+    reason: str,
+    repair: str,
+    max_attempts: int,
+    *,
+    mode: str = "redo",
+    carry: str = "",
+    session_id: str = "",
+) -> list[object]:
+    """The next attempt of a failed or rejected todo (``mode``, and what it starts from), or its
+    block once ``max_attempts`` are used."""
+    # attempts_used already counts an agent failure (its event is applied); a rejection is being
+    # recorded in this same transaction, so it is one more.
     used = todo.attempts_used + (0 if todo.state == TodoState.AGENT_FAILED else 1)
     if used < max_attempts:
         return [
@@ -260,8 +348,9 @@ def retry_or_block(d: Daemon, todo: TodoView, reason: str, repair: str, max_atte
                 next_attempt=todo.attempt + 1,
                 reason=reason,
                 repair=repair,
-                # glue (helper "resume"; helper "conflicts" owns this): a repair continues the session
-                session_id=todo.last_session_id if repair and d.config.agent.resume else "",
+                mode=mode,
+                carry=carry,
+                session_id=session_id,
             )
         ]
     return [

@@ -85,9 +85,7 @@ def _one(d: Daemon, c: cmd.Command) -> None:
         case cmd.SettleFailure():
             todo = proj.todos.get(c.todo_id)
             if todo is not None and todo.state == TodoState.AGENT_FAILED:
-                reason = f"agent {todo.reason or 'failed'}"
-                events = batches.retry_or_block(d, todo, reason, "", d.config.batchd.max_attempts)
-                d.emit((ev.todo_stream(c.todo_id), events))
+                d.emit((ev.todo_stream(c.todo_id), batches.after_failure(d, todo)))
         case cmd.BlockTodo():
             if proj.may(ev.todo_stream(c.todo_id), "block"):
                 d.emit_one(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.engine import carrying
 from daemon.engine.runner import Daemon
 from daemon.exceptions import AgentError, BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
@@ -181,6 +182,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     sandbox = d.sandbox
     root = d.root
     shown = d.proj.shown(todo_id)
+    carry_commit = todo.carry
 
     def work() -> agentproc.SetupResult | None:
         header = f"--- batchd: todo {shown} attempt {attempt}, workspace {workspace} ---\n"
@@ -189,7 +191,11 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)
         if text is None:
             raise AgentError(f"its todo file {todo.path} is gone", hint="it is cancelled by the next scan")
-        agentspace.create(root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text})
+        carried = carrying.carried_change(root, todo_id, carry_commit, base_sha, log_path)
+        d.markers[todo_id] = carried.conflicts if carried is not None else ()
+        agentspace.create(
+            root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text}, carried=carried
+        )
         deps.place(root, workspace)  # the person's node_modules / .venv, read-only, before setup
         d.placed[todo_id] = text
         exit_path.parent.mkdir(parents=True, exist_ok=True)
@@ -510,6 +516,7 @@ def policy_for(d: Daemon, todo_id: str) -> collect.Policy:
         max_change_bytes=config.agent.max_change_bytes,
         earlier=earlier,
         run_base=d.proj.run.base_sha,
+        markers=carrying.marker_files(d, todo_id),
     )
 
 

@@ -137,6 +137,7 @@ def honour(d: Daemon, todo_id: str, change: object, event: object) -> list[objec
                 todo_id=todo_id,
                 next_attempt=todo.attempt + 1,
                 reason="its todo file was edited after its agent finished",
+                mode="redo",  # its change was made for the old text: nothing of it is carried
             )
         )
     log.info("todo_change_honoured", todo_id=todo_id, change=type(change).__name__, state=str(todo.state))
@@ -223,7 +224,11 @@ def answer(
         if todo is None:
             return [], "refused", f"no todo #{todo_id}"
         event = ev.TodoRetryScheduled(
-            todo_id=todo_id, next_attempt=todo.attempt + 1, reason="retry requested", by="person"
+            todo_id=todo_id,
+            next_attempt=todo.attempt + 1,
+            reason="retry requested",
+            by="person",
+            mode="retry",  # from scratch: a person's retry carries nothing of the attempts before
         )
         if not allowed(d, todo_id, event):
             return (

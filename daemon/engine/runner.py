@@ -100,6 +100,8 @@ class Daemon:
         self.fatal: CannotProceed | None = None
         # The todo file batchd wrote into each running agent's workspace (to tell its edits from ours).
         self.placed: dict[str, bytes] = {}
+        # The files a carried change left with conflict markers, by todo (its attempt must remove them).
+        self.markers: dict[str, tuple[str, ...]] = {}
         # The step the main thread is in (todo id, place): what a crash is blamed on.
         self.current_step: tuple[str, str] = ("", "")
         self.notes: list[str] = []  # found at start-up, shown in the status file

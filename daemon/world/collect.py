@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 NOTE_CAP = 16_384  # characters of an agent's work-log note carried into its todo file
 _GITLINK, _LINK = "160000", "120000"
 _NESTED_LIMIT = 100
+_MARKER_SCAN_BYTES = 256 * 1024 * 1024  # past this a file is too large to be a change anyway
+_MARKER_LINE_BYTES = 64 * 1024
 
 
 class CollectFailed(BatchdError):
@@ -73,6 +75,9 @@ class Policy:
     # Dependency folders batchd links into workspaces (daemon.world.deps): never part of a change,
     # unless the repository tracks them (then the workspace had them from git, nothing was linked).
     reused: Sequence[str] = deps.NAMES
+    # Files the attempt was given with git's conflict markers (its change rebased onto a newer head):
+    # a change that still has a conflict block in one of them fails, it is not verified.
+    markers: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +137,15 @@ def collect(
             f"the workspace no longer descends from its base {base_sha[:10]} (its HEAD is {head[:10]}): "
             "the agent ran `git reset --hard`, rebased, or checked out something else",
             hint="agents must build on the commit they were given; the attempt is not counted as work",
+        )
+    left = [rel for rel in policy.markers if has_conflict_block(workspace / rel)]
+    if left:
+        shown = ", ".join(printable(p) for p in left[:5]) + (f" and {len(left) - 5} more" * (len(left) > 5))
+        raise CollectFailed(
+            "conflict_markers",
+            f"the attempt left git's conflict markers in {shown}",
+            hint="resolve each conflict keeping both sides' intents, and remove the "
+            "`<<<<<<<`, `=======` and `>>>>>>>` lines",
         )
     made = agentspace.agent_commits(root, workspace, base_sha, head) if head != base_sha else ()
     tree = WorkTree(path=workspace, git_dir=git_common_dir(root))
@@ -372,6 +386,34 @@ class _Builder:
         total = sum(int(n) for n in sizes.split() if n.isdigit())
         if total > self.policy.max_change_bytes:
             raise self._too_large(total)
+
+
+def has_conflict_block(path: Path) -> bool:
+    """Whether the file holds a conflict block as git writes it: a line starting ``<<<<<<< ``, later
+    a line ``=======``, later one starting ``>>>>>>> ``. A lone ``=======`` (a reStructuredText or
+    Markdown heading) is not one. A link or a file that is gone holds none (the policy judges those);
+    the file is read a line at a time, never whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        seen = 0  # 1: an opening line seen; 2: then its separator
+        read = 0
+        while read < _MARKER_SCAN_BYTES:
+            line = f.readline(_MARKER_LINE_BYTES)  # a file without line breaks is never read whole
+            if not line:
+                break
+            read += len(line)
+            if line.startswith(b"<<<<<<< ") or line.rstrip(b"\r\n") == b"<<<<<<<":
+                seen = 1
+            elif seen == 1 and line.rstrip(b"\r\n") == b"=======":
+                seen = 2
+            elif seen == 2 and (line.startswith(b">>>>>>> ") or line.rstrip(b"\r\n") == b">>>>>>>"):
+                return True
+    return False
 
 
 def _escapes(path: str, target: str) -> bool:

@@ -49,6 +49,7 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> Failures:
         },
         max_parallel=5,
         max_attempts=1,
+        batchd_extra="max_conflict_retries = 0",  # 3's lost conflict blocks it (no resolve attempt)
     )
     r.todo("5").write_text(BAD_YAML, encoding="utf-8")
     rc = r.run()
@@ -84,9 +85,9 @@ def test_agent_failed_row_gives_the_exit_code(failures: Failures) -> None:
 
 def test_blocked_rows_say_attempts_are_exhausted_and_how_to_retry(failures: Failures) -> None:
     """With no attempt left each failure is blocked: the reason says so, the action gives `batchd retry`."""
-    for todo_id in ("1", "3", "4"):
+    for todo_id, spent in (("1", "1/1"), ("3", "conflicts 1, max_conflict_retries = 0"), ("4", "1/1")):
         _, _, reason, _, action = failures.rows[todo_id]
-        assert reason.startswith("blocked: attempts exhausted (1/1): "), reason
+        assert reason.startswith(f"blocked: attempts exhausted ({spent}): "), reason
         assert f"`batchd retry {todo_id}`" in action
 
 

@@ -4,8 +4,8 @@ script the demo agent, an optional ``plans/PLAN.md``, and a bare remote beside t
 
 The plan: phase 1 (batch 1.1: 101, 102, 103; batch 1.2: 104), phase 2 (batch 2.1: 105, 106, 107).
 103 breaks the tests on every attempt (rejected, then blocked); 105 and 106 append to the end of
-the same file (a textual conflict: 105 wins, 106 is re-run on the new base and applies). Every
-script acts the same on every attempt, so a crash that adds an uncounted attempt changes nothing.
+the same file (a textual conflict: 105 wins, 106's next attempt writes the file with both). Every
+attempt number acts the same each time it runs, so a crash that adds an uncounted re-run changes nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ class SampleTodo:
         )
 
 
+LOUD_CORE = SOURCES["app/core.py"].replace('"hello"', '"HELLO"')
+RESOLVED_SETTINGS = "TIMEOUT = 5\nRETRIES = 2\nBACKOFF = 3\n"
+
 TODOS: tuple[SampleTodo, ...] = (
     SampleTodo("101", "p1", "add-alpha", "Add alpha", _adds_module("alpha", 1), ("app/alpha.py",)),
     SampleTodo("102", "p1", "add-beta", "Add beta", _adds_module("beta", 2), ("app/beta.py",)),
@@ -100,7 +103,8 @@ TODOS: tuple[SampleTodo, ...] = (
         "shout-greeting",
         "Shout the greeting",
         {
-            "replace": [{"path": "app/core.py", "find": 'GREETING = "hello"', "with": 'GREETING = "HELLO"'}],
+            # The whole file, not a replace: its repair starts from its own change (already loud).
+            "write": [{"path": "app/core.py", "content": LOUD_CORE}],
             "stdout": "the greeting is louder now\n",
         },
         ("app/core.py",),
@@ -119,7 +123,14 @@ TODOS: tuple[SampleTodo, ...] = (
         "p2",
         "backoff-setting",
         "Add a backoff setting",
-        {"append": [{"path": "app/settings.py", "text": "BACKOFF = 3\n"}]},
+        {
+            "append": [{"path": "app/settings.py", "text": "BACKOFF = 3\n"}],
+            # Its resolve attempt (its change carried with git's conflict markers, or a redo from
+            # scratch) ends with the file holding both settings.
+            "attempts": {
+                2: {"append": [], "write": [{"path": "app/settings.py", "content": RESOLVED_SETTINGS}]}
+            },
+        },
         ("app/settings.py",),
     ),
     SampleTodo("107", "p3", "add-delta", "Add delta", _adds_module("delta", 4), ("app/delta.py",)),
