@@ -298,13 +298,10 @@ def summary_text(e: RunEconomy) -> str:
     return f"{minutes_text(e.minutes)}: {', '.join(parts)} (waste ratio {ratio_text(e.waste_ratio)})"
 
 
-_BUDGET_UNITS = {"max_cost_usd": "USD", "max_agent_minutes": "agent-minutes"}
-
-
 def budget_text(budget: str, detail: str) -> str:
-    """Which run budget stopped new agents: ``[batchd] max_cost_usd reached (5.2 of 5 USD)``."""
+    """Which run budget stopped new agents: ``[batchd] max_cost_usd reached ($5.20 of $5.00)``
+    (``detail`` is the projection's, with its unit)."""
     if not budget:
         return ""
-    unit = _BUDGET_UNITS.get(budget, "")
-    used = f" ({detail}{' ' + unit if unit and detail else ''})" if detail else ""
+    used = f" ({detail})" if detail else ""
     return f"[batchd] {budget} reached{used}: no new agent starts"

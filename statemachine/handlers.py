@@ -205,8 +205,10 @@ def _retry(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.carry = p.get("carry", "")
     t.session_id = p.get("session_id", "")
     t.retry_mode = p.get("mode", "")
-    if t.carry and t.history:
-        t.history[-1] = t.history[-1]._replace(kept=True)  # its work goes on in the next attempt
+    # Its work goes on in the next attempt: only an attempt whose own change is carried (a failed
+    # resolve hands on the change it was given, not work of its own).
+    if t.carry and t.history and t.history[-1].outcome in ("conflicted", "rejected"):
+        t.history[-1] = t.history[-1]._replace(kept=True)
     if p.get("by", "daemon") == "person":
         t.attempts_used = t.conflicts_used = 0  # a person's retry grants a fresh budget of attempts
     _clear_problem(t)

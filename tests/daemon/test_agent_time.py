@@ -121,7 +121,7 @@ def test_the_status_file_says_the_cost_is_simulated(proj: Projection, tmp_path: 
 
 def test_the_status_file_names_the_budget_that_stopped_the_run(proj: Projection, tmp_path: Path) -> None:
     section = _section(_status_file(proj, tmp_path))
-    assert "- **Stopped by a budget:** [batchd] max_cost_usd reached (1.03 of 1 USD)" in section
+    assert "- **Stopped by a budget:** [batchd] max_cost_usd reached ($1.03 of $1.00)" in section
 
 
 def test_the_status_file_gives_each_todos_time_waste_and_cost(proj: Projection, tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_status_json_gives_the_runs_accounting(logged: Path) -> None:
     assert (agent["useful_minutes"], agent["failed_minutes"], agent["wasted_minutes"]) == (4.0, 1.0, 2.0)
     assert (agent["waste_ratio"], agent["cost_usd"], agent["cost_simulated"]) == (0.5, 1.03, True)
     assert agent["pending_minutes"] > 0  # todo 0002's agent runs: its time so far, by the clock
-    assert (run["budget"]["name"], run["budget"]["detail"]) == ("max_cost_usd", "1.03 of 1")
+    assert (run["budget"]["name"], run["budget"]["detail"]) == ("max_cost_usd", "$1.03 of $1.00")
 
 
 def test_status_json_gives_each_todos_classed_attempts(logged: Path) -> None:
@@ -183,7 +183,7 @@ def test_human_status_gives_agent_time_cost_and_the_budget(logged: Path) -> None
     done = batchd(logged, "status", env=base_env(COLUMNS="250"))
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "budget: [batchd] max_cost_usd reached (1.03 of 1 USD): no new agent starts" in out
+    assert "budget: [batchd] max_cost_usd reached ($1.03 of $1.00): no new agent starts" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("agent time: "))
     assert "useful 4m 00s, failed 1m 00s, wasted 2m 00s" in line and "waste ratio 50.0%" in line
     assert "cost $1.03 (simulated: the demo's scripted agent)" in line

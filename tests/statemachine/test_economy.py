@@ -221,8 +221,8 @@ def test_the_summary_line_names_each_class_and_the_ratio() -> None:
 
 
 def test_the_budget_that_stopped_the_run_is_named_with_its_unit() -> None:
-    assert budget_text("max_agent_minutes", "31.5 of 30") == (
-        "[batchd] max_agent_minutes reached (31.5 of 30 agent-minutes): no new agent starts"
+    assert budget_text("max_agent_minutes", "31.50 of 30 agent minutes") == (
+        "[batchd] max_agent_minutes reached (31.50 of 30 agent minutes): no new agent starts"
     )
     assert budget_text("", "") == ""
 
@@ -235,10 +235,25 @@ def test_the_run_budget_event_is_shown_from_the_projection() -> None:
         ]
     )
     assert budget_text(pr.run.budget, pr.run.budget_detail) == (
-        "[batchd] max_cost_usd reached (5.2 of 5 USD): no new agent starts"
+        "[batchd] max_cost_usd reached ($5.20 of $5.00): no new agent starts"
     )
 
 
 def test_a_negative_cost_does_not_lower_the_runs_total() -> None:
     pr = _fold(_todo("1", *START), _agent("1", 60.0, 1.0), _todo("2", *START), _agent("2", 60.0, -5.0))
     assert run_economy(pr).cost_usd == 1.0
+
+
+def test_a_failed_resolve_that_hands_on_the_same_change_is_not_useful() -> None:
+    """The retry after a failed resolve carries the change the resolve was given, not the failed
+    attempt's own work: that attempt stays failed."""
+    pr = _fold(
+        _todo("1", *START),
+        _agent("1", 60.0),
+        _todo("1", "verify", "conflict", files=("a.py",), winner="0"),
+        _retry("1", 2, carry="abc", mode="resolve"),
+        _todo("1", "agent_fail", reason="exit", detail="", duration=30.0),
+        _rescheduled("1", 3, carry="abc", mode="resolve"),
+    )
+    e = todo_economy(pr.todos["1"])
+    assert (e.useful_minutes, e.failed_minutes) == (1.0, 0.5)
