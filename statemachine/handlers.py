@@ -194,7 +194,7 @@ def _rejected(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None
 def _conflicted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.conflicts_used += 1  # nobody's fault: not an attempt used (max_conflict_retries bounds them)
     t.problem = "conflicted"
-    t.reason = f"conflicts with {p['winner']} on {', '.join(p['files'])}"
+    t.reason = f"conflicts with {p['winner'] or 'an earlier change'} on {', '.join(p['files'])}"
     t.history.append(AttemptRecord(p["attempt"], "conflicted", t.reason, t.last_duration, t.last_cost_usd))
 
 

@@ -55,7 +55,7 @@ STATE_STYLE = {
 }
 NOTABLE = {
     "todo.rejected": "rejected (its change broke the tests; reverted)",
-    "todo.conflicted": "lost a conflict to a lower id; re-run on the new base",
+    "todo.conflicted": "lost a conflict to a lower id; its change goes on from the new head",
     "todo.agent_failed": "agent failed",
     "todo.blocked": "blocked",
     "batch.verified": "verified",

@@ -28,7 +28,7 @@ from daemon.engine import carrying
 from daemon.engine.runner import Daemon
 from daemon.exceptions import AgentError, BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
-from daemon.world import agentproc, agents, agentspace, collect, deps, homeguard, safefs, testinfra
+from daemon.world import agentproc, agents, agentspace, collect, deps, gitops, homeguard, safefs, testinfra
 from daemon.world.faults import raise_at
 from statemachine import events as ev
 from statemachine.tables import TodoState
@@ -74,16 +74,24 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     log_path = d.ws.agent_log(todo_id, attempt)
     todo_file = workspace / todo.path  # its own copy: the person's checkout is not the agent's to edit
     failure_file = write_failure_file(d, todo_id, attempt)
+    repair, carried = todo.repair, bool(todo.carry)
+    if carried and not gitops.has_commit(d.root, todo.carry):
+        # prepare() starts it afresh then: the prompt must not say its change is in the workspace.
+        carried = False
+        repair += (
+            "\nbatchd could not carry your earlier change into this workspace (its commit is gone): "
+            "the workspace is the plain base, so do the work again."
+        )
     session = agents.resume_session(d.config.agent, todo.session_id)
     if todo.session_id and not session:
         log.info("agent_not_resumed", todo_id=todo_id, attempt=attempt, why=_why_fresh(d))
     if session:
         prompt = agents.resume_prompt(
-            todo.repair or f"Attempt {attempt - 1} was not accepted; see {failure_file}.",
+            repair or f"Attempt {attempt - 1} was not accepted; see {failure_file}.",
             todo_id=d.proj.shown(todo_id),
             todo_path=todo_file,
             verify_commands=d.config.verify.commands,
-            carried=bool(todo.carry),
+            carried=carried,
         )
     else:
         prompt = agents.render_prompt(
@@ -93,7 +101,7 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
             title=todo.title,
             verify_commands=d.config.verify.commands,
             worktree=workspace,
-            repair=todo.repair,
+            repair=repair,
         )
     argv = agents.build_argv(
         d.config.agent,

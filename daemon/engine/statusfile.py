@@ -323,7 +323,7 @@ def default_action(state: str, todo_id: str) -> str:
         TodoState.INVALID: "fix the file as the reason says; it is picked up again",
         TodoState.AGENT_FAILED: "read `batchd logs " + todo_id + "`; it is retried while attempts remain",
         TodoState.REJECTED: "it is retried with the failure in its prompt while attempts remain",
-        TodoState.CONFLICTED: "it is re-run on the new base while attempts remain",
+        TodoState.CONFLICTED: "it goes on from the new head while max_conflict_retries allows",
     }
     return actions.get(state, f"`batchd retry {todo_id}` once the cause is fixed")
 

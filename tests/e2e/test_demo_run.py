@@ -119,7 +119,7 @@ def test_blocked_changes_are_not_on_the_target_branch(demo: DemoRun) -> None:
     assert "scheduling/audit.py" not in tree
     assert "surge" not in git(remote, "show", "main:scheduling/pricing.py")
     assert "tests/test_durations.py" in tree  # 277
-    assert "tests/test_buffers.py" in tree  # 278, re-run on the new base
+    assert "tests/test_buffers.py" in tree  # 278, resolved on the new head
 
 
 def test_failed_blocked_table_names_reason_and_reverted_files(demo: DemoRun) -> None:
