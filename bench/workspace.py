@@ -45,7 +45,7 @@ from pathlib import Path
 from bench.deps import ROWS as DEPS_ROWS
 from bench.deps import DepsBench
 from daemon.service.logs import configure_logging
-from daemon.world import agentproc, agentspace, sandbox
+from daemon.world import agentproc, agentresult, agentspace, sandbox
 from daemon.world.checks import CheckRunner
 from daemon.world.collect import Policy, collect
 from daemon.world.gitops import add_worktree, head_sha, remove_worktree
@@ -247,7 +247,7 @@ class Bench:
         def run_agent(key: str) -> Variant:
             def variant() -> dict[str, float]:
                 def run() -> None:
-                    outcome = agentproc.run_agent(
+                    outcome = agentresult.run_agent(
                         [TRUE], cwd=ws, log_path=logs / f"{key}.log", env=env, timeout=60, poll_interval=POLL
                     )
                     assert outcome.ok, outcome
@@ -265,7 +265,7 @@ class Bench:
                     )  # fmt: skip
                     while proc.poll() is None:
                         time.sleep(POLL)
-                    outcome = agentproc.finish(proc)
+                    outcome = agentresult.finish(proc)
                     assert outcome.ok and proc.exit_record() is not None, outcome
 
                 return {key: timed(run)}

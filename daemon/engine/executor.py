@@ -28,7 +28,18 @@ from daemon.engine import carrying
 from daemon.engine.runner import Daemon
 from daemon.exceptions import AgentError, BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
-from daemon.world import agentproc, agents, agentspace, collect, deps, gitops, homeguard, safefs, testinfra
+from daemon.world import (
+    agentproc,
+    agentresult,
+    agents,
+    agentspace,
+    collect,
+    deps,
+    gitops,
+    homeguard,
+    safefs,
+    testinfra,
+)
 from daemon.world.faults import raise_at
 from statemachine import events as ev
 from statemachine.tables import TodoState
@@ -192,7 +203,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     shown = d.proj.shown(todo_id)
     carry_commit = todo.carry
 
-    def work() -> agentproc.SetupResult | None:
+    def work() -> agentresult.SetupResult | None:
         header = f"--- batchd: todo {shown} attempt {attempt}, workspace {workspace} ---\n"
         # Appended, not truncated: an attempt re-run after an interruption keeps the first run's output.
         safefs.append_text(root, log_path.relative_to(root), header)
@@ -208,7 +219,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         d.placed[todo_id] = text
         exit_path.parent.mkdir(parents=True, exist_ok=True)
         if setup:
-            return agentproc.run_setup(
+            return agentresult.run_setup(
                 setup,
                 cwd=workspace,
                 log_path=log_path,
@@ -221,7 +232,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
 
     token = todo.token
 
-    def done(result: agentproc.SetupResult | None) -> None:
+    def done(result: agentresult.SetupResult | None) -> None:
         current = d.proj.todos[todo_id]
         if current.state != TodoState.RUNNING or current.token != token:
             return  # cancelled or interrupted meanwhile
@@ -329,7 +340,7 @@ def poll(d: Daemon, now: float) -> None:
 class _Collected:
     """What the pool found of an exited agent: its outcome, and its change or why there is none."""
 
-    outcome: agentproc.AgentOutcome
+    outcome: agentresult.AgentOutcome
     change: collect.Change | None = None
     reason: str = ""  # the failure code when the attempt failed
     detail: str = ""
@@ -357,7 +368,7 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
 
     def read_and_collect() -> _Collected:
         agentproc.cap_log(proc.log_path, max_log)
-        outcome = agentproc.finish(proc)
+        outcome = agentresult.finish(proc)
         if not outcome.ok:
             reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
             return _Collected(outcome=outcome, reason=reason, detail=outcome.reason)

@@ -26,7 +26,7 @@ from daemon.engine import executor, requests
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.workspace import STATE_DIR
-from daemon.world import agentproc, agentspace, gitops
+from daemon.world import adopted, agentproc, agentspace, gitops
 from statemachine import events as ev
 from statemachine.tables import TodoState
 from statemachine.views import TodoView
@@ -147,7 +147,7 @@ def settle_agent(d: Daemon, todo: TodoView) -> ev.AgentInterrupted | None:
     """
     if not todo.pgid and todo.token:
         # Started just before the crash, its pid never recorded: its shim is found by its token.
-        leader = agentproc.shim_leader(todo.token, d.ws.exit_record(todo.todo_id, todo.attempt))
+        leader = adopted.shim_leader(todo.token, d.ws.exit_record(todo.todo_id, todo.attempt))
         if leader is not None:
             todo = dataclasses.replace(
                 todo,
@@ -192,11 +192,11 @@ def settle_agent(d: Daemon, todo: TodoView) -> ev.AgentInterrupted | None:
     )
 
 
-def adopt(d: Daemon, todo: TodoView) -> agentproc.AdoptedProcess | None:
+def adopt(d: Daemon, todo: TodoView) -> adopted.AdoptedProcess | None:
     """The handle the normal path finishes the agent through, or None when its work is lost."""
     assert todo.pgid is not None
     started = parse_time(todo.agent_started_at).timestamp() if todo.agent_started_at else time.time()
-    proc = agentproc.AdoptedProcess(
+    proc = adopted.AdoptedProcess(
         pid=todo.pgid,
         start_ticks=todo.start_ticks,
         token=todo.token,
@@ -216,7 +216,7 @@ def adopt(d: Daemon, todo: TodoView) -> agentproc.AdoptedProcess | None:
         return None
     # The agent said it was done when it committed: it counts as ended then, with success.
     assumed = {"rc": 0, "ended_at": min(max(committed, started), time.time())}
-    proc = agentproc.AdoptedProcess(
+    proc = adopted.AdoptedProcess(
         pid=todo.pgid,
         start_ticks=todo.start_ticks,
         token=todo.token,

@@ -17,21 +17,16 @@ import pytest
 from daemon.config import AgentConfig
 from daemon.exceptions import AgentError
 from daemon.world.agentproc import (
-    AgentOutcome,
     AgentProcess,
     enforce_timeout,
-    finish,
     group_members,
     kill_leftover_group,
     process_alive,
     process_start_ticks,
-    read_result,
-    read_thread_id,
-    run_agent,
-    run_setup,
     start_agent,
     token_holders,
 )
+from daemon.world.agentresult import AgentOutcome, finish, read_result, read_thread_id, run_agent, run_setup
 from daemon.world.agents import (
     agent_env,
     build_argv,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import AgentConfig
-from daemon.world.agentproc import enforce_timeout, finish, read_result, run_agent, start_agent
+from daemon.world.agentproc import enforce_timeout, start_agent
+from daemon.world.agentresult import finish, read_result, run_agent
 from daemon.world.agents import agent_env, build_argv
 
 PY = sys.executable

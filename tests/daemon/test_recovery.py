@@ -20,8 +20,9 @@ from daemon.engine import executor
 from daemon.engine.recovery import check_checkout, reconcile
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
-from daemon.world import agentproc, agentshim, agentspace
-from daemon.world.agentproc import AdoptedProcess, enforce_timeout, process_start_ticks
+from daemon.world import adopted, agentshim, agentspace
+from daemon.world.adopted import AdoptedProcess
+from daemon.world.agentproc import enforce_timeout, process_start_ticks
 from statemachine import events as ev
 from store.eventlog import StoredEvent
 
@@ -447,7 +448,7 @@ def test_an_agent_whose_pid_was_never_recorded_is_adopted_through_its_shim(
         env={**os.environ, "BATCHD_AGENT_TOKEN": "t8"},
     )
     try:
-        wait_for(lambda: agentproc.shim_leader("t8", exit_path), what="the shim to carry its token")
+        wait_for(lambda: adopted.shim_leader("t8", exit_path), what="the shim to carry its token")
         reconcile(d)
         proc = d.agents["7"]
         assert (proc.recovery, proc.pid) == ("adopted", shim.pid)

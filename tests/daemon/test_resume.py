@@ -24,10 +24,11 @@ from daemon.service import preflight
 from daemon.workspace import Workspace
 from daemon.world.sandbox import Sandbox
 
-# Fails with a long output (far more than an event keeps) whenever bad.txt exists.
+# Fails with a long output (far more than an event keeps) while bad.txt exists without good.txt (the
+# repair adds good.txt: on top of its carried change, or on a fresh workspace with resume off).
 FAILING_CHECK = """\
 import os, sys
-if os.path.exists("bad.txt"):
+if os.path.exists("bad.txt") and not os.path.exists("good.txt"):
     for n in range(3000):
         print(f"line {n} of the test output")
     print("FAILED: bad.txt must not exist")
