@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.engine import executor, requests
+from daemon.engine import executor, outcomes, requests
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.workspace import STATE_DIR
@@ -167,7 +167,7 @@ def settle_agent(d: Daemon, todo: TodoView) -> ev.AgentInterrupted | None:
                 todo_id=todo.todo_id,
                 attempt=todo.attempt,
                 case=proc.recovery,
-                detail=executor.RECOVERED[proc.recovery],
+                detail=outcomes.RECOVERED[proc.recovery],
             )
             return None
     # Only what batchd started: the group whose leader has the recorded start time, and the
