@@ -154,7 +154,9 @@ _PYTEST_FINAL = re.compile(
 _PYTEST_HEADER = re.compile(r"^=+ short test summary info =+$", re.MULTILINE)
 _PYTEST_ENTRY = re.compile(r"^(?:FAILED|ERROR) (.+)$", re.MULTILINE)
 _PYTEST_VERBOSE = re.compile(r"^(\S+?::.+?) (?:FAILED|ERROR)(?: +\[ *\d+%\])?$", re.MULTILINE)
-_PYTEST_STOPPED = re.compile(r"^!{3,} .*(?:stopping after|Interrupted|KeyboardInterrupt).*!{3,}$", re.MULTILINE)
+_PYTEST_STOPPED = re.compile(
+    r"^!{3,} .*(?:stopping after|Interrupted|KeyboardInterrupt).*!{3,}$", re.MULTILINE
+)
 
 
 def _pytest_id(entry: str) -> str:
@@ -176,7 +178,7 @@ def _pytest(text: str) -> Evidence | None:
     final = finals[-1]
     expected = _count(final.group(1), "failed", "errors?")
     names = _Names()
-    headers = [h for h in _PYTEST_HEADER.finditer(text, 0, final.start())]
+    headers = list(_PYTEST_HEADER.finditer(text, 0, final.start()))
     if headers:  # the last summary before the final line is pytest's; earlier ones are test output
         for m in _PYTEST_ENTRY.finditer(text, headers[-1].end(), final.start()):
             names.add(_pytest_id(m.group(1)))
@@ -404,7 +406,7 @@ def _read_report(path: Path) -> bytes | None:
     """The report's bytes: a regular file (not a link, FIFO or device), at most MAX_JUNIT_BYTES."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the configured path
         return None
     try:
         info = os.fstat(fd)
