@@ -63,8 +63,9 @@ MAX_JUNIT_BYTES = 32 * 1024 * 1024
 
 # CSI (colours, cursor moves), OSC (titles, hyperlinks; ended by BEL or ST), then any other escape.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
-# Other C0 controls but tab and newline: they do not print, and must not split or hide anything.
-_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Other C0 controls but tab, newline and carriage return: they do not print, and must not split
+# or hide anything.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,20 +103,24 @@ def failing_tests(output: str | bytes, *, junit: Path | None = None) -> Evidence
 
 def _normalise(output: str | bytes) -> str:
     """The last part of ``output`` as plain text lines: no colours, controls or carriage returns."""
-    if isinstance(output, bytes):
-        output = output[-MAX_OUTPUT_CHARS:].decode("utf-8", errors="replace")
     cut = len(output) > MAX_OUTPUT_CHARS
-    text = output[-MAX_OUTPUT_CHARS:]
+    tail = output[-MAX_OUTPUT_CHARS:]
+    text = tail.decode("utf-8", errors="replace") if isinstance(tail, bytes) else tail
     if cut:  # the first line is a fragment: drop it rather than read half a name
         text = text.partition("\n")[2]
-    text = _ANSI.sub("", text)
-    lines = []
-    for raw in text.split("\n"):
-        line = raw.rstrip("\r")
-        if "\r" in line:  # a progress bar redrew the line: what stays on screen is the last part
-            line = next((part for part in reversed(line.split("\r")) if part), "")
-        lines.append(_CONTROLS.sub("", line[:MAX_LINE_CHARS]))
+    text = _CONTROLS.sub("", _ANSI.sub("", text))
+    # Whole-text passes first; the per-line work below runs only for lines that need it.
+    lines = text.split("\n")
+    if "\r" in text:  # CRLF, or a progress bar that redrew the line: keep what stays on screen
+        lines = [_last_drawn(line) if "\r" in line else line for line in lines]
+    if len(text) > MAX_LINE_CHARS and max(map(len, lines)) > MAX_LINE_CHARS:
+        lines = [line[:MAX_LINE_CHARS] for line in lines]
     return "\n".join(lines)
+
+
+def _last_drawn(line: str) -> str:
+    """What a terminal shows of a line redrawn with carriage returns (roughly: the last part)."""
+    return line.rstrip("\r").rpartition("\r")[2]
 
 
 class _Names:
@@ -124,10 +129,14 @@ class _Names:
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.refused = False
+        self.full = False  # past MAX_IDS: parsers stop reading, the evidence is incomplete anyway
 
     def add(self, name: str) -> None:
         name = name.strip()
-        if not name or len(name) > MAX_ID_CHARS or len(self.ids) >= MAX_IDS:
+        if len(self.ids) >= MAX_IDS:
+            self.refused = self.full = True
+            return
+        if not name or len(name) > MAX_ID_CHARS:
             self.refused = True
             return
         self.ids.append(name)
@@ -181,9 +190,13 @@ def _pytest(text: str) -> Evidence | None:
     headers = list(_PYTEST_HEADER.finditer(text, 0, final.start()))
     if headers:  # the last summary before the final line is pytest's; earlier ones are test output
         for m in _PYTEST_ENTRY.finditer(text, headers[-1].end(), final.start()):
+            if names.full:
+                break
             names.add(_pytest_id(m.group(1)))
     else:  # -rN: only -v's per-test lines are left
         for m in _PYTEST_VERBOSE.finditer(text, 0, final.start()):
+            if names.full:
+                break
             names.add(m.group(1))
     stopped = _PYTEST_STOPPED.search(text) is not None  # -x, a collection error, ^C: not all ran
     return names.evidence("pytest", complete=len(names.ids) == expected and not stopped)
@@ -205,6 +218,8 @@ def _unittest(text: str) -> Evidence | None:
     result = _UNITTEST_RESULT.search(text, ran.end())
     names = _Names()
     for m in _UNITTEST_BLOCK.finditer(text, 0, ran.start()):
+        if names.full:
+            break
         method, where = m.group(1), m.group(2)
         # 3.11+ prints ``test_y (module.Class.test_y)``, older ones ``test_y (module.Class)``.
         names.add(where if where.endswith("." + method) else f"{where}.{method}")
@@ -234,6 +249,8 @@ def _jest(text: str) -> Evidence | None:
     tests: set[str] = set()  # the "Summary of all failing tests" repeats some: count each once
     suite: str | None = None
     for m in _JEST_LINE.finditer(text, 0, summary.start()):
+        if names.full:
+            break
         if m.group(1) is not None:
             suite = m.group(1).strip().removeprefix("./")
         elif suite is not None and m.group(2) not in _JEST_NOT_TESTS:
@@ -262,6 +279,8 @@ def _vitest(text: str) -> Evidence | None:
     names = _Names()
     tests: set[str] = set()
     for m in _VITEST_FAIL.finditer(text, 0, summary.start()):
+        if names.full:
+            break
         line = m.group(1).strip()
         suite = _VITEST_SUITE.match(line)
         if suite is not None:
@@ -287,6 +306,8 @@ def _go(text: str) -> Evidence | None:
     packages = 0
     panicked = False
     for m in _GO_LINE.finditer(text):
+        if names.full:
+            break
         if m.group(1) is not None:
             pending.append(m.group(1))
         elif m.group(2) is not None:
@@ -324,6 +345,8 @@ def _cargo(text: str) -> Evidence | None:
     all_reported = False
     last_failures: int | None = None
     for m in _CARGO_LINE.finditer(text):
+        if names.full:
+            break
         if m.group(1) is not None:
             if open_section:
                 balanced = False
@@ -350,7 +373,8 @@ def _cargo(text: str) -> Evidence | None:
 
 def _cargo_listed(text: str, start: int, end: int) -> list[str]:
     """The names in the ``failures:`` list between ``start`` and the result line at ``end``."""
-    lines = text[start:end].strip("\n").split("\n")
+    # Past MAX_IDS names the rest is not read: the evidence is cut (and incomplete) anyway.
+    lines = text[start:end].strip("\n").split("\n", MAX_IDS + 1)[: MAX_IDS + 1]
     listed = [m.group(1) for line in lines if (m := _CARGO_LISTED.match(line))]
     return listed if len(listed) == len(lines) else []  # anything else there: not cargo's list
 
@@ -385,6 +409,8 @@ def from_junit(path: Path) -> Evidence:
         except ValueError:
             counted = False
         for case in suite:
+            if names.full:
+                break
             if _local(case.tag) == "testcase" and _failed(case):
                 failing += 1
                 classname, name = case.get("classname", ""), case.get("name", "")
