@@ -24,7 +24,9 @@ pytest node ids (``tests/test_x.py::test_y[param]``; a collection error names th
 unittest ``module.Class.test_y`` (subtests fold into their test), jest and vitest
 ``file > describe > name`` (a suite that failed to run names its file), go ``pkg/TestName`` and
 ``pkg/TestName/sub`` (a package that failed without a test, e.g. to build, names the package), cargo
-``module::test_name`` as cargo prints it, JUnit ``classname.name``.
+``module::test_name`` as cargo prints it, JUnit ``classname.name``. The JUnit ids are not the
+text's (pytest's report says ``tests.test_x.test_y``, its text ``tests/test_x.py::test_y``): a caller
+compares runs of one command from one source, the report when the command is configured with one.
 """
 
 from __future__ import annotations

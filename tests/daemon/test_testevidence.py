@@ -642,3 +642,16 @@ def test_any_mix_of_runner_lines_gives_evidence_and_never_raises(pieces: list[st
     assert evidence.runner == "unknown" or set(evidence.runner.split("+")) <= set(testevidence.RUNNERS)
     assert all(0 < len(name) <= testevidence.MAX_ID_CHARS for name in evidence.failed)
     assert evidence.runner != "unknown" or (not evidence.failed and not evidence.complete)
+
+
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_the_line_cut_at_the_top_of_a_long_output_is_not_read(kind: type) -> None:
+    """Past MAX_OUTPUT_CHARS the first kept line is a fragment (here ``t.py::x FAILED`` of a longer
+    line) and is dropped, as text or as bytes."""
+    head = "z" * 10 + "t.py::x FAILED\n"
+    tail = "t.py::y FAILED\n1 failed in 0.1s\n"
+    pad = testevidence.MAX_OUTPUT_CHARS + 10 - len(head) - len(tail)
+    text = head + "q" * (pad % 100) + ("p" * 99 + "\n") * (pad // 100) + tail
+    assert len(text) == testevidence.MAX_OUTPUT_CHARS + 10
+    output = text.encode() if kind is bytes else text
+    assert failing_tests(output).failed == {"t.py::y"}
