@@ -292,3 +292,25 @@ def test_a_carried_commit_that_is_missing_starts_the_attempt_afresh(tmp_path: Pa
     head = repo.git("rev-parse", "HEAD")
     assert carrying.carried_change(repo.root, "1", "f" * 40, head, log_path) is None
     assert "starting afresh" in log_path.read_text()
+
+
+def appended(todo_id: str) -> dict[str, str]:
+    """The shared module as the base has it, plus todo ``todo_id``'s own function at its end."""
+    return {SHARED: BASE_SHARED + f"\n\ndef f_{todo_id}() -> int:\n    return {todo_id}\n"}
+
+
+def test_three_todos_appending_to_one_module_are_all_accepted_with_no_agent_run_again(
+    tmp_path: Path,
+) -> None:
+    """The first-hour case: three todos each append a function to the same module. git's 3-way merge
+    conflicts for two of them (both inserted at one place); batchd keeps both sides, verifies, and
+    accepts all three: one agent run each, no resolve attempt, and the branch holds every function."""
+    steps = {t: {1: {"write": appended(t)}} for t in ("1", "2", "3")}
+    repo = repo_with(tmp_path, steps, max_attempts=1)
+    assert repo.run() == 0
+    proj = projection(repo.root)
+    assert {t: str(proj.todos[t].state) for t in steps} == dict.fromkeys(steps, "complete")
+    assert [len(events(repo, "todo.agent_started", t)) for t in steps] == [1, 1, 1]
+    assert not [e for t in steps for e in events(repo, "todo.conflicted", t)]
+    final = repo.git("show", f"main:{SHARED}")
+    assert all(f"def f_{t}()" in final for t in steps) and "<<<<<<<" not in final
