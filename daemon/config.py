@@ -124,7 +124,7 @@ RESUME_PRESETS: Mapping[str, Argv] = MappingProxyType(
             "claude", "-p", "{prompt}", "--resume", "{session_id}",
             "--dangerously-skip-permissions", "--output-format", "json",
         ),
-        "codex": ("codex", "exec", "--json", "resume", "--full-auto", "{session_id}", "{prompt}"),
+        "codex": ("codex", "exec", "--json", "--full-auto", "resume", "{session_id}", "{prompt}"),
     }
 )  # fmt: skip
 

@@ -5,10 +5,12 @@ the run summary and the benchmark show; nothing here reads a clock or a file (``
 
 An attempt is
 
-- **useful**: its change was accepted, or carried into the next attempt (a repair or a resolve goes
-  on from it: ``AttemptRecord.kept``), so its agent time was not thrown away;
-- **failed**: its agent failed (error, timeout, no change) or verification rejected its change and
-  the next attempt started from scratch: the price of a todo that did not work;
+- **useful**: its change was accepted, or it lost a conflict and its change was carried into the
+  resolve attempt (``AttemptRecord.kept``: the next attempt's workspace really started from it), so
+  its agent time was not thrown away;
+- **failed**: its agent failed (error, timeout, no change) or verification rejected its change (also
+  when the repair goes on from that change: the issue's rule, a rejection is the price of a todo
+  that did not work);
 - **wasted**: work that was fine, or might have been, and was paid for again: it lost a conflict and
   was redone from scratch, it was lost to a crash or a stop (interrupted), or its finished change was
   never judged (its file was edited or cancelled meanwhile);
@@ -41,6 +43,7 @@ __all__ = [
     "RunEconomy",
     "TodoEconomy",
     "attempt_class",
+    "budget_amount",
     "budget_text",
     "clock",
     "cost_text",
@@ -76,7 +79,7 @@ _EPSILON = 1e-6  # seconds: what rounding leaves when the records add up to the 
 def attempt_class(record: AttemptRecord) -> str:
     """useful, failed or wasted. An outcome this module does not know (a later batchd's) is failed:
     it is not known to have been useful, nor known to have been paid for twice."""
-    if record.outcome == "accepted" or record.kept:
+    if record.outcome == "accepted" or (record.kept and record.outcome == "conflicted"):
         return USEFUL
     if record.outcome in WASTED_OUTCOMES:
         return WASTED
@@ -296,6 +299,13 @@ def summary_text(e: RunEconomy) -> str:
     if e.pending_minutes > 0:
         parts.append(f"not judged yet {minutes_text(e.pending_minutes)}")
     return f"{minutes_text(e.minutes)}: {', '.join(parts)} (waste ratio {ratio_text(e.waste_ratio)})"
+
+
+def budget_amount(budget: str, used: float, limit: float) -> str:
+    """What a run budget came to, in its unit: ``$5.20 of $5.00``, ``31.25 of 30 agent minutes``."""
+    if budget == "max_cost_usd":
+        return f"${used:.2f} of ${limit:.2f}"
+    return f"{used:.2f} of {limit:g} agent minutes"
 
 
 def budget_text(budget: str, detail: str) -> str:

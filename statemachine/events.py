@@ -115,6 +115,9 @@ class AgentStarted:
     argv: tuple[str, ...] = ()
     # In the agent's environment (BATCHD_AGENT_TOKEN): how recovery finds its processes, and only them.
     token: str = ""
+    # The earlier attempt's commit whose change its workspace starts with (rebased onto base_sha);
+    # "" = from scratch, also when a carry was asked for and could not be made.
+    carried: str = ""
 
 
 @registry.register("todo.agent_spawned", 1)
@@ -148,7 +151,9 @@ class AgentFinished:
     test_edits: tuple[str, ...] = ()  # existing test files it changed or deleted
     note: str = ""  # work-log text it appended to its own todo file (carried into the committed file)
     session_id: str = ""  # the agent's own session (its JSON result), which a repair may continue
-    recovered: bool = False  # it ended while the daemon was down, and its change was collected after
+    # Its agent outlived a crash of the daemon and was not run again: taken over while it still ran,
+    # or collected after it ended (exit record, or a commit with its attempt's trailers).
+    recovered: bool = False
     agent_head: str = ""  # the commit its own repository was at
     agent_commits: tuple[str, ...] = ()  # commits it made itself (recognised if they reach the remote)
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from statemachine.economy import budget_amount
 from statemachine.views import AttemptRecord, BatchView, PhaseView, RunView, TodoView, verdict_of
 
 if TYPE_CHECKING:
@@ -93,6 +94,11 @@ def _planned(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
 
 @on("todo.agent_started")
 def _agent_started(pr: Projection, t: TodoView, p: Payload, e: StoredEvent) -> None:
+    if pr.run.budget:
+        # An agent starts, so no budget stops agents now (its limit was raised by a reload): the
+        # status stops saying so. Reached again, it is recorded again.
+        pr.run.budget = pr.run.budget_detail = ""
+        pr.run.budget_limit = 0.0
     t.attempt = p["attempt"]
     t.batch = p["batch"]
     t.worktree = p["worktree"]
@@ -101,6 +107,12 @@ def _agent_started(pr: Projection, t: TodoView, p: Payload, e: StoredEvent) -> N
     t.log_path = p["log_path"]
     t.token = p.get("token", "")
     t.agent_started_at = e.recorded_at
+    # The earlier attempt's work goes on in this one: only when its workspace really got that change,
+    # and only the attempt whose own change it is (a failed resolve hands on the change it was given).
+    carried = p.get("carried", "")
+    last = t.history[-1] if t.history else None
+    if carried and last is not None and last.outcome in ("conflicted", "rejected") and not last.kept:
+        t.history[-1] = last._replace(kept=True)
     t.pid = t.pgid = t.start_ticks = None
     t.exit_path = ""
     t.agent_commit = ""
@@ -192,7 +204,10 @@ def _rejected(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None
 
 @on("todo.conflicted")
 def _conflicted(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
-    t.conflicts_used += 1  # nobody's fault: not an attempt used (max_conflict_retries bounds them)
+    if p.get("resolution", ""):
+        t.conflicts_used += 1  # nobody's fault: not an attempt used (max_conflict_retries bounds them)
+    else:
+        t.attempts_used += 1  # a log from before resolutions: its decisions counted conflicts so
     t.problem = "conflicted"
     t.reason = f"conflicts with {p['winner'] or 'an earlier change'} on {', '.join(p['files'])}"
     t.history.append(AttemptRecord(p["attempt"], "conflicted", t.reason, t.last_duration, t.last_cost_usd))
@@ -205,10 +220,6 @@ def _retry(_pr: Projection, t: TodoView, p: Payload, _e: StoredEvent) -> None:
     t.carry = p.get("carry", "")
     t.session_id = p.get("session_id", "")
     t.retry_mode = p.get("mode", "")
-    # Its work goes on in the next attempt: only an attempt whose own change is carried (a failed
-    # resolve hands on the change it was given, not work of its own).
-    if t.carry and t.history and t.history[-1].outcome in ("conflicted", "rejected"):
-        t.history[-1] = t.history[-1]._replace(kept=True)
     if p.get("by", "daemon") == "person":
         t.attempts_used = t.conflicts_used = 0  # a person's retry grants a fresh budget of attempts
     _clear_problem(t)
@@ -438,12 +449,8 @@ def _run_stopping(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> N
 @on("run.budget_reached")
 def _run_budget(_pr: Projection, r: RunView, p: Payload, _e: StoredEvent) -> None:
     r.budget = p["budget"]
-    used, limit = _float(p["used"]), _float(p["limit"])
-    r.budget_limit = limit
-    if r.budget == "max_agent_minutes":
-        r.budget_detail = f"{used:.2f} of {limit:g} agent minutes"  # the verdict's words
-    else:
-        r.budget_detail = f"${used:.2f} of ${limit:.2f}"
+    r.budget_limit = _float(p["limit"])
+    r.budget_detail = budget_amount(r.budget, _float(p["used"]), r.budget_limit)
 
 
 @on("run.completed")

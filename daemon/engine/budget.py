@@ -25,6 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from daemon.engine import commands as cmd
+from statemachine.economy import budget_amount
 from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import RunState, TodoState
@@ -66,11 +67,7 @@ class Reached:
 
     def text(self) -> str:
         """``stopped by [batchd] max_cost_usd: $5.20 of $5.00`` (the verdict's words)."""
-        if self.budget == COST:
-            amount = f"${self.used:.2f} of ${self.limit:.2f}"
-        else:
-            amount = f"{self.used:.2f} of {self.limit:g} agent minutes"
-        return f"stopped by [batchd] {self.budget}: {amount}"
+        return f"stopped by [batchd] {self.budget}: {budget_amount(self.budget, self.used, self.limit)}"
 
 
 def spend(proj: Projection, running_seconds: float = 0.0) -> Spend:

@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -31,15 +32,15 @@ from daemon.world import (
     agents,
     agentspace,
     deps,
-    gitops,
     homeguard,
+    rebase,
     safefs,
 )
 from daemon.world.faults import raise_at
+from statemachine import economy
 from statemachine import events as ev
 from statemachine.tables import TodoState
 from statemachine.views import TodoView
-from store.eventlog import parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -69,13 +70,14 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     log_path = d.ws.agent_log(todo_id, attempt)
     todo_file = workspace / todo.path  # its own copy: the person's checkout is not the agent's to edit
     failure_file = write_failure_file(d, todo_id, attempt)
-    repair, carried = todo.repair, bool(todo.carry)
-    if carried and not gitops.has_commit(d.root, todo.carry):
-        # prepare() starts it afresh then: the prompt must not say its change is in the workspace.
-        carried = False
+    # Worked out before the prompt (a few git object reads): the prompt and the log say what the
+    # workspace really holds, and the accounting counts the earlier attempt kept only if it was.
+    change = carrying.carried_change(d.root, todo_id, todo.carry, base_sha, log_path)
+    repair, carried = todo.repair, change is not None
+    if todo.carry and change is None:
         repair += (
-            "\nbatchd could not carry your earlier change into this workspace (its commit is gone): "
-            "the workspace is the plain base, so do the work again."
+            "\nbatchd could not carry your earlier change into this workspace: the workspace is the "
+            "plain base, so do the work again."
         )
     session = agents.resume_session(d.config.agent, todo.session_id)
     if todo.session_id and not session:
@@ -119,9 +121,10 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
             log_path=str(log_path.relative_to(d.root)),
             argv=tuple(argv),
             token=uuid.uuid4().hex,
+            carried=todo.carry if carried else "",
         ),
     )
-    prepare(d, todo_id, argv)
+    prepare(d, todo_id, argv, change)
 
 
 def _why_fresh(d: Daemon) -> str:
@@ -161,7 +164,7 @@ def write_failure_file(d: Daemon, todo_id: str, attempt: int) -> Path:
     return path
 
 
-def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
+def prepare(d: Daemon, todo_id: str, argv: list[str], carried: rebase.Carried | None = None) -> None:
     """Create a fresh workspace and run the set-up commands (in the pool), then spawn the agent."""
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
@@ -185,7 +188,6 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
     sandbox = d.sandbox
     root = d.root
     shown = d.proj.shown(todo_id)
-    carry_commit = todo.carry
 
     def work() -> agentresult.SetupResult | None:
         header = f"--- batchd: todo {shown} attempt {attempt}, workspace {workspace} ---\n"
@@ -194,7 +196,6 @@ def prepare(d: Daemon, todo_id: str, argv: list[str]) -> None:
         text = safefs.read_bytes(root, todo.path, limit=MAX_TODO_BYTES + 1)
         if text is None:
             raise AgentError(f"its todo file {todo.path} is gone", hint="it is cancelled by the next scan")
-        carried = carrying.carried_change(root, todo_id, carry_commit, base_sha, log_path)
         d.markers[todo_id] = carried.conflicts if carried is not None else ()
         agentspace.create(
             root, workspace, branch=branch, base_sha=base_sha, files={todo.path: text}, carried=carried
@@ -332,10 +333,10 @@ def interrupt_running(d: Daemon, reason: str, spent: Mapping[str, float] | None 
 def agent_seconds(todo: TodoView, until: float | None = None) -> float:
     """Seconds from the todo's agent start (its log's time) to ``until`` (wall clock, default now);
     0 when no agent process was recorded (it was still being set up: no agent time spent)."""
-    if todo.pid is None or not todo.agent_started_at:
+    if todo.pid is None:
         return 0.0
-    started = parse_time(todo.agent_started_at).timestamp()
-    return max(0.0, (time.time() if until is None else until) - started)
+    now = datetime.now(UTC) if until is None else datetime.fromtimestamp(until, UTC)
+    return economy.running_seconds(todo, now)
 
 
 def stop_agent(d: Daemon, todo_id: str) -> None:

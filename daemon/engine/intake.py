@@ -121,12 +121,16 @@ def honour(d: Daemon, todo_id: str, change: object, event: object) -> list[objec
     events: list[object] = []
     what = type(change).__name__.lower()
     if todo.state == TodoState.RUNNING:
-        from daemon.engine.executor import stop_agent
+        from daemon.engine.executor import agent_seconds, stop_agent
 
+        spent = round(agent_seconds(todo), 3)  # its agent time counts, though the work is dropped
         stop_agent(d, todo_id)
         events.append(
             ev.AgentInterrupted(
-                todo_id=todo_id, attempt=todo.attempt, reason=f"a person changed its todo file ({what})"
+                todo_id=todo_id,
+                attempt=todo.attempt,
+                reason=f"a person changed its todo file ({what})",
+                duration=spent,
             )
         )
     events.append(event)
@@ -242,10 +246,13 @@ def answer(
         if todo is None:
             return [], "refused", f"no todo #{todo_id}"
         if todo.state == TodoState.RUNNING:
-            from daemon.engine.executor import stop_agent
+            from daemon.engine.executor import agent_seconds, stop_agent
 
+            spent = round(agent_seconds(todo), 3)
             stop_agent(d, todo_id)
-            executor_events = [ev.AgentInterrupted(todo_id=todo_id, attempt=todo.attempt, reason="cancelled")]
+            executor_events = [
+                ev.AgentInterrupted(todo_id=todo_id, attempt=todo.attempt, reason="cancelled", duration=spent)
+            ]
             return (
                 [
                     (

@@ -211,9 +211,10 @@ def adopt(d: Daemon, todo: TodoView) -> adopted.AdoptedProcess | None:
         return proc
     shown = d.proj.shown(todo.todo_id)
     trailers = {gitops.TRAILER_TODO: shown, gitops.TRAILER_ATTEMPT: str(todo.attempt)}
-    committed = agentspace.committed_done(d.root, d.root / todo.worktree, todo.base_sha, trailers)
-    if committed is None:
-        return None
+    workspace = d.root / todo.worktree
+    committed = agentspace.committed_done(d.root, workspace, todo.base_sha, trailers)
+    if committed is None or agentspace.written_after(workspace, committed):
+        return None  # no word that it was done, or it went on writing after it: half-done work
     # The agent said it was done when it committed: it counts as ended then, with success.
     assumed = {"rc": 0, "ended_at": min(max(committed, started), time.time())}
     proc = adopted.AdoptedProcess(

@@ -27,11 +27,11 @@ import structlog
 from daemon.engine import budget
 from daemon.engine.state import unplanned_ready
 from daemon.intake.todofile import id_order
+from statemachine import economy
 from statemachine import events as ev
 from statemachine.projection import Projection
 from statemachine.tables import BatchState, PhaseState, RunState, TodoState
 from statemachine.views import RunVerdict, TodoView
-from store.eventlog import parse_time
 
 if TYPE_CHECKING:  # the status file's module uses this one, and the daemon's uses that
     from daemon.config import Config
@@ -72,8 +72,8 @@ def running_seconds(d: Daemon) -> float:
         proc = d.agents.get(todo.todo_id)
         if proc is not None:
             total += proc.elapsed
-        elif todo.agent_started_at:
-            total += max(0.0, (now - parse_time(todo.agent_started_at)).total_seconds())
+        else:
+            total += economy.running_seconds(todo, now)
     return total
 
 

@@ -247,6 +247,26 @@ def committed_done(root: Path, path: Path, base_sha: str, trailers: dict[str, st
     return float(fields[0]) if all(v in f for v, f in zip(trailers.values(), found, strict=True)) else None
 
 
+def written_after(path: Path, when: float, *, limit: int = MAX_OBJECT_ENTRIES) -> bool:
+    """Whether any file of the workspace (its ``.git`` aside, no link followed) was written after
+    ``when`` (epoch seconds, with a second of slack for file systems' coarse clocks): the agent went
+    on working after its commit. A workspace too large to look through counts as written."""
+    seen = 0
+    for folder, dirs, files in os.walk(path):
+        if Path(folder) == path:
+            dirs[:] = [d for d in dirs if d != ".git"]
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > limit:
+                return True
+            try:
+                if (Path(folder) / name).lstat().st_mtime > when + 1.0:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def tracked_paths(root: Path, path: Path, base_sha: str, head: str) -> list[str]:
     """Paths the agent's commits or its own index changed from the base: how a file it added despite
     ``.gitignore`` is found. Only what differs from the base is listed (bounded by the change, not

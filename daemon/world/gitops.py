@@ -177,6 +177,10 @@ def records(
     return found[:limit], more
 
 
+# The tree modes of plain files (regular, executable): what batchd writes and merges as file content.
+FILE_MODES = ("100644", "100755")
+
+
 def read_blob(where: GitTarget | str, sha: str) -> bytes:
     """A blob's bytes as they are (``run_git`` decodes text; a file's content may be anything)."""
     argv, cwd, full_env = _command(

@@ -25,11 +25,10 @@ from pathlib import Path
 import structlog
 
 from daemon.exceptions import GitError, printable
-from daemon.world.gitops import GitTarget, abort_in_progress, read_blob, run_git, split_z
+from daemon.world.gitops import FILE_MODES, GitTarget, abort_in_progress, read_blob, run_git, split_z
 
 log = structlog.get_logger(__name__)
 
-_FILE_MODES = ("100644", "100755")
 # Long markers with labels: a line of the inputs that could be read as one makes the file
 # unresolvable (see _has_marker_lines) rather than misread.
 _MARKER_SIZE = 40
@@ -170,7 +169,7 @@ def _merge_attributes(worktree: GitTarget, paths: list[str]) -> dict[str, str]:
 
 def _mode(base: str | None, ours: str | None, theirs: str | None) -> str | None:
     """The merged file mode by the 3-way rule, or None (not a plain file, or both changed it)."""
-    if ours not in _FILE_MODES or theirs not in _FILE_MODES:
+    if ours not in FILE_MODES or theirs not in FILE_MODES:
         return None
     if theirs in (ours, base):
         return ours

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.exceptions import GitError
-from daemon.world.gitops import read_blob, rev_parse, run_git, split_z
-
-_FILE_MODES = ("100644", "100755")
+from daemon.world.gitops import FILE_MODES, read_blob, rev_parse, run_git, split_z
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +76,7 @@ def carry(root: Path, commit: str, onto: str) -> Carried:
         _old_mode, new_mode, _old_sha, new_sha, status = meta.lstrip(":").split()
         if status == "D":
             files[path] = None
-        elif new_mode in _FILE_MODES:
+        elif new_mode in FILE_MODES:
             files[path] = read_blob(root, new_sha)
             if new_mode == "100755":
                 executable.add(path)

@@ -357,6 +357,23 @@ def test_an_agent_killed_after_committing_its_work_with_its_trailers_is_collecte
         d.close()
 
 
+def test_files_written_after_the_trailer_commit_make_the_work_lost_not_collected(tmp_path: Path) -> None:
+    """The agent committed with its trailers, then went on writing and was killed: the commit was a
+    step, not its word that it was done; the half-written file is not collected as a change."""
+    message = "Add feature\n\nBatchd-Todo: 7\nBatchd-Attempt: 1\n"
+    d = spawned_daemon(tmp_path, pid=dead_pid(), start_ticks=1, commit=message)
+    try:
+        later = time.time() + 5
+        half = d.root / d.proj.todos["7"].worktree / "half.py"
+        half.write_text("def half(", encoding="utf-8")
+        os.utime(half, (later, later))
+        reconcile(d)
+        assert "7" not in d.agents
+        assert d.proj.todos["7"].history[-1].outcome == "interrupted"
+    finally:
+        d.close()
+
+
 def test_a_commit_for_another_attempt_is_not_taken_as_done(tmp_path: Path) -> None:
     """Trailers naming another attempt are not this attempt's word: its work is lost and redone."""
     message = "Add feature\n\nBatchd-Todo: 7\nBatchd-Attempt: 2\n"

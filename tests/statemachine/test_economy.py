@@ -40,8 +40,10 @@ def _fold(*groups: list[tuple[str, object]]) -> Projection:
 
 
 def _retry(tid: str, attempt: int, **fields: object) -> list[tuple[str, object]]:
-    """Back to ready for ``attempt`` (from scratch unless ``fields`` say ``carry``), and started."""
-    return [*_rescheduled(tid, attempt, **fields), *_todo(tid, "plan", "start_agent")]
+    """Back to ready for ``attempt`` (from scratch unless ``fields`` say ``carry``), and started
+    (with the carried change in its workspace when there is one)."""
+    carried = str(fields.get("carry", ""))
+    return [*_rescheduled(tid, attempt, **fields), *_todo(tid, "plan", "start_agent", carried=carried)]
 
 
 def _rescheduled(tid: str, attempt: int, **fields: object) -> list[tuple[str, object]]:
@@ -74,8 +76,8 @@ def test_a_rejected_attempt_redone_from_scratch_is_failed() -> None:
     assert (e.failed_minutes, e.useful_minutes, e.count("failed"), e.count("useful")) == (1.0, 0.5, 1, 1)
 
 
-def test_an_attempt_carried_into_its_repair_is_useful() -> None:
-    """A rejected change the repair goes on from (``kept``) was not thrown away."""
+def test_a_rejected_attempt_carried_into_its_repair_is_still_failed() -> None:
+    """A rejection is failed (issue 13's classes), even when its repair goes on from its change."""
     pr = _fold(
         _todo("1", *START),
         _agent("1", 60.0),
@@ -84,8 +86,25 @@ def test_an_attempt_carried_into_its_repair_is_useful() -> None:
         _agent("1", 30.0),
         _todo("1", "verify", "accept"),
     )
+    assert pr.todos["1"].history[0].kept  # the repair's workspace started from it
     e = todo_economy(pr.todos["1"])
-    assert (e.useful_minutes, e.failed_minutes, e.wasted_minutes) == (1.5, 0.0, 0.0)
+    assert (e.useful_minutes, e.failed_minutes, e.wasted_minutes) == (0.5, 1.0, 0.0)
+
+
+def test_a_carry_that_could_not_be_made_leaves_the_conflict_wasted() -> None:
+    """The retry asked for a carry, but the attempt started from scratch (``carried`` empty): the
+    conflicted attempt's work was thrown away after all."""
+    pr = _fold(
+        _todo("1", *START),
+        _agent("1", 60.0),
+        _todo("1", "verify", "conflict", files=("a.py",), winner="0", resolution="resolve"),
+        _rescheduled("1", 2, carry="abc", mode="resolve"),
+        _todo("1", "plan", "start_agent", carried=""),
+        _agent("1", 30.0),
+        _todo("1", "verify", "accept"),
+    )
+    e = todo_economy(pr.todos["1"])
+    assert (e.useful_minutes, e.wasted_minutes) == (0.5, 1.0)
 
 
 def test_a_conflict_redone_from_scratch_is_wasted() -> None:
@@ -257,3 +276,15 @@ def test_a_failed_resolve_that_hands_on_the_same_change_is_not_useful() -> None:
     )
     e = todo_economy(pr.todos["1"])
     assert (e.useful_minutes, e.failed_minutes) == (1.0, 0.5)
+
+
+def test_a_budget_raised_by_a_reload_is_no_longer_said_to_stop_agents() -> None:
+    """After run.budget_reached, an agent that starts (the limit was raised) clears it."""
+    pr = _fold(
+        [
+            ("run", event(Kind.RUN, "start")),
+            ("run", event(Kind.RUN, "budget", budget="max_cost_usd", limit=5.0, used=5.2)),
+        ],
+        _todo("1", *START),
+    )
+    assert (pr.run.budget, budget_text(pr.run.budget, pr.run.budget_detail)) == ("", "")
