@@ -37,6 +37,7 @@ from daemon.config import path_patterns
 from daemon.exceptions import BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES, parse_name
 from daemon.world import agentspace, deps
+from daemon.world.conflictmarks import marker_file_state
 from daemon.world.gitops import WorkTree, git_common_dir, out, run_git, split_z, with_trailers
 
 log = structlog.get_logger(__name__)
@@ -44,8 +45,11 @@ log = structlog.get_logger(__name__)
 NOTE_CAP = 16_384  # characters of an agent's work-log note carried into its todo file
 _GITLINK, _LINK = "160000", "120000"
 _NESTED_LIMIT = 100
-_MARKER_SCAN_BYTES = 256 * 1024 * 1024  # past this a file is too large to be a change anyway
-_MARKER_LINE_BYTES = 64 * 1024
+# What a file given with conflict markers may have become that fails the attempt (conflictmarks).
+_UNCHECKABLE = {
+    "link": "a symbolic link (or put it inside one)",
+    "unreadable": "unreadable",
+}
 
 
 class CollectFailed(BatchdError):
@@ -138,12 +142,21 @@ def collect(
             "the agent ran `git reset --hard`, rebased, or checked out something else",
             hint="agents must build on the commit they were given; the attempt is not counted as work",
         )
-    left = [rel for rel in policy.markers if has_conflict_block(workspace / rel)]
+    states = {rel: marker_file_state(workspace, rel) for rel in policy.markers}
+    for state, what in _UNCHECKABLE.items():
+        if found := [rel for rel, st in states.items() if st == state]:
+            raise CollectFailed(
+                "conflict_markers",
+                f"{_listed(found)} had git's conflict markers and the attempt made it {what}, so "
+                "batchd cannot check that its conflicts are resolved",
+                hint="leave each such file a plain, readable file with its conflicts resolved (or "
+                "delete it), in plain folders",
+            )
+    left = [rel for rel, state in states.items() if state == "markers"]
     if left:
-        shown = ", ".join(printable(p) for p in left[:5]) + (f" and {len(left) - 5} more" * (len(left) > 5))
         raise CollectFailed(
             "conflict_markers",
-            f"the attempt left git's conflict markers in {shown}",
+            f"the attempt left git's conflict markers in {_listed(left)}",
             hint="resolve each conflict keeping both sides' intents, and remove the "
             "`<<<<<<<`, `=======` and `>>>>>>>` lines",
         )
@@ -388,32 +401,8 @@ class _Builder:
             raise self._too_large(total)
 
 
-def has_conflict_block(path: Path) -> bool:
-    """Whether the file holds a conflict block as git writes it: a line starting ``<<<<<<< ``, later
-    a line ``=======``, later one starting ``>>>>>>> ``. A lone ``=======`` (a reStructuredText or
-    Markdown heading) is not one. A link or a file that is gone holds none (the policy judges those);
-    the file is read a line at a time, never whole."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        seen = 0  # 1: an opening line seen; 2: then its separator
-        read = 0
-        while read < _MARKER_SCAN_BYTES:
-            line = f.readline(_MARKER_LINE_BYTES)  # a file without line breaks is never read whole
-            if not line:
-                break
-            read += len(line)
-            if line.startswith(b"<<<<<<< ") or line.rstrip(b"\r\n") == b"<<<<<<<":
-                seen = 1
-            elif seen == 1 and line.rstrip(b"\r\n") == b"=======":
-                seen = 2
-            elif seen == 2 and (line.startswith(b">>>>>>> ") or line.rstrip(b"\r\n") == b">>>>>>>"):
-                return True
-    return False
+def _listed(paths: Sequence[str]) -> str:
+    return ", ".join(printable(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" * (len(paths) > 5))
 
 
 def _escapes(path: str, target: str) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from daemon.exceptions import BatchdError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class LinkRefused(BatchdError):
@@ -118,25 +119,34 @@ def write_text(base: Path, rel: str | Path, text: str, *, replace_link: bool = F
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
 
 
-def read_bytes(base: Path, rel: str | Path, *, limit: int) -> bytes | None:
-    """``base/rel``'s bytes (at most ``limit``), None when missing; a link on the way is refused."""
+def open_read(base: Path, rel: str | Path) -> int | None:
+    """A read-only fd of ``base/rel`` (``O_NONBLOCK``: a FIFO there never blocks; check ``fstat``
+    before reading), None when missing; a link on the way is refused, a file on the way too
+    (``not_a_folder``)."""
     parts = _parts(rel)
     try:
         with _folder(base, parts[:-1], create=False) as fd:
             try:
-                handle = os.open(
-                    parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
-                )
+                return os.open(parts[-1], _READ_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise LinkRefused(path=str(base / rel)) from None
                 raise
-            try:
-                return os.read(handle, limit)
-            finally:
-                os.close(handle)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+
+
+def read_bytes(base: Path, rel: str | Path, *, limit: int) -> bytes | None:
+    """``base/rel``'s bytes (at most ``limit``), None when missing; a link on the way is refused."""
+    handle = open_read(base, rel)
+    if handle is None:
+        return None
+    try:
+        return os.read(handle, limit)
+    except IsADirectoryError:
+        return None
+    finally:
+        os.close(handle)
 
 
 def open_append(base: Path, rel: str | Path) -> int:

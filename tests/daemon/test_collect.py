@@ -7,6 +7,7 @@ what an agent would (with the git CLI and plain file writes), and collects.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -336,3 +337,33 @@ def test_a_folder_in_place_of_the_status_file_is_dropped(repo: Path, ws: Path) -
     assert collected.change is not None
     assert not any(p.startswith("plans/") for p in tree(repo, collected.change.sha))
     assert any("inside the name of the status file" in d for d in collected.dropped)
+
+
+def test_a_marker_file_whose_folder_became_a_link_fails_the_attempt(
+    repo: Path, ws: Path, tmp_path: Path
+) -> None:
+    """``src/app.py`` was given with markers; the agent swapped ``src/`` for a link to a folder
+    outside whose app.py is clean: the attempt fails, saying why, not "resolved"."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "app.py").write_text("x = 2\n")
+    shutil.rmtree(ws / "src")
+    (ws / "src").symlink_to(outside)
+    with pytest.raises(CollectFailed) as failed:
+        run(repo, ws, markers=("src/app.py",))
+    assert failed.value.reason == "conflict_markers"
+    assert "src/app.py" in failed.value.message and "symbolic link" in failed.value.message
+
+
+def test_ten_character_markers_left_in_fail_the_attempt(repo: Path, ws: Path) -> None:
+    (ws / "src" / "app.py").write_text("<<<<<<<<<< HEAD\nx = 2\n==========\nx = 3\n>>>>>>>>>> todo\n")
+    with pytest.raises(CollectFailed) as failed:
+        run(repo, ws, markers=("src/app.py",))
+    assert failed.value.reason == "conflict_markers"
+    assert "left git's conflict markers in src/app.py" in failed.value.message
+
+
+def test_a_marker_file_deleted_is_a_resolved_conflict(repo: Path, ws: Path) -> None:
+    (ws / "src" / "app.py").unlink()
+    collected = run(repo, ws, markers=("src/app.py",))
+    assert collected.change is not None and "src/app.py" not in tree(repo, collected.change.sha)

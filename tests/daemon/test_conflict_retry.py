@@ -23,7 +23,7 @@ from phase_repo import PhaseRepo, build_repo
 from procs import projection
 
 from daemon.engine import carrying
-from daemon.world.collect import has_conflict_block
+from daemon.world.conflictmarks import has_conflict_block
 
 SHARED = "mods/shared.py"
 BASE_SHARED = GOOD_MOD + "\nVALUE = 0\n"
