@@ -47,9 +47,12 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> Failures:
             "4": "stderr: 'cannot reach the model'\nexit: 1",
             "6": module("6"),
         },
+        # 2 and 3 change the same line of shared.txt (a real conflict: keep-both merges only
+        # insertions), and 3's lost conflict blocks it (no resolve attempt).
+        files={"shared.txt": "zero\n"},
         max_parallel=5,
         max_attempts=1,
-        batchd_extra="max_conflict_retries = 0",  # 3's lost conflict blocks it (no resolve attempt)
+        batchd_extra="max_conflict_retries = 0",
     )
     r.todo("5").write_text(BAD_YAML, encoding="utf-8")
     rc = r.run()

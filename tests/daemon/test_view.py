@@ -415,10 +415,10 @@ def test_the_summary_splits_agent_time_into_useful_failed_and_wasted() -> None:
 
 def test_the_summary_names_the_budget_that_stopped_the_run() -> None:
     proj = _spent()
-    proj.run.budget, proj.run.budget_detail = "max_cost_usd", "1.03 of 1"
+    proj.run.budget, proj.run.budget_detail = "max_cost_usd", "$1.03 of $1.00"
     console = _console()
     print_summary(console, summarize(proj))
-    assert "stopped by a budget: [batchd] max_cost_usd reached (1.03 of 1 USD)" in console.export_text()
+    assert "stopped by a budget: [batchd] max_cost_usd reached ($1.03 of $1.00)" in console.export_text()
 
 
 def test_the_live_view_shows_agent_time_waste_and_a_simulated_cost() -> None:
