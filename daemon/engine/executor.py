@@ -245,6 +245,7 @@ def prepare(d: Daemon, todo_id: str, argv: list[str], carried: rebase.Carried | 
                 sandbox=d.sandbox,
                 exit_path=exit_path,
                 readable=[root],
+                timeout=timeout,  # the shim's backstop, should this daemon die and none come back
             )
         except (OSError, BatchdError) as e:
             outcomes.fail(d, todo_id, attempt, "start", f"agent could not start: {e}")

@@ -95,6 +95,9 @@ class AdoptedProcess(AgentProcess):
         record = self.exit_record()
         # No record: the shim was killed (SIGKILL leaves no trace) before the agent ended.
         self._rc = record["rc"] if record is not None else -signal.SIGKILL
+        # The shim ended it at its deadline while no daemon watched: the timeout, enforced late.
+        if record is not None and record.get("timed_out") is True:
+            self.timed_out = True
         return self._rc
 
     def wait(self, timeout: float | None = None) -> int:

@@ -8,7 +8,10 @@ with it; without one, such a process escapes (only a cgroup would catch it).
 The group's leader is :mod:`daemon.world.agentshim`, which runs the agent and writes down its exit code
 and end time in an *exit record*: an agent that ended before its deadline is never recorded as
 timed out, however late the daemon looks (stopped, or blocked in a long step), and its duration is
-its own. The daemon polls: :func:`start_agent` returns at once, :meth:`AgentProcess.poll` and
+its own. The shim also carries a deadline, past the daemon's own timeout: an agent whose daemon
+crashed and never came back is still ended (and recorded timed out) then, not left to spend.
+
+The daemon polls: :func:`start_agent` returns at once, :meth:`AgentProcess.poll` and
 :func:`enforce_timeout` are cheap and never block, and :func:`finish` turns an exited process into
 an :class:`AgentOutcome`. :func:`run_agent` is the blocking convenience built from them.
 """
@@ -51,6 +54,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 TAIL_CHARS = 4000
+# The shim's deadline is this much past the daemon's timeout: while a daemon runs, its own timeout
+# (SIGTERM, grace, SIGKILL) ends the agent first; the shim's is for when no daemon is left to.
+DEADLINE_MARGIN = 60.0
 SHIM = str(Path(agentshim.__file__).resolve())
 NO_SANDBOX = Sandbox(kind="none")
 
@@ -154,6 +160,11 @@ class AgentProcess:
         rc = self._popen.poll()
         if rc is not None and self.ended is None:
             self.ended = time.monotonic()
+            # The shim hit its deadline (this daemon was too late: blocked, or its timeout raised
+            # since): that is a timeout, not an agent that failed on its own.
+            record = self.exit_record()
+            if record is not None and record["timed_out"] and record["ended_at"] >= self.started_wall:
+                self.timed_out = True
         return rc
 
     def wait(self, timeout: float | None = None) -> int:
@@ -178,7 +189,8 @@ class AgentProcess:
 
 
 def read_exit_record(path: Path) -> dict[str, Any] | None:
-    """``{"rc": int, "ended_at": float}`` as the shim wrote it, or None (not ended, or killed)."""
+    """``{"rc": int, "ended_at": float, "timed_out": bool}`` as the shim wrote it (``timed_out``: it
+    ended the agent at its deadline; False when absent), or None (not ended, or killed)."""
     try:
         data = safefs.read_bytes(path.parent, path.name, limit=4096)
     except (OSError, safefs.LinkRefused):
@@ -193,8 +205,9 @@ def read_exit_record(path: Path) -> dict[str, Any] | None:
         isinstance(record, dict)
         and isinstance(record.get("rc"), int)
         and isinstance(record.get("ended_at"), float)
+        and isinstance(record.get("timed_out", False), bool)
     ):
-        return record
+        return {**record, "timed_out": record.get("timed_out", False)}
     return None
 
 
@@ -216,11 +229,16 @@ def start_agent(
     sandbox: Sandbox = NO_SANDBOX,
     exit_path: Path | None = None,
     readable: Sequence[Path] = (),
+    timeout: float | None = None,
+    deadline_margin: float = DEADLINE_MARGIN,
+    deadline_grace: float = agentshim.GRACE,
 ) -> AgentProcess:
     """Start ``argv`` in ``cwd`` in a new session (in ``sandbox``); stdout+stderr appended to ``log_path``.
 
     ``env`` is the complete environment (build it with :func:`daemon.world.agents.agent_env`). With
-    ``exit_path`` the shim leads the group and writes the exit record there.
+    ``exit_path`` the shim leads the group and writes the exit record there; with ``timeout`` too
+    (the daemon's ``[agent] timeout``) the shim itself ends the group ``deadline_margin`` seconds
+    after it (SIGTERM, ``deadline_grace`` seconds, SIGKILL), should no daemon have done it by then.
     """
     if not argv:
         raise AgentError("the agent command is empty", hint="set [agent] command or preset in batchd.toml")
@@ -230,7 +248,11 @@ def start_agent(
         exit_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()
-        command = [sys.executable, "-I", "-S", SHIM, str(exit_path), *command]
+        shim = [sys.executable, "-I", "-S", SHIM]
+        if timeout is not None:
+            deadline = time.time() + timeout + deadline_margin
+            shim.append(f"--deadline={deadline:.3f},{deadline_grace:g}")
+        command = [*shim, str(exit_path), *command]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = safefs.open_append(log_path.parent, log_path.name)
     try:

@@ -22,7 +22,7 @@ from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.world import adopted, agentshim, agentspace
 from daemon.world.adopted import AdoptedProcess
-from daemon.world.agentproc import enforce_timeout, process_start_ticks
+from daemon.world.agentproc import AgentProcess, enforce_timeout, process_start_ticks, start_agent
 from statemachine import events as ev
 from store.eventlog import StoredEvent
 
@@ -306,9 +306,17 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def spawned_daemon(tmp_path: Path, *, pid: int, start_ticks: int | None, commit: str | None) -> Daemon:
+def spawned_daemon(
+    tmp_path: Path,
+    *,
+    pid: int,
+    start_ticks: int | None,
+    commit: str | None,
+    spawn: Callable[[Daemon], AgentProcess] | None = None,
+) -> Daemon:
     """A daemon whose log says todo 7's agent runs (spawned through the shim) in a real workspace;
-    ``commit``: a commit message the agent made there (None: it only left an uncommitted file)."""
+    ``commit``: a commit message the agent made there (None: it only left an uncommitted file);
+    ``spawn``: starts the agent for real (between the intent and the spawn, as the executor does)."""
     root = make_repo(tmp_path / "repo", {})
     base = git(root, "rev-parse", "HEAD").strip()
     workspace = root / ".batchd" / "workspaces" / "todo-7"
@@ -329,6 +337,9 @@ def spawned_daemon(tmp_path: Path, *, pid: int, start_ticks: int | None, commit:
             branch="batchd/todo-7-a1", base_sha=base, log_path=".batchd/logs/x.log", token="t7",
         ),
     )  # fmt: skip
+    if spawn is not None:
+        agent = spawn(d)
+        pid, start_ticks = agent.pid, agent.start_ticks
     d.emit_one(
         stream,
         ev.AgentSpawned(
@@ -430,6 +441,44 @@ def test_an_adopted_agent_times_out_from_its_original_start(tmp_path: Path) -> N
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_an_agent_its_shim_ended_at_the_deadline_while_no_daemon_ran_is_recorded_timed_out(
+    tmp_path: Path,
+) -> None:
+    """The daemon died and none came back; the shim ended the agent at its deadline. The next daemon
+    collects that run as a timeout (not an agent that failed on its own, nor an interruption)."""
+    started: list[AgentProcess] = []
+
+    def spawn(d: Daemon) -> AgentProcess:
+        proc = start_agent(
+            [PY, "-c", "import time; time.sleep(1000)"],
+            cwd=d.root / ".batchd" / "workspaces" / "todo-7",
+            log_path=d.root / ".batchd" / "logs" / "x.log",
+            env=dict(os.environ),
+            exit_path=d.ws.exit_record("7", 1),
+            timeout=0.0,
+            deadline_margin=1.0,
+            deadline_grace=0.5,
+        )
+        started.append(proc)
+        return proc
+
+    d = spawned_daemon(tmp_path, pid=0, start_ticks=None, commit=None, spawn=spawn)
+    try:
+        [shim] = started
+        shim.wait(timeout=30)  # no daemon watches it: only its deadline ends it
+        reconcile(d)
+        assert d.agents["7"].recovery == "exited"
+        executor.poll(d, d.clock())
+        d.wait_jobs(timeout=30)
+        d.poll_jobs()
+        [failed] = [e for e in d.log.read(since=0) if e.type == "todo.agent_failed"]
+        assert failed.payload["reason"] == "timeout"
+    finally:
+        for proc in started:
+            proc.kill_group(signal.SIGKILL)
+        d.close()
 
 
 def test_a_reused_pid_is_not_adopted(tmp_path: Path) -> None:
