@@ -4,7 +4,8 @@ script the demo agent, an optional ``plans/PLAN.md``, and a bare remote beside t
 
 The plan: phase 1 (batch 1.1: 101, 102, 103; batch 1.2: 104), phase 2 (batch 2.1: 105, 106, 107).
 103 breaks the tests on every attempt (rejected, then blocked); 105 and 106 append to the end of
-the same file (a textual conflict: 105 wins, 106's next attempt writes the file with both). Every
+the same file (a textual conflict that batchd merges keeping both, 105's line first: no agent runs
+again; 106's attempt-2 block is there for a run with ``conflicts = "redo"``). Every
 attempt number acts the same each time it runs, so a crash that adds an uncounted re-run changes nothing.
 """
 
@@ -125,8 +126,8 @@ TODOS: tuple[SampleTodo, ...] = (
         "Add a backoff setting",
         {
             "append": [{"path": "app/settings.py", "text": "BACKOFF = 3\n"}],
-            # Its resolve attempt (its change carried with git's conflict markers, or a redo from
-            # scratch) ends with the file holding both settings.
+            # Under conflicts = "merge" batchd keeps both appended lines itself; a resolve or redo
+            # attempt (conflicts = "redo"/"strict") ends with the file holding both settings too.
             "attempts": {
                 2: {"append": [], "write": [{"path": "app/settings.py", "content": RESOLVED_SETTINGS}]}
             },

@@ -16,6 +16,7 @@ kills, all from fixed seeds.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
@@ -44,7 +45,14 @@ from e2e_harness import (
     start_daemon,
     wait_daemon,
 )
-from e2e_sample import EXPECTED_BLOCKED, EXPECTED_COMPLETE, PHASE_MESSAGES, SampleTodo, build_sample
+from e2e_sample import (
+    EXPECTED_BLOCKED,
+    EXPECTED_COMPLETE,
+    PHASE_MESSAGES,
+    RESOLVED_SETTINGS,
+    SampleTodo,
+    build_sample,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -277,7 +285,10 @@ def test_reference_run_ends_as_the_sample_means(lab: Lab, schedule: str) -> None
     assert ref.phase_trailers == ["1", "2"]
     assert ref.remote_head == ref.head
     assert ref.tree["app/settings.py"] == ref.remote_tree["app/settings.py"]
-    assert ref.event_types.get("todo.conflicted") == 1
+    # 105 and 106 both append to app/settings.py: merged keeping both, no conflict, no second agent.
+    assert ref.event_types.get("todo.conflicted") is None
+    blob = RESOLVED_SETTINGS.encode()
+    assert ref.tree["app/settings.py"] == hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest()
     assert ref.event_types.get("todo.rejected") == 2
 
 
