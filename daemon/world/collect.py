@@ -36,7 +36,7 @@ import structlog
 from daemon.config import path_patterns
 from daemon.exceptions import BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES, parse_name
-from daemon.world import agentspace, deps
+from daemon.world import agentspace, deps, safefs
 from daemon.world.conflictmarks import marker_file_state
 from daemon.world.gitops import WorkTree, git_common_dir, out, run_git, split_z, with_trailers
 
@@ -365,7 +365,7 @@ class _Builder:
 
     def _own_edited(self) -> bool:
         files = _own_todo_files(self.tree.path, self.policy)
-        return not files or any(_bounded(f) != self.policy.own_todo_text for f in files)
+        return not files or any(_bounded(self.tree.path, f) != self.policy.own_todo_text for f in files)
 
     def _batchds_own(self, path: str) -> bool:
         """Its own todo file (where batchd put it, or renamed as the seed says): batchd renames it, and
@@ -437,7 +437,7 @@ def _work_log(workspace: Path, policy: Policy) -> str:
     the end is not carried (it is dropped with the rest of the todos folder)."""
     placed = policy.own_todo_text
     for candidate in _own_todo_files(workspace, policy):
-        data = _bounded(candidate)
+        data = _bounded(workspace, candidate)
         if data is None or data == placed:
             continue
         try:
@@ -452,11 +452,15 @@ def _work_log(workspace: Path, policy: Policy) -> str:
     return ""
 
 
-def _bounded(path: Path) -> bytes | None:
-    """A todo file's bytes, None when it is gone or larger than a todo file may be (never read whole)."""
+def _bounded(workspace: Path, path: Path) -> bytes | None:
+    """A todo file's bytes, None when it is gone, reached through a link anywhere on its way (an
+    agent may swap a folder for a link out of its workspace), not a plain file, or larger than a
+    todo file may be (never read whole)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        fd = safefs.open_read(workspace, path.relative_to(workspace))
+    except (OSError, ValueError, safefs.LinkRefused):
+        return None
+    if fd is None:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -367,3 +367,19 @@ def test_a_marker_file_deleted_is_a_resolved_conflict(repo: Path, ws: Path) -> N
     (ws / "src" / "app.py").unlink()
     collected = run(repo, ws, markers=("src/app.py",))
     assert collected.change is not None and "src/app.py" not in tree(repo, collected.change.sha)
+
+
+def test_a_work_log_is_never_read_through_a_folder_swapped_for_a_link(
+    repo: Path, ws: Path, tmp_path: Path
+) -> None:
+    """The agent replaces the todo's folder with a link to a folder outside its workspace holding a
+    file of the same name (the placed text plus a "work log"): nothing of it becomes the note."""
+    outside = tmp_path / "elsewhere" / "todos"
+    outside.mkdir(parents=True)
+    (outside / Path(TODO).name).write_text(TODO_TEXT.decode() + "\n## Work Log\n- secret\n", encoding="utf-8")
+    nested = f"work/{TODO}"
+    (ws / "work").symlink_to(outside.parent)
+    write(ws, {"src/app.py": "x = 6\n"})
+    collected = run(repo, ws, own_todo=nested, todos_dir="work/todos")
+    assert collected.change is not None
+    assert "secret" not in collected.change.note
