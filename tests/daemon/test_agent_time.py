@@ -35,7 +35,7 @@ def _queued(tid: str, path: str) -> list[tuple[str, object]]:
     return [
         _todo(tid, "queue", path=path, title=f"Todo {tid}"),
         _todo(tid, "plan", batch="1.1", phase=1),
-        _todo(tid, "start_agent", batch="1.1"),
+        _todo(tid, "start_agent", batch="1.1", carried=""),
     ]
 
 
@@ -44,7 +44,7 @@ def _retry(tid: str, attempt: int) -> list[tuple[str, object]]:
     return [
         _todo(tid, "retry", next_attempt=attempt, **plain),
         _todo(tid, "plan", batch="1.1", phase=1),
-        _todo(tid, "start_agent", batch="1.1", attempt=attempt),
+        _todo(tid, "start_agent", batch="1.1", attempt=attempt, carried=""),
     ]
 
 
@@ -137,19 +137,23 @@ def test_the_failed_attempts_say_what_their_agent_time_counted_as(proj: Projecti
     assert "| 0002 | 1 | agent_failed | x: boom | 1m 00s | failed |" in audit
 
 
-def test_a_rejected_attempt_its_repair_went_on_from_counts_as_useful(tmp_path: Path) -> None:
-    repaired = [
+def test_a_conflicted_attempt_its_resolve_went_on_from_counts_as_useful(tmp_path: Path) -> None:
+    """The resolve attempt's workspace started from the conflicted change (``carried``): that agent
+    time was not thrown away. A rejection stays failed, even when its repair goes on from it."""
+    resolved = [
         *EVENTS[:3],
         *_queued("1", PATH_1),
         _finished("1", 120.0, 0.4),
         _todo("1", "verify", batch="1.1"),
-        _todo("1", "reject", attempt=1, reason="breaks"),
-        _todo("1", "retry", next_attempt=2, carry="abc", mode="repair", by="daemon", session_id=""),
+        _todo("1", "conflict", attempt=1, winner="0", files=("a.py",), resolution="resolve"),
+        _todo("1", "retry", next_attempt=2, carry="abc", mode="resolve", by="daemon", session_id=""),
+        _todo("1", "plan", batch="1.1", phase=1),
+        _todo("1", "start_agent", batch="1.1", attempt=2, carried="abc"),
     ]
     pr = Projection()
-    pr.apply_all(number(repaired))
+    pr.apply_all(number(resolved))
     audit = _status_file(pr, tmp_path).split("## Failed Attempts", 1)[1]
-    assert "| 0001 | 1 | rejected | breaks | 2m 00s | useful (the next attempt went on from it) |" in audit
+    assert "| 0001 | 1 | conflicted | conflicts with 0 on a.py | 2m 00s | useful" in audit
 
 
 def test_no_agent_time_section_before_any_agent_ran(tmp_path: Path) -> None:
