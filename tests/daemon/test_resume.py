@@ -167,7 +167,7 @@ def test_the_codex_preset_resumes_the_thread_its_json_events_named(
     root = rejecting_repo(tmp_path, agent='preset = "codex"')
     first, repair = run(tmp_path, root, start_daemon)
     assert first["argv"][:3] == ["exec", "--json", "--full-auto"] and len(first["argv"]) == 4
-    assert repair["argv"][:5] == ["exec", "--json", "resume", "--full-auto", SESSION]
+    assert repair["argv"][:5] == ["exec", "--json", "--full-auto", "resume", SESSION]
     assert "FAILED: bad.txt must not exist" in repair["argv"][5]
 
 
