@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -196,14 +197,19 @@ def adopt(d: Daemon, todo: TodoView) -> adopted.AdoptedProcess | None:
     """The handle the normal path finishes the agent through, or None when its work is lost."""
     assert todo.pgid is not None
     started = parse_time(todo.agent_started_at).timestamp() if todo.agent_started_at else time.time()
-    proc = adopted.AdoptedProcess(
-        pid=todo.pgid,
-        start_ticks=todo.start_ticks,
-        token=todo.token,
-        log_path=d.root / todo.log_path,
-        exit_path=d.root / todo.exit_path,
-        started_wall=started,
-    )
+
+    def handle(assumed: dict[str, Any] | None = None) -> adopted.AdoptedProcess:
+        return adopted.AdoptedProcess(
+            pid=todo.pgid or 0,
+            start_ticks=todo.start_ticks,
+            token=todo.token,
+            log_path=d.root / todo.log_path,
+            exit_path=d.root / todo.exit_path,
+            started_wall=started,
+            assumed=assumed,
+        )
+
+    proc = handle()
     if proc.poll() is None:
         return proc  # still running: "adopted"
     if proc.exit_record() is not None:
@@ -217,15 +223,7 @@ def adopt(d: Daemon, todo: TodoView) -> adopted.AdoptedProcess | None:
         return None  # no word that it was done, or it went on writing after it: half-done work
     # The agent said it was done when it committed: it counts as ended then, with success.
     assumed = {"rc": 0, "ended_at": min(max(committed, started), time.time())}
-    proc = adopted.AdoptedProcess(
-        pid=todo.pgid,
-        start_ticks=todo.start_ticks,
-        token=todo.token,
-        log_path=d.root / todo.log_path,
-        exit_path=d.root / todo.exit_path,
-        started_wall=started,
-        assumed=assumed,
-    )
+    proc = handle(assumed)
     proc.recovery = "committed"
     proc.poll()
     return proc
