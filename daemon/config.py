@@ -26,6 +26,7 @@ from daemon.config_check import (
     Checker,
     describe,
     globs,
+    inside_path,
     norm_path,
     path_patterns,
     setup_commands,
@@ -480,8 +481,43 @@ class VerifyConfig:
         ),
     )
     retries: int = field(
+        default=5,
+        metadata=_key(
+            _at_least(0),
+            "At most this many re-runs of a failing check on the same tree before anyone is blamed; how many "
+            "it takes is from the check's measured flake rate and false_blame (0: the first red counts).",
+        ),
+    )
+    flake_rate: float = field(
+        default=0.05,
+        metadata=_key(
+            Checker.probability,
+            "How often a check fails on a good tree, assumed until batchd has measured it from its own log "
+            "(a red run that is green when re-run on the same tree is a flake).",
+        ),
+    )
+    false_blame: float = field(
+        default=0.01,
+        metadata=_key(
+            Checker.probability,
+            "The accepted chance that a red check is only a flake: a red run is re-run on the same tree "
+            "until the chance that every run was a flake is below this (3 runs at a flake rate of 0.2).",
+        ),
+    )
+    parallel: int = field(
         default=1,
-        metadata=_key(_at_least(0), "Re-runs of a failing check before anyone is blamed (flaky tests)."),
+        metadata=_key(
+            _at_least(1),
+            "Re-runs of a red check that may run at once, each in its own copy of the tree (mind the cores).",
+        ),
+    )
+    junit: str = field(
+        default="",
+        metadata=_key(
+            inside_path,
+            'A JUnit XML report a check writes, relative to the tree (e.g. "reports/junit.xml"): batchd '
+            "reads the failing tests from it instead of from the output.",
+        ),
     )
     repair: bool = field(
         default=True,

@@ -64,6 +64,14 @@ class Checker:
             raise self.fail(key, f"must be a number of {unit} >= 0 (0 = no limit), got {value}")
         return float(value)
 
+    def probability(self, key: str, value: object) -> float:
+        """A probability strictly between 0 and 1 (a flake rate, an accepted error)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.wrong_type(key, "a number between 0 and 1", value)
+        if not 0 < value < 1:
+            raise self.fail(key, f"must be between 0 and 1 (exclusive), got {value}", hint="e.g. 0.05 for 5%")
+        return float(value)
+
     def boolean(self, key: str, value: object) -> bool:
         if not isinstance(value, bool):
             raise self.wrong_type(key, "true or false", value)
@@ -138,6 +146,14 @@ def setup_commands(c: Checker, key: str, value: object) -> tuple[Argv, ...]:
         return tuple(c.argv(f"{key}[{i}]", v) for i, v in enumerate(value))
     argv = c.argv(key, value, allow_empty=True)
     return (argv,) if argv else ()
+
+
+def inside_path(c: Checker, key: str, value: object) -> str:
+    """A path relative to a tree that stays inside it (no absolute path, no ``..``); "" for none."""
+    text = norm_path(c.string(key, value))
+    if text and (Path(text).is_absolute() or ".." in Path(text).parts):
+        raise c.fail(key, f"must be a path inside the tree, got {text!r}", hint='e.g. "reports/junit.xml"')
+    return text
 
 
 def norm_path(value: str) -> str:

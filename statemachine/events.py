@@ -220,6 +220,8 @@ class TodoRejected:
     files_reverted: tuple[str, ...]
     action: str
     reason: str = ""  # when not simply "the command failed" (passing only with its own test edits)
+    confirmed: tuple[int, int] = (0, 0)  # (red runs, runs) of the command on the tree that condemned it
+    failed_tests: tuple[str, ...] = ()  # the tests that failed there and never on the base, when named
 
 
 @registry.register("todo.conflicted", 1)
@@ -327,6 +329,19 @@ class BatchVerifyRun:
     duration: float = 0.0
     baseline: bool = False
     sha: str = ""  # the tree tested (for a baseline: the base commit)
+    # How each command that ran on this tree fared: (command key, runs, red runs). A command passed
+    # when runs > reds; its red runs before the green one were flakes. Red runs whose only failures
+    # were excused (below) are not counted as red. Keys are ``flakes.command_key``.
+    tries: tuple[tuple[str, int, int], ...] = ()
+    flaked: bool = False  # some command was red and then green on this same tree: counted as a flake
+    # The failing command's (red runs, runs) when the tree is red: "confirmed in 3 of 3 runs".
+    confirmed: tuple[int, int] = (0, 0)
+    failed_tests: tuple[str, ...] = ()  # red: the failing command's tests that failed, not excused
+    # (command key, test id): a test that failed in one run on this tree and passed in a later one.
+    flaky_tests: tuple[tuple[str, str], ...] = ()
+    # (command key, test id): failures not counted, as the test is quarantined or was red on the base.
+    excused: tuple[tuple[str, str], ...] = ()
+    evidence: str = ""  # how the failing output named its tests (testevidence's runner), "" if not read
 
 
 @registry.register("batch.verified", 1)

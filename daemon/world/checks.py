@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -28,11 +28,56 @@ import structlog
 
 from daemon.world import deps
 from daemon.world.sandbox import Sandbox
+from statemachine.flakes import command_key, runs_needed
 
 log = structlog.get_logger(__name__)
 NO_SANDBOX = Sandbox(kind="none")
 
 TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlakePolicy:
+    """How a red run is confirmed (issue 14): built by the engine from the flake model and config.
+
+    A command's first red run is re-run on the same tree until a run is green (a flake: the command
+    passed) or ``runs_needed`` runs are red (``flakes.runs_needed`` of its rate, ``false_blame`` and
+    ``max_reruns``). With ``fixed`` set, every red is re-run exactly that many times, nothing is read
+    from the output, and no test is excused: today's ``retries`` rule, kept for comparison.
+    """
+
+    rates: Mapping[str, float] = field(default_factory=dict)  # command key -> measured flake rate
+    prior: float = 0.05  # the rate of a command with no measurement
+    false_blame: float = 0.01
+    max_reruns: int = 5  # [verify] retries
+    # (command key, test id) whose failures never blame: quarantined, or red on the batch's base.
+    excused: frozenset[tuple[str, str]] = frozenset()
+    junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
+    parallel: int = 1  # re-runs at once, each in a copy of the tree
+    fixed: int | None = None
+
+    def runs_needed(self, command: Sequence[str]) -> int:
+        if self.fixed is not None:
+            return 1 + self.fixed
+        rate = self.rates.get(command_key(command), self.prior)
+        return runs_needed(rate, self.false_blame, self.max_reruns)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRuns:
+    """How one command fared on one tree: what ``batch.verify_run``'s ``tries`` and tests record."""
+
+    command: tuple[str, ...]
+    runs: int
+    reds: int  # red runs that counted (a run whose only failures were excused is not red)
+    failed_tests: tuple[str, ...] = ()  # red to the end: the tests that failed, not excused
+    flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
+    excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
+    evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
+
+    @property
+    def passed(self) -> bool:
+        return self.runs > self.reds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +92,17 @@ class CheckResult:
     flaky: bool = False
     timed_out: bool = False
     setup_failed: bool = False  # red because a [verify] setup command failed, not a check
+    tries: tuple[CommandRuns, ...] = ()  # every command that ran, in order (setup commands too)
+
+    @property
+    def confirmed(self) -> tuple[int, int]:
+        """The failing command's (red runs, runs): "confirmed in 3 of 3 runs"; (0, 0) when green."""
+        last = self.tries[-1] if self.tries and not self.passed else None
+        return (last.reds, last.runs) if last is not None else (0, 0)
+
+    @property
+    def failed_tests(self) -> tuple[str, ...]:
+        return self.tries[-1].failed_tests if self.tries and not self.passed else ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

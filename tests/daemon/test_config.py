@@ -259,7 +259,7 @@ def test_diff_config_lists_changed_keys(tmp_path: Path) -> None:
     """diff_config reports each changed key as "key: old -> new"."""
     old = load(tmp_path, MINIMAL)
     new = load(tmp_path, MINIMAL + "retries = 3\n[batchd]\nmax_parallel = 2\n")
-    assert diff_config(old, new) == ["batchd.max_parallel: 5 -> 2", "verify.retries: 1 -> 3"]
+    assert diff_config(old, new) == ["batchd.max_parallel: 5 -> 2", "verify.retries: 5 -> 3"]
 
 
 def test_diff_config_of_equal_configs_is_empty(tmp_path: Path) -> None:
