@@ -13,6 +13,21 @@ replay learns exactly what the run learned): a test fixed a month ago stops cost
 
 A test that flaked twice lately (:data:`QUARANTINE_FLAKES`, decayed) is quarantined: its failures
 no longer blame anyone, and the status file lists it with its measured rate so a person can fix it.
+Only a seen flake (failed, then passed on the same tree) counts for a test. An *excused* failure does
+not: an excused run is not re-run, so it cannot tell a flake from a real break, and counting it would
+keep a quarantined test quarantined for as long as it fails, which would hide for good a todo that
+really breaks it. So a quarantine lapses after :data:`QUARANTINE_FLAKES` decays away (about 6 days
+after two flakes) unless new flakes are seen. Then the test's next failure is re-run again: if it
+flakes, one flake quarantines it again; if it stays red, it blames.
+
+The estimate reads a little low. Trees whose runs were all red are left out, and among them are the
+good trees that were unlucky every time (a share of about ``rate ** runs``). At 0.2 with 3 runs a
+tree it comes out near 0.185. This does not change how many runs are needed except close to a step
+of :func:`runs_needed`, and correcting it would need each tree's cap, which the record does not hold.
+
+Everything here is a pure function of the folded events (their ``recorded_at``, never a clock). So
+replay from zero and snapshot plus tail do the same float operations in the same order and agree
+exactly, and ``to_json`` holds only finite floats, which JSON round-trips exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 __all__ = [
+    "FORGET_FLAKES",
     "HALF_LIFE_DAYS",
     "PRIOR_RUNS",
     "QUARANTINE_FLAKES",
@@ -39,10 +55,20 @@ PRIOR_RUNS = 10.0  # the prior weighs as much as this many observed runs
 # One flake can be a fluke of the machine; two make a flaky test. Decayed: two flakes count 1.5 or more
 # for about 6 days, so a test that stops flaking (and so stops failing) leaves quarantine by itself.
 QUARANTINE_FLAKES = 1.5
+# A test whose decayed flakes fell below this (about 100 days after its last flake) is forgotten, so the
+# model does not grow with every test that ever flaked once.
+FORGET_FLAKES = 0.01
+# A count read from a record is kept within this: a damaged record must not make the sums overflow.
+_MAX_RUNS = 10_000
 # A rate is kept inside these bounds when it decides re-runs: 0 would never re-run, 1 never stop.
 MIN_RATE = 1e-4
 MAX_RATE = 0.9
 _HALF_LIFE_S = HALF_LIFE_DAYS * 86400.0
+
+
+def _count(value: Any) -> int:
+    """A run count from a record, within 0 and :data:`_MAX_RUNS`."""
+    return min(max(int(value), 0), _MAX_RUNS)
 
 
 def command_key(argv: Sequence[str]) -> str:
@@ -53,9 +79,15 @@ def command_key(argv: Sequence[str]) -> str:
 def runs_needed(rate: float, false_blame: float, max_reruns: int) -> int:
     """How many runs, all red, make a red verdict: the fewest ``n`` with ``rate ** n < false_blame``
     (3 at a rate of 0.2 and 0.01), but never more than ``1 + max_reruns``."""
+    cap = 1 + max(0, max_reruns)
+    if false_blame <= 0.0:
+        return cap  # no chance of a wrong blame is accepted: every run allowed (config refuses 0)
+    if false_blame >= 1.0:
+        return 1
     f = min(max(rate, MIN_RATE), MAX_RATE)
+    # The 1e-9 keeps an exact power (0.1 ** 2 = 0.01) from needing a run more through rounding.
     n = max(1, math.ceil(math.log(false_blame) / math.log(f) - 1e-9))
-    return min(n, 1 + max(0, max_reruns))
+    return min(n, cap)
 
 
 class CommandRate(NamedTuple):
@@ -83,7 +115,7 @@ class CommandFlakes:
             factor = 0.5 ** ((when - self.at) / _HALF_LIFE_S)
             self.trials *= factor
             self.flakes *= factor
-            self.tests = {t: w * factor for t, w in self.tests.items()}
+            self.tests = {t: w * factor for t, w in self.tests.items() if w * factor >= FORGET_FLAKES}
         self.at = when
 
 
@@ -103,15 +135,19 @@ class FlakeModel:
         when: float,
     ) -> None:
         """One verify run's ``tries`` ((command key, runs, reds)), its ``flaky_tests`` and ``excused``
-        failures ((command key, test id)), recorded at ``when`` (epoch seconds)."""
-        for key, runs, reds in tries:
+        failures ((command key, test id)), recorded at ``when`` (epoch seconds).
+
+        ``excused`` is taken for the record's sake but teaches nothing: an excused run was not re-run,
+        so it cannot tell a flake from a break (see the module docstring)."""
+        del excused
+        for key, ran, red in tries:
+            runs, reds = _count(ran), _count(red)
             if runs <= reds:
                 continue  # red to the end: broken or unlucky, nobody can tell
             c = self._at(str(key), when)
-            c.trials += int(runs)
-            c.flakes += int(reds)
-        # An excused failure is a quarantined (or red-on-the-base) test failing again: a flake of it.
-        for key, test in (*flaky_tests, *excused):
+            c.trials += runs
+            c.flakes += reds
+        for key, test in flaky_tests:
             c = self._at(str(key), when)
             c.tests[str(test)] = c.tests.get(str(test), 0.0) + 1.0
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from statemachine.exceptions import InvalidTransition, SnapshotIncompatible
+from statemachine.flakes import FlakeModel
 from statemachine.handlers import HANDLERS, Handler, Payload
 from statemachine.ids import id_key, id_order, written_id
 from statemachine.machines import LiveMachines, LiveModel
@@ -61,7 +62,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_NAME = "projection"
-SNAPSHOT_FORMAT = 1
+# 2: the flake model (issue 14). A snapshot of another format is ignored and the log replayed from zero.
+SNAPSHOT_FORMAT = 2
 
 
 class ControlRequest(NamedTuple):
@@ -130,6 +132,7 @@ class Projection:
         self.last_hash = ""
         self.verify_runs = 0
         self.agents_started = 0
+        self.flakes = FlakeModel()  # every verify command's flake rate and flaky tests, from verify runs
         self._live: LiveMachines | None = None
 
     # -- the fold ----------------------------------------------------------------------------
@@ -378,6 +381,7 @@ class Projection:
             "last_hash": self.last_hash,
             "verify_runs": self.verify_runs,
             "agents_started": self.agents_started,
+            "flakes": self.flakes.to_json(),
         }
 
     @classmethod
@@ -404,6 +408,7 @@ class Projection:
         pr.last_hash = data["last_hash"]
         pr.verify_runs = data["verify_runs"]
         pr.agents_started = data["agents_started"]
+        pr.flakes = FlakeModel.from_json(data["flakes"])
         return pr
 
     def __eq__(self, other: object) -> bool:

@@ -140,6 +140,10 @@ class BatchView:
     last_failing_command: tuple[str, ...] = ()
     pause_command: tuple[str, ...] = ()
     pause_output: str = ""
+    # (command key, test id) that failed in the baseline runs of ``base_failures_sha`` (the newest base
+    # given a baseline): flaky there, or red in a red baseline. They never blame a candidate on it.
+    base_failures: tuple[tuple[str, str], ...] = ()
+    base_failures_sha: str = ""
 
     @property
     def stream(self) -> str:
@@ -228,18 +232,27 @@ class _Codec:
     def __init__(self, cls: type[Any]) -> None:
         self.cls = cls
         self.names = tuple(f.name for f in fields(cls))
-        self.tuple_idx = tuple(i for i, f in enumerate(fields(cls)) if str(f.type).startswith("tuple["))
+        types = [str(f.type) for f in fields(cls)]
+        # Tuples of pairs (``tuple[tuple[str, str], ...]``) are lists of lists in JSON, tuples of tuples here.
+        self.pairs_idx = tuple(i for i, t in enumerate(types) if t.startswith("tuple[tuple["))
+        self.tuple_idx = tuple(
+            i for i, t in enumerate(types) if t.startswith("tuple[") and i not in self.pairs_idx
+        )
 
     def dump(self, view: Any) -> Row:
         row = [getattr(view, n) for n in self.names]
         for i in self.tuple_idx:
             row[i] = list(row[i])
+        for i in self.pairs_idx:
+            row[i] = [list(pair) for pair in row[i]]
         return row
 
     def load(self, row: Row) -> Any:
         values = list(row)
         for i in self.tuple_idx:
             values[i] = tuple(values[i])
+        for i in self.pairs_idx:
+            values[i] = tuple(tuple(pair) for pair in values[i])
         return self.cls(*values)
 
 

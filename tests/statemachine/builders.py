@@ -76,8 +76,16 @@ def _fixed(tp: Any) -> Any:
         return 1.5
     origin = typing.get_origin(tp)
     if origin is tuple:
-        inner = typing.get_args(tp)[0]
-        return (("a", "b"),) if typing.get_origin(inner) is tuple else ("a",)  # pairs, or strings
+        args = typing.get_args(tp)
+        if Ellipsis not in args:  # a fixed-length tuple such as (reds, runs)
+            return tuple(_fixed(a) for a in args)
+        inner = args[0]
+        if typing.get_origin(inner) is not tuple:
+            return ("a",)  # strings
+        parts = typing.get_args(inner)
+        if all(a is str for a in parts) and len(parts) == 2:
+            return (("a", "b"),)  # pairs of strings, such as (todo id, state)
+        return (tuple(_fixed(a) for a in parts),)  # records such as (command, runs, reds)
     if origin is dict:
         return {}
     return None  # an optional field
@@ -106,15 +114,23 @@ def _random(tp: Any) -> st.SearchStrategy[Any]:
         return st.floats(0, 1e5, allow_nan=False, allow_infinity=False)
     origin = typing.get_origin(tp)
     if origin is tuple:
-        inner = typing.get_args(tp)[0]
-        if typing.get_origin(inner) is tuple:  # pairs such as (todo id, state)
-            pair = st.tuples(st.text(max_size=4), st.text(max_size=4))
-            return st.lists(pair, max_size=3).map(tuple)
+        args = typing.get_args(tp)
+        if Ellipsis not in args:  # a fixed-length tuple such as (reds, runs)
+            return st.tuples(*(_small(a) for a in args))
+        inner = args[0]
+        if typing.get_origin(inner) is tuple:  # pairs such as (todo id, state), records (command, runs, reds)
+            record = st.tuples(*(_small(a) for a in typing.get_args(inner)))
+            return st.lists(record, max_size=3).map(tuple)
         return st.lists(st.text(max_size=4), max_size=3).map(tuple)
     if origin is dict:
         return st.just({})
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return st.none() | _random(args[0])
+
+
+def _small(tp: Any) -> st.SearchStrategy[Any]:
+    """A part of a record: a short string, or a small count (of runs, of reds)."""
+    return st.integers(0, 6) if tp is int else st.text(max_size=4)
 
 
 def random_event(cls: type[Any], ids: dict[str, Any]) -> st.SearchStrategy[Any]:
