@@ -209,14 +209,16 @@ def test_a_test_long_quiet_is_forgotten() -> None:
 # --- base failures -------------------------------------------------------------------------------
 
 
-def test_base_failures_are_the_tests_red_or_flaky_on_the_baseline() -> None:
-    """A red baseline's failed tests (keyed by its command) and a baseline's flaky tests are base failures;
-    a candidate run's failures are not."""
+def test_base_failures_are_the_tests_that_failed_on_the_baseline() -> None:
+    """A red baseline's failed tests (keyed by its command) and a baseline's flaky and excused tests are
+    base failures, each once; a candidate run's failures are not."""
     log = Log()
     log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 2, 1),), flaky_tests=((KEY, "t::flaky"),))
+    excused = ((KEY, "t::flaky"), (KEY, "t::q"))
+    log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 1, 0),), excused=excused)
     log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 3, 3),), command=ARGV, failed_tests=("t::red",))
     log.run(_days(0), tries=((KEY, 3, 3),), command=ARGV, failed_tests=("t::candidate",))
-    assert log.fold().batches["1.1"].base_failures == ((KEY, "t::flaky"), (KEY, "t::red"))
+    assert log.fold().batches["1.1"].base_failures == ((KEY, "t::flaky"), (KEY, "t::q"), (KEY, "t::red"))
 
 
 def test_base_failures_are_those_of_the_newest_base() -> None:
