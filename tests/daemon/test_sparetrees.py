@@ -423,3 +423,29 @@ def test_get_after_kill_9_mid_get_still_works(tmp_path: Path, repo: Path, verify
         run_git(verify, "read-tree", second)
         for spare in spares.get(verify.path, 2):
             assert folder_files(spare) == index_files(verify)
+
+
+def test_spare_made_into_its_own_repository_is_repaired(
+    repo: Path, verify: WorkTree, spares: SpareTrees
+) -> None:
+    """A test that replaced a spare's .git file with a repository of its own (`git init`) does not
+    keep it: the spare is a worktree of the repository again and equals the index."""
+    [spare] = spares.get(verify.path, 1)
+    (spare / ".git").unlink()
+    git(spare, "init", "-q")
+    spares.get(verify.path, 1)
+    assert (spare / ".git").is_file()
+    assert git(spare, "rev-parse", "HEAD") == head(verify.path)
+    assert folder_files(spare) == index_files(verify)
+
+
+def test_without_repo_a_lost_spare_is_remade_and_remove_all_forgets_it(repo: Path, verify: WorkTree) -> None:
+    """With the repository learned from the tree, a spare deleted by hand is remade in it, and
+    remove_all leaves git no spare to list."""
+    spares = SpareTrees(repo / ".batchd" / "verify-spares")
+    [spare] = spares.get(verify.path, 1)
+    subprocess.run(["rm", "-rf", str(spare)], check=True)
+    spares.get(verify.path, 1)
+    assert spare_worktrees(repo, spares) == [spare]
+    spares.remove_all()
+    assert spare_worktrees(repo, spares) == []
