@@ -79,7 +79,9 @@ def command_key(argv: Sequence[str]) -> str:
 
 def runs_needed(rate: float, false_blame: float, max_reruns: int) -> int:
     """How many runs, all red, make a red verdict: the fewest ``n`` with ``rate ** n < false_blame``
-    (3 at a rate of 0.2 and 0.01), but never more than ``1 + max_reruns``."""
+    (3 at a rate of 0.2 and 0.01), but never more than ``1 + max_reruns``, and never fewer than 2
+    when a re-run is allowed at all: a command whose measured rate fell to almost nothing would
+    otherwise never be re-run, so a flake it starts to have would never be seen, only blamed."""
     cap = 1 + max(0, max_reruns)
     if false_blame <= 0.0:
         return cap  # no chance of a wrong blame is accepted: every run allowed (config refuses 0)
@@ -87,7 +89,7 @@ def runs_needed(rate: float, false_blame: float, max_reruns: int) -> int:
         return 1
     f = min(max(rate, MIN_RATE), MAX_RATE)
     # The 1e-9 keeps an exact power (0.1 ** 2 = 0.01) from needing a run more through rounding.
-    n = max(1, math.ceil(math.log(false_blame) / math.log(f) - 1e-9))
+    n = max(2, math.ceil(math.log(false_blame) / math.log(f) - 1e-9))
     return min(n, cap)
 
 

@@ -64,13 +64,20 @@ def _days(n: float) -> datetime:
 
 @pytest.mark.parametrize(
     ("rate", "max_reruns", "expected"),
-    [(0.2, RETRIES, 3), (PRIOR, RETRIES, 2), (0.5, 2, 3), (0.001, RETRIES, 1)],
-    ids=["three-at-0.2", "two-at-the-prior", "capped-by-retries", "one-for-a-tiny-rate"],
+    [(0.2, RETRIES, 3), (PRIOR, RETRIES, 2), (0.5, 2, 3), (0.001, RETRIES, 2), (0.2, 0, 1)],
+    ids=[
+        "three-at-0.2",
+        "two-at-the-prior",
+        "capped-by-retries",
+        "a-re-run-even-at-a-tiny-rate",
+        "none-allowed",
+    ],
 )
 def test_runs_needed_is_the_fewest_all_red_runs_below_false_blame(
     rate: float, max_reruns: int, expected: int
 ) -> None:
-    """Red runs needed: 3 at f=0.2, 2 at the 0.05 prior, at most 1 + retries, 1 when flakes are rare."""
+    """Red runs needed: 3 at f=0.2, 2 at the 0.05 prior, at most 1 + retries; a red is re-run once even
+    when flakes are rare (else a command that starts to flake is never seen to), unless retries = 0."""
     assert runs_needed(rate, FALSE_BLAME, max_reruns) == expected
 
 
