@@ -387,3 +387,23 @@ def test_a_log_from_before_flake_records_still_reads(tmp_path: Path) -> None:
     flakes = json.loads(done.stdout[done.stdout.index("{\n") :])["flakes"]
     assert flakes["commands"] == [{"command": KEY, "rate": 0.05, "trials": 0, "flakes": 0}]
     assert flakes["quarantined"] == []
+
+
+# --- re-runs at once ---------------------------------------------------------------------------
+
+
+def test_with_parallel_re_runs_the_culprit_is_confirmed_in_spare_trees(tmp_path: Path) -> None:
+    """`[verify] parallel = 3`: the culprit's red run is confirmed by re-runs at once in spare trees
+    beside the verify worktree (.batchd/verify-spares), with the same record as one at a time."""
+    repo = flaky_repo(
+        tmp_path,
+        {"1": module("1"), "2": module("2", UNNAMED_BREAK)},
+        {"check.py": UNITTEST_CHECK, "tests/test_mods.py": TEST_MODS, "tests/test_flaky.py": TEST_FLAKY},
+        verify="retries = 2\nflake_rate = 0.5\nparallel = 3",
+    )
+    run_cli(repo)
+    (rejected,) = payloads(repo, "todo.rejected")
+    assert (rejected["todo_id"], rejected["confirmed"]) == ("2", [3, 3])
+    assert rejected["failed_tests"] == [MODS_TEST_ID]
+    assert [p["todo_id"] for p in payloads(repo, "todo.accepted")] == ["1"]
+    assert (repo.root / ".batchd" / "verify-spares" / "spare-1").is_dir()
