@@ -21,9 +21,10 @@ after two flakes) unless new flakes are seen. Then the test's next failure is re
 flakes, one flake quarantines it again; if it stays red, it blames.
 
 The estimate reads a little low. Trees whose runs were all red are left out, and among them are the
-good trees that were unlucky every time (a share of about ``rate ** runs``). At 0.2 with 3 runs a
-tree it comes out near 0.185. This does not change how many runs are needed except close to a step
-of :func:`runs_needed`, and correcting it would need each tree's cap, which the record does not hold.
+good trees that were unlucky every time (a share of about ``rate ** runs``): a true 0.2 reads as
+about 0.18 (0.184 at 3 runs a tree, 0.14 at 2). This does not change how many runs are needed except
+close to a step of :func:`runs_needed`, and correcting it would need each tree's cap (the runs it was
+allowed), which the record does not hold.
 
 Everything here is a pure function of the folded events (their ``recorded_at``, never a clock). So
 replay from zero and snapshot plus tail do the same float operations in the same order and agree

@@ -1,8 +1,9 @@
 """One small pure handler per event type: ``handler(projection, view, payload, event)``.
 
 A handler only copies payload fields into the view (and, for a few events, the projection's counters
-or a related view). The move itself is checked by the fold in :data:`tables.NEXT_STATE` before the
-handler runs and made after it, so ``view.state`` in a handler is still the state the event left.
+or a related view; ``batch.verify_run`` also feeds the flake model, :mod:`statemachine.flakes`). The
+move itself is checked by the fold in :data:`tables.NEXT_STATE` before the handler runs and made after
+it, so ``view.state`` in a handler is still the state the event left.
 Handlers read payload dicts (as decoded from the log's JSON, or as the registry encodes an event)
 rather than event dataclasses: this is the fold's hot path.
 """
@@ -298,7 +299,8 @@ def _base_failures(b: BatchView, p: Payload) -> None:
     sha = p.get("sha", "")
     if sha != b.base_failures_sha:
         b.base_failures, b.base_failures_sha = (), sha  # a new base: the old one's failures say nothing of it
-    found = [(str(k), str(t)) for k, t in p.get("flaky_tests", ())]
+    # Flaky there, or excused there (quarantined): either way they fail on the base too.
+    found = [(str(k), str(t)) for k, t in (*p.get("flaky_tests", ()), *p.get("excused", ()))]
     command = p.get("command", ())
     if not p["passed"] and command:
         key = command_key(command)

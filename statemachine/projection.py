@@ -5,10 +5,12 @@ checks the stream names the entity the payload names, moves the entity with one 
 :data:`tables.NEXT_STATE` (split per trigger) and lets the event's handler copy payload fields into the
 view. A move the table does not declare raises :class:`InvalidTransition` naming stream, state, event
 and seq: nothing is skipped. The fold is pure (no clock, no I/O, no callbacks), so rebuilding fires no
-side effects. It works on payload dicts, not decoded dataclasses: decoding every event through the
-registry alone costs 3-4x the whole fold (``bench.replay``: fold ~260-300k events/s, registry decode
-~70-90k/s on a loaded 2-core machine); an event stored with an older ``type_version`` still goes
-through the registry's upcasters first. :func:`replay` pauses the cyclic GC while it loads (see
+side effects. ``Projection.flakes`` (:class:`statemachine.flakes.FlakeModel`) is folded from the
+``batch.verify_run`` events and their recorded times, so it too is the same after any rebuild. The fold
+works on payload dicts, not decoded dataclasses: decoding every event through the registry alone costs
+3-4x the whole fold (``bench.replay``: fold ~260-300k events/s, registry decode ~70-90k/s on a loaded
+2-core machine); an event stored with an older ``type_version`` still goes through the registry's
+upcasters first. :func:`replay` pauses the cyclic GC while it loads (see
 :func:`_gc_paused`).
 
 :func:`replay` rebuilds from the latest snapshot plus the tail (or from zero), up to a sequence number

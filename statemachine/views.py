@@ -141,7 +141,8 @@ class BatchView:
     pause_command: tuple[str, ...] = ()
     pause_output: str = ""
     # (command key, test id) that failed in the baseline runs of ``base_failures_sha`` (the newest base
-    # given a baseline): flaky there, or red in a red baseline. They never blame a candidate on it.
+    # given a baseline): flaky or excused there, or red in a red baseline. They never blame a candidate
+    # verified on that base (the engine checks the sha: a batch moved to a base never baselined keeps them).
     base_failures: tuple[tuple[str, str], ...] = ()
     base_failures_sha: str = ""
 

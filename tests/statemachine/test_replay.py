@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from statemachine import Projection, replay, save_snapshot
+from statemachine import events as ev
+from statemachine.projection import snapshot_matches_replay
 from statemachine.tables import Kind
 from store import EventLog
 from tests.statemachine.builders import event, write
@@ -99,3 +102,55 @@ def test_replay_writes_nothing(tmp_path: Path) -> None:
         before = (log.last_seq(), log.load_snapshot("projection"))
         replay(log)
         assert (log.last_seq(), log.load_snapshot("projection")) == before
+
+
+def _flaky_runs() -> list[tuple[str, object]]:
+    """A batch whose verify runs teach the flake model (a flake of `pytest -q`, and a flaky test)."""
+    runs = [
+        ev.BatchVerifyRun(
+            key="1.1",
+            run=i,
+            todo_ids=(),
+            passed=True,
+            tries=(("pytest -q", 2, 1),),
+            flaky_tests=(("pytest -q", "t::flaky"),),
+        )
+        for i in range(3)
+    ]
+    planned = ev.BatchPlanned(key="1.1", phase=1, todo_ids=())
+    return [("batch-1.1", planned), *(("batch-1.1", r) for r in runs)]
+
+
+def test_snapshot_with_flakes_passes_the_full_audit(tmp_path: Path) -> None:
+    """A snapshot holding a flake model, stored and read back, is exactly what replay from zero gives."""
+    with _log(tmp_path, _flaky_runs()) as log:
+        save_snapshot(log, replay(log))
+        report = snapshot_matches_replay(log, log.verify())
+    assert (report.ok, report.problem) == (True, "")
+
+
+def test_audit_compares_the_snapshots_flake_model_with_replay(tmp_path: Path) -> None:
+    """A snapshot whose flake counts were edited (its hash recomputed) fails the full audit."""
+    with _log(tmp_path, _flaky_runs()) as log:
+        data = replay(log).to_json()
+        data["flakes"]["pytest -q"]["flakes"] = 0.0
+        log.save_snapshot("projection", data["last_seq"], data)
+        report = snapshot_matches_replay(log, log.verify())
+    assert (report.ok, report.first_bad_seq) == (False, data["last_seq"])
+
+
+def test_snapshot_of_the_format_before_flakes_is_rebuilt_by_replay(tmp_path: Path) -> None:
+    """A format-1 snapshot (written before the flake model) is skipped: replay from zero learns the flakes."""
+    with _log(tmp_path, _flaky_runs()) as log:
+        data = replay(log).to_json()
+        data["format"] = 1
+        del data["flakes"]
+        log.save_snapshot("projection", data["last_seq"], data)
+        with capture_logs() as logs:
+            pr = replay(log)
+        full = replay(log, use_snapshot=False)
+    assert (pr == full, pr.flakes.quarantined(), logs[0]["event"]) == (
+        True,
+        {("pytest -q", "t::flaky"): pytest.approx(0.5)},
+        "snapshot_ignored",
+    )
