@@ -1,5 +1,9 @@
 """A batch's jobs and verdicts, for every policy: its baseline, its verification in the pool, and
-every todo's fate decided in one transaction (accepted, rejected, conflicted, retried or blocked)."""
+every todo's fate decided in one transaction (accepted, rejected, conflicted, retried or blocked).
+
+Every check runs under the flake policy of the log so far (:func:`flake_policy`: the measured rates,
+and the tests whose failures blame nobody), and every verify run's record says how each command
+fared on its tree (:func:`verify_run`): what the flake model learns from on the next fold."""
 
 from __future__ import annotations
 
