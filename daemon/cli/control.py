@@ -16,8 +16,10 @@ import click
 from daemon.cli.main import db_option, json_option, parse_time_option, repo_option, resolve_root
 from daemon.cli.statustext import print_status
 from daemon.cli.todoids import known_todo
+from daemon.config import VerifyConfig, load_config
+from daemon.engine.flaketext import flakes_json
 from daemon.engine.statusfile import review_items
-from daemon.exceptions import UsageError
+from daemon.exceptions import BatchdError, UsageError
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
 from statemachine.economy import RunEconomy, budget_text, run_economy, todo_json
@@ -43,10 +45,14 @@ def elapsed_since(recorded_at: str) -> float:
     return max(0.0, (datetime.now(UTC) - parse_time(recorded_at)).total_seconds())
 
 
-def status_data(proj: Projection, *, economy: RunEconomy | None = None) -> dict[str, Any]:
+def status_data(
+    proj: Projection, *, economy: RunEconomy | None = None, verify: VerifyConfig | None = None
+) -> dict[str, Any]:
     """Everything ``status`` shows; ``economy`` is the run's accounting (default: with the running
-    agents' time by the clock)."""
+    agents' time by the clock); ``verify`` the configured checks, whose flake rates are shown (None:
+    every command the log measured, blended with the default prior)."""
     run = proj.run
+    checks = verify or VerifyConfig()
     economy = economy or run_economy(proj, now=datetime.now(UTC))
     todos = []
     for todo in sorted(proj.todos.values(), key=lambda t: (len(t.todo_id), t.todo_id)):
@@ -126,8 +132,18 @@ def status_data(proj: Projection, *, economy: RunEconomy | None = None) -> dict[
         ],
         "todos": todos,
         "review": [{"id": proj.shown(t), "attempt": n, "what": what} for t, n, what in review_items(proj)],
+        "flakes": flakes_json(proj.flakes, checks.commands if verify else None, checks.flake_rate),
         "last_seq": proj.last_seq,
     }
+
+
+def verify_config(root: Path) -> VerifyConfig | None:
+    """The ``[verify]`` section, for the flake rates of the configured commands; None when the file
+    cannot be read: status must still show what the log knows (``batchd run`` reports the error)."""
+    try:
+        return load_config(root).verify
+    except BatchdError:
+        return None
 
 
 def run_detail(proj: Projection) -> str:
@@ -155,9 +171,9 @@ def verdict_data(proj: Projection) -> dict[str, Any] | None:
 @json_option
 def status(repo: Path | None, db: str | None, as_json: bool) -> None:
     """The run, its phases and batches, every todo's state, running agents, and what is blocked and why."""
-    _, proj = load_projection(repo, db)
+    root, proj = load_projection(repo, db)
     economy = run_economy(proj, now=datetime.now(UTC))
-    data = status_data(proj, economy=economy)
+    data = status_data(proj, economy=economy, verify=verify_config(root))
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.engine.flaketext import percent, rate_text
 from daemon.engine.statusfile import verdict_line
 from daemon.exceptions import headline
 from statemachine.economy import SIMULATED, RunEconomy, budget_text, cost_text, minutes_text, summary_text
 from statemachine.projection import Projection
 
-__all__ = ["agent_cell", "print_status", "simulated_note"]
+__all__ = ["agent_cell", "flake_lines", "print_status", "simulated_note"]
+
+MAX_QUARANTINED_SHOWN = 10
 
 
 def agent_cell(agent: dict[str, Any], *, say_simulated: bool) -> str:
@@ -34,6 +37,22 @@ def simulated_note(todos: list[dict[str, Any]]) -> tuple[str | None, bool]:
     if costed and all(a["cost_simulated"] for a in costed):
         return f"agent costs {SIMULATED}", False
     return None, True
+
+
+def flake_lines(flakes: dict[str, Any]) -> list[str]:
+    """The verify commands' flake rates on one line, and the quarantined tests (count, then the
+    first :data:`MAX_QUARANTINED_SHOWN`; the status file lists them all), as Rich markup."""
+    from rich.markup import escape
+
+    rates = [rate_text(c["command"], c["rate"], c["trials"], c["flakes"]) for c in flakes["commands"]]
+    lines = [f"flake rates: {escape('; '.join(rates))}"] if rates else []
+    quarantined = flakes["quarantined"]
+    if quarantined:
+        shown = [f"{q['test']} (`{q['command']}`, {percent(q['rate'])})" for q in quarantined]
+        more = len(shown) - MAX_QUARANTINED_SHOWN
+        text = ", ".join(shown[:MAX_QUARANTINED_SHOWN]) + (f" +{more} more" if more > 0 else "")
+        lines.append(f"[yellow]quarantined tests[/] ({len(quarantined)}): {escape(text)}")
+    return lines
 
 
 def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) -> None:
@@ -67,6 +86,8 @@ def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) ->
             f"cost {escape(cost_text(economy.cost_usd, economy.simulated))}",
             soft_wrap=True,
         )
+    for line in flake_lines(data["flakes"]):
+        console.print(line, soft_wrap=True)
     phases = Table(title="phases", show_lines=False)
     for column in ("phase", "title", "state", "batches", "commit", "push"):
         phases.add_column(column)

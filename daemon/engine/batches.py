@@ -1,5 +1,9 @@
 """A batch's jobs and verdicts, for every policy: its baseline, its verification in the pool, and
-every todo's fate decided in one transaction (accepted, rejected, conflicted, retried or blocked)."""
+every todo's fate decided in one transaction (accepted, rejected, conflicted, retried or blocked).
+
+Every check runs under the flake policy of the log so far (:func:`flake_policy`: the measured rates,
+and the tests whose failures blame nobody), and every verify run's record says how each command
+fared on its tree (:func:`verify_run`): what the flake model learns from on the next fold."""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from collections.abc import Sequence
 import structlog
 
 from daemon.engine import phases, retrytext
+from daemon.engine.flaketext import broke_text
 from daemon.engine.runner import Daemon
 from daemon.engine.verdict import EXHAUSTED
 from daemon.exceptions import BatchdError
 from daemon.intake.todofile import id_order
 from daemon.world import safefs
 from daemon.world.agents import repair_text
-from daemon.world.checks import CheckResult, CheckRunner
+from daemon.world.checks import CheckResult, CheckRunner, FlakePolicy
 from daemon.world.verify import (
     BatchVerdict,
     Candidate,
@@ -27,6 +32,7 @@ from daemon.world.verify import (
     verify_batch,
 )
 from statemachine import events as ev
+from statemachine.flakes import command_key
 from statemachine.tables import TodoState
 from statemachine.views import BatchView, TodoView
 from store import Append
@@ -41,22 +47,13 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
     key = f"baseline-{batch.key}"
     if d.has_job(key):
         return
-    runner = check_runner(d)
+    runner = check_runner(d, batch)
 
     def work() -> CheckResult:
         return check_baseline(phases.ensure_verify_worktree(d, base), base, runner)
 
     def done(result: CheckResult) -> None:
-        run_event = ev.BatchVerifyRun(
-            key=batch.key,
-            run=0,
-            todo_ids=(),
-            passed=result.passed,
-            command=tuple(result.failed_command or ()),
-            duration=round(result.duration, 3),
-            baseline=True,
-            sha=base,
-        )
+        run_event = verify_run(batch.key, 0, (), result, baseline=True, sha=base)
         events: list[object] = [run_event]
         if not result.passed:
             events.append(
@@ -82,7 +79,10 @@ def pause_on_error(d: Daemon, key: str, base: str, error: BaseException) -> None
     d.emit_one(ev.batch_stream(key), paused)
 
 
-def check_runner(d: Daemon) -> CheckRunner:
+def check_runner(d: Daemon, batch: BatchView | None = None) -> CheckRunner:
+    """The verify commands as ``batch`` is checked (None: the final check, a push's re-check), with
+    the flake policy of the log so far (see :func:`flake_policy`)."""
+    policy = flake_policy(d, batch)
     return CheckRunner(
         d.config.verify.commands,
         timeout=d.config.verify.timeout,
@@ -91,6 +91,60 @@ def check_runner(d: Daemon) -> CheckRunner:
         readable=[d.root],
         setup=d.config.verify.setup,
         dependencies_from=d.root,
+        policy=policy,
+        # Re-runs at once need copies of the tree; one at a time they run in the verify worktree.
+        spares=phases.spare_trees(d) if policy.parallel > 1 else None,
+    )
+
+
+def flake_policy(d: Daemon, batch: BatchView | None) -> FlakePolicy:
+    """How red runs are confirmed now: each command's rate as measured from the log (the prior until
+    then), and the tests whose failures blame nobody: quarantined ones, and those that failed on this
+    batch's base in its baseline runs (a failure the base has too is not the candidates')."""
+    v = d.config.verify
+    excused = set(d.proj.flakes.quarantined())
+    if batch is not None:
+        excused |= set(batch.base_failures)
+    return FlakePolicy(
+        rates=d.proj.flakes.rates(v.flake_rate),
+        prior=v.flake_rate,
+        false_blame=v.false_blame,
+        max_reruns=v.retries,
+        excused=frozenset(excused),
+        junit=v.junit,
+        parallel=v.parallel,
+    )
+
+
+def verify_run(
+    key: str,
+    run: int,
+    todo_ids: Sequence[str],
+    result: CheckResult,
+    *,
+    baseline: bool = False,
+    sha: str = "",
+) -> ev.BatchVerifyRun:
+    """A verify run's record, with how each command fared on the tree (what the flake model learns
+    from): its runs and red runs, whether a red run was a flake, what confirmed a red, and the tests."""
+    tries = tuple((command_key(t.command), t.runs, t.reds) for t in result.tries)
+    return ev.BatchVerifyRun(
+        key=key,
+        run=run,
+        todo_ids=tuple(todo_ids),
+        passed=result.passed,
+        command=tuple(result.failed_command or ()),
+        duration=round(result.duration, 3),
+        baseline=baseline,
+        sha=sha,
+        tries=tries,
+        flaked=any(t.passed and t.reds > 0 for t in result.tries),
+        confirmed=result.confirmed,
+        failed_tests=result.failed_tests,
+        flaky_tests=tuple((command_key(t.command), test) for t in result.tries for test in t.flaky_tests),
+        excused=tuple((command_key(t.command), test) for t in result.tries for test in t.excused),
+        # The failing command's reading when red, else the last one read (a flake's red run).
+        evidence=next((t.evidence for t in reversed(result.tries) if t.evidence), ""),
     )
 
 
@@ -103,30 +157,14 @@ def verify(d: Daemon, batch: BatchView) -> None:
         Candidate(todo_id=t.todo_id, sha=t.agent_commit, files=tuple(t.agent_files), test_edits=t.test_edits)
         for t in members
     ]
-    runner = check_runner(d)
+    runner = check_runner(d, batch)
     base = batch.base_sha
     counter = [batch.runs]
 
     def on_run(run: VerifyRun) -> None:
         counter[0] += 1
-        result = run.result
-        d.inbox.put(
-            [
-                (
-                    ev.batch_stream(batch.key),
-                    [
-                        ev.BatchVerifyRun(
-                            key=batch.key,
-                            run=counter[0],
-                            todo_ids=tuple(run.todo_ids),
-                            passed=result.passed,
-                            command=tuple(result.failed_command or ()),
-                            duration=round(result.duration, 3),
-                        )
-                    ],
-                )
-            ]
-        )
+        event = verify_run(batch.key, counter[0], run.todo_ids, run.result)
+        d.inbox.put([(ev.batch_stream(batch.key), [event])])
 
     def work() -> BatchVerdict:
         return verify_batch(
@@ -223,7 +261,7 @@ def rejection(d: Daemon, todo: TodoView, batch: str, rej: Rejection) -> list[obj
     max_attempts = d.config.batchd.max_attempts
     command = tuple(rej.command or ())
     keep_verify_output(d, todo.todo_id, todo.attempt, command, rej)
-    reason = rej.reason or f"broke `{' '.join(command)}`"
+    reason = rej.reason or broke_text(command, rej.confirmed, rej.failed_tests)
     repairing = d.config.verify.repair
     # attempts_used does not count this rejection yet: it is recorded in this same transaction.
     retried = repairing and todo.attempts_used + 1 < max_attempts
@@ -238,7 +276,9 @@ def rejection(d: Daemon, todo: TodoView, batch: str, rej: Rejection) -> list[obj
             action="its change was left out; it is retried with the failure in its prompt"
             if retried
             else "fix by hand or `batchd retry`",
-            reason=rej.reason,
+            reason=reason,
+            confirmed=rej.confirmed,
+            failed_tests=rej.failed_tests,
         )
     ]
     repair = ""

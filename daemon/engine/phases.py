@@ -32,6 +32,7 @@ from daemon.intake.todofile import (
 )
 from daemon.world import gitops, safefs
 from daemon.world.gitops import WorkTree
+from daemon.world.sparetrees import SpareTrees
 from statemachine import events as ev
 from statemachine.tables import PhaseState, RunState, TodoState
 from statemachine.views import PhaseView
@@ -67,6 +68,16 @@ def ensure_verify_worktree(d: Daemon, sha: str) -> WorkTree:
     gitops.abort_in_progress(vt)
     gitops.reset_hard(vt, sha)
     return vt
+
+
+def spare_trees(d: Daemon) -> SpareTrees:
+    """Copies of the tree under test for re-runs at once (``[verify] parallel``), kept beside batchd's
+    verify worktree in its state folder, with the person's installed dependencies placed as the
+    verify worktree gets them. The repository is named (never learned from a tree tests ran in).
+    One per check runner: checks run one job at a time in the one verify worktree, and a new object
+    only writes its first spares whole instead of by difference."""
+    spares = d.ws.verify_worktree.with_name("verify-spares")
+    return SpareTrees(spares, dependencies_from=d.root, repo=d.root)
 
 
 def message_for(d: Daemon, phase: PhaseView, todo_ids: list[str]) -> str:

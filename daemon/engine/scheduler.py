@@ -18,6 +18,7 @@ from daemon.engine import barrier, continuous, phases, pushes, requests, state
 from daemon.engine import commands as cmd
 from daemon.engine.batches import check_runner
 from daemon.engine.execute import close_batches, execute, observe
+from daemon.engine.flaketext import red_text
 from daemon.engine.runner import Daemon
 from daemon.engine.state import DEAD_STATES, DONE_STATES, PRIORITY_ORDER, phase_head
 from daemon.engine.verdict import amend_verdict, budget_hit, record_verdict
@@ -321,7 +322,7 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
     key = "final-check"
     if d.has_job(key):
         return
-    runner = check_runner(d)
+    runner = check_runner(d)  # no batch: only quarantined tests are excused on the final tree
     branch_head = gitops.rev_parse(d.root, d.config.batchd.branch)
     head = phase_head(d.proj, phase) if phase is not None and not phase.final else branch_head
 
@@ -347,8 +348,8 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
             record_verdict(d, checks_green=passed, detail=detail, commit_to_come=phase is not None)
 
     def done(result: CheckResult) -> None:
-        failed_command = " ".join(result.failed_command or ())
-        decided(result.passed, "" if result.passed else f"final check failed: {failed_command}")
+        failed = red_text(result.failed_command or (), result.confirmed, result.failed_tests)
+        decided(result.passed, "" if result.passed else f"final check failed: {failed}")
 
     def crashed(error: BaseException) -> None:
         decided(False, f"final check crashed: {error}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
+from daemon.engine.flaketext import command_rates, percent, quarantined_rows, rate_text
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
@@ -181,6 +182,7 @@ def render_status(
     # No clock: a running agent's time so far is left out, so the file is the same whenever rebuilt.
     economy = run_economy(proj)
     lines.extend(agent_time(proj, economy))
+    lines.extend(flake_lines(proj, config))
     lines.append("## Phases")
     lines.append("")
     for phase in sorted(proj.phases.values(), key=lambda p: (p.final, p.number)):
@@ -268,6 +270,23 @@ def agent_time(proj: Projection, economy: RunEconomy) -> list[str]:
     if budget:
         lines.append(f"- **Stopped by a budget:** {cell(budget)}")
     lines.append("")
+    return lines
+
+
+def flake_lines(proj: Projection, config: Config) -> list[str]:
+    """Each verify command's measured flake rate (how many re-runs a red run gets), and the tests
+    quarantined for flaking: their failures blame nobody until they stop flaking, so a person should
+    fix them."""
+    prior = config.verify.flake_rate
+    rates = command_rates(proj.flakes, config.verify.commands, prior)
+    lines = ["## Flaky checks", ""]
+    lines += [f"- {cell(rate_text(*r))}" for r in rates]
+    lines.append("")
+    quarantined = quarantined_rows(proj.flakes)
+    if quarantined:
+        lines += ["### Quarantined tests", "", "| Test | Command | Measured rate |", "|---|---|---|"]
+        lines += [f"| {cell(test)} | `{cell(key)}` | {percent(rate)} |" for key, test, rate in quarantined]
+        lines.append("")
     return lines
 
 
