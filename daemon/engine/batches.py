@@ -103,7 +103,9 @@ def flake_policy(d: Daemon, batch: BatchView | None) -> FlakePolicy:
     batch's base in its baseline runs (a failure the base has too is not the candidates')."""
     v = d.config.verify
     excused = set(d.proj.flakes.quarantined())
-    if batch is not None:
+    # Only failures seen on the base this batch is verified on: a batch moved onto a newer head that
+    # had no baseline of its own does not excuse what an older base failed.
+    if batch is not None and batch.base_failures_sha == batch.base_sha:
         excused |= set(batch.base_failures)
     return FlakePolicy(
         rates=d.proj.flakes.rates(v.flake_rate),
