@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from daemon.exceptions import UsageError
+from daemon.service.logs import configure_logging
 from daemon.workspace import find_root, open_log
 from statemachine.events import todo_stream
 from statemachine.ids import user_id
@@ -232,6 +233,9 @@ def _register_subcommands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``batchd`` console script; the one place errors become exit codes."""
     _register_subcommands()
+    # Every command's warnings (a snapshot ignored, say) go to stderr, never into what a script reads
+    # from stdout (`status --json`); `run` and `demo` configure their own logging over this.
+    configure_logging(level="warning")
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="batchd", standalone_mode=False)
