@@ -495,3 +495,34 @@ def test_parallel_reruns_still_confirm_a_real_red(tmp_path: Path, tree: Path) ->
     assert result.confirmed == (3, 3)
     assert plan.calls == 3
     assert spares.calls == [1]
+
+
+def test_a_copy_is_prepared_past_an_earlier_check_that_passed_excused(tmp_path: Path, tree: Path) -> None:
+    """The first check is red in every tree but only with an excused test; the second check's
+    re-runs still meet in the handshake, so the copy's preparation went past the first check."""
+    first = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}], name="first")
+    state = tmp_path / "meet"
+    state.mkdir()
+    second = (PY, "-B", str(_script(tmp_path, "meet.py", MEET_PY)), str(state))
+    policy = FlakePolicy(rates={command_key(second): 0.2}, excused=frozenset({(first.key, X)}), parallel=3)
+    spares = CopySpares(tmp_path / "spares")
+    result = CheckRunner([first.command, second], timeout=120, policy=policy, spares=spares).run(tree)
+    assert result.passed
+    assert first.calls == 2  # in the tree, then in the copy
+    assert len(list(state.glob("arrived-*"))) == 2
+
+
+class NoSpares:
+    """Spare trees that cannot be made (a full disk)."""
+
+    def get(self, tree: Path, n: int) -> list[Path]:
+        raise OSError(28, "No space left on device")
+
+
+def test_without_spare_trees_the_reruns_run_in_place(tmp_path: Path, tree: Path) -> None:
+    """When no copy can be made, the re-runs run one by one in the tree: red, then green, passed."""
+    plan = Plan(tmp_path, [RED, GREEN])
+    runner = CheckRunner([plan.command], timeout=30, policy=_policy(plan, parallel=3), spares=NoSpares())
+    result = runner.run(tree)
+    assert result.passed
+    assert [(t.runs, t.reds) for t in result.tries] == [(2, 1)]
