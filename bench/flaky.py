@@ -1,0 +1,399 @@
+"""Flaky tests and culprit finding: today's ``retries = 1`` against the flake-aware search (issue 14).
+
+Batches of 10 todos, k = 0, 1 or 2 of them real culprits (each breaks its own test), and a verify
+command whose unrelated test fails a good tree with probability f (0.1, 0.2). Each configuration runs
+N seeded trials, one batch each, through the real search (:func:`daemon.world.verify.verify_batch`
+on a real repository, a real :class:`~daemon.world.checks.CheckRunner`, a real verify command: see
+:mod:`bench.flaky_world`), once per method:
+
+- **retries=1** (today): ``FlakePolicy(fixed=1)``, one re-run of a red command, no test evidence;
+- **flake-aware**: the new policy, its rates learned across the configuration's trials, in order, by a
+  :class:`statemachine.flakes.FlakeModel` fed exactly what the daemon records of each verify run (each
+  ``CommandRuns``' runs and reds as ``tries``, its ``flaky_tests`` and ``excused``), from the prior of
+  ``[verify] flake_rate``; test-level evidence on (pytest output), the model's quarantined tests
+  excused. The model starts empty in each configuration: its first trials pay for learning;
+- **flake-aware, no test names**: the same, but the output names no test, so only the command-level
+  rate decides how many re-runs confirm a red.
+
+A trial's seed fixes its culprits and the flaky test's draws, the same for every method (so the methods
+are compared on the same batches). The base is known green (as the daemon caches it): no baseline run.
+Recorded per trial: culprits, rejected todos, trees tested and verify command executions (counted by
+the command itself; with issue 14's runner they must equal the runs its ``CommandRuns`` report).
+
+Printed per (f, k, method): precision per rejected todo (rejected that were culprits / all rejected;
+n/a when none was rejected), recall (culprits rejected / culprits), good todos wrongly rejected per
+batch, verify command runs per batch (every execution, re-runs included) and trees tested per batch,
+with Flake Aware Culprit Finding's published figures beside (Henderson et al., ICST 2023). The aim:
+precision and recall >= 99% at f = 0.2 with at most ~10 runs per broken batch at k = 1.
+
+    python -m bench.flaky                  # 200 trials each, 2 processes (a few minutes)
+    python -m bench.flaky --trials 20      # a quick look
+    python -m bench.flaky --json           # the same numbers, and every trial, as one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.flaky_world import COMMAND, TODOS, Trial, World, make_runner, make_world, run_trial, takes_policy
+from daemon.config import VerifyConfig
+from daemon.service.logs import configure_logging
+from daemon.world.checks import FlakePolicy
+from daemon.world.verify import VerifyRun
+from statemachine.flakes import FlakeModel, command_key
+
+RETRIES_1 = "retries=1"
+FLAKE_AWARE = "flake-aware"
+NO_NAMES = "flake-aware, no test names"
+METHODS = (RETRIES_1, FLAKE_AWARE, NO_NAMES)
+FLAKE_RATES = (0.1, 0.2)
+CULPRITS = (0, 1, 2)
+AIM_F = 0.2
+AIM_PRECISION = 0.99
+AIM_RECALL = 0.99
+AIM_RUNS_K1 = 10.0
+# Henderson et al., "Flake Aware Culprit Finding", ICST 2023 (13,600 breakages at Google).
+FACF = {
+    FLAKE_AWARE: "FACF ~98% accurate, ~9-10 runs/breakage",
+    NO_NAMES: "FACF ~98% accurate, ~9-10 runs/breakage",
+    RETRIES_1: "bisection 1 run/step ~78% (~50% flaky)",
+}
+START = 1_800_000_000.0  # the records' clock: a batch every BATCH_EVERY seconds from here
+BATCH_EVERY = 600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    flake_rate: float
+    culprits: int
+    method: str
+    trials: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    job: Job
+    trials: tuple[Trial, ...]
+    seconds: float
+    rate: float | None  # the learned rate of the verify command at the end (flake-aware methods)
+    quarantined: tuple[str, ...]
+
+
+def trial_plan(job: Job, index: int) -> tuple[frozenset[int], int]:
+    """Trial ``index``'s culprit slots and stream seed: the same for every method."""
+    tag = f"{job.seed}/{job.flake_rate}/{job.culprits}/{index}"
+    culprits = frozenset(random.Random(f"culprits {tag}").sample(range(TODOS), job.culprits))
+    return culprits, random.Random(f"stream {tag}").getrandbits(63)
+
+
+def policy_for(job: Job, model: FlakeModel) -> FlakePolicy:
+    if job.method == RETRIES_1:
+        return FlakePolicy(fixed=1)
+    config = VerifyConfig()  # the defaults: prior 0.05, false_blame 0.01, at most 5 re-runs
+    return FlakePolicy(
+        rates=model.rates(config.flake_rate),
+        prior=config.flake_rate,
+        false_blame=config.false_blame,
+        max_reruns=config.retries,
+        excused=frozenset(model.quarantined()),
+    )
+
+
+def observe(model: FlakeModel, run: VerifyRun, when: float) -> None:
+    """What the daemon folds from one ``batch.verify_run``: its tries, flaky and excused tests."""
+    tries, flaky, excused = [], [], []
+    for c in run.result.tries:
+        key = command_key(c.command)
+        tries.append((key, c.runs, c.reds))
+        flaky += [(key, t) for t in c.flaky_tests]
+        excused += [(key, t) for t in c.excused]
+    model.observe(tries, flaky, excused, when)
+
+
+def run_job(job: Job) -> Done:
+    """One (f, k, method): its trials in order on one repository, one flake model learning across them."""
+    configure_logging(level="error", stream=sys.stderr)  # a flake is a warning: thousands of them here
+    start = time.perf_counter()
+    model = FlakeModel()
+    learn = job.method != RETRIES_1
+    style = "quiet" if job.method == NO_NAMES else "pytest"
+    trials = []
+    with tempfile.TemporaryDirectory(prefix="bench-flaky-") as tmp:
+        world: World = make_world(Path(tmp))
+        for i in range(job.trials):
+            when = START + i * BATCH_EVERY
+            runner = make_runner(policy_for(job, model), stream=world.stream, style=style)
+            culprits, stream_seed = trial_plan(job, i)
+            trial = run_trial(
+                world,
+                runner,
+                seed=i,
+                stream_seed=stream_seed,
+                culprits=culprits,
+                flake_rate=job.flake_rate,
+                on_run=(lambda run, when=when: observe(model, run, when)) if learn else (lambda run: None),
+            )
+            trials.append(trial)
+    key = command_key(COMMAND)
+    return Done(
+        job=job,
+        trials=tuple(trials),
+        seconds=time.perf_counter() - start,
+        rate=model.rate(key, VerifyConfig().flake_rate) if learn else None,
+        quarantined=tuple(sorted(test for k, test in model.quarantined() if k == key)),
+    )
+
+
+def run_all(jobs: list[Job], processes: int) -> list[Done]:
+    """Every job, in ``processes`` processes (1: in this one), with progress on stderr."""
+    done: list[Done] = []
+
+    def progress(d: Done) -> None:
+        done.append(d)
+        j = d.job
+        print(
+            f"[{len(done)}/{len(jobs)}] f={j.flake_rate:g} k={j.culprits} {j.method}: "
+            f"{len(d.trials)} trials in {d.seconds:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if processes <= 1:
+        for job in jobs:
+            progress(run_job(job))
+    else:
+        with ProcessPoolExecutor(max_workers=processes) as pool:
+            # The longest first (more culprits, more runs), so the processes finish together.
+            futures = [pool.submit(run_job, j) for j in sorted(jobs, key=lambda j: -j.culprits)]
+            for future in as_completed(futures):
+                progress(future.result())
+    order = {(j.flake_rate, j.culprits, j.method): n for n, j in enumerate(jobs)}
+    return sorted(done, key=lambda d: order[(d.job.flake_rate, d.job.culprits, d.job.method)])
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Figures:
+    trials: int
+    culprits: int
+    rejected: int
+    rejected_culprits: int
+    command_runs: int
+    steps: int
+    wrong_batches: int  # batches that rejected at least one good todo
+
+    @property
+    def precision(self) -> float | None:
+        return self.rejected_culprits / self.rejected if self.rejected else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.rejected_culprits / self.culprits if self.culprits else None
+
+    @property
+    def wrong_per_batch(self) -> float:
+        return (self.rejected - self.rejected_culprits) / self.trials
+
+    @property
+    def runs_per_batch(self) -> float:
+        return self.command_runs / self.trials
+
+    @property
+    def steps_per_batch(self) -> float:
+        return self.steps / self.trials
+
+
+def figures(trials: tuple[Trial, ...] | list[Trial]) -> Figures:
+    return Figures(
+        trials=len(trials),
+        culprits=sum(len(t.culprits) for t in trials),
+        rejected=sum(len(t.rejected) for t in trials),
+        rejected_culprits=sum(len(set(t.rejected) & set(t.culprits)) for t in trials),
+        command_runs=sum(t.command_runs for t in trials),
+        steps=sum(t.steps for t in trials),
+        wrong_batches=sum(1 for t in trials if set(t.rejected) - set(t.culprits)),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Aims:
+    """The issue's aims, judged on the flake-aware method at f = AIM_F (None: not measured)."""
+
+    precision: float | None  # over every k, k = 0's wrong rejections included
+    recall: float | None
+    runs_k1: float | None
+
+    @property
+    def met(self) -> bool:
+        return (
+            (self.precision is None or self.precision >= AIM_PRECISION)
+            and (self.recall is None or self.recall >= AIM_RECALL)
+            and (self.runs_k1 is None or self.runs_k1 <= AIM_RUNS_K1)
+        )
+
+
+def aims(done: list[Done]) -> Aims:
+    ours = [d for d in done if d.job.method == FLAKE_AWARE and d.job.flake_rate == AIM_F]
+    pooled = figures([t for d in ours for t in d.trials])
+    k1 = [t for d in ours if d.job.culprits == 1 for t in d.trials]
+    return Aims(
+        precision=pooled.precision,
+        recall=pooled.recall,
+        runs_k1=figures(k1).runs_per_batch if k1 else None,
+    )
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def text_report(done: list[Done], wall: float, processes: int) -> list[str]:
+    trials = {len(d.trials) for d in done}
+    lines = [
+        f"{TODOS} todos a batch, k culprits, an unrelated test failing a good tree with probability f; "
+        f"{'/'.join(map(str, sorted(trials)))} seeded trials per row, the same batches for every method",
+        f"{'f':>4} {'k':>2}  {'method':<27}{'precision':>10}{'recall':>8}{'wrong/b':>9}"
+        f"{'runs/b':>8}{'trees/b':>8}  published (Henderson et al., ICST 2023)",
+    ]
+    for d in done:
+        j, fig = d.job, figures(d.trials)
+        facf = FACF[j.method] if j.culprits else "-"
+        lines.append(
+            f"{j.flake_rate:>4g} {j.culprits:>2}  {j.method:<27}{percent(fig.precision):>10}"
+            f"{percent(fig.recall):>8}{fig.wrong_per_batch:>9.3f}{fig.runs_per_batch:>8.2f}"
+            f"{fig.steps_per_batch:>8.2f}  {facf}"
+        )
+    learned = [d for d in done if d.rate is not None]
+    if learned:
+        lines.append("learned at the end (rate of `sh check.sh`; quarantined tests):")
+        lines += [
+            f"  f={d.job.flake_rate:g} k={d.job.culprits} {d.job.method}: {d.rate:.3f}; "
+            f"{', '.join(d.quarantined) or 'none'}"
+            for d in learned
+        ]
+    judged = aims(done)
+    if judged.precision is not None or judged.runs_k1 is not None:
+        runs = "n/a" if judged.runs_k1 is None else f"{judged.runs_k1:.2f}"
+        lines.append(
+            f"aims at f={AIM_F:g}, {FLAKE_AWARE}: precision >= {AIM_PRECISION:.0%} "
+            f"({percent(judged.precision)} over all k), recall >= {AIM_RECALL:.0%} "
+            f"({percent(judged.recall)}), runs per batch at k=1 <= {AIM_RUNS_K1:g} ({runs}): "
+            f"{'met' if judged.met else 'NOT met'}"
+        )
+    lines.append(f"wall time {wall:.1f} s on {processes} process(es)")
+    return lines
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def json_report(done: list[Done], wall: float, processes: int, seed: int) -> dict[str, object]:
+    judged = aims(done)
+    rows = []
+    for d in done:
+        fig = figures(d.trials)
+        rows.append(
+            {
+                "flake_rate": d.job.flake_rate,
+                "k": d.job.culprits,
+                "method": d.job.method,
+                "trials": fig.trials,
+                "culprits": fig.culprits,
+                "rejected": fig.rejected,
+                "rejected_culprits": fig.rejected_culprits,
+                "wrong_batches": fig.wrong_batches,
+                "command_runs": fig.command_runs,
+                "steps": fig.steps,
+                "precision": rounded(fig.precision),
+                "recall": rounded(fig.recall),
+                "wrong_per_batch": rounded(fig.wrong_per_batch),
+                "runs_per_batch": rounded(fig.runs_per_batch),
+                "steps_per_batch": rounded(fig.steps_per_batch),
+                "learned_rate": rounded(d.rate),
+                "quarantined": list(d.quarantined),
+                "seconds": round(d.seconds, 3),
+                "published": FACF[d.job.method] if d.job.culprits else None,
+                "per_trial": [t.as_json() for t in d.trials],
+            }
+        )
+    return {
+        "todos": TODOS,
+        "seed": seed,
+        "runner": "policy" if takes_policy() else "retries",
+        "processes": processes,
+        "wall_seconds": round(wall, 3),
+        "rows": rows,
+        "aims": {
+            "flake_rate": AIM_F,
+            "method": FLAKE_AWARE,
+            "precision": rounded(judged.precision),
+            "recall": rounded(judged.recall),
+            "runs_per_batch_k1": rounded(judged.runs_k1),
+            "met": judged.met,
+        },
+    }
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def methods(text: str) -> tuple[str, ...]:
+    chosen = tuple(m.strip() for m in text.split(";"))
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}: one of {'; '.join(METHODS)}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flaky", description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200, help="seeded trials per row (default 200)")
+    parser.add_argument("--seed", type=int, default=1, help="the seed of every trial's culprits and flakes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead (with every trial)")
+    parser.add_argument("--flake-rates", type=floats, default=FLAKE_RATES, metavar="F,F", help="default 0.1,0.2")
+    parser.add_argument("--culprits", type=ints, default=CULPRITS, metavar="K,K", help="default 0,1,2")
+    parser.add_argument(
+        "--methods", type=methods, default=METHODS, metavar="M;M", help=f"default {'; '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=min(2, os.cpu_count() or 1), help="rows run at once (default 2)"
+    )
+    args = parser.parse_args(argv)
+    if not takes_policy() and set(args.methods) - {RETRIES_1}:
+        parser.error(f"this CheckRunner takes no policy= yet: only --methods '{RETRIES_1}' can run")
+    jobs = [
+        Job(flake_rate=f, culprits=k, method=m, trials=args.trials, seed=args.seed)
+        for f in args.flake_rates
+        for k in args.culprits
+        for m in args.methods
+    ]
+    start = time.perf_counter()
+    done = run_all(jobs, args.processes)
+    wall = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(json_report(done, wall, args.processes, args.seed), indent=2))
+    else:
+        print("\n".join(text_report(done, wall, args.processes)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
