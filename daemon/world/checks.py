@@ -1,83 +1,65 @@
 """Running the repository's verify commands on a tree: in order, stop at the first failure.
 
 Each command runs in its own process group so a timeout kills everything it spawned (test
-runners fork workers); a failing command is re-run ``retries`` times before it counts, so a flaky
-test does not get a todo rejected.
+runners fork workers). A red run is confirmed before it counts (:mod:`daemon.world.confirm`): it is
+re-run on the same tree until green or until ``policy.runs_needed`` runs were red, reading the failing
+tests after each red run so that a failure of an excused test (quarantined, red on the base) does not
+count; with ``policy.parallel`` and spare trees the re-runs run at once in copies of the tree. Without
+a policy, ``retries`` is the old fixed rule: that many re-runs, no test evidence.
 
 Before the commands, the tree gets the person's installed dependencies (:mod:`daemon.world.deps`,
 with ``dependencies_from``) and the ``[verify] setup`` commands run, in the same sandbox and
 environment as the checks: every tree is checked out afresh (``git clean -ffdx``), so both happen
-before each run. A failing set-up command is a red result with ``setup_failed`` set, so that
-:mod:`daemon.world.verify` can tell it from a failing check before blaming anyone.
+before each run. Set-up commands are re-run by the same rule, in place (the checks need the tree they
+set up), without test evidence and never excused. A failing set-up command is a red result with
+``setup_failed`` set, so that :mod:`daemon.world.verify` can tell it from a failing check before
+blaming anyone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import structlog
 
 from daemon.world import deps
+from daemon.world.confirm import (
+    Attempt,
+    CommandRuns,
+    FlakePolicy,
+    Job,
+    SpareTrees,
+    Stop,
+    Tree,
+    confirm,
+)
 from daemon.world.sandbox import Sandbox
-from statemachine.flakes import command_key, runs_needed
+
+__all__ = [
+    "NO_SANDBOX",
+    "TAIL_CHARS",
+    "CheckResult",
+    "CheckRunner",
+    "CommandRuns",
+    "FlakePolicy",
+    "SpareTrees",
+]
 
 log = structlog.get_logger(__name__)
 NO_SANDBOX = Sandbox(kind="none")
 
 TAIL_CHARS = 4000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FlakePolicy:
-    """How a red run is confirmed (issue 14): built by the engine from the flake model and config.
-
-    A command's first red run is re-run on the same tree until a run is green (a flake: the command
-    passed) or ``runs_needed`` runs are red (``flakes.runs_needed`` of its rate, ``false_blame`` and
-    ``max_reruns``). With ``fixed`` set, every red is re-run exactly that many times, nothing is read
-    from the output, and no test is excused: today's ``retries`` rule, kept for comparison.
-    """
-
-    rates: Mapping[str, float] = field(default_factory=dict)  # command key -> measured flake rate
-    prior: float = 0.05  # the rate of a command with no measurement
-    false_blame: float = 0.01
-    max_reruns: int = 5  # [verify] retries
-    # (command key, test id) whose failures never blame: quarantined, or red on the batch's base.
-    excused: frozenset[tuple[str, str]] = frozenset()
-    junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
-    parallel: int = 1  # re-runs at once, each in a copy of the tree
-    fixed: int | None = None
-
-    def runs_needed(self, command: Sequence[str]) -> int:
-        if self.fixed is not None:
-            return 1 + self.fixed
-        rate = self.rates.get(command_key(command), self.prior)
-        return runs_needed(rate, self.false_blame, self.max_reruns)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandRuns:
-    """How one command fared on one tree: what ``batch.verify_run``'s ``tries`` and tests record."""
-
-    command: tuple[str, ...]
-    runs: int
-    reds: int  # red runs that counted (a run whose only failures were excused is not red)
-    failed_tests: tuple[str, ...] = ()  # red to the end: the tests that failed, not excused
-    flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
-    excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
-    evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
-
-    @property
-    def passed(self) -> bool:
-        return self.runs > self.reds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,13 +87,6 @@ class CheckResult:
         return self.tries[-1].failed_tests if self.tries and not self.passed else ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Attempt:
-    returncode: int
-    output: str
-    timed_out: bool
-
-
 class CheckRunner:
     """Runs the verify commands on a worktree; also usable as ``runner(worktree) -> CheckResult``."""
 
@@ -127,6 +102,8 @@ class CheckRunner:
         readable: Sequence[Path] = (),
         setup: Sequence[Sequence[str]] = (),
         dependencies_from: Path | None = None,
+        policy: FlakePolicy | None = None,
+        spares: SpareTrees | None = None,
     ) -> None:
         self.commands = tuple(tuple(c) for c in commands)
         self.setup = tuple(tuple(c) for c in setup)
@@ -136,57 +113,83 @@ class CheckRunner:
         self.readable = tuple(readable)
         self.timeout = timeout
         self.retries = retries
+        # No policy: the old rule, `retries` re-runs of a red command and nothing read from its output.
+        self.policy = policy if policy is not None else FlakePolicy(fixed=retries)
+        self.spares = spares
         self.env = dict(env) if env is not None else None
         self.kill_grace = kill_grace  # seconds between SIGTERM and SIGKILL to a timed-out group
+        self._log_lock = threading.Lock()  # parallel re-runs append to one log
 
     def __call__(self, worktree: Path) -> CheckResult:
         return self.run(worktree)
 
     def run(self, worktree: Path, log_path: Path | None = None) -> CheckResult:
         start = time.monotonic()
-        env = {**os.environ, **(self.env or {})}
-        if self.dependencies_from is not None:
-            deps.place(self.dependencies_from, worktree)
-            # The worktree's code, not the person's editable install (once per tree, not per command).
-            env = deps.with_python_paths(env, self.dependencies_from, worktree)
-        flaky = False
+        tree = self._tree(worktree)
+        execute = functools.partial(self._run_one, log_path=log_path)
+        tries: list[CommandRuns] = []
         tail = ""
         commands = [*((c, True) for c in self.setup), *((c, False) for c in self.commands)]
-        for command, is_setup in commands:
-            for attempt in range(self.retries + 1):
-                done = self._run_one(command, worktree, log_path, env)
-                tail = done.output[-TAIL_CHARS:]
-                if done.returncode == 0:
-                    flaky = flaky or attempt > 0
-                    break
-                log.info(
-                    "setup_failed" if is_setup else "check_failed",
-                    command=list(command),
-                    rc=done.returncode,
-                    attempt=attempt + 1,
-                    timed_out=done.timed_out,
-                )
-            else:
-                if is_setup:
-                    tail = f"[batchd] [verify] setup command {list(command)} failed:\n{tail}"[-TAIL_CHARS:]
-                return CheckResult(
-                    passed=False,
-                    failed_command=command,
-                    returncode=done.returncode,
-                    output_tail=tail,
-                    output=done.output,
-                    duration=time.monotonic() - start,
-                    flaky=False,
-                    timed_out=done.timed_out,
-                    setup_failed=is_setup,
-                )
+        for i, (command, is_setup) in enumerate(commands):
+            parallel = not is_setup and self.spares is not None and self.policy.parallel > 1
+            job = Job(
+                command=command,
+                tree=tree,
+                policy=self.policy,
+                execute=execute,
+                evidence=not is_setup,
+                before=tuple(c for c, _ in commands[:i]),
+                copies=functools.partial(self._copies, worktree) if parallel else None,
+            )
+            done = confirm(job)
+            tries.append(done.runs)
+            tail = done.last.output[-TAIL_CHARS:]
+            red = done.last_red
+            if done.runs.passed or red is None:
+                continue
+            if is_setup:
+                tail = f"[batchd] [verify] setup command {list(command)} failed:\n{tail}"[-TAIL_CHARS:]
+            log.info("check_confirmed_red", command=list(command), reds=done.runs.reds, runs=done.runs.runs)
+            return CheckResult(
+                passed=False,
+                failed_command=command,
+                returncode=red.returncode,
+                output_tail=tail,
+                output=red.output,
+                duration=time.monotonic() - start,
+                flaky=False,
+                timed_out=red.timed_out,
+                setup_failed=is_setup,
+                tries=tuple(tries),
+            )
+        flaky = any(t.reds and t.passed for t in tries)
         if flaky:
             log.warning("check_flaky", worktree=str(worktree))
-        return CheckResult(passed=True, output_tail=tail, duration=time.monotonic() - start, flaky=flaky)
+        return CheckResult(
+            passed=True,
+            output_tail=tail,
+            duration=time.monotonic() - start,
+            flaky=flaky,
+            tries=tuple(tries),
+        )
+
+    def _tree(self, path: Path, *, copy: bool = False) -> Tree:
+        """``path`` with the person's dependencies placed, and the environment its commands get."""
+        env = {**os.environ, **(self.env or {})}
+        if self.dependencies_from is not None:
+            deps.place(self.dependencies_from, path)
+            # The tree's code, not the person's editable install (once per tree, not per command).
+            env = deps.with_python_paths(env, self.dependencies_from, path)
+        return Tree(path=path, env=env, copy=copy)
+
+    def _copies(self, worktree: Path, n: int) -> list[Tree]:
+        assert self.spares is not None
+        return [self._tree(path, copy=True) for path in self.spares.get(worktree, n)]
 
     def _run_one(
-        self, command: tuple[str, ...], worktree: Path, log_path: Path | None, env: Mapping[str, str]
-    ) -> _Attempt:
+        self, command: tuple[str, ...], tree: Tree, stop: Stop | None, *, log_path: Path | None
+    ) -> Attempt:
+        worktree = tree.path
         with tempfile.TemporaryFile(mode="w+b") as out:
             try:
                 proc = subprocess.Popen(
@@ -195,11 +198,13 @@ class CheckRunner:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=tree.env,
                     start_new_session=True,  # its own group: a timeout kills what it spawned too
                 )
             except OSError as e:  # not found, not executable: a red check the log explains
-                return _Attempt(returncode=127, output=f"cannot run {list(command)}: {e}\n", timed_out=False)
+                return Attempt(returncode=127, output=f"cannot run {list(command)}: {e}\n", timed_out=False)
+            if stop is not None:
+                stop.enter(proc.pid)
             timed_out = False
             try:
                 rc = proc.wait(timeout=self.timeout)
@@ -209,14 +214,18 @@ class CheckRunner:
             else:
                 # Whatever the command left running in its group (servers, watchers) goes too.
                 _signal_group(proc.pid, signal.SIGKILL)
+            stopped = stop.leave(proc.pid) if stop is not None else False
             out.seek(0)
             text = out.read().decode("utf-8", errors="replace")
         if timed_out:
             text += f"\n[batchd] timed out after {self.timeout:g}s; process group killed\n"
             rc = rc if rc != 0 else -signal.SIGKILL
+        if stopped:
+            text += "\n[batchd] stopped: another run of this command on a copy of the tree was green\n"
         if log_path is not None:
-            _append_log(log_path, command, rc, text)
-        return _Attempt(returncode=rc, output=text, timed_out=timed_out)
+            with self._log_lock:
+                _append_log(log_path, command, rc, text, where=worktree if tree.copy else None)
+        return Attempt(returncode=rc, output=text, timed_out=timed_out, stopped=stopped)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -237,9 +246,13 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> int:
     return rc
 
 
-def _append_log(log_path: Path, command: tuple[str, ...], rc: int, text: str) -> None:
+def _append_log(
+    log_path: Path, command: tuple[str, ...], rc: int, text: str, *, where: Path | None = None
+) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as f:
+        if where is not None:  # a re-run in a spare copy of the tree
+            f.write(f"[batchd] in a copy of the tree, {where}:\n")
         _write_section(f, command, rc, text)
 
 

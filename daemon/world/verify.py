@@ -99,6 +99,8 @@ class Rejection:
     returncode: int = 1
     reason: str = ""  # when not simply "broke the command": passing only with its own test edits
     output: str = ""  # the failing command's whole output (``output_tail`` is its end)
+    confirmed: tuple[int, int] = (0, 0)  # (red runs, runs) of the failing command: "3 of 3"
+    failed_tests: tuple[str, ...] = ()  # the tests that failed in every confirming run, not excused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +128,8 @@ class BatchVerdict:
     # accepted after batchd rebased it onto the newer head keeping both sides' added lines: the files
     resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     head_sha: str
-    runs: int
+    runs: int  # trees tested
+    command_runs: int = 0  # every command execution over those trees, re-runs included
 
     @property
     def accepted_ids(self) -> tuple[str, ...]:
@@ -184,6 +187,8 @@ def _rejection(c: Candidate, red: CheckResult, reason: str = "") -> Rejection:
         returncode=red.returncode,
         reason=reason,
         output=red.output or red.output_tail,
+        confirmed=red.confirmed,
+        failed_tests=red.failed_tests,
     )
 
 
@@ -215,6 +220,7 @@ class _Session:
         self.merged: dict[str, Conflict] = {}
         self.good_resolved: dict[str, tuple[str, ...]] = {}
         self.runs = 0
+        self.command_runs = 0
         self.setup_confirmed = ""  # the green head on which a failing setup was seen to pass again
         abort_in_progress(worktree)
 
@@ -271,11 +277,17 @@ class _Session:
                 return min(pool, key=lambda e: self.order[e.todo_id]).todo_id
         return earlier[-1].todo_id if earlier else ""
 
+    def _check(self) -> CheckResult:
+        """The checks on the worktree as it is now, counted."""
+        result = self.runner(work_path(self.worktree))
+        self.runs += 1
+        self.command_runs += sum(t.runs for t in result.tries)
+        return result
+
     def _test(self, extra: Sequence[Candidate]) -> tuple[CheckResult, list[Candidate]]:
         """Run the checks on green head + ``extra``; green extends the accepted set."""
         applied, picks = self._build(extra)
-        result = self.runner(work_path(self.worktree))
-        self.runs += 1
+        result = self._check()
         ids = tuple(todo_id for todo_id, _ in picks)
         log.info("verify_run", run=self.runs, todo_ids=list(ids), passed=result.passed, flaky=result.flaky)
         if self.on_run is not None:
@@ -299,8 +311,7 @@ class _Session:
         if self.setup_confirmed == self.good_head:
             return
         reset_hard(self.worktree, self.good_head)
-        again = self.runner(work_path(self.worktree))
-        self.runs += 1
+        again = self._check()
         ids = tuple(todo_id for todo_id, _ in self.good_picks)
         log.info("verify_setup_recheck", run=self.runs, todo_ids=list(ids), passed=again.passed)
         if self.on_run is not None:
@@ -340,8 +351,7 @@ class _Session:
         except GitError:
             return None
         reset_hard(self.worktree, c.sha)
-        result = self.runner(work_path(self.worktree))
-        self.runs += 1
+        result = self._check()
         log.info("verify_run_alone", run=self.runs, todo_id=c.todo_id, passed=result.passed)
         if self.on_run is not None:
             self.on_run(VerifyRun(todo_ids=(c.todo_id,), result=result))
@@ -498,8 +508,7 @@ class _Session:
             return CheckResult(
                 passed=False, failed_command=("git", "restore"), returncode=1, output_tail=output
             )
-        result = self.runner(work_path(self.worktree))
-        self.runs += 1
+        result = self._check()
         if self.on_run is not None:
             self.on_run(VerifyRun(todo_ids=tuple(t for t, _ in self.good_picks), result=result))
         if result.setup_failed:
@@ -521,4 +530,5 @@ class _Session:
             },
             head_sha=self.good_head,
             runs=self.runs,
+            command_runs=self.command_runs,
         )

@@ -1,0 +1,405 @@
+"""Confirming a red verify run (issue 14): re-run it on the same tree until green or confirmed.
+
+Flaky tests only fail falsely, so a green run is trusted at once and a red one is re-run: the
+command passed as soon as one run is green (its earlier reds were flakes), and it is red once
+``policy.runs_needed(command)`` runs were red. After each red run the failing tests are read
+(:func:`read_evidence`: the JUnit report when ``policy.junit`` is set and this run wrote it, else the
+output); a run whose evidence is complete and names only excused tests (quarantined, or red on the
+batch's base) is "excused": it counts as green for the command. Anything short of complete evidence
+is a plain red: an unknown runner or a cut-off summary names at least those tests, never all of them.
+
+With ``policy.parallel > 1`` and spare trees, the re-runs still needed after the first red run run at
+once: one on the tree itself and the rest in copies of it (:class:`SpareTrees`), each of which first
+runs the commands before this one (``[verify] setup`` and the earlier checks) so it is in the state
+the tree was. A copy whose preparation fails shows nothing about this command and is not counted.
+On the first green the copies still running are killed; the run on the tree itself is left to
+finish, because the later commands run in that tree and must not find a half-run command's leftovers.
+
+This module does no process handling of its own: :class:`daemon.world.checks.CheckRunner` passes
+its executor in (:class:`Execute`), so the confirmation rule can be read apart from process groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import structlog
+
+from daemon.exceptions import BatchdError
+from daemon.world import safefs
+from daemon.world.testevidence import MAX_JUNIT_BYTES, Evidence, failing_tests
+from statemachine.flakes import command_key, runs_needed
+
+__all__ = [
+    "Attempt",
+    "CommandRuns",
+    "Confirmed",
+    "Execute",
+    "FlakePolicy",
+    "Job",
+    "SpareTrees",
+    "Stop",
+    "Tree",
+    "confirm",
+    "read_evidence",
+]
+
+log = structlog.get_logger(__name__)
+
+# A round's copies are killed at the first green; their threads only have to reap and log.
+_REAP_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlakePolicy:
+    """How a red run is confirmed (issue 14): built by the engine from the flake model and config.
+
+    A command's first red run is re-run on the same tree until a run is green (a flake: the command
+    passed) or ``runs_needed`` runs are red (``flakes.runs_needed`` of its rate, ``false_blame`` and
+    ``max_reruns``). With ``fixed`` set, every red is re-run exactly that many times, nothing is read
+    from the output, and no test is excused: today's ``retries`` rule, kept for comparison.
+    """
+
+    rates: Mapping[str, float] = field(default_factory=dict)  # command key -> measured flake rate
+    prior: float = 0.05  # the rate of a command with no measurement
+    false_blame: float = 0.01
+    max_reruns: int = 5  # [verify] retries
+    # (command key, test id) whose failures never blame: quarantined, or red on the batch's base.
+    excused: frozenset[tuple[str, str]] = frozenset()
+    junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
+    parallel: int = 1  # re-runs at once, each in a copy of the tree
+    fixed: int | None = None
+
+    def runs_needed(self, command: Sequence[str]) -> int:
+        if self.fixed is not None:
+            return 1 + self.fixed
+        rate = self.rates.get(command_key(command), self.prior)
+        return runs_needed(rate, self.false_blame, self.max_reruns)
+
+    def excused_tests(self, command: Sequence[str]) -> frozenset[str]:
+        key = command_key(command)
+        return frozenset(test for k, test in self.excused if k == key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRuns:
+    """How one command fared on one tree: what ``batch.verify_run``'s ``tries`` and tests record."""
+
+    command: tuple[str, ...]
+    runs: int
+    reds: int  # red runs that counted (a run whose only failures were excused is not red)
+    failed_tests: tuple[str, ...] = ()  # red to the end: the tests that failed, not excused
+    flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
+    excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
+    evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
+
+    @property
+    def passed(self) -> bool:
+        return self.runs > self.reds
+
+
+class SpareTrees(Protocol):
+    """Copies of a tree for parallel re-runs (:mod:`daemon.world.sparetrees` implements it): ``n``
+    folders whose files equal ``tree``'s git index state, dependencies placed."""
+
+    def get(self, tree: Path, n: int) -> list[Path]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tree:
+    """A folder commands run in, with the environment made for it (its own ``PYTHONPATH``)."""
+
+    path: Path
+    env: Mapping[str, str]
+    copy: bool = False  # a spare copy, not the tree under verification
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One finished run of one command."""
+
+    returncode: int
+    output: str
+    timed_out: bool
+    stopped: bool = False  # killed by a :class:`Stop` because another run was green: not a result
+
+
+class Stop:
+    """The process groups of one round's copies, killed together once a run of the round is green."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[int] = set()
+        self._killed: set[int] = set()
+        self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def enter(self, pgid: int) -> None:
+        """A run started in group ``pgid``; killed at once if the round is already over."""
+        with self._lock:
+            self._live.add(pgid)
+            if self._stopped:
+                self._kill(pgid)
+
+    def leave(self, pgid: int) -> bool:
+        """The run in ``pgid`` ended; True when this Stop killed it (its result means nothing)."""
+        with self._lock:
+            self._live.discard(pgid)
+            return pgid in self._killed
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for pgid in tuple(self._live):
+                self._kill(pgid)
+
+    def _kill(self, pgid: int) -> None:
+        self._killed.add(pgid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+class Execute(Protocol):
+    """Runs one command in a tree to the end (or its timeout, or ``stop``), logging it."""
+
+    def __call__(self, command: tuple[str, ...], tree: Tree, stop: Stop | None) -> Attempt: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One command to settle on one tree."""
+
+    command: tuple[str, ...]
+    tree: Tree
+    policy: FlakePolicy
+    execute: Execute
+    evidence: bool = True  # read failing tests (not for [verify] setup commands, never excused)
+    before: tuple[tuple[str, ...], ...] = ()  # what a copy runs first to be in the tree's state
+    copies: Callable[[int], list[Tree]] | None = None  # n copies of the tree; None: re-run in place
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confirmed:
+    """A settled command: its record, and the runs whose output the check result keeps."""
+
+    runs: CommandRuns
+    last: Attempt  # the last run that counted
+    last_red: Attempt | None  # the last counted red run (the output a rejection shows)
+
+
+Kind = Literal["green", "excused", "red"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Run:
+    attempt: Attempt
+    evidence: Evidence | None  # None: green, or not read
+
+
+def confirm(job: Job) -> Confirmed:
+    """Run ``job.command`` until it is green (or excused) or ``runs_needed`` runs were red."""
+    tally = _Tally(job)
+    needed = job.policy.runs_needed(job.command)
+    tally.add(_run(job, job.tree, None))
+    while not tally.passed and tally.reds < needed:
+        at_once = min(job.policy.parallel, needed - tally.reds)
+        if at_once > 1 and job.copies is not None:
+            _round(job, tally, at_once)
+        else:
+            tally.add(_run(job, job.tree, None))
+    return tally.confirmed()
+
+
+def _round(job: Job, tally: _Tally, at_once: int) -> None:
+    """``at_once`` runs together: the tree's own and ``at_once - 1`` copies'; over at the first green
+    (the copies still running are killed), else when all are done."""
+    assert job.copies is not None
+    copies = job.copies(at_once - 1)
+    stop = Stop()
+    done: queue.Queue[_Run | Exception | None] = queue.Queue()
+
+    def work(tree: Tree) -> None:
+        try:
+            done.put(_prepared_run(job, tree, stop if tree.copy else None))
+        except Exception as e:  # raised again below, in the caller's thread  # noqa: BLE001
+            stop.stop()
+            done.put(e)
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in (job.tree, *copies)]
+    for thread in threads:
+        thread.start()
+    log.info("check_rerun_parallel", command=list(job.command), runs=len(threads))
+    failure: Exception | None = None
+    for _ in threads:
+        run = done.get()
+        if isinstance(run, Exception):
+            failure = failure or run
+        elif run is not None and not run.attempt.stopped and tally.add(run) != "red":
+            stop.stop()  # the copies' runs show nothing more; the tree's own run is waited for
+    for thread in threads:
+        thread.join(timeout=_REAP_S)
+    if failure is not None:
+        raise failure
+
+
+def _prepared_run(job: Job, tree: Tree, stop: Stop | None) -> _Run | None:
+    """The command's run in ``tree``; a copy first runs ``job.before``. None: a copy whose
+    preparation failed or that was stopped (it shows nothing about this command)."""
+    if tree.copy:
+        for command in job.before:
+            if stop is not None and stop.stopped:
+                return None
+            ready = job.execute(command, tree, stop)
+            if ready.returncode != 0:
+                log.info("spare_tree_unprepared", command=list(command), rc=ready.returncode)
+                return None
+    if stop is not None and stop.stopped:
+        return None
+    return _run(job, tree, stop)
+
+
+def _run(job: Job, tree: Tree, stop: Stop | None) -> _Run:
+    junit = job.policy.junit if job.evidence and job.policy.fixed is None else ""
+    fresh = bool(junit) and _remove_report(tree.path, junit)
+    attempt = job.execute(job.command, tree, stop)
+    if attempt.returncode == 0 or attempt.stopped or not job.evidence or job.policy.fixed is not None:
+        return _Run(attempt=attempt, evidence=None)
+    evidence = read_evidence(tree.path, attempt.output, junit if fresh else "")
+    return _Run(attempt=attempt, evidence=evidence)
+
+
+def _remove_report(tree: Path, junit: str) -> bool:
+    """Delete the JUnit report a previous run left, so that a report found after this run is this
+    run's; False when that cannot be done (then the report is not read this run)."""
+    try:
+        safefs.unlink(tree, junit)
+    except (BatchdError, ValueError, OSError) as e:  # a link on the way, a folder there
+        log.warning("junit_report_not_removed", path=junit, error=str(e))
+        return False
+    return True
+
+
+def read_evidence(tree: Path, output: str, junit: str = "") -> Evidence:
+    """The failing tests of a red run in ``tree``: from the report at ``junit`` (relative to the
+    tree) when it is there, else from ``output``. The tree is the agents' code's to write: the report
+    is opened without following any link, must be a regular file of at most MAX_JUNIT_BYTES, and one
+    that cannot be read so is no evidence at all (a plain red), not a reason to trust the output."""
+    if not junit:
+        return failing_tests(output)
+    try:
+        fd = safefs.open_read(tree, junit)
+    except (BatchdError, ValueError, OSError):
+        return Evidence()
+    if fd is None:  # this run wrote no report (a lint command before the tests): its output tells
+        return failing_tests(output)
+    data = _read_regular(fd)
+    if data is None:
+        return Evidence()
+    # testevidence reads a report by path: a private copy, out of the agents' reach, is that path.
+    with tempfile.TemporaryDirectory(prefix="batchd-junit-") as tmp:
+        copy = Path(tmp) / "report.xml"
+        copy.write_bytes(data)
+        return failing_tests(output, junit=copy)
+
+
+def _read_regular(fd: int) -> bytes | None:
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JUNIT_BYTES:
+            return None
+        data = os.read(fd, MAX_JUNIT_BYTES + 1)
+        return data if len(data) <= MAX_JUNIT_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class _Tally:
+    """The counted runs of one command on one tree, and what they say about its tests."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.excusable = job.policy.excused_tests(job.command) if job.evidence else frozenset()
+        self.runs: list[tuple[Kind, _Run]] = []
+        self.passed = False
+        self.reds = 0
+
+    def add(self, run: _Run) -> Kind:
+        kind = self._kind(run)
+        self.runs.append((kind, run))
+        self.reds += kind == "red"
+        self.passed = self.passed or kind != "red"
+        command = list(self.job.command)
+        ev = run.evidence
+        if kind == "excused" and ev is not None:
+            log.info("check_excused", command=command, tests=sorted(ev.failed))
+        elif kind == "red":
+            log.info(
+                "setup_failed" if not self.job.evidence else "check_failed",
+                command=command,
+                rc=run.attempt.returncode,
+                attempt=len(self.runs),
+                timed_out=run.attempt.timed_out,
+                evidence=ev.runner if ev is not None else "",
+            )
+        return kind
+
+    def _kind(self, run: _Run) -> Kind:
+        if run.attempt.returncode == 0:
+            return "green"
+        ev = run.evidence
+        # A red run with complete evidence naming no test (a coverage threshold, "no tests ran") is
+        # red for a reason no test explains: never excused.
+        if ev is not None and ev.complete and ev.failed and ev.failed <= self.excusable:
+            return "excused"
+        return "red"
+
+    def confirmed(self) -> Confirmed:
+        reds = [run for kind, run in self.runs if kind == "red"]
+        read = [run.evidence for _, run in self.runs if run.evidence is not None]
+        runs = CommandRuns(
+            command=self.job.command,
+            runs=len(self.runs),
+            reds=len(reds),
+            failed_tests=() if self.passed else self._failed(reds),
+            flaky_tests=self._flaky(),
+            excused=tuple(sorted({t for ev in read for t in ev.failed & self.excusable})),
+            evidence=read[-1].runner if read else "",
+        )
+        return Confirmed(
+            runs=runs, last=self.runs[-1][1].attempt, last_red=reds[-1].attempt if reds else None
+        )
+
+    def _failed(self, reds: list[_Run]) -> tuple[str, ...]:
+        """The tests that failed in every confirming run that names all its failures."""
+        sets = [r.evidence.failed for r in reds if r.evidence is not None and r.evidence.complete]
+        if not sets:
+            return ()
+        return tuple(sorted(frozenset.intersection(*sets) - self.excusable))
+
+    def _flaky(self) -> tuple[str, ...]:
+        """Tests that failed in one run and not in another of this tree: a green run, or one whose
+        evidence is complete (runs on one tree differ only by flakes)."""
+        failed = [run.evidence.failed for _, run in self.runs if run.evidence is not None]
+        passing: list[frozenset[str]] = []  # per run that shows every test's outcome: what failed
+        for kind, run in self.runs:
+            if kind == "green":
+                passing.append(frozenset())
+            elif run.evidence is not None and run.evidence.complete:
+                passing.append(run.evidence.failed)
+        seen = frozenset().union(*failed) - self.excusable if failed else frozenset()
+        return tuple(sorted(t for t in seen if any(t not in shown for shown in passing)))
