@@ -34,6 +34,7 @@ precision and recall >= 99% at f = 0.2 with at most ~10 runs per broken batch at
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -42,6 +43,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from bench.flaky_world import COMMAND, TODOS, Trial, World, make_runner, make_world, run_trial, takes_policy
@@ -69,6 +71,8 @@ FACF = {
 }
 START = 1_800_000_000.0  # the records' clock: a batch every BATCH_EVERY seconds from here
 BATCH_EVERY = 600.0
+SHM = "/dev/shm"
+FIGURES_AT = 36  # where a row's figures start, after its label
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,8 +113,11 @@ def policy_for(job: Job, model: FlakeModel) -> FlakePolicy:
     )
 
 
-def observe(model: FlakeModel, run: VerifyRun, when: float) -> None:
-    """What the daemon folds from one ``batch.verify_run``: its tries, flaky and excused tests."""
+def observe(model: FlakeModel | None, run: VerifyRun, *, when: float) -> None:
+    """What the daemon folds from one ``batch.verify_run``: its tries, flaky and excused tests
+    (``model`` None: a method that learns nothing)."""
+    if model is None:
+        return
     tries, flaky, excused = [], [], []
     for c in run.result.tries:
         key = command_key(c.command)
@@ -128,7 +135,7 @@ def run_job(job: Job) -> Done:
     learn = job.method != RETRIES_1
     style = "quiet" if job.method == NO_NAMES else "pytest"
     trials = []
-    with tempfile.TemporaryDirectory(prefix="bench-flaky-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-flaky-", dir=scratch()) as tmp:
         world: World = make_world(Path(tmp))
         for i in range(job.trials):
             when = START + i * BATCH_EVERY
@@ -141,7 +148,7 @@ def run_job(job: Job) -> Done:
                 stream_seed=stream_seed,
                 culprits=culprits,
                 flake_rate=job.flake_rate,
-                on_run=(lambda run, when=when: observe(model, run, when)) if learn else (lambda run: None),
+                on_run=functools.partial(observe, model if learn else None, when=when),
             )
             trials.append(trial)
     key = command_key(COMMAND)
@@ -152,6 +159,12 @@ def run_job(job: Job) -> Done:
         rate=model.rate(key, VerifyConfig().flake_rate) if learn else None,
         quarantined=tuple(sorted(test for k, test in model.quarantined() if k == key)),
     )
+
+
+def scratch() -> str | None:
+    """Where the repositories go: tmpfs when there is one (git's fsyncs on a disk would be most of
+    the time, and measure nothing of the search), else the usual temporary folder."""
+    return SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
 
 
 def run_all(jobs: list[Job], processes: int) -> list[Done]:
@@ -172,7 +185,8 @@ def run_all(jobs: list[Job], processes: int) -> list[Done]:
         for job in jobs:
             progress(run_job(job))
     else:
-        with ProcessPoolExecutor(max_workers=processes) as pool:
+        # spawn: a fork of a process that runs threads (a test runner's) may inherit a held lock.
+        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
             # The longest first (more culprits, more runs), so the processes finish together.
             futures = [pool.submit(run_job, j) for j in sorted(jobs, key=lambda j: -j.culprits)]
             for future in as_completed(futures):
@@ -259,6 +273,11 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def row_label(flake_rate: float, culprits: int, method: str) -> str:
+    """A row's first columns (FIGURES_AT characters): f, k and the method."""
+    return f"{flake_rate:>4g} {culprits:>2}  {method:<27}"
+
+
 def text_report(done: list[Done], wall: float, processes: int) -> list[str]:
     trials = {len(d.trials) for d in done}
     lines = [
@@ -271,7 +290,7 @@ def text_report(done: list[Done], wall: float, processes: int) -> list[str]:
         j, fig = d.job, figures(d.trials)
         facf = FACF[j.method] if j.culprits else "-"
         lines.append(
-            f"{j.flake_rate:>4g} {j.culprits:>2}  {j.method:<27}{percent(fig.precision):>10}"
+            f"{row_label(j.flake_rate, j.culprits, j.method)}{percent(fig.precision):>10}"
             f"{percent(fig.recall):>8}{fig.wrong_per_batch:>9.3f}{fig.runs_per_batch:>8.2f}"
             f"{fig.steps_per_batch:>8.2f}  {facf}"
         )
@@ -367,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.flaky", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200, help="seeded trials per row (default 200)")
     parser.add_argument("--seed", type=int, default=1, help="the seed of every trial's culprits and flakes")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead (with every trial)")
-    parser.add_argument("--flake-rates", type=floats, default=FLAKE_RATES, metavar="F,F", help="default 0.1,0.2")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead (with every trial)"
+    )
+    parser.add_argument(
+        "--flake-rates", type=floats, default=FLAKE_RATES, metavar="F,F", help="default 0.1,0.2"
+    )
     parser.add_argument("--culprits", type=ints, default=CULPRITS, metavar="K,K", help="default 0,1,2")
     parser.add_argument(
         "--methods", type=methods, default=METHODS, metavar="M;M", help=f"default {'; '.join(METHODS)}"

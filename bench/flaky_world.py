@@ -40,7 +40,7 @@ COMMAND = ("sh", "check.sh")
 FLAKY_TEST = "tests/test_clock.py::test_clock_skew"
 STREAM_LENGTH = 1000  # draws per trial: far more runs than any search makes (checked after each)
 
-CHECK_SH = r"""# The tests: one per todo file, and test_clock_skew, which fails when the stream's next draw is 1.
+CHECK_SH = r"""# One test per todo file, and test_clock_skew, failing when the next draw is 1.
 read draws < "$FLAKY_STREAM"
 if [ -z "$draws" ]; then echo "flaky stream exhausted"; exit 3; fi
 case $draws in 1*) draw=1;; *) draw=0;; esac
@@ -224,4 +224,3 @@ def run_trial(
         steps=verdict.runs,
         command_runs=executed,
     )
-
