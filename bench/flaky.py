@@ -15,16 +15,21 @@ on a real repository, a real :class:`~daemon.world.checks.CheckRunner`, a real v
 - **flake-aware, no test names**: the same, but the output names no test, so only the command-level
   rate decides how many re-runs confirm a red.
 
-A trial's seed fixes its culprits and the flaky test's draws, the same for every method (so the methods
-are compared on the same batches). The base is known green (as the daemon caches it): no baseline run.
-Recorded per trial: culprits, rejected todos, trees tested and verify command executions (counted by
-the command itself; with issue 14's runner they must equal the runs its ``CommandRuns`` report).
+A trial's seed fixes its culprits and the flaky test's stream of draws (consumed a run at a time), the
+same for every method, so the methods are compared on the same batches. The base is known green (as
+the daemon caches it): no baseline run. Recorded per trial: culprits, rejected todos, trees tested and
+verify command executions (counted by the command itself; with issue 14's runner they must equal the
+runs its ``CommandRuns`` report).
 
 Printed per (f, k, method): precision per rejected todo (rejected that were culprits / all rejected;
 n/a when none was rejected), recall (culprits rejected / culprits), good todos wrongly rejected per
 batch, verify command runs per batch (every execution, re-runs included) and trees tested per batch,
 with Flake Aware Culprit Finding's published figures beside (Henderson et al., ICST 2023). The aim:
-precision and recall >= 99% at f = 0.2 with at most ~10 runs per broken batch at k = 1.
+precision and recall >= 99% at f = 0.2 with at most ~10 runs per broken batch at k = 1. The figures
+and the report are :mod:`bench.flaky_report`'s.
+
+Nearly all the time is the search's git work (a reset and a cherry-pick per todo per tree tested):
+the rows run in ``--processes`` processes, each on its own repository on tmpfs.
 
     python -m bench.flaky                  # 200 trials each, 2 processes (a few minutes)
     python -m bench.flaky --trials 20      # a quick look
@@ -42,55 +47,30 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from bench.flaky_world import COMMAND, TODOS, Trial, World, make_runner, make_world, run_trial, takes_policy
+from bench.flaky_report import (
+    CULPRITS,
+    FLAKE_RATES,
+    METHODS,
+    NO_NAMES,
+    RETRIES_1,
+    Done,
+    Job,
+    json_report,
+    text_report,
+)
+from bench.flaky_world import COMMAND, TODOS, World, make_runner, make_world, run_trial, takes_policy
 from daemon.config import VerifyConfig
 from daemon.service.logs import configure_logging
 from daemon.world.checks import FlakePolicy
 from daemon.world.verify import VerifyRun
 from statemachine.flakes import FlakeModel, command_key
 
-RETRIES_1 = "retries=1"
-FLAKE_AWARE = "flake-aware"
-NO_NAMES = "flake-aware, no test names"
-METHODS = (RETRIES_1, FLAKE_AWARE, NO_NAMES)
-FLAKE_RATES = (0.1, 0.2)
-CULPRITS = (0, 1, 2)
-AIM_F = 0.2
-AIM_PRECISION = 0.99
-AIM_RECALL = 0.99
-AIM_RUNS_K1 = 10.0
-# Henderson et al., "Flake Aware Culprit Finding", ICST 2023 (13,600 breakages at Google).
-FACF = {
-    FLAKE_AWARE: "FACF ~98% accurate, ~9-10 runs/breakage",
-    NO_NAMES: "FACF ~98% accurate, ~9-10 runs/breakage",
-    RETRIES_1: "bisection 1 run/step ~78% (~50% flaky)",
-}
 START = 1_800_000_000.0  # the records' clock: a batch every BATCH_EVERY seconds from here
 BATCH_EVERY = 600.0
 SHM = "/dev/shm"
-FIGURES_AT = 36  # where a row's figures start, after its label
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Job:
-    flake_rate: float
-    culprits: int
-    method: str
-    trials: int
-    seed: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Done:
-    job: Job
-    trials: tuple[Trial, ...]
-    seconds: float
-    rate: float | None  # the learned rate of the verify command at the end (flake-aware methods)
-    quarantined: tuple[str, ...]
 
 
 def trial_plan(job: Job, index: int) -> tuple[frozenset[int], int]:
@@ -193,177 +173,6 @@ def run_all(jobs: list[Job], processes: int) -> list[Done]:
                 progress(future.result())
     order = {(j.flake_rate, j.culprits, j.method): n for n, j in enumerate(jobs)}
     return sorted(done, key=lambda d: order[(d.job.flake_rate, d.job.culprits, d.job.method)])
-
-
-# --- the figures ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Figures:
-    trials: int
-    culprits: int
-    rejected: int
-    rejected_culprits: int
-    command_runs: int
-    steps: int
-    wrong_batches: int  # batches that rejected at least one good todo
-
-    @property
-    def precision(self) -> float | None:
-        return self.rejected_culprits / self.rejected if self.rejected else None
-
-    @property
-    def recall(self) -> float | None:
-        return self.rejected_culprits / self.culprits if self.culprits else None
-
-    @property
-    def wrong_per_batch(self) -> float:
-        return (self.rejected - self.rejected_culprits) / self.trials
-
-    @property
-    def runs_per_batch(self) -> float:
-        return self.command_runs / self.trials
-
-    @property
-    def steps_per_batch(self) -> float:
-        return self.steps / self.trials
-
-
-def figures(trials: tuple[Trial, ...] | list[Trial]) -> Figures:
-    return Figures(
-        trials=len(trials),
-        culprits=sum(len(t.culprits) for t in trials),
-        rejected=sum(len(t.rejected) for t in trials),
-        rejected_culprits=sum(len(set(t.rejected) & set(t.culprits)) for t in trials),
-        command_runs=sum(t.command_runs for t in trials),
-        steps=sum(t.steps for t in trials),
-        wrong_batches=sum(1 for t in trials if set(t.rejected) - set(t.culprits)),
-    )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Aims:
-    """The issue's aims, judged on the flake-aware method at f = AIM_F (None: not measured)."""
-
-    precision: float | None  # over every k, k = 0's wrong rejections included
-    recall: float | None
-    runs_k1: float | None
-
-    @property
-    def met(self) -> bool:
-        return (
-            (self.precision is None or self.precision >= AIM_PRECISION)
-            and (self.recall is None or self.recall >= AIM_RECALL)
-            and (self.runs_k1 is None or self.runs_k1 <= AIM_RUNS_K1)
-        )
-
-
-def aims(done: list[Done]) -> Aims:
-    ours = [d for d in done if d.job.method == FLAKE_AWARE and d.job.flake_rate == AIM_F]
-    pooled = figures([t for d in ours for t in d.trials])
-    k1 = [t for d in ours if d.job.culprits == 1 for t in d.trials]
-    return Aims(
-        precision=pooled.precision,
-        recall=pooled.recall,
-        runs_k1=figures(k1).runs_per_batch if k1 else None,
-    )
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def row_label(flake_rate: float, culprits: int, method: str) -> str:
-    """A row's first columns (FIGURES_AT characters): f, k and the method."""
-    return f"{flake_rate:>4g} {culprits:>2}  {method:<27}"
-
-
-def text_report(done: list[Done], wall: float, processes: int) -> list[str]:
-    trials = {len(d.trials) for d in done}
-    lines = [
-        f"{TODOS} todos a batch, k culprits, an unrelated test failing a good tree with probability f; "
-        f"{'/'.join(map(str, sorted(trials)))} seeded trials per row, the same batches for every method",
-        f"{'f':>4} {'k':>2}  {'method':<27}{'precision':>10}{'recall':>8}{'wrong/b':>9}"
-        f"{'runs/b':>8}{'trees/b':>8}  published (Henderson et al., ICST 2023)",
-    ]
-    for d in done:
-        j, fig = d.job, figures(d.trials)
-        facf = FACF[j.method] if j.culprits else "-"
-        lines.append(
-            f"{row_label(j.flake_rate, j.culprits, j.method)}{percent(fig.precision):>10}"
-            f"{percent(fig.recall):>8}{fig.wrong_per_batch:>9.3f}{fig.runs_per_batch:>8.2f}"
-            f"{fig.steps_per_batch:>8.2f}  {facf}"
-        )
-    learned = [d for d in done if d.rate is not None]
-    if learned:
-        lines.append("learned at the end (rate of `sh check.sh`; quarantined tests):")
-        lines += [
-            f"  f={d.job.flake_rate:g} k={d.job.culprits} {d.job.method}: {d.rate:.3f}; "
-            f"{', '.join(d.quarantined) or 'none'}"
-            for d in learned
-        ]
-    judged = aims(done)
-    if judged.precision is not None or judged.runs_k1 is not None:
-        runs = "n/a" if judged.runs_k1 is None else f"{judged.runs_k1:.2f}"
-        lines.append(
-            f"aims at f={AIM_F:g}, {FLAKE_AWARE}: precision >= {AIM_PRECISION:.0%} "
-            f"({percent(judged.precision)} over all k), recall >= {AIM_RECALL:.0%} "
-            f"({percent(judged.recall)}), runs per batch at k=1 <= {AIM_RUNS_K1:g} ({runs}): "
-            f"{'met' if judged.met else 'NOT met'}"
-        )
-    lines.append(f"wall time {wall:.1f} s on {processes} process(es)")
-    return lines
-
-
-def rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
-def json_report(done: list[Done], wall: float, processes: int, seed: int) -> dict[str, object]:
-    judged = aims(done)
-    rows = []
-    for d in done:
-        fig = figures(d.trials)
-        rows.append(
-            {
-                "flake_rate": d.job.flake_rate,
-                "k": d.job.culprits,
-                "method": d.job.method,
-                "trials": fig.trials,
-                "culprits": fig.culprits,
-                "rejected": fig.rejected,
-                "rejected_culprits": fig.rejected_culprits,
-                "wrong_batches": fig.wrong_batches,
-                "command_runs": fig.command_runs,
-                "steps": fig.steps,
-                "precision": rounded(fig.precision),
-                "recall": rounded(fig.recall),
-                "wrong_per_batch": rounded(fig.wrong_per_batch),
-                "runs_per_batch": rounded(fig.runs_per_batch),
-                "steps_per_batch": rounded(fig.steps_per_batch),
-                "learned_rate": rounded(d.rate),
-                "quarantined": list(d.quarantined),
-                "seconds": round(d.seconds, 3),
-                "published": FACF[d.job.method] if d.job.culprits else None,
-                "per_trial": [t.as_json() for t in d.trials],
-            }
-        )
-    return {
-        "todos": TODOS,
-        "seed": seed,
-        "runner": "policy" if takes_policy() else "retries",
-        "processes": processes,
-        "wall_seconds": round(wall, 3),
-        "rows": rows,
-        "aims": {
-            "flake_rate": AIM_F,
-            "method": FLAKE_AWARE,
-            "precision": rounded(judged.precision),
-            "recall": rounded(judged.recall),
-            "runs_per_batch_k1": rounded(judged.runs_k1),
-            "met": judged.met,
-        },
-    }
 
 
 def floats(text: str) -> tuple[float, ...]:

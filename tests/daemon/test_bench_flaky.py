@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import flaky
+from bench import flaky, flaky_report
 from bench.flaky_world import make_runner, make_world, run_trial
 from daemon.world.checks import FlakePolicy
 from daemon.world.verify import VerifyRun
@@ -40,7 +40,7 @@ def report() -> dict[str, Any]:
 
 def test_every_row_is_the_sum_of_its_trials(report: dict[str, Any]) -> None:
     """Precision, recall, wrong rejections and runs per batch are computed from the per-trial records."""
-    assert len(report["rows"]) == 2 * 2 * len(flaky.METHODS)
+    assert len(report["rows"]) == 2 * 2 * len(flaky_report.METHODS)
     for row in report["rows"]:
         trials = row["per_trial"]
         assert len(trials) == row["trials"] == 3
@@ -78,7 +78,7 @@ def test_without_flakes_every_method_rejects_exactly_the_culprits(report: dict[s
 
 def test_a_test_failing_nine_times_in_ten_makes_one_rerun_reject_good_todos(report: dict[str, Any]) -> None:
     """At f = 0.9 a good batch is red twice in a row 81% of the time: today's rule rejects good todos."""
-    row = rows_by(report)[(0.9, 0, flaky.RETRIES_1)]
+    row = rows_by(report)[(0.9, 0, flaky_report.RETRIES_1)]
     assert row["wrong_per_batch"] > 0
     assert row["precision"] == 0
 
@@ -89,10 +89,13 @@ def test_the_printed_table_shows_the_same_figures_from_two_processes(report: dic
     with contextlib.redirect_stdout(out):
         assert flaky.main([*ARGS, "--processes", "2"]) == 0
     text = out.getvalue()
-    lines = {line[: flaky.FIGURES_AT]: line[flaky.FIGURES_AT :].split()[:5] for line in text.splitlines()}
+    lines = {
+        line[: flaky_report.FIGURES_AT]: line[flaky_report.FIGURES_AT :].split()[:5]
+        for line in text.splitlines()
+    }
     for (f, k, method), row in rows_by(report).items():
-        shown = lines[flaky.row_label(f, k, method)]
-        expected = [flaky.percent(row["precision"]), flaky.percent(row["recall"])]
+        shown = lines[flaky_report.row_label(f, k, method)]
+        expected = [flaky_report.percent(row["precision"]), flaky_report.percent(row["recall"])]
         expected += [
             f"{row['wrong_per_batch']:.3f}",
             f"{row['runs_per_batch']:.2f}",
