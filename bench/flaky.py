@@ -18,8 +18,8 @@ on a real repository, a real :class:`~daemon.world.checks.CheckRunner`, a real v
 A trial's seed fixes its culprits and the flaky test's stream of draws (consumed a run at a time), the
 same for every method, so the methods are compared on the same batches. The base is known green (as
 the daemon caches it): no baseline run. Recorded per trial: culprits, rejected todos, trees tested and
-verify command executions (counted by the command itself; with issue 14's runner they must equal the
-runs its ``CommandRuns`` report).
+verify command executions (counted by the command itself, and checked to equal the runs that the
+``CommandRuns`` and ``BatchVerdict.command_runs`` report).
 
 Printed per (f, k, method): precision per rejected todo (rejected that were culprits / all rejected;
 n/a when none was rejected), recall (culprits rejected / culprits), good todos wrongly rejected per
@@ -61,7 +61,7 @@ from bench.flaky_report import (
     json_report,
     text_report,
 )
-from bench.flaky_world import COMMAND, TODOS, World, make_runner, make_world, run_trial, takes_policy
+from bench.flaky_world import COMMAND, TODOS, World, make_runner, make_world, run_trial
 from daemon.config import VerifyConfig
 from daemon.service.logs import configure_logging
 from daemon.world.checks import FlakePolicy
@@ -209,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         "--processes", type=int, default=min(2, os.cpu_count() or 1), help="rows run at once (default 2)"
     )
     args = parser.parse_args(argv)
-    if not takes_policy() and set(args.methods) - {RETRIES_1}:
-        parser.error(f"this CheckRunner takes no policy= yet: only --methods '{RETRIES_1}' can run")
     jobs = [
         Job(flake_rate=f, culprits=k, method=m, trials=args.trials, seed=args.seed)
         for f in args.flake_rates

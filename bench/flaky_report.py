@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.flaky_world import TODOS, Trial, takes_policy
+from bench.flaky_world import TODOS, Trial
 
 RETRIES_1 = "retries=1"
 FLAKE_AWARE = "flake-aware"
@@ -204,7 +204,6 @@ def json_report(done: list[Done], wall: float, processes: int, seed: int) -> dic
     return {
         "todos": TODOS,
         "seed": seed,
-        "runner": "policy" if takes_policy() else "retries",
         "processes": processes,
         "wall_seconds": round(wall, 3),
         "rows": rows,

@@ -22,7 +22,6 @@ cannot take the shortcut of blaming a named file: it is the plain group testing 
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
 import subprocess
@@ -151,18 +150,9 @@ def _todo_commit(repo: Path, base: str, slot: int, *, broken: bool) -> Candidate
     return Candidate(todo_id=todo_id(slot), sha=sha, files=(rel,))
 
 
-def takes_policy() -> bool:
-    """Whether this CheckRunner takes ``policy=`` (issue 14's runner); else only ``retries=``."""
-    return "policy" in inspect.signature(CheckRunner.__init__).parameters
-
-
 def make_runner(policy: FlakePolicy, *, stream: Path, style: str) -> CheckRunner:
     env = {"FLAKY_STREAM": str(stream), "FLAKY_STYLE": style}
-    if takes_policy():
-        return CheckRunner([COMMAND], timeout=30, env=env, policy=policy)  # type: ignore[call-arg,unused-ignore]
-    if policy.fixed is None:
-        raise RuntimeError("flake-aware methods need issue 14's CheckRunner(policy=...)")
-    return CheckRunner([COMMAND], timeout=30, env=env, retries=policy.fixed)
+    return CheckRunner([COMMAND], timeout=30, env=env, policy=policy)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,8 +204,12 @@ def run_trial(
     executed = STREAM_LENGTH - left
     if left == 0:
         raise RuntimeError(f"trial {seed}: the flaky stream ran out; raise STREAM_LENGTH")
-    if takes_policy() and reported != executed:
-        raise RuntimeError(f"trial {seed}: CommandRuns add up to {reported} runs, the script ran {executed}")
+    # The runner reports every execution, per verify run (CommandRuns) and per batch: the same count.
+    if not reported == verdict.command_runs == executed:
+        raise RuntimeError(
+            f"trial {seed}: the script ran {executed} times, CommandRuns add up to {reported}, "
+            f"BatchVerdict.command_runs says {verdict.command_runs}"
+        )
     return Trial(
         seed=seed,
         culprits=tuple(sorted((todo_id(s) for s in culprits), key=int)),
