@@ -128,9 +128,10 @@ class CheckRunner:
         tree = self._tree(worktree)
         execute = functools.partial(self._run_one, log_path=log_path)
         tries: list[CommandRuns] = []
+        before: list[tuple[tuple[str, ...], bool]] = []  # what a copy of the tree runs first
         tail = ""
         commands = [*((c, True) for c in self.setup), *((c, False) for c in self.commands)]
-        for i, (command, is_setup) in enumerate(commands):
+        for command, is_setup in commands:
             parallel = not is_setup and self.spares is not None and self.policy.parallel > 1
             job = Job(
                 command=command,
@@ -138,11 +139,12 @@ class CheckRunner:
                 policy=self.policy,
                 execute=execute,
                 evidence=not is_setup,
-                before=tuple(c for c, _ in commands[:i]),
+                before=tuple(before),
                 copies=functools.partial(self._copies, worktree) if parallel else None,
             )
             done = confirm(job)
             tries.append(done.runs)
+            before.append((command, is_setup or done.last.returncode == 0))
             tail = done.last.output[-TAIL_CHARS:]
             red = done.last_red
             if done.runs.passed or red is None:

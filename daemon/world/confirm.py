@@ -187,7 +187,9 @@ class Job:
     policy: FlakePolicy
     execute: Execute
     evidence: bool = True  # read failing tests (not for [verify] setup commands, never excused)
-    before: tuple[tuple[str, ...], ...] = ()  # what a copy runs first to be in the tree's state
+    # What a copy runs first to be in the tree's state: each command, and whether it must be green
+    # there (a set-up command, or a check that was green in the tree; not one that passed excused).
+    before: tuple[tuple[tuple[str, ...], bool], ...] = ()
     copies: Callable[[int], list[Tree]] | None = None  # n copies of the tree; None: re-run in place
 
 
@@ -227,7 +229,11 @@ def _round(job: Job, tally: _Tally, at_once: int) -> None:
     """``at_once`` runs together: the tree's own and ``at_once - 1`` copies'; over at the first green
     (the copies still running are killed), else when all are done."""
     assert job.copies is not None
-    copies = job.copies(at_once - 1)
+    try:
+        copies = job.copies(at_once - 1)
+    except (BatchdError, OSError) as e:  # no copies (a full disk, a git error): re-run in place
+        log.warning("spare_trees_unavailable", error=str(e))
+        copies = []
     stop = Stop()
     done: queue.Queue[_Run | Exception | None] = queue.Queue()
 
@@ -259,11 +265,11 @@ def _prepared_run(job: Job, tree: Tree, stop: Stop | None) -> _Run | None:
     """The command's run in ``tree``; a copy first runs ``job.before``. None: a copy whose
     preparation failed or that was stopped (it shows nothing about this command)."""
     if tree.copy:
-        for command in job.before:
+        for command, must_pass in job.before:
             if stop is not None and stop.stopped:
                 return None
             ready = job.execute(command, tree, stop)
-            if ready.returncode != 0:
+            if ready.stopped or (must_pass and ready.returncode != 0):
                 log.info("spare_tree_unprepared", command=list(command), rc=ready.returncode)
                 return None
     if stop is not None and stop.stopped:

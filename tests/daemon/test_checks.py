@@ -137,3 +137,12 @@ def test_env_is_passed_to_commands(tmp_path: Path) -> None:
 def test_runner_is_callable(tmp_path: Path) -> None:
     """A CheckRunner can be used as the verifier's runner(worktree)."""
     assert CheckRunner([_py("pass")], timeout=10)(tmp_path).passed
+
+
+def test_the_fixed_rule_records_each_commands_runs(tmp_path: Path) -> None:
+    """retries=1 and a check red once: tries holds (runs, reds) = (2, 1) for it, after the first's (1, 0)."""
+    flaky = _py(
+        "import os, sys\nif not os.path.exists('marker'):\n    open('marker', 'w').close(); sys.exit(1)\n"
+    )
+    result = CheckRunner([_py("pass"), flaky], timeout=10, retries=1).run(tmp_path)
+    assert [(t.command, t.runs, t.reds) for t in result.tries] == [(_py("pass"), 1, 0), (flaky, 2, 1)]
