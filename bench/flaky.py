@@ -31,7 +31,7 @@ and the report are :mod:`bench.flaky_report`'s.
 Nearly all the time is the search's git work (a reset and a cherry-pick per todo per tree tested):
 the rows run in ``--processes`` processes, each on its own repository on tmpfs.
 
-    python -m bench.flaky                  # 200 trials each, 2 processes (a few minutes)
+    python -m bench.flaky                  # 200 trials each, 2 processes (8 minutes on 2 busy cores)
     python -m bench.flaky --trials 20      # a quick look
     python -m bench.flaky --json           # the same numbers, and every trial, as one JSON object
 """
