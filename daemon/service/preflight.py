@@ -34,7 +34,7 @@ from daemon.config import PLACEHOLDER, PRESETS, Config
 from daemon.engine.recovery import check_checkout
 from daemon.exceptions import PreflightFailed, UsageError, printable
 from daemon.world import deps
-from daemon.world.gitops import out, run_git
+from daemon.world.gitops import GIT_MIN_VERSION, git_version, out, run_git
 
 __all__ = [
     "PRESET_TOOLS",
@@ -104,6 +104,7 @@ def check(config: Config, *, service: bool = False, remote_timeout: float = REMO
 def find_problems(config: Config, *, remote_timeout: float = REMOTE_TIMEOUT) -> list[Problem]:
     root, branch = config.root, config.batchd.branch
     return [
+        *git_problems(),
         *branch_problems(root, branch, checkout=True),
         *remote_problems(root, config.batchd.remote, branch, timeout=remote_timeout),
         *agent_problems(config),
@@ -125,6 +126,26 @@ def reload_problems(config: Config) -> list[Problem]:
 
 # --------------------------------------------------------------------------------------------
 # The branch and the remote
+
+
+def git_problems(git: str = "git") -> list[Problem]:
+    """A git older than batchd needs: refused at start, not found out at the first conflict."""
+    try:
+        proc = subprocess.run([git, "--version"], capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [Problem("batchd.git", f"cannot run `{git} --version`: {e}", "install git")]
+    found = git_version(proc.stdout)
+    if found is None or found >= GIT_MIN_VERSION:
+        return []  # a version batchd cannot read is given the benefit of the doubt
+    need = ".".join(map(str, GIT_MIN_VERSION))
+    return [
+        Problem(
+            "batchd.git",
+            f"git {'.'.join(map(str, found))} is older than {need}, which batchd needs "
+            "(`git merge-tree --write-tree` carries a change onto a newer head)",
+            f"install git {need} or newer (Debian 12 has 2.39; `git --version` shows what is on PATH)",
+        )
+    ]
 
 
 def _has_commit(root: Path, branch: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
@@ -77,6 +78,16 @@ class WorkTree:
 
 
 GitTarget = Path | WorkTree
+
+
+# `git merge-tree --write-tree` (a change carried onto a newer head, daemon.world.rebase) came in 2.38.
+GIT_MIN_VERSION = (2, 38)
+
+
+def git_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from ``git --version`` output ("git version 2.39.5", "… 2.43.0.windows.1")."""
+    match = re.search(r"(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def run_git(

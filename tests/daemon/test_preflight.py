@@ -340,3 +340,29 @@ def test_the_check_is_the_configuration_error_of_the_cli(repo: Path) -> None:
             "hint": info.value.problems[0]["hint"],
         }
     ]
+
+
+def _fake_git(tmp_path: Path, version: str) -> Path:
+    script = tmp_path / "git"
+    script.write_text(f"#!/bin/sh\necho 'git version {version}'\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_git_older_than_2_38_is_refused_with_the_version_it_needs(tmp_path: Path) -> None:
+    """A git without `merge-tree --write-tree` is named at start, with the version batchd needs."""
+    (problem,) = preflight.git_problems(str(_fake_git(tmp_path, "2.34.1")))
+    assert problem.key == "batchd.git"
+    assert "git 2.34 is older than 2.38" in problem.message
+    assert "2.38 or newer" in problem.hint
+
+
+@pytest.mark.parametrize("version", ["2.38.0", "2.39.5", "2.43.0.windows.1", "3.0.0"])
+def test_a_git_of_2_38_or_newer_passes(tmp_path: Path, version: str) -> None:
+    """2.38 and anything newer (vendor suffixes too) pass."""
+    assert preflight.git_problems(str(_fake_git(tmp_path, version))) == []
+
+
+def test_the_git_on_this_machine_passes() -> None:
+    """The git batchd runs here is new enough (CI's Debian 12 has 2.39)."""
+    assert preflight.git_problems() == []
