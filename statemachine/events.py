@@ -354,6 +354,9 @@ class BatchVerified:
     conflicted: tuple[str, ...]
     failed: tuple[str, ...]
     runs: int
+    # (command key, test id) that failed on head_sha and were excused there (quarantined, or red on
+    # the base): red on the new head too, so they blame nobody built on it.
+    known_red: tuple[tuple[str, str], ...] = ()
 
 
 @registry.register("batch.paused", 1)

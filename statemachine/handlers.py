@@ -294,6 +294,10 @@ def epoch_seconds(recorded_at: str) -> float:
     return moment.timestamp()
 
 
+# Tests remembered as red on a base: far more than MAX_TEST_FAILURES ever excuses at once.
+MAX_KNOWN_RED = 1000
+
+
 def _base_failures(b: BatchView, p: Payload) -> None:
     """A baseline run's failing tests join the batch's ``base_failures`` (those of its newest base)."""
     sha = p.get("sha", "")
@@ -305,9 +309,10 @@ def _base_failures(b: BatchView, p: Payload) -> None:
     if not p["passed"] and command:
         key = command_key(command)
         found += [(key, str(t)) for t in p.get("failed_tests", ())]
-    new = [pair for pair in dict.fromkeys(found) if pair not in b.base_failures]
+    known = set(b.base_failures)
+    new = [pair for pair in dict.fromkeys(found) if pair not in known]
     if new:
-        b.base_failures = (*b.base_failures, *new)
+        b.base_failures = (*b.base_failures, *new)[:MAX_KNOWN_RED]
 
 
 @on("batch.verify_run")
@@ -317,6 +322,8 @@ def _batch_verify_run(pr: Projection, b: BatchView, p: Payload, e: StoredEvent) 
         if p["passed"] and p.get("sha"):
             b.green_bases = (*b.green_bases, p["sha"])
         _base_failures(b, p)
+        if b.base_failures_sha == p.get("sha", "") and b.base_failures:
+            pr.known_red = _merged(pr.known_red, b.base_failures)
     else:
         b.runs += 1
     if not p["passed"]:
@@ -329,8 +336,18 @@ def _batch_verify_run(pr: Projection, b: BatchView, p: Payload, e: StoredEvent) 
         pr.flakes.observe(tries, flaky, excused, epoch_seconds(e.recorded_at))
 
 
+def _merged(old: tuple[tuple[str, str], ...], more: Any) -> tuple[tuple[str, str], ...]:
+    pairs = dict.fromkeys(old)
+    pairs.update(dict.fromkeys((str(k), str(t)) for k, t in more))
+    return tuple(pairs)[:MAX_KNOWN_RED]
+
+
 @on("batch.verified")
-def _batch_verified(_pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+def _batch_verified(pr: Projection, b: BatchView, p: Payload, _e: StoredEvent) -> None:
+    if p["accepted"]:
+        # The new head's own failures, as its accepting run excused them: a test fixed on it drops out,
+        # one still red there stays excused for the next batch, whose base it is.
+        pr.known_red = tuple((str(k), str(t)) for k, t in p.get("known_red", ()))[:MAX_KNOWN_RED]
     b.head_sha = p["head_sha"]
     b.accepted = tuple(p["accepted"])
     b.rejected = tuple(p["rejected"])

@@ -135,6 +135,9 @@ class Projection:
         self.verify_runs = 0
         self.agents_started = 0
         self.flakes = FlakeModel()  # every verify command's flake rate and flaky tests, from verify runs
+        # (command key, test id) red on the newest verified head (its baseline, or the run that
+        # accepted it excused them): they blame nobody built on it. See handlers._batch_verified.
+        self.known_red: tuple[tuple[str, str], ...] = ()
         self._live: LiveMachines | None = None
 
     # -- the fold ----------------------------------------------------------------------------
@@ -384,6 +387,7 @@ class Projection:
             "verify_runs": self.verify_runs,
             "agents_started": self.agents_started,
             "flakes": self.flakes.to_json(),
+            "known_red": [list(pair) for pair in self.known_red],
         }
 
     @classmethod
@@ -411,6 +415,7 @@ class Projection:
         pr.verify_runs = data["verify_runs"]
         pr.agents_started = data["agents_started"]
         pr.flakes = FlakeModel.from_json(data["flakes"])
+        pr.known_red = tuple((str(k), str(t)) for k, t in data["known_red"])
         return pr
 
     def __eq__(self, other: object) -> bool:

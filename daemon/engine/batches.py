@@ -47,7 +47,7 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
     key = f"baseline-{batch.key}"
     if d.has_job(key):
         return
-    runner = check_runner(d, batch)
+    runner = check_runner(d, batch, base=True)
 
     def work() -> CheckResult:
         return check_baseline(phases.ensure_verify_worktree(d, base), base, runner)
@@ -79,10 +79,10 @@ def pause_on_error(d: Daemon, key: str, base: str, error: BaseException) -> None
     d.emit_one(ev.batch_stream(key), paused)
 
 
-def check_runner(d: Daemon, batch: BatchView | None = None) -> CheckRunner:
+def check_runner(d: Daemon, batch: BatchView | None = None, *, base: bool = False) -> CheckRunner:
     """The verify commands as ``batch`` is checked (None: the final check, a push's re-check), with
-    the flake policy of the log so far (see :func:`flake_policy`)."""
-    policy = flake_policy(d, batch)
+    the flake policy of the log so far (see :func:`flake_policy`); ``base``: its baseline."""
+    policy = flake_policy(d, batch, base=base)
     return CheckRunner(
         d.config.verify.commands,
         timeout=d.config.verify.timeout,
@@ -97,12 +97,15 @@ def check_runner(d: Daemon, batch: BatchView | None = None) -> CheckRunner:
     )
 
 
-def flake_policy(d: Daemon, batch: BatchView | None) -> FlakePolicy:
+def flake_policy(d: Daemon, batch: BatchView | None, *, base: bool = False) -> FlakePolicy:
     """How red runs are confirmed now: each command's rate as measured from the log (the prior until
-    then), and the tests whose failures blame nobody: quarantined ones, and those that failed on this
-    batch's base in its baseline runs (a failure the base has too is not the candidates')."""
+    then), and the tests whose failures blame nobody: quarantined ones, those red on the newest
+    verified head (``known_red``: its baseline or its accepting run saw them fail), and those that
+    failed on this batch's base in its baseline runs (a failure the base has too is not the
+    candidates'). ``base``: the baseline itself, where any test a complete report names is red on
+    the base (recorded, not a reason to stop: see ``FlakePolicy.base``)."""
     v = d.config.verify
-    excused = set(d.proj.flakes.quarantined())
+    excused = set(d.proj.flakes.quarantined()) | set(d.proj.known_red)
     # Only failures seen on the base this batch is verified on: a batch moved onto a newer head that
     # had no baseline of its own does not excuse what an older base failed.
     if batch is not None and batch.base_failures_sha == batch.base_sha:
@@ -115,6 +118,7 @@ def flake_policy(d: Daemon, batch: BatchView | None) -> FlakePolicy:
         excused=frozenset(excused),
         junit=v.junit,
         parallel=v.parallel,
+        base=base,
     )
 
 
@@ -239,6 +243,7 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
                     conflicted=tuple(conflicted),
                     failed=tuple(failed),
                     runs=runs,
+                    known_red=verdict.known_red if verdict is not None else (),
                 ),
                 ev.BatchDone(key=batch.key),
             ],

@@ -37,10 +37,12 @@ import structlog
 
 from daemon.exceptions import BatchdError
 from daemon.world import safefs
-from daemon.world.testevidence import MAX_JUNIT_BYTES, Evidence, failing_tests
+from daemon.world.testevidence import MAX_JUNIT_BYTES, UNKNOWN, Evidence, failing_tests
 from statemachine.flakes import command_key, runs_needed
 
 __all__ = [
+    "MAX_TEST_FAILURES",
+    "TEST_FAILURE_CODES",
     "Attempt",
     "CommandRuns",
     "Confirmed",
@@ -55,6 +57,14 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# More failing tests than this in one run is the machine or the suite broken (a database down, an
+# import error everywhere), not flaky tests: such a run is never excused, and teaches nothing per test.
+MAX_TEST_FAILURES = 10
+# The exit codes of "some tests failed": pytest, unittest, jest, vitest, go test and npm 1, make 2
+# (a failing recipe; pytest's 2 is a collection error, which names its module), cargo test 101. A
+# run that ends otherwise (a timeout, a signal, pytest's internal error 3) is red whatever it printed.
+TEST_FAILURE_CODES = frozenset({1, 2, 101})
 
 # A round's copies are killed at the first green; their threads only have to reap and log.
 _REAP_S = 10.0
@@ -79,6 +89,10 @@ class FlakePolicy:
     junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
     parallel: int = 1  # re-runs at once, each in a copy of the tree
     fixed: int | None = None
+    # The tree is a batch's base (its baseline): tests a complete report names as failing there are
+    # recorded as red on the base and excused, not counted. Nobody can be blamed on a base, and its
+    # failures must not blame the todos built on it. Output naming no tests still makes it red.
+    base: bool = False
 
     def runs_needed(self, command: Sequence[str]) -> int:
         if self.fixed is not None:
@@ -279,23 +293,40 @@ def _prepared_run(job: Job, tree: Tree, stop: Stop | None) -> _Run | None:
 
 def _run(job: Job, tree: Tree, stop: Stop | None) -> _Run:
     junit = job.policy.junit if job.evidence and job.policy.fixed is None else ""
-    fresh = bool(junit) and _remove_report(tree.path, junit)
+    before = _report_id(tree.path, junit) if junit else None
     attempt = job.execute(job.command, tree, stop)
     if attempt.returncode == 0 or attempt.stopped or not job.evidence or job.policy.fixed is not None:
         return _Run(attempt=attempt, evidence=None)
+    # A report is this run's only if the run (re)wrote it: the same file as before the run (one a
+    # previous command or run left, or one the repository tracks) says nothing of this run, and the
+    # output is read instead. One that cannot be opened safely (a link) is no evidence at all.
+    after = _report_id(tree.path, junit) if junit else None
+    if after == _REFUSED:
+        return _Run(attempt=attempt, evidence=Evidence())
+    fresh = after is not None and after != before
     evidence = read_evidence(tree.path, attempt.output, junit if fresh else "")
     return _Run(attempt=attempt, evidence=evidence)
 
 
-def _remove_report(tree: Path, junit: str) -> bool:
-    """Delete the JUnit report a previous run left, so that a report found after this run is this
-    run's; False when that cannot be done (then the report is not read this run)."""
+_REFUSED = (-1, -1, -1, -1)
+
+
+def _report_id(tree: Path, junit: str) -> tuple[int, int, int, int] | None:
+    """What tells one report file from another (inode, size, mtime, ctime); None when there is none,
+    ``_REFUSED`` when it cannot be looked at safely (a link on the way, a folder of links)."""
     try:
-        safefs.unlink(tree, junit)
-    except (BatchdError, ValueError, OSError) as e:  # a link on the way, a folder there
-        log.warning("junit_report_not_removed", path=junit, error=str(e))
-        return False
-    return True
+        fd = safefs.open_read(tree, junit)
+    except (BatchdError, ValueError, OSError):
+        return _REFUSED
+    if fd is None:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def read_evidence(tree: Path, output: str, junit: str = "") -> Evidence:
@@ -315,10 +346,14 @@ def read_evidence(tree: Path, output: str, junit: str = "") -> Evidence:
     if data is None:
         return Evidence()
     # testevidence reads a report by path: a private copy, out of the agents' reach, is that path.
-    with tempfile.TemporaryDirectory(prefix="batchd-junit-") as tmp:
-        copy = Path(tmp) / "report.xml"
-        copy.write_bytes(data)
-        return failing_tests(output, junit=copy)
+    try:
+        with tempfile.TemporaryDirectory(prefix="batchd-junit-") as tmp:
+            copy = Path(tmp) / "report.xml"
+            copy.write_bytes(data)
+            return failing_tests(output, junit=copy)
+    except OSError as e:  # a full /tmp: no evidence (a plain red), never a failed verification
+        log.warning("junit_report_unreadable", path=junit, error=str(e))
+        return Evidence()
 
 
 def _read_regular(fd: int) -> bytes | None:
@@ -343,8 +378,10 @@ class _Tally:
         self.runs: list[tuple[Kind, _Run]] = []
         self.passed = False
         self.reds = 0
+        self.source: str | None = None  # the runner that first named tests (see _same_source)
 
     def add(self, run: _Run) -> Kind:
+        run = self._same_source(run)
         kind = self._kind(run)
         self.runs.append((kind, run))
         self.reds += kind == "red"
@@ -364,13 +401,31 @@ class _Tally:
             )
         return kind
 
+    def _same_source(self, run: _Run) -> _Run:
+        """Test ids are compared only between runs read the same way: a JUnit report and the text
+        spell them differently, so once one source named tests, a run read from another (its report
+        missing this time, say) counts as naming none."""
+        ev = run.evidence
+        if ev is None or ev.runner == UNKNOWN:
+            return run
+        if self.source is None:
+            self.source = ev.runner
+        if ev.runner == self.source:
+            return run
+        return _Run(attempt=run.attempt, evidence=Evidence())
+
     def _kind(self, run: _Run) -> Kind:
-        if run.attempt.returncode == 0:
+        attempt = run.attempt
+        if attempt.returncode == 0:
             return "green"
         ev = run.evidence
-        # A red run with complete evidence naming no test (a coverage threshold, "no tests ran") is
-        # red for a reason no test explains: never excused.
-        if ev is not None and ev.complete and ev.failed and ev.failed <= self.excusable:
+        if ev is None or not ev.complete or not ev.failed or len(ev.failed) > MAX_TEST_FAILURES:
+            # No test explains it (a coverage threshold, "no tests ran"), or only some do, or so many
+            # fail at once that the machine or the suite is broken, not a test: a plain red.
+            return "red"
+        if attempt.timed_out or attempt.returncode not in TEST_FAILURE_CODES:
+            return "red"  # a hang, a crash or a runner's own error after its summary: not the tests
+        if self.job.policy.base or ev.failed <= self.excusable:
             return "excused"
         return "red"
 
@@ -383,12 +438,21 @@ class _Tally:
             reds=len(reds),
             failed_tests=() if self.passed else self._failed(reds),
             flaky_tests=self._flaky(),
-            excused=tuple(sorted({t for ev in read for t in ev.failed & self.excusable})),
+            excused=tuple(sorted(self._excused())),
             evidence=read[-1].runner if read else "",
         )
         return Confirmed(
             runs=runs, last=self.runs[-1][1].attempt, last_red=reds[-1].attempt if reds else None
         )
+
+    def _excused(self) -> set[str]:
+        """Failures not counted: excusable tests wherever they failed, and every test an excused
+        run named (on a base, all of them)."""
+        found: set[str] = set()
+        for kind, run in self.runs:
+            named = run.evidence.failed if run.evidence is not None else frozenset()
+            found |= named if kind == "excused" else named & self.excusable
+        return found
 
     def _failed(self, reds: list[_Run]) -> tuple[str, ...]:
         """The tests that failed in every confirming run that names all its failures."""
@@ -400,7 +464,12 @@ class _Tally:
     def _flaky(self) -> tuple[str, ...]:
         """Tests that failed in one run and not in another of this tree: a green run, or one whose
         evidence is complete (runs on one tree differ only by flakes)."""
-        failed = [run.evidence.failed for _, run in self.runs if run.evidence is not None]
+        # A run failing en masse (a database down) says nothing about single tests: not learned.
+        failed = [
+            run.evidence.failed
+            for _, run in self.runs
+            if run.evidence is not None and len(run.evidence.failed) <= MAX_TEST_FAILURES
+        ]
         passing: list[frozenset[str]] = []  # per run that shows every test's outcome: what failed
         for kind, run in self.runs:
             if kind == "green":

@@ -53,6 +53,7 @@ from daemon.world.gitops import (
     split_z,
 )
 from daemon.world.keepboth import cherry_pick
+from statemachine.flakes import command_key
 
 log = structlog.get_logger(__name__)
 
@@ -130,10 +131,18 @@ class BatchVerdict:
     head_sha: str
     runs: int  # trees tested
     command_runs: int = 0  # every command execution over those trees, re-runs included
+    # (command key, test id) that failed on ``head_sha`` and were excused (quarantined, or red on the
+    # base): red on the head too, so the next batch on it does not blame its todos for them.
+    known_red: tuple[tuple[str, str], ...] = ()
 
     @property
     def accepted_ids(self) -> tuple[str, ...]:
         return tuple(todo_id for todo_id, _ in self.accepted)
+
+
+def excused_pairs(result: CheckResult) -> tuple[tuple[str, str], ...]:
+    """(command key, test id) of every failure ``result``'s runs excused."""
+    return tuple((command_key(t.command), test) for t in result.tries for test in t.excused)
 
 
 def work_path(worktree: GitTarget) -> Path:
@@ -221,6 +230,7 @@ class _Session:
         self.good_resolved: dict[str, tuple[str, ...]] = {}
         self.runs = 0
         self.command_runs = 0
+        self.good_red: tuple[tuple[str, str], ...] = ()  # what the green head's run excused
         self.setup_confirmed = ""  # the green head on which a failing setup was seen to pass again
         abort_in_progress(worktree)
 
@@ -298,6 +308,7 @@ class _Session:
                 {c.todo_id: self.merged[c.todo_id].files for c in applied if c.todo_id in self.merged}
             )
             self.good_head = head_sha(self.worktree)
+            self.good_red = excused_pairs(result)
             self.good_picks = picks
         elif result.setup_failed:
             if not applied:  # the tree was the green head itself
@@ -480,7 +491,7 @@ class _Session:
             self._reject(todo, red, reason=why)
             # Search the rest again without it: the accepted set must be a tree that passed whole.
             rest = [c for c in self.good if c.todo_id != todo.todo_id]
-            self.good, self.good_head, self.good_picks = [], self.base_sha, []
+            self.good, self.good_head, self.good_picks, self.good_red = [], self.base_sha, [], ()
             self.good_resolved = {}
             self._search(rest, None)
 
@@ -531,4 +542,5 @@ class _Session:
             head_sha=self.good_head,
             runs=self.runs,
             command_runs=self.command_runs,
+            known_red=self.good_red,
         )
