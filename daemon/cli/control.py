@@ -132,7 +132,9 @@ def status_data(
         ],
         "todos": todos,
         "review": [{"id": proj.shown(t), "attempt": n, "what": what} for t, n, what in review_items(proj)],
-        "flakes": flakes_json(proj.flakes, checks.commands if verify else None, checks.flake_rate),
+        "flakes": flakes_json(
+            proj.flakes, proj.known_red, checks.commands if verify else None, checks.flake_rate
+        ),
         "last_seq": proj.last_seq,
     }
 

@@ -52,6 +52,12 @@ def flake_lines(flakes: dict[str, Any]) -> list[str]:
         more = len(shown) - MAX_QUARANTINED_SHOWN
         text = ", ".join(shown[:MAX_QUARANTINED_SHOWN]) + (f" +{more} more" if more > 0 else "")
         lines.append(f"[yellow]quarantined tests[/] ({len(quarantined)}): {escape(text)}")
+    red = flakes.get("red_on_base", [])
+    if red:
+        shown = [f"{r['test']} (`{r['command']}`)" for r in red]
+        more = len(shown) - MAX_QUARANTINED_SHOWN
+        text = ", ".join(shown[:MAX_QUARANTINED_SHOWN]) + (f" +{more} more" if more > 0 else "")
+        lines.append(f"[yellow]red on the base, blamed on nobody[/] ({len(red)}): {escape(text)}")
     return lines
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from statemachine.flakes import CommandRate, FlakeModel, command_key
 
 __all__ = [
+    "MAX_ROWS",
     "MAX_TESTS_NAMED",
     "broke_text",
     "command_rates",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 MAX_TESTS_NAMED = 3  # a reason names this many failing tests, then "+N more" (the log keeps them all)
+MAX_ROWS = 100  # tests listed in the status file per table, then "+N more" (status --json has them all)
 
 
 def percent(rate: float) -> str:
@@ -80,8 +82,14 @@ def quarantined_rows(model: FlakeModel) -> list[tuple[str, str, float]]:
     return sorted((key, test, rate) for (key, test), rate in model.quarantined().items())
 
 
-def flakes_json(model: FlakeModel, commands: Sequence[Sequence[str]] | None, prior: float) -> dict[str, Any]:
-    """``status --json``'s ``flakes``: each configured command's rate and the quarantined tests."""
+def flakes_json(
+    model: FlakeModel,
+    known_red: Sequence[tuple[str, str]],
+    commands: Sequence[Sequence[str]] | None,
+    prior: float,
+) -> dict[str, Any]:
+    """``status --json``'s ``flakes``: each configured command's rate, the quarantined tests, and
+    the tests red on the newest verified head (``known_red``: they blame nobody)."""
     return {
         "commands": [
             {"command": r.command, "rate": r.rate, "trials": r.trials, "flakes": r.flakes}
@@ -90,4 +98,5 @@ def flakes_json(model: FlakeModel, commands: Sequence[Sequence[str]] | None, pri
         "quarantined": [
             {"command": key, "test": test, "rate": rate} for key, test, rate in quarantined_rows(model)
         ],
+        "red_on_base": [{"command": key, "test": test} for key, test in known_red],
     }

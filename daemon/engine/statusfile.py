@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from daemon.config import Config
-from daemon.engine.flaketext import command_rates, percent, quarantined_rows, rate_text
+from daemon.engine.flaketext import MAX_ROWS, command_rates, percent, quarantined_rows, rate_text
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
@@ -285,9 +285,25 @@ def flake_lines(proj: Projection, config: Config) -> list[str]:
     quarantined = quarantined_rows(proj.flakes)
     if quarantined:
         lines += ["### Quarantined tests", "", "| Test | Command | Measured rate |", "|---|---|---|"]
-        lines += [f"| {cell(test)} | `{cell(key)}` | {percent(rate)} |" for key, test, rate in quarantined]
-        lines.append("")
+        rows = [f"| {cell(test)} | `{cell(key)}` | {percent(rate)} |" for key, test, rate in quarantined]
+        lines += _capped(rows)
+    if proj.known_red:
+        lines += [
+            "### Red on the base",
+            "",
+            "Failing on the newest verified head already, so blamed on nobody until a change fixes them:",
+            "",
+            "| Test | Command |",
+            "|---|---|",
+        ]
+        lines += _capped([f"| {cell(test)} | `{cell(key)}` |" for key, test in proj.known_red])
     return lines
+
+
+def _capped(rows: list[str]) -> list[str]:
+    """A table's rows, at most MAX_ROWS of them, then how many more there are (and a blank line)."""
+    more = len(rows) - MAX_ROWS
+    return [*rows[:MAX_ROWS], *([f"\n… and {more} more (`batchd status --json`)"] if more > 0 else []), ""]
 
 
 def ids(values: Iterable[str], proj: Projection) -> str:
