@@ -144,7 +144,7 @@ def verify_run(
         baseline=baseline,
         sha=sha,
         tries=tries,
-        flaked=any(t.passed and t.reds > 0 for t in result.tries),
+        flaked=result.flaky,
         confirmed=result.confirmed,
         failed_tests=result.failed_tests,
         flaky_tests=tuple((command_key(t.command), test) for t in result.tries for test in t.flaky_tests),

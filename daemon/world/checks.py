@@ -164,7 +164,7 @@ class CheckRunner:
                 setup_failed=is_setup,
                 tries=tuple(tries),
             )
-        flaky = any(t.reds and t.passed for t in tries)
+        flaky = any(0 < t.reds < t.runs for t in tries)  # red, then green on this tree
         if flaky:
             log.warning("check_flaky", worktree=str(worktree))
         return CheckResult(

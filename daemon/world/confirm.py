@@ -89,9 +89,10 @@ class FlakePolicy:
     junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
     parallel: int = 1  # re-runs at once, each in a copy of the tree
     fixed: int | None = None
-    # The tree is a batch's base (its baseline): tests a complete report names as failing there are
-    # recorded as red on the base and excused, not counted. Nobody can be blamed on a base, and its
-    # failures must not blame the todos built on it. Output naming no tests still makes it red.
+    # The tree is a batch's base (its baseline): a confirmed red whose runs all name their failing
+    # tests is those tests red on the base, excused and recorded, not a red base. Nobody can be
+    # blamed on a base, and its failures must not blame the todos built on it. Output naming no
+    # tests still makes it red (the batch pauses, as before).
     base: bool = False
 
     def runs_needed(self, command: Sequence[str]) -> int:
@@ -116,10 +117,12 @@ class CommandRuns:
     flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
     excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
     evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
+    # Red in every run, but only by tests red on the base (a baseline: ``FlakePolicy.base``): passed.
+    red_on_base: bool = False
 
     @property
     def passed(self) -> bool:
-        return self.runs > self.reds
+        return self.runs > self.reds or self.red_on_base
 
 
 class SpareTrees(Protocol):
@@ -236,6 +239,8 @@ def confirm(job: Job) -> Confirmed:
             _round(job, tally, at_once)
         else:
             tally.add(_run(job, job.tree, None))
+    if job.policy.base and job.evidence:
+        tally.settle_base()
     return tally.confirmed()
 
 
@@ -369,6 +374,17 @@ def _read_regular(fd: int) -> bytes | None:
         os.close(fd)
 
 
+def _named_failure(run: _Run) -> bool:
+    """A red run that its failing tests explain: complete evidence naming a few tests, and an exit
+    that means "tests failed". Not one where no test explains it (a coverage threshold, "no tests
+    ran"), or only some do, or so many fail at once that the machine or the suite is broken, nor a
+    hang, a crash or a runner's own error after its summary."""
+    ev, attempt = run.evidence, run.attempt
+    if ev is None or not ev.complete or not ev.failed or len(ev.failed) > MAX_TEST_FAILURES:
+        return False
+    return not attempt.timed_out and attempt.returncode in TEST_FAILURE_CODES
+
+
 class _Tally:
     """The counted runs of one command on one tree, and what they say about its tests."""
 
@@ -379,6 +395,7 @@ class _Tally:
         self.passed = False
         self.reds = 0
         self.source: str | None = None  # the runner that first named tests (see _same_source)
+        self.on_base = False  # confirmed red by tests red on the base (see settle_base)
 
     def add(self, run: _Run) -> Kind:
         run = self._same_source(run)
@@ -419,15 +436,20 @@ class _Tally:
         if attempt.returncode == 0:
             return "green"
         ev = run.evidence
-        if ev is None or not ev.complete or not ev.failed or len(ev.failed) > MAX_TEST_FAILURES:
-            # No test explains it (a coverage threshold, "no tests ran"), or only some do, or so many
-            # fail at once that the machine or the suite is broken, not a test: a plain red.
-            return "red"
-        if attempt.timed_out or attempt.returncode not in TEST_FAILURE_CODES:
+        if ev is None or not _named_failure(run):
             return "red"  # a hang, a crash or a runner's own error after its summary: not the tests
-        if self.job.policy.base or ev.failed <= self.excusable:
-            return "excused"
-        return "red"
+        return "excused" if ev.failed <= self.excusable else "red"
+
+    def settle_base(self) -> None:
+        """On a base (``policy.base``), a confirmed red whose every run names its failing tests is
+        those tests red on the base: excused, so the command passes and they are recorded."""
+        reds = [run for kind, run in self.runs if kind == "red"]
+        if self.passed or not reds or not all(_named_failure(run) for run in reds):
+            return
+        # The runs stay red in the record (tries: runs = reds), so the flake model learns nothing
+        # from them: a test that is simply broken on the base is no measure of flakiness.
+        self.passed = self.on_base = True
+        log.info("check_red_on_base", command=list(self.job.command), tests=sorted(self._excused()))
 
     def confirmed(self) -> Confirmed:
         reds = [run for kind, run in self.runs if kind == "red"]
@@ -440,6 +462,7 @@ class _Tally:
             flaky_tests=self._flaky(),
             excused=tuple(sorted(self._excused())),
             evidence=read[-1].runner if read else "",
+            red_on_base=self.on_base,
         )
         return Confirmed(
             runs=runs, last=self.runs[-1][1].attempt, last_red=reds[-1].attempt if reds else None
@@ -451,7 +474,7 @@ class _Tally:
         found: set[str] = set()
         for kind, run in self.runs:
             named = run.evidence.failed if run.evidence is not None else frozenset()
-            found |= named if kind == "excused" else named & self.excusable
+            found |= named if kind == "excused" or self.on_base else named & self.excusable
         return found
 
     def _failed(self, reds: list[_Run]) -> tuple[str, ...]:
