@@ -112,6 +112,7 @@ def flake_policy(d: Daemon, batch: BatchView | None, *, base: bool = False) -> F
         excused |= set(batch.base_failures)
     return FlakePolicy(
         rates=d.proj.flakes.rates(v.flake_rate),
+        trials={key: c.trials for key, c in d.proj.flakes.commands.items()},
         prior=v.flake_rate,
         false_blame=v.false_blame,
         max_reruns=v.retries,

@@ -143,6 +143,7 @@ class CheckRunner:
                 copies=functools.partial(self._copies, worktree) if parallel else None,
             )
             done = confirm(job)
+            self.policy = self.policy.observed(done.runs)  # the next tree's reds are weighed with it
             tries.append(done.runs)
             before.append((command, is_setup or done.last.returncode == 0))
             tail = done.last.output[-TAIL_CHARS:]

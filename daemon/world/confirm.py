@@ -29,7 +29,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -38,7 +38,7 @@ import structlog
 from daemon.exceptions import BatchdError
 from daemon.world import safefs
 from daemon.world.testevidence import MAX_JUNIT_BYTES, UNKNOWN, Evidence, failing_tests
-from statemachine.flakes import command_key, runs_needed
+from statemachine.flakes import PRIOR_RUNS, command_key, runs_needed
 
 __all__ = [
     "MAX_TEST_FAILURES",
@@ -94,6 +94,25 @@ class FlakePolicy:
     # blamed on a base, and its failures must not blame the todos built on it. Output naming no
     # tests still makes it red (the batch pauses, as before).
     base: bool = False
+
+    # command key -> the runs the measured rate rests on (decayed): how much one more run moves it.
+    trials: Mapping[str, float] = field(default_factory=dict)
+
+    def observed(self, runs: CommandRuns) -> FlakePolicy:
+        """This policy with one more tree's runs of a command learned, as the log will learn them
+        once the verification is recorded: a verification of ten todos that sees its flaky test flake
+        on its first tree confirms the reds after it with the higher rate, not the old one."""
+        if self.fixed is not None or runs.red_on_base or runs.runs <= runs.reds:
+            return self  # red to the end (or fixed rule): nothing learned, as in the model
+        key = command_key(runs.command)
+        weight = self.trials.get(key, 0.0) + PRIOR_RUNS
+        rate = self.rates.get(key, self.prior)
+        blended = (rate * weight + runs.reds) / (weight + runs.runs)
+        return replace(
+            self,
+            rates={**self.rates, key: blended},
+            trials={**self.trials, key: self.trials.get(key, 0.0) + runs.runs},
+        )
 
     def runs_needed(self, command: Sequence[str]) -> int:
         if self.fixed is not None:

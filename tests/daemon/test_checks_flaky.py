@@ -172,6 +172,28 @@ def test_max_reruns_caps_the_runs_of_a_very_flaky_command(tmp_path: Path, tree: 
     assert plan.calls == 3
 
 
+def test_a_flake_seen_on_one_tree_raises_the_reruns_on_the_next(tmp_path: Path, tree: Path) -> None:
+    """At the 5% prior a red is confirmed in 2 runs; once the same runner saw the command flake on a
+    tree (red, green), the next tree's reds need 3: what the log will learn is used at once."""
+    plan = Plan(tmp_path, [RED, GREEN, RED])  # tree 1: red then green; tree 2: red every run after
+    runner = CheckRunner([plan.command], timeout=30, policy=FlakePolicy())
+    assert runner.run(tree).passed
+    second = runner.run(tree)
+    assert second.confirmed == (3, 3)
+    assert plan.calls == 5
+
+
+def test_a_clean_tree_lowers_the_rate_a_verification_uses(tmp_path: Path, tree: Path) -> None:
+    """A measured 20% over few runs: a green first run on one tree lowers the rate (fewer re-runs
+    needed later in the same verification), as the log will weigh it."""
+    plan = Plan(tmp_path, [GREEN])
+    policy = FlakePolicy(rates={plan.key: 0.2}, trials={plan.key: 0.0})
+    runner = CheckRunner([plan.command], timeout=30, policy=policy)
+    runner.run(tree)
+    assert runner.policy.rates[plan.key] == pytest.approx(0.2 * 10 / 11)
+    assert runner.policy.trials[plan.key] == 1
+
+
 def test_an_unmeasured_command_gets_the_prior(tmp_path: Path, tree: Path) -> None:
     """No rate for the command: the prior 0.05 decides (2 runs for 0.01)."""
     plan = Plan(tmp_path, [RED])

@@ -105,9 +105,15 @@ def _verify(
     (s.state / "seed").write_text(str(seed))
     (s.state / "n").unlink(missing_ok=True)
     key = command_key(s.command)
-    policy = FlakePolicy(rates={key: RATE}, false_blame=0.001, max_reruns=5, excused=excused)
+    # The rate as if measured over many runs: one verification's trees hardly move it.
+    policy = FlakePolicy(
+        rates={key: RATE}, trials={key: MEASURED_RUNS}, false_blame=0.001, max_reruns=5, excused=excused
+    )
     runner = CheckRunner([s.command], timeout=30, policy=policy)
     return verify_batch(s.worktree, s.base, s.candidates(culprits), runner)
+
+
+MEASURED_RUNS = 10_000.0
 
 
 def _runs(s: Setup) -> int:
@@ -157,7 +163,8 @@ def test_a_test_red_on_the_base_is_a_confirmed_red_when_not_excused(setup: Setup
     failure named is that test; so it is the excuse that keeps the good todos."""
     (setup.state / "red_on_base").write_text("")
     (setup.state / "seed").write_text("0")
-    policy = FlakePolicy(rates={command_key(setup.command): RATE}, false_blame=0.001)
+    key = command_key(setup.command)
+    policy = FlakePolicy(rates={key: RATE}, trials={key: MEASURED_RUNS}, false_blame=0.001)
     result = CheckRunner([setup.command], timeout=30, policy=policy).run(setup.worktree)
     assert result.confirmed == (5, 5)
     assert result.failed_tests == (RED_ON_BASE,)
