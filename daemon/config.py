@@ -508,7 +508,8 @@ class VerifyConfig:
         default=1,
         metadata=_key(
             _at_least(1),
-            "Re-runs of a red check that may run at once, each in its own copy of the tree (mind the cores).",
+            "Re-runs of a red check that may run at once, each in its own copy of the tree: mind the cores, "
+            "and only for suites that can run side by side (no fixed ports, no shared files in /tmp).",
         ),
     )
     junit: str = field(

@@ -219,7 +219,9 @@ class TodoRejected:
     output_tail: str
     files_reverted: tuple[str, ...]
     action: str
-    reason: str = ""  # when not simply "the command failed" (passing only with its own test edits)
+    # Why, as people read it: "broke `npm test` (confirmed in 3 of 3 runs): a test", or passing only
+    # with its own test edits. Records from before issue 14 have "" for a plain rejection.
+    reason: str = ""
     confirmed: tuple[int, int] = (0, 0)  # (red runs, runs) of the command on the tree that condemned it
     failed_tests: tuple[str, ...] = ()  # the tests that failed there and never on the base, when named
 

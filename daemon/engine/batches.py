@@ -151,7 +151,9 @@ def verify_run(
         flaky_tests=tuple((command_key(t.command), test) for t in result.tries for test in t.flaky_tests),
         excused=tuple((command_key(t.command), test) for t in result.tries for test in t.excused),
         # The failing command's reading when red, else the last one read (a flake's red run).
-        evidence=next((t.evidence for t in reversed(result.tries) if t.evidence), ""),
+        # How the failing command's output was read (a red tree), else the last command that was read.
+        evidence=(result.tries[-1].evidence if not result.passed and result.tries else "")
+        or next((t.evidence for t in reversed(result.tries) if t.evidence), ""),
     )
 
 

@@ -74,8 +74,8 @@ def spare_trees(d: Daemon) -> SpareTrees:
     """Copies of the tree under test for re-runs at once (``[verify] parallel``), kept beside batchd's
     verify worktree in its state folder, with the person's installed dependencies placed as the
     verify worktree gets them. The repository is named (never learned from a tree tests ran in).
-    One per check runner: checks run one job at a time in the one verify worktree, and a new object
-    only writes its first spares whole instead of by difference."""
+    One per check runner: the decisions start one verification at a time (they share the one verify
+    worktree too); a new object only writes its first spares whole instead of by difference."""
     spares = d.ws.verify_worktree.with_name("verify-spares")
     return SpareTrees(spares, dependencies_from=d.root, repo=d.root)
 

@@ -68,7 +68,8 @@ class CheckResult:
     failed_command: tuple[str, ...] | None = None
     returncode: int = 0
     output_tail: str = ""
-    # A failed check: the failing command's whole output (its last try), kept for `batchd logs --verify`.
+    # A failed check: the failing command's whole output (its last counted red run), kept for
+    # `batchd logs --verify`.
     output: str = ""
     duration: float = 0.0
     flaky: bool = False

@@ -25,20 +25,18 @@ import contextlib
 import os
 import queue
 import signal
-import stat
-import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import structlog
 
 from daemon.exceptions import BatchdError
-from daemon.world import safefs
-from daemon.world.testevidence import MAX_JUNIT_BYTES, UNKNOWN, Evidence, failing_tests
-from statemachine.flakes import PRIOR_RUNS, command_key, runs_needed
+from daemon.world.flakepolicy import CommandRuns, FlakePolicy, SpareTrees
+from daemon.world.reportread import REFUSED, read_evidence, report_id
+from daemon.world.testevidence import UNKNOWN, Evidence
 
 __all__ = [
     "MAX_TEST_FAILURES",
@@ -68,87 +66,6 @@ TEST_FAILURE_CODES = frozenset({1, 2, 101})
 
 # A round's copies are killed at the first green; their threads only have to reap and log.
 _REAP_S = 10.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FlakePolicy:
-    """How a red run is confirmed (issue 14): built by the engine from the flake model and config.
-
-    A command's first red run is re-run on the same tree until a run is green (a flake: the command
-    passed) or ``runs_needed`` runs are red (``flakes.runs_needed`` of its rate, ``false_blame`` and
-    ``max_reruns``). With ``fixed`` set, every red is re-run exactly that many times, nothing is read
-    from the output, and no test is excused: today's ``retries`` rule, kept for comparison.
-    """
-
-    rates: Mapping[str, float] = field(default_factory=dict)  # command key -> measured flake rate
-    prior: float = 0.05  # the rate of a command with no measurement
-    false_blame: float = 0.01
-    max_reruns: int = 5  # [verify] retries
-    # (command key, test id) whose failures never blame: quarantined, or red on the batch's base.
-    excused: frozenset[tuple[str, str]] = frozenset()
-    junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
-    parallel: int = 1  # re-runs at once, each in a copy of the tree
-    fixed: int | None = None
-    # The tree is a batch's base (its baseline): a confirmed red whose runs all name their failing
-    # tests is those tests red on the base, excused and recorded, not a red base. Nobody can be
-    # blamed on a base, and its failures must not blame the todos built on it. Output naming no
-    # tests still makes it red (the batch pauses, as before).
-    base: bool = False
-
-    # command key -> the runs the measured rate rests on (decayed): how much one more run moves it.
-    trials: Mapping[str, float] = field(default_factory=dict)
-
-    def observed(self, runs: CommandRuns) -> FlakePolicy:
-        """This policy with one more tree's runs of a command learned, as the log will learn them
-        once the verification is recorded: a verification of ten todos that sees its flaky test flake
-        on its first tree confirms the reds after it with the higher rate, not the old one."""
-        if self.fixed is not None or runs.red_on_base or runs.runs <= runs.reds:
-            return self  # red to the end (or fixed rule): nothing learned, as in the model
-        key = command_key(runs.command)
-        weight = self.trials.get(key, 0.0) + PRIOR_RUNS
-        rate = self.rates.get(key, self.prior)
-        blended = (rate * weight + runs.reds) / (weight + runs.runs)
-        return replace(
-            self,
-            rates={**self.rates, key: blended},
-            trials={**self.trials, key: self.trials.get(key, 0.0) + runs.runs},
-        )
-
-    def runs_needed(self, command: Sequence[str]) -> int:
-        if self.fixed is not None:
-            return 1 + self.fixed
-        rate = self.rates.get(command_key(command), self.prior)
-        return runs_needed(rate, self.false_blame, self.max_reruns)
-
-    def excused_tests(self, command: Sequence[str]) -> frozenset[str]:
-        key = command_key(command)
-        return frozenset(test for k, test in self.excused if k == key)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandRuns:
-    """How one command fared on one tree: what ``batch.verify_run``'s ``tries`` and tests record."""
-
-    command: tuple[str, ...]
-    runs: int
-    reds: int  # red runs that counted (a run whose only failures were excused is not red)
-    failed_tests: tuple[str, ...] = ()  # red to the end: the tests that failed, not excused
-    flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
-    excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
-    evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
-    # Red in every run, but only by tests red on the base (a baseline: ``FlakePolicy.base``): passed.
-    red_on_base: bool = False
-
-    @property
-    def passed(self) -> bool:
-        return self.runs > self.reds or self.red_on_base
-
-
-class SpareTrees(Protocol):
-    """Copies of a tree for parallel re-runs (:mod:`daemon.world.sparetrees` implements it): ``n``
-    folders whose files equal ``tree``'s git index state, dependencies placed."""
-
-    def get(self, tree: Path, n: int) -> list[Path]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,80 +234,19 @@ def _prepared_run(job: Job, tree: Tree, stop: Stop | None) -> _Run | None:
 
 def _run(job: Job, tree: Tree, stop: Stop | None) -> _Run:
     junit = job.policy.junit if job.evidence and job.policy.fixed is None else ""
-    before = _report_id(tree.path, junit) if junit else None
+    before = report_id(tree.path, junit) if junit else None
     attempt = job.execute(job.command, tree, stop)
     if attempt.returncode == 0 or attempt.stopped or not job.evidence or job.policy.fixed is not None:
         return _Run(attempt=attempt, evidence=None)
     # A report is this run's only if the run (re)wrote it: the same file as before the run (one a
     # previous command or run left, or one the repository tracks) says nothing of this run, and the
     # output is read instead. One that cannot be opened safely (a link) is no evidence at all.
-    after = _report_id(tree.path, junit) if junit else None
-    if after == _REFUSED:
+    after = report_id(tree.path, junit) if junit else None
+    if after == REFUSED:
         return _Run(attempt=attempt, evidence=Evidence())
     fresh = after is not None and after != before
     evidence = read_evidence(tree.path, attempt.output, junit if fresh else "")
     return _Run(attempt=attempt, evidence=evidence)
-
-
-_REFUSED = (-1, -1, -1, -1)
-
-
-def _report_id(tree: Path, junit: str) -> tuple[int, int, int, int] | None:
-    """What tells one report file from another (inode, size, mtime, ctime); None when there is none,
-    ``_REFUSED`` when it cannot be looked at safely (a link on the way, a folder of links)."""
-    try:
-        fd = safefs.open_read(tree, junit)
-    except (BatchdError, ValueError, OSError):
-        return _REFUSED
-    if fd is None:
-        return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def read_evidence(tree: Path, output: str, junit: str = "") -> Evidence:
-    """The failing tests of a red run in ``tree``: from the report at ``junit`` (relative to the
-    tree) when it is there, else from ``output``. The tree is the agents' code's to write: the report
-    is opened without following any link, must be a regular file of at most MAX_JUNIT_BYTES, and one
-    that cannot be read so is no evidence at all (a plain red), not a reason to trust the output."""
-    if not junit:
-        return failing_tests(output)
-    try:
-        fd = safefs.open_read(tree, junit)
-    except (BatchdError, ValueError, OSError):
-        return Evidence()
-    if fd is None:  # this run wrote no report (a lint command before the tests): its output tells
-        return failing_tests(output)
-    data = _read_regular(fd)
-    if data is None:
-        return Evidence()
-    # testevidence reads a report by path: a private copy, out of the agents' reach, is that path.
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchd-junit-") as tmp:
-            copy = Path(tmp) / "report.xml"
-            copy.write_bytes(data)
-            return failing_tests(output, junit=copy)
-    except OSError as e:  # a full /tmp: no evidence (a plain red), never a failed verification
-        log.warning("junit_report_unreadable", path=junit, error=str(e))
-        return Evidence()
-
-
-def _read_regular(fd: int) -> bytes | None:
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_JUNIT_BYTES:
-            return None
-        data = os.read(fd, MAX_JUNIT_BYTES + 1)
-        return data if len(data) <= MAX_JUNIT_BYTES else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _named_failure(run: _Run) -> bool:
