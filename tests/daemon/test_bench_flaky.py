@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from bench import flaky, flaky_report
 from bench.flaky_world import make_runner, make_world, run_trial
@@ -32,8 +33,14 @@ def rows_by(report: dict[str, Any]) -> dict[tuple[float, int, str], dict[str, An
 def report() -> dict[str, Any]:
     """One ``--json`` run in this process (about 15 seconds)."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert flaky.main([*ARGS, "--json", "--processes", "1"]) == 0
+    # A module fixture runs before the per-test reset of logging (tests/conftest.py): the benchmark
+    # configures structlog in this process, so its configuration is put back here.
+    saved = structlog.get_config()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert flaky.main([*ARGS, "--json", "--processes", "1"]) == 0
+    finally:
+        structlog.configure(**saved)
     parsed: dict[str, Any] = json.loads(out.getvalue())
     return parsed
 
