@@ -175,8 +175,8 @@ def confirm(job: Job) -> Confirmed:
             _round(job, tally, at_once)
         else:
             tally.add(_run(job, job.tree, None))
-    if job.policy.base and job.evidence:
-        tally.settle_base()
+    if job.evidence and not tally.passed:
+        tally.settle()
     return tally.confirmed()
 
 
@@ -249,6 +249,10 @@ def _run(job: Job, tree: Tree, stop: Stop | None) -> _Run:
     return _Run(attempt=attempt, evidence=evidence)
 
 
+def _failed_in(run: _Run) -> frozenset[str]:
+    return run.evidence.failed if run.evidence is not None else frozenset()
+
+
 def _named_failure(run: _Run) -> bool:
     """A red run that its failing tests explain: complete evidence naming a few tests, and an exit
     that means "tests failed". Not one where no test explains it (a coverage threshold, "no tests
@@ -270,7 +274,9 @@ class _Tally:
         self.passed = False
         self.reds = 0
         self.source: str | None = None  # the runner that first named tests (see _same_source)
-        self.on_base = False  # confirmed red by tests red on the base (see settle_base)
+        # Excusable only once confirmed red (see FlakePolicy.red_on_head).
+        self.later = job.policy.red_on_head_tests(job.command) if job.evidence else frozenset()
+        self.known = False  # confirmed red by tests known red (see settle)
 
     def add(self, run: _Run) -> Kind:
         run = self._same_source(run)
@@ -315,16 +321,20 @@ class _Tally:
             return "red"  # a hang, a crash or a runner's own error after its summary: not the tests
         return "excused" if ev.failed <= self.excusable else "red"
 
-    def settle_base(self) -> None:
-        """On a base (``policy.base``), a confirmed red whose every run names its failing tests is
-        those tests red on the base: excused, so the command passes and they are recorded."""
+    def settle(self) -> None:
+        """A command confirmed red by tests known red: on a base (``policy.base``) any its runs all
+        name, elsewhere those red on the head (``red_on_head``) or excusable. Then it passed; the
+        runs stay red in the record (tries: runs = reds), so the flake model learns nothing from
+        them: a test that is simply broken is no measure of flakiness."""
         reds = [run for kind, run in self.runs if kind == "red"]
-        if self.passed or not reds or not all(_named_failure(run) for run in reds):
+        if not reds or not all(_named_failure(run) for run in reds):
             return
-        # The runs stay red in the record (tries: runs = reds), so the flake model learns nothing
-        # from them: a test that is simply broken on the base is no measure of flakiness.
-        self.passed = self.on_base = True
-        log.info("check_red_on_base", command=list(self.job.command), tests=sorted(self._excused()))
+        allowed = self.excusable | self.later
+        if not self.job.policy.base and not all(_failed_in(run) <= allowed for run in reds):
+            return
+        self.passed = self.known = True
+        event = "check_red_on_base" if self.job.policy.base else "check_red_on_head"
+        log.info(event, command=list(self.job.command), tests=sorted(self._excused()))
 
     def confirmed(self) -> Confirmed:
         reds = [run for kind, run in self.runs if kind == "red"]
@@ -337,7 +347,7 @@ class _Tally:
             flaky_tests=self._flaky(),
             excused=tuple(sorted(self._excused())),
             evidence=read[-1].runner if read else "",
-            red_on_base=self.on_base,
+            known_red=self.known,
         )
         return Confirmed(
             runs=runs, last=self.runs[-1][1].attempt, last_red=reds[-1].attempt if reds else None
@@ -346,10 +356,13 @@ class _Tally:
     def _excused(self) -> set[str]:
         """Failures not counted: excusable tests wherever they failed, and every test an excused
         run named (on a base, all of them)."""
+        # A test red on the head that passed on a re-run here is not excused: it is a flaky test.
+        excusable = self.excusable | self.later if self.known or not self.passed else self.excusable
         found: set[str] = set()
         for kind, run in self.runs:
-            named = run.evidence.failed if run.evidence is not None else frozenset()
-            found |= named if kind == "excused" or self.on_base else named & self.excusable
+            named = _failed_in(run)
+            everything = kind == "excused" or (self.known and self.job.policy.base)
+            found |= named if everything else named & excusable
         return found
 
     def _failed(self, reds: list[_Run]) -> tuple[str, ...]:
@@ -357,7 +370,7 @@ class _Tally:
         sets = [r.evidence.failed for r in reds if r.evidence is not None and r.evidence.complete]
         if not sets:
             return ()
-        return tuple(sorted(frozenset.intersection(*sets) - self.excusable))
+        return tuple(sorted(frozenset.intersection(*sets) - self.excusable - self.later))
 
     def _flaky(self) -> tuple[str, ...]:
         """Tests that failed in one run and not in another of this tree: a green run, or one whose

@@ -41,6 +41,11 @@ class FlakePolicy:
     # blamed on a base, and its failures must not blame the todos built on it. Output naming no
     # tests still makes it red (the batch pauses, as before).
     base: bool = False
+    # (command key, test id) red on the newest verified head, as its accepting run excused them
+    # (known_red): red there, or a flake that hit that run, nobody can tell yet. They excuse a run
+    # only once it is confirmed red (a re-run that passes makes them flaky tests, learned), so a
+    # flaky test carried this way is still seen flaking, and quarantined.
+    red_on_head: frozenset[tuple[str, str]] = frozenset()
 
     # command key -> the runs the measured rate rests on (decayed): how much one more run moves it.
     trials: Mapping[str, float] = field(default_factory=dict)
@@ -49,7 +54,7 @@ class FlakePolicy:
         """This policy with one more tree's runs of a command learned, as the log will learn them
         once the verification is recorded: a verification of ten todos that sees its flaky test flake
         on its first tree confirms the reds after it with the higher rate, not the old one."""
-        if self.fixed is not None or runs.red_on_base or runs.runs <= runs.reds:
+        if self.fixed is not None or runs.known_red or runs.runs <= runs.reds:
             return self  # red to the end (or fixed rule): nothing learned, as in the model
         key = command_key(runs.command)
         weight = self.trials.get(key, 0.0) + PRIOR_RUNS
@@ -71,6 +76,10 @@ class FlakePolicy:
         key = command_key(command)
         return frozenset(test for k, test in self.excused if k == key)
 
+    def red_on_head_tests(self, command: Sequence[str]) -> frozenset[str]:
+        key = command_key(command)
+        return frozenset(test for k, test in self.red_on_head if k == key)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CommandRuns:
@@ -83,12 +92,12 @@ class CommandRuns:
     flaky_tests: tuple[str, ...] = ()  # failed in one run and passed in a later one on this tree
     excused: tuple[str, ...] = ()  # failed, but quarantined or red on the base: not counted
     evidence: str = ""  # testevidence's runner for the output read, "" when no red run was read
-    # Red in every run, but only by tests red on the base (a baseline: ``FlakePolicy.base``): passed.
-    red_on_base: bool = False
+    # Red in every run, but only by tests known red (red on the base, on the head): passed.
+    known_red: bool = False
 
     @property
     def passed(self) -> bool:
-        return self.runs > self.reds or self.red_on_base
+        return self.runs > self.reds or self.known_red
 
 
 class SpareTrees(Protocol):
