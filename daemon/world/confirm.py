@@ -89,9 +89,11 @@ class FlakePolicy:
     junit: str = ""  # [verify] junit: a report path inside the tree, read after each command
     parallel: int = 1  # re-runs at once, each in a copy of the tree
     fixed: int | None = None
-    # The tree is a batch's base (its baseline): tests a complete report names as failing there are
-    # recorded as red on the base and excused, not counted. Nobody can be blamed on a base, and its
-    # failures must not blame the todos built on it. Output naming no tests still makes it red.
+    # The tree is a batch's base (its baseline): a red run is re-run as anywhere (a re-run that is
+    # green makes its tests flaky tests, learned), but once confirmed red, tests a complete report
+    # names in every run are recorded as red on the base and excused, not a red result. Nobody can
+    # be blamed on a base, and its failures must not blame the todos built on it. Output naming no
+    # tests (or a hang, a crash, a mass failure) still makes it red.
     base: bool = False
 
     def runs_needed(self, command: Sequence[str]) -> int:
@@ -236,6 +238,8 @@ def confirm(job: Job) -> Confirmed:
             _round(job, tally, at_once)
         else:
             tally.add(_run(job, job.tree, None))
+    if job.policy.base and not tally.passed:
+        tally.settle_on_base()
     return tally.confirmed()
 
 
@@ -369,6 +373,18 @@ def _read_regular(fd: int) -> bytes | None:
         os.close(fd)
 
 
+def _explained(run: _Run) -> bool:
+    """Failing tests explain this red run: its evidence names them all, and it ended as a test run
+    that failed ends."""
+    ev, attempt = run.evidence, run.attempt
+    if ev is None or not ev.complete or not ev.failed or len(ev.failed) > MAX_TEST_FAILURES:
+        # No test explains it (a coverage threshold, "no tests ran"), or only some do, or so many
+        # fail at once that the machine or the suite is broken, not a test: a plain red.
+        return False
+    # A hang, a crash or a runner's own error after its summary: not the tests.
+    return not attempt.timed_out and attempt.returncode in TEST_FAILURE_CODES
+
+
 class _Tally:
     """The counted runs of one command on one tree, and what they say about its tests."""
 
@@ -415,19 +431,22 @@ class _Tally:
         return _Run(attempt=run.attempt, evidence=Evidence())
 
     def _kind(self, run: _Run) -> Kind:
-        attempt = run.attempt
-        if attempt.returncode == 0:
+        if run.attempt.returncode == 0:
             return "green"
         ev = run.evidence
-        if ev is None or not ev.complete or not ev.failed or len(ev.failed) > MAX_TEST_FAILURES:
-            # No test explains it (a coverage threshold, "no tests ran"), or only some do, or so many
-            # fail at once that the machine or the suite is broken, not a test: a plain red.
-            return "red"
-        if attempt.timed_out or attempt.returncode not in TEST_FAILURE_CODES:
-            return "red"  # a hang, a crash or a runner's own error after its summary: not the tests
-        if self.job.policy.base or ev.failed <= self.excusable:
+        if ev is not None and _explained(run) and ev.failed <= self.excusable:
             return "excused"
         return "red"
+
+    def settle_on_base(self) -> None:
+        """A base confirmed red: when named tests explain every run, those runs are excused (the
+        tests are red on the base), and the command passed; otherwise it stays red."""
+        if not self.runs or not all(kind == "red" and _explained(run) for kind, run in self.runs):
+            return
+        self.runs = [("excused", run) for _, run in self.runs]
+        self.reds, self.passed = 0, True
+        tests = sorted(self._excused())
+        log.info("check_red_on_base", command=list(self.job.command), tests=tests)
 
     def confirmed(self) -> Confirmed:
         reds = [run for kind, run in self.runs if kind == "red"]

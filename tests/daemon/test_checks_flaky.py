@@ -630,13 +630,23 @@ def test_a_tracked_junit_report_is_neither_read_nor_deleted(tmp_path: Path, tree
 
 
 def test_a_baseline_naming_its_failing_tests_passes_with_them_excused(tmp_path: Path, tree: Path) -> None:
-    """On a base, tests a complete summary names (exit code 1) are red on the base: the check passes
-    at once with them in ``excused``, though none was excused beforehand."""
+    """On a base, tests a complete summary names (exit code 1) in every run are red on the base: once
+    confirmed (3 runs at 0.2), the check passes with them in ``excused``, though none was excused
+    beforehand."""
     plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X, Y])}])
     result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
     assert result.passed
-    assert plan.calls == 1
+    assert plan.calls == 3
     assert result.tries[0].excused == (X, Y)
+
+
+def test_a_baseline_test_that_passes_on_a_re_run_is_a_flaky_test(tmp_path: Path, tree: Path) -> None:
+    """On a base, a test that fails and then passes on a re-run is a flaky test (learned), not red on
+    the base: the check passes after 2 runs with it in ``flaky_tests`` and nothing excused."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}, GREEN])
+    result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
+    assert result.passed
+    assert [(t.runs, t.reds, t.flaky_tests, t.excused) for t in result.tries] == [(2, 1, (X,), ())]
 
 
 @pytest.mark.parametrize("out", ["something failed", "==== 5 passed in 0.10s ===="])
