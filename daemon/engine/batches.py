@@ -99,13 +99,14 @@ def check_runner(d: Daemon, batch: BatchView | None = None, *, base: bool = Fals
 
 def flake_policy(d: Daemon, batch: BatchView | None, *, base: bool = False) -> FlakePolicy:
     """How red runs are confirmed now: each command's rate as measured from the log (the prior until
-    then), and the tests whose failures blame nobody: quarantined ones, those red on the newest
-    verified head (``known_red``: its baseline or its accepting run saw them fail), and those that
-    failed on this batch's base in its baseline runs (a failure the base has too is not the
-    candidates'). ``base``: the baseline itself, where any test a complete report names is red on
-    the base (recorded, not a reason to stop: see ``FlakePolicy.base``)."""
+    then), and the tests whose failures blame nobody: quarantined ones and those that failed on this
+    batch's base in its baseline runs (a failure the base has too is not the candidates'), at once;
+    those red on the newest verified head (``known_red``: its baseline or its accepting run saw them
+    fail), once a re-run confirms them (``FlakePolicy.red_on_head``). ``base``: the baseline itself,
+    where tests a complete report names in every confirming run are red on the base (recorded, not
+    a reason to stop: see ``FlakePolicy.base``)."""
     v = d.config.verify
-    excused = set(d.proj.flakes.quarantined()) | set(d.proj.known_red)
+    excused = set(d.proj.flakes.quarantined())
     # Only failures seen on the base this batch is verified on: a batch moved onto a newer head that
     # had no baseline of its own does not excuse what an older base failed.
     if batch is not None and batch.base_failures_sha == batch.base_sha:
@@ -116,6 +117,8 @@ def flake_policy(d: Daemon, batch: BatchView | None, *, base: bool = False) -> F
         false_blame=v.false_blame,
         max_reruns=v.retries,
         excused=frozenset(excused),
+        # Red on the head may be a flake that hit its run: excused once confirmed (FlakePolicy).
+        red_on_head=frozenset(d.proj.known_red) - excused,
         junit=v.junit,
         parallel=v.parallel,
         base=base,

@@ -95,6 +95,11 @@ class FlakePolicy:
     # be blamed on a base, and its failures must not blame the todos built on it. Output naming no
     # tests (or a hang, a crash, a mass failure) still makes it red.
     base: bool = False
+    # (command key, test id) red on the newest verified head, as its accepting run excused them
+    # (known_red): red there, or a flake that hit that run, nobody can tell yet. They excuse a run
+    # only once it is confirmed red (a re-run that passes makes them flaky tests, learned), so a
+    # flaky test carried this way is still seen flaking, and quarantined.
+    red_on_head: frozenset[tuple[str, str]] = frozenset()
 
     def runs_needed(self, command: Sequence[str]) -> int:
         if self.fixed is not None:
@@ -105,6 +110,10 @@ class FlakePolicy:
     def excused_tests(self, command: Sequence[str]) -> frozenset[str]:
         key = command_key(command)
         return frozenset(test for k, test in self.excused if k == key)
+
+    def red_on_head_tests(self, command: Sequence[str]) -> frozenset[str]:
+        key = command_key(command)
+        return frozenset(test for k, test in self.red_on_head if k == key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,8 +247,8 @@ def confirm(job: Job) -> Confirmed:
             _round(job, tally, at_once)
         else:
             tally.add(_run(job, job.tree, None))
-    if job.policy.base and not tally.passed:
-        tally.settle_on_base()
+    if not tally.passed:
+        tally.settle()
     return tally.confirmed()
 
 
@@ -391,6 +400,8 @@ class _Tally:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.excusable = job.policy.excused_tests(job.command) if job.evidence else frozenset()
+        # Excusable once confirmed red only (see FlakePolicy.red_on_head).
+        self.later = job.policy.red_on_head_tests(job.command) if job.evidence else frozenset()
         self.runs: list[tuple[Kind, _Run]] = []
         self.passed = False
         self.reds = 0
@@ -438,15 +449,23 @@ class _Tally:
             return "excused"
         return "red"
 
-    def settle_on_base(self) -> None:
-        """A base confirmed red: when named tests explain every run, those runs are excused (the
-        tests are red on the base), and the command passed; otherwise it stays red."""
-        if not self.runs or not all(kind == "red" and _explained(run) for kind, run in self.runs):
+    def settle(self) -> None:
+        """A command confirmed red: when named tests explain every run and each is excusable once
+        confirmed (red on the head; on a base, any), those runs are excused and the command passed;
+        otherwise it stays red."""
+        allowed = self.excusable | self.later
+        for kind, run in self.runs:
+            if kind != "red" or run.evidence is None or not _explained(run):
+                return
+            if not self.job.policy.base and not run.evidence.failed <= allowed:
+                return
+        if not self.runs:
             return
         self.runs = [("excused", run) for _, run in self.runs]
         self.reds, self.passed = 0, True
         tests = sorted(self._excused())
-        log.info("check_red_on_base", command=list(self.job.command), tests=tests)
+        event = "check_red_on_base" if self.job.policy.base else "check_red_on_head"
+        log.info(event, command=list(self.job.command), tests=tests)
 
     def confirmed(self) -> Confirmed:
         reds = [run for kind, run in self.runs if kind == "red"]
@@ -466,11 +485,13 @@ class _Tally:
 
     def _excused(self) -> set[str]:
         """Failures not counted: excusable tests wherever they failed, and every test an excused
-        run named (on a base, all of them)."""
+        run named (on a base, all of them). A test red on the head that passed on a re-run here is
+        not one: it is a flaky test (and no longer red on this head)."""
         found: set[str] = set()
+        excusable = self.excusable if self.passed else self.excusable | self.later
         for kind, run in self.runs:
             named = run.evidence.failed if run.evidence is not None else frozenset()
-            found |= named if kind == "excused" else named & self.excusable
+            found |= named if kind == "excused" else named & excusable
         return found
 
     def _failed(self, reds: list[_Run]) -> tuple[str, ...]:
@@ -478,7 +499,7 @@ class _Tally:
         sets = [r.evidence.failed for r in reds if r.evidence is not None and r.evidence.complete]
         if not sets:
             return ()
-        return tuple(sorted(frozenset.intersection(*sets) - self.excusable))
+        return tuple(sorted(frozenset.intersection(*sets) - self.excusable - self.later))
 
     def _flaky(self) -> tuple[str, ...]:
         """Tests that failed in one run and not in another of this tree: a green run, or one whose

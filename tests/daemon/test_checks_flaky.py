@@ -657,3 +657,37 @@ def test_a_baseline_red_for_no_named_test_is_red(tmp_path: Path, tree: Path, out
     result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
     assert (result.passed, result.confirmed) == (False, (3, 3))
     assert result.tries[0].excused == ()
+
+
+# --- red on the head: FlakePolicy(red_on_head=...) excuses once confirmed ------------------------------
+
+
+def _on_head(plan: Plan, *tests: str) -> FlakePolicy:
+    return FlakePolicy(rates={plan.key: 0.2}, red_on_head=frozenset((plan.key, t) for t in tests))
+
+
+def test_a_test_red_on_the_head_in_every_run_is_excused_once_confirmed(tmp_path: Path, tree: Path) -> None:
+    """X was red on the verified head and fails in every run here: after the runs a red needs (3 at
+    0.2) the check passes, X excused."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.passed
+    assert plan.calls == 3
+    assert [(t.runs, t.reds, t.excused) for t in result.tries] == [(3, 0, (X,))]
+
+
+def test_a_test_red_on_the_head_that_passes_on_a_re_run_is_a_flaky_test(tmp_path: Path, tree: Path) -> None:
+    """X was red on the head but passes on the re-run: a flaky test (learned), not excused, so it is
+    no longer taken for red on this tree."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}, GREEN])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.passed
+    assert [(t.runs, t.reds, t.flaky_tests, t.excused) for t in result.tries] == [(2, 1, (X,), ())]
+
+
+def test_a_real_failure_beside_a_test_red_on_the_head_is_red_for_it_alone(tmp_path: Path, tree: Path) -> None:
+    """X (red on the head) and Y fail in every run: red, confirmed, blaming Y only."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X, Y])}])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.confirmed == (3, 3)
+    assert result.failed_tests == (Y,)
