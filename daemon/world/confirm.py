@@ -7,6 +7,11 @@ command passed as soon as one run is green (its earlier reds were flakes), and i
 output); a run whose evidence is complete and names only excused tests (quarantined, or red on the
 batch's base) is "excused": it counts as green for the command. Anything short of complete evidence
 is a plain red: an unknown runner or a cut-off summary names at least those tests, never all of them.
+Two kinds of failure are excused only once confirmed, by :meth:`_Tally.settle` after the last red run:
+tests red on the newest verified head (``policy.red_on_head``: its run excused them, so they may be
+red there or a flake that hit it), and on a base (``policy.base``) any named test. A re-run that is
+green first makes them flaky tests, learned; every run red for them alone makes the command pass
+with them excused. A hang, a crash, a runner error or a mass failure is never excused.
 
 With ``policy.parallel > 1`` and spare trees, the re-runs still needed after the first red run run at
 once: one on the tree itself and the rest in copies of it (:class:`SpareTrees`), each of which first
