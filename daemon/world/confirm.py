@@ -7,6 +7,16 @@ command passed as soon as one run is green (its earlier reds were flakes), and i
 output); a run whose evidence is complete and names only excused tests (quarantined, or red on the
 batch's base) is "excused": it counts as green for the command. Anything short of complete evidence
 is a plain red: an unknown runner or a cut-off summary names at least those tests, never all of them.
+So is a run whose failing tests do not explain it: more than :data:`MAX_TEST_FAILURES` at once (the
+machine or the suite is broken), or an exit that is not "tests failed" (a hang, a signal, a runner's
+own error after its summary: :data:`TEST_FAILURE_CODES`). Test ids are compared only between runs
+read from one source (a JUnit report and the text spell them differently).
+
+Two kinds of known failure excuse a command only once it is confirmed red (every run red, each
+explained by its named tests), so a flake on them is still seen and learned: on a batch's base
+(``policy.base``, the baseline) any tests it names are red on the base, and elsewhere the tests red
+on the newest verified head (``policy.red_on_head``). The command then passes with those tests
+excused, and its record keeps the runs red (runs = reds) so the flake model learns nothing from it.
 
 With ``policy.parallel > 1`` and spare trees, the re-runs still needed after the first red run run at
 once: one on the tree itself and the rest in copies of it (:class:`SpareTrees`), each of which first

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from daemon.world.checks import CheckResult, CheckRunner, FlakePolicy
+from daemon.world.confirm import MAX_TEST_FAILURES
 from statemachine.flakes import command_key
 
 PY = sys.executable
@@ -548,3 +549,168 @@ def test_without_spare_trees_the_reruns_run_in_place(tmp_path: Path, tree: Path)
     result = runner.run(tree)
     assert result.passed
     assert [(t.runs, t.reds) for t in result.tries] == [(2, 1)]
+
+
+# --- runs that are never excused, and what a run teaches ---------------------------------------------
+
+# Prints pytest's summary (argv[2]) and then ends as argv[1] says: "hang" (until the timeout; SIGTERM
+# then exits 1, so only the timeout tells it from a test failure), "signal" (killed by SIGKILL), or
+# an exit code.
+ENDS_PY = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    mode, summary = sys.argv[1], sys.argv[2]
+    print(summary, flush=True)
+    if mode == "hang":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        time.sleep(60)
+    elif mode == "signal":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.exit(int(mode) if mode.isdigit() else 1)
+    """
+).lstrip()
+
+
+@pytest.mark.parametrize("mode", ["hang", "signal", "3"])
+def test_a_run_that_did_not_end_as_a_test_failure_is_never_excused(
+    tmp_path: Path, tree: Path, mode: str
+) -> None:
+    """The complete summary names only an excused test, but the run timed out, died by a signal or
+    exited 3 (pytest's internal error): red, confirmed in 3 of 3 runs, though the summary was read."""
+    command = (PY, "-B", str(_script(tmp_path, "ends.py", ENDS_PY)), mode, pytest_out([X]))
+    key = command_key(command)
+    policy = FlakePolicy(rates={key: 0.2}, excused=frozenset({(key, X)}))
+    result = CheckRunner([command], timeout=1, kill_grace=5, policy=policy).run(tree)
+    assert (result.passed, result.confirmed) == (False, (3, 3))
+    assert result.tries[0].evidence == "pytest"
+
+
+def test_the_same_summary_exiting_1_is_excused(tmp_path: Path, tree: Path) -> None:
+    """The control for the test above: the same script ending with exit code 1 is excused at once."""
+    command = (PY, "-B", str(_script(tmp_path, "ends.py", ENDS_PY)), "1", pytest_out([X]))
+    key = command_key(command)
+    policy = FlakePolicy(rates={key: 0.2}, excused=frozenset({(key, X)}))
+    result = CheckRunner([command], timeout=30, policy=policy).run(tree)
+    assert result.passed
+    assert result.tries[0].excused == (X,)
+
+
+def _many(n: int) -> list[str]:
+    return [f"tests/test_many.py::test_{i:02d}" for i in range(n)]
+
+
+@pytest.mark.parametrize(("n", "passed"), [(MAX_TEST_FAILURES, True), (MAX_TEST_FAILURES + 1, False)])
+def test_a_mass_failure_is_never_excused(tmp_path: Path, tree: Path, n: int, passed: bool) -> None:
+    """Up to MAX_TEST_FAILURES (10) failing tests, all excused, are excused; 11, all excused, are a
+    broken machine or suite, not flaky tests: red, confirmed."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out(_many(n))}])
+    policy = _policy(plan, excused=frozenset((plan.key, t) for t in _many(n)))
+    result = _run(tree, plan, policy)
+    assert result.passed is passed
+    assert result.confirmed == ((0, 0) if passed else (3, 3))
+
+
+@pytest.mark.parametrize(("n", "learned"), [(2, True), (MAX_TEST_FAILURES + 1, False)])
+def test_a_mass_failure_teaches_no_flaky_tests(tmp_path: Path, tree: Path, n: int, learned: bool) -> None:
+    """n tests fail once, then the command passes: 2 are recorded as flaky tests, 11 (a mass failure)
+    record none, though the check passes either way."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out(_many(n))}, GREEN])
+    result = _run(tree, plan, _policy(plan))
+    assert result.passed
+    assert result.tries[0].flaky_tests == (tuple(_many(n)) if learned else ())
+
+
+def test_test_ids_from_a_report_and_from_the_output_are_not_compared(tmp_path: Path, tree: Path) -> None:
+    """Run 1 writes a JUnit report naming X (as ``tests.test_x.test_x``); runs 2 and 3 write none and
+    print pytest's summary naming X (as ``tests/test_x.py::test_x``). One test, two spellings: all
+    three runs are red, the failure is the report's id, and no test is taken for flaky."""
+    steps: list[dict[str, object]] = [
+        {"rc": 1, "out": "boom", "write": {JUNIT: junit_xml("tests.test_x", "test_x")}},
+        {"rc": 1, "out": pytest_out([X])},
+    ]
+    plan = Plan(tmp_path, steps)
+    result = _run(tree, plan, _policy(plan, junit=JUNIT))
+    assert result.confirmed == (3, 3)
+    assert result.failed_tests == ("tests.test_x.test_x",)
+    assert result.tries[0].flaky_tests == ()
+
+
+def test_a_tracked_junit_report_is_neither_read_nor_deleted(tmp_path: Path, tree: Path) -> None:
+    """A report the repository tracks (there before the run, untouched by it) names Y, not excused;
+    the output names only X, excused: the output is read (the check passes) and the file stays."""
+    report = junit_xml("tests.test_y", "test_y")
+    (tree / "reports").mkdir()
+    (tree / JUNIT).write_text(report)
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}])
+    result = _run(tree, plan, _policy(plan, junit=JUNIT, excused=frozenset({(plan.key, X)})))
+    assert result.passed
+    assert (result.tries[0].evidence, result.tries[0].excused) == ("pytest", (X,))
+    assert (tree / JUNIT).read_text() == report
+
+
+# --- a baseline: FlakePolicy(base=True) ------------------------------------------------------------
+
+
+def test_a_baseline_naming_its_failing_tests_passes_with_them_excused(tmp_path: Path, tree: Path) -> None:
+    """On a base, tests a complete summary names (exit code 1) in every run are red on the base: once
+    confirmed (3 runs at 0.2), the check passes with them in ``excused``, though none was excused
+    beforehand."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X, Y])}])
+    result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
+    assert result.passed
+    assert plan.calls == 3
+    assert result.tries[0].excused == (X, Y)
+
+
+def test_a_baseline_test_that_passes_on_a_re_run_is_a_flaky_test(tmp_path: Path, tree: Path) -> None:
+    """On a base, a test that fails and then passes on a re-run is a flaky test (learned), not red on
+    the base: the check passes after 2 runs with it in ``flaky_tests`` and nothing excused."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}, GREEN])
+    result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
+    assert result.passed
+    assert [(t.runs, t.reds, t.flaky_tests, t.excused) for t in result.tries] == [(2, 1, (X,), ())]
+
+
+@pytest.mark.parametrize("out", ["something failed", "==== 5 passed in 0.10s ===="])
+def test_a_baseline_red_for_no_named_test_is_red(tmp_path: Path, tree: Path, out: str) -> None:
+    """On a base, a red run whose output names no failing test (no runner's report, or a complete one
+    of zero failures) is red, confirmed: no test explains it."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": out}])
+    result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
+    assert (result.passed, result.confirmed) == (False, (3, 3))
+    assert result.tries[0].excused == ()
+
+
+# --- red on the head: FlakePolicy(red_on_head=...) excuses once confirmed ------------------------------
+
+
+def _on_head(plan: Plan, *tests: str) -> FlakePolicy:
+    return FlakePolicy(rates={plan.key: 0.2}, red_on_head=frozenset((plan.key, t) for t in tests))
+
+
+def test_a_test_red_on_the_head_in_every_run_is_excused_once_confirmed(tmp_path: Path, tree: Path) -> None:
+    """X was red on the verified head and fails in every run here: after the runs a red needs (3 at
+    0.2) the check passes, X excused."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.passed
+    assert plan.calls == 3
+    # The runs stay red in the record (nothing for the flake model to learn), passed as known red.
+    assert [(t.runs, t.reds, t.excused, t.known_red) for t in result.tries] == [(3, 3, (X,), True)]
+
+
+def test_a_test_red_on_the_head_that_passes_on_a_re_run_is_a_flaky_test(tmp_path: Path, tree: Path) -> None:
+    """X was red on the head but passes on the re-run: a flaky test (learned), not excused, so it is
+    no longer taken for red on this tree."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X])}, GREEN])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.passed
+    assert [(t.runs, t.reds, t.flaky_tests, t.excused) for t in result.tries] == [(2, 1, (X,), ())]
+
+
+def test_a_real_failure_beside_a_test_red_on_the_head_is_red_for_it_alone(tmp_path: Path, tree: Path) -> None:
+    """X (red on the head) and Y fail in every run: red, confirmed, blaming Y only."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X, Y])}])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.confirmed == (3, 3)
+    assert result.failed_tests == (Y,)
