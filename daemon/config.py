@@ -69,6 +69,7 @@ Strategy = Literal["bisect", "incremental"]
 ConflictMode = Literal["merge", "redo", "strict"]
 SandboxMode = Literal["auto", "bwrap", "none"]
 TestIntegrity = Literal["report", "reject"]
+RedBase = Literal["pause", "continue"]
 Land = Literal["push", "branch"]
 
 # Where agents keep their own state (credentials, sessions, caches): writable inside the sandbox.
@@ -510,6 +511,16 @@ class VerifyConfig:
             _at_least(1),
             "Re-runs of a red check that may run at once, each in its own copy of the tree: mind the cores, "
             "and only for suites that can run side by side (no fixed ports, no shared files in /tmp).",
+        ),
+    )
+    red_base: RedBase = field(
+        default="pause",
+        metadata=_key(
+            _choice(RedBase),
+            'A base that fails its checks in every run: "pause" (the batch waits for a fix; the seed\'s '
+            'way) or "continue" when the output names the failing tests: they are red on the base, '
+            "blamed on nobody until a change fixes them (not with a fail-fast runner: -x, --bail, "
+            "-failfast stop at the known failure and hide the rest).",
         ),
     )
     junit: str = field(

@@ -333,7 +333,9 @@ class BatchVerifyRun:
     sha: str = ""  # the tree tested (for a baseline: the base commit)
     # How each command that ran on this tree fared: (command key, runs, red runs). A command passed
     # when runs > reds; its red runs before the green one were flakes. Red runs whose only failures
-    # were excused (below) are not counted as red. Keys are ``flakes.command_key``.
+    # were excused (below) are not counted as red. In a run that passed, a command with runs = reds
+    # passed as known red: red in every run only by tests red on the base or the head (its excused
+    # tests). Keys are ``flakes.command_key``.
     tries: tuple[tuple[str, int, int], ...] = ()
     flaked: bool = False  # some command was red and then green on this same tree: counted as a flake
     # The failing command's (red runs, runs) when the tree is red: "confirmed in 3 of 3 runs".

@@ -322,8 +322,10 @@ def _batch_verify_run(pr: Projection, b: BatchView, p: Payload, e: StoredEvent) 
         if p["passed"] and p.get("sha"):
             b.green_bases = (*b.green_bases, p["sha"])
         _base_failures(b, p)
-        if b.base_failures_sha == p.get("sha", "") and b.base_failures:
-            pr.known_red = _merged(pr.known_red, b.base_failures)
+        if p["passed"]:
+            # A base seen passing: what it shows red in every run is what is red on it now (a
+            # person's fix on a new base clears the old head's list; a flake on it is not red).
+            pr.known_red = _confirmed_red(p)
     else:
         b.runs += 1
     if not p["passed"]:
@@ -336,10 +338,12 @@ def _batch_verify_run(pr: Projection, b: BatchView, p: Payload, e: StoredEvent) 
         pr.flakes.observe(tries, flaky, excused, epoch_seconds(e.recorded_at))
 
 
-def _merged(old: tuple[tuple[str, str], ...], more: Any) -> tuple[tuple[str, str], ...]:
-    pairs = dict.fromkeys(old)
-    pairs.update(dict.fromkeys((str(k), str(t)) for k, t in more))
-    return tuple(pairs)[:MAX_KNOWN_RED]
+def _confirmed_red(p: Payload) -> tuple[tuple[str, str], ...]:
+    """A passing run's tests red in every run of their command: a command of ``tries`` red in all
+    its runs passed only as known red (see daemon.world.confirm), and its excused tests are those."""
+    known = {str(key) for key, runs, reds in p.get("tries", ()) if runs > 0 and runs == reds}
+    pairs = [(str(k), str(t)) for k, t in p.get("excused", ()) if str(k) in known]
+    return tuple(dict.fromkeys(pairs))[:MAX_KNOWN_RED]
 
 
 @on("batch.verified")

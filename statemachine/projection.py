@@ -415,7 +415,7 @@ class Projection:
         pr.verify_runs = data["verify_runs"]
         pr.agents_started = data["agents_started"]
         pr.flakes = FlakeModel.from_json(data["flakes"])
-        pr.known_red = tuple((str(k), str(t)) for k, t in data["known_red"])
+        pr.known_red = tuple((str(k), str(t)) for k, t in data.get("known_red", ()))
         return pr
 
     def __eq__(self, other: object) -> bool:

@@ -47,7 +47,8 @@ def baseline(d: Daemon, batch: BatchView, base: str) -> None:
     key = f"baseline-{batch.key}"
     if d.has_job(key):
         return
-    runner = check_runner(d, batch, base=True)
+    # A base red on named tests goes on only when asked to (see [verify] red_base).
+    runner = check_runner(d, batch, base=d.config.verify.red_base == "continue")
 
     def work() -> CheckResult:
         return check_baseline(phases.ensure_verify_worktree(d, base), base, runner)
@@ -124,6 +125,15 @@ def flake_policy(d: Daemon, batch: BatchView | None, *, base: bool = False) -> F
         parallel=v.parallel,
         base=base,
     )
+
+
+def carried_red(verdict: BatchVerdict) -> tuple[tuple[str, str], ...]:
+    """The tests failing on the verdict's new head: those its accepting run showed red in every run,
+    and those it excused (quarantined, red or flaky on the base). A todo built on that head is not
+    to blame for them: on the next trees they excuse a run only once it is confirmed red
+    (``FlakePolicy.red_on_head``), so one that merely flaked is seen to pass and drops out, while
+    one a change really broke is blamed on nobody after it (the change before was excused for it)."""
+    return tuple(dict.fromkeys((*verdict.known_red, *verdict.head_excused)))
 
 
 def verify_run(
@@ -249,7 +259,7 @@ def finish_batch(d: Daemon, batch: BatchView, verdict: BatchVerdict | None) -> N
                     conflicted=tuple(conflicted),
                     failed=tuple(failed),
                     runs=runs,
-                    known_red=verdict.known_red if verdict is not None else (),
+                    known_red=carried_red(verdict) if verdict is not None else (),
                 ),
                 ev.BatchDone(key=batch.key),
             ],

@@ -322,7 +322,7 @@ def final_check(d: Daemon, phase: PhaseView | None) -> None:
     key = "final-check"
     if d.has_job(key):
         return
-    runner = check_runner(d)  # no batch: only quarantined tests are excused on the final tree
+    runner = check_runner(d)  # no batch: quarantined tests excused, those red on the head once confirmed
     branch_head = gitops.rev_parse(d.root, d.config.batchd.branch)
     head = phase_head(d.proj, phase) if phase is not None and not phase.final else branch_head
 

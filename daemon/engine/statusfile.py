@@ -291,7 +291,8 @@ def flake_lines(proj: Projection, config: Config) -> list[str]:
         lines += [
             "### Red on the base",
             "",
-            "Failing on the newest verified head already, so blamed on nobody until a change fixes them:",
+            "Failing on the newest verified head already (red on its base, or excused there), so blamed "
+            "on nobody unless a re-run passes them or a change fixes them:",
             "",
             "| Test | Command |",
             "|---|---|",

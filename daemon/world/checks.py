@@ -161,7 +161,7 @@ class CheckRunner:
                 output_tail=tail,
                 output=red.output,
                 duration=time.monotonic() - start,
-                flaky=False,
+                flaky=any(0 < t.reds < t.runs for t in tries),  # an earlier command flaked here
                 timed_out=red.timed_out,
                 setup_failed=is_setup,
                 tries=tuple(tries),

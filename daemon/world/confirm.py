@@ -287,6 +287,7 @@ class _Tally:
         # Excusable only once confirmed red (see FlakePolicy.red_on_head).
         self.later = job.policy.red_on_head_tests(job.command) if job.evidence else frozenset()
         self.known = False  # confirmed red by tests known red (see settle)
+        self.red_tests: frozenset[str] = frozenset()  # those tests
 
     def add(self, run: _Run) -> Kind:
         run = self._same_source(run)
@@ -332,17 +333,20 @@ class _Tally:
         return "excused" if ev.failed <= self.excusable else "red"
 
     def settle(self) -> None:
-        """A command confirmed red by tests known red: on a base (``policy.base``) any its runs all
-        name, elsewhere those red on the head (``red_on_head``) or excusable. Then it passed; the
-        runs stay red in the record (tries: runs = reds), so the flake model learns nothing from
-        them: a test that is simply broken is no measure of flakiness."""
+        """A command confirmed red by tests known red: the tests that failed in every red run (each
+        run explained by its named tests) are all known red (on a base, ``policy.base``: any; elsewhere
+        red on the head, ``red_on_head``, or excusable). Then it passed, those tests are its excused
+        ones, and a test that failed in only some runs is a flaky test. The runs stay red in the record
+        (tries: runs = reds), so the flake model learns nothing from them: a test that is simply broken
+        is no measure of flakiness. No test in every run (X, then Y, then Z): no test is shown red."""
         reds = [run for kind, run in self.runs if kind == "red"]
         if not reds or not all(_named_failure(run) for run in reds):
             return
-        allowed = self.excusable | self.later
-        if not self.job.policy.base and not all(_failed_in(run) <= allowed for run in reds):
+        always = frozenset.intersection(*(_failed_in(run) for run in reds))
+        if not always or not (self.job.policy.base or always <= self.excusable | self.later):
             return
         self.passed = self.known = True
+        self.red_tests = always
         event = "check_red_on_base" if self.job.policy.base else "check_red_on_head"
         log.info(event, command=list(self.job.command), tests=sorted(self._excused()))
 
@@ -366,13 +370,14 @@ class _Tally:
     def _excused(self) -> set[str]:
         """Failures not counted: excusable tests wherever they failed, and every test an excused
         run named (on a base, all of them)."""
+        if self.known:
+            return set(self.red_tests)  # red in every run; the rest of what failed is flaky
         # A test red on the head that passed on a re-run here is not excused: it is a flaky test.
-        excusable = self.excusable | self.later if self.known or not self.passed else self.excusable
+        excusable = self.excusable if self.passed else self.excusable | self.later
         found: set[str] = set()
         for kind, run in self.runs:
             named = _failed_in(run)
-            everything = kind == "excused" or (self.known and self.job.policy.base)
-            found |= named if everything else named & excusable
+            found |= named if kind == "excused" else named & excusable
         return found
 
     def _failed(self, reds: list[_Run]) -> tuple[str, ...]:

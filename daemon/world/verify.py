@@ -131,9 +131,12 @@ class BatchVerdict:
     head_sha: str
     runs: int  # trees tested
     command_runs: int = 0  # every command execution over those trees, re-runs included
-    # (command key, test id) that failed on ``head_sha`` and were excused (quarantined, or red on the
-    # base): red on the head too, so the next batch on it does not blame its todos for them.
+    # (command key, test id) that failed in every run on ``head_sha`` and were excused as red on the
+    # head already: still red there, so the next batch on it does not blame its todos for them.
     known_red: tuple[tuple[str, str], ...] = ()
+    # Every failure the run that made ``head_sha`` excused (quarantined, red on the base): a test
+    # already known red that failed there is still red on the new head (the engine carries it).
+    head_excused: tuple[tuple[str, str], ...] = ()
 
     @property
     def accepted_ids(self) -> tuple[str, ...]:
@@ -141,8 +144,14 @@ class BatchVerdict:
 
 
 def excused_pairs(result: CheckResult) -> tuple[tuple[str, str], ...]:
-    """(command key, test id) of every failure ``result``'s runs excused."""
+    """(command key, test id) of every failure ``result``'s runs excused, for whatever reason."""
     return tuple((command_key(t.command), test) for t in result.tries for test in t.excused)
+
+
+def confirmed_red(result: CheckResult) -> tuple[tuple[str, str], ...]:
+    """(command key, test id) of the tests ``result`` showed red in every run of their command (and
+    passed as known red): not a quarantined test excused once, nor a flake."""
+    return tuple((command_key(t.command), test) for t in result.tries if t.known_red for test in t.excused)
 
 
 def work_path(worktree: GitTarget) -> Path:
@@ -230,7 +239,8 @@ class _Session:
         self.good_resolved: dict[str, tuple[str, ...]] = {}
         self.runs = 0
         self.command_runs = 0
-        self.good_red: tuple[tuple[str, str], ...] = ()  # what the green head's run excused
+        self.good_red: tuple[tuple[str, str], ...] = ()  # what the green head's run showed red throughout
+        self.good_excused: tuple[tuple[str, str], ...] = ()  # and everything it excused
         self.setup_confirmed = ""  # the green head on which a failing setup was seen to pass again
         abort_in_progress(worktree)
 
@@ -308,7 +318,8 @@ class _Session:
                 {c.todo_id: self.merged[c.todo_id].files for c in applied if c.todo_id in self.merged}
             )
             self.good_head = head_sha(self.worktree)
-            self.good_red = excused_pairs(result)
+            self.good_red = confirmed_red(result)
+            self.good_excused = excused_pairs(result)
             self.good_picks = picks
         elif result.setup_failed:
             if not applied:  # the tree was the green head itself
@@ -491,7 +502,8 @@ class _Session:
             self._reject(todo, red, reason=why)
             # Search the rest again without it: the accepted set must be a tree that passed whole.
             rest = [c for c in self.good if c.todo_id != todo.todo_id]
-            self.good, self.good_head, self.good_picks, self.good_red = [], self.base_sha, [], ()
+            self.good, self.good_head, self.good_picks = [], self.base_sha, []
+            self.good_red = self.good_excused = ()
             self.good_resolved = {}
             self._search(rest, None)
 
@@ -543,4 +555,5 @@ class _Session:
             runs=self.runs,
             command_runs=self.command_runs,
             known_red=self.good_red,
+            head_excused=self.good_excused,
         )

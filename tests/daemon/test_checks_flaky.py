@@ -714,3 +714,33 @@ def test_a_real_failure_beside_a_test_red_on_the_head_is_red_for_it_alone(tmp_pa
     result = _run(tree, plan, _on_head(plan, X))
     assert result.confirmed == (3, 3)
     assert result.failed_tests == (Y,)
+
+
+def test_a_test_red_on_the_head_beside_a_flake_is_excused_and_the_flake_learned(
+    tmp_path: Path, tree: Path
+) -> None:
+    """X is red on the head and fails in every run; Y fails only in the first: the check passes with
+    X excused (red in every run) and Y recorded as a flaky test, not a reason to blame."""
+    plan = Plan(tmp_path, [{"rc": 1, "out": pytest_out([X, Y])}, {"rc": 1, "out": pytest_out([X])}])
+    result = _run(tree, plan, _on_head(plan, X))
+    assert result.passed
+    (tries,) = result.tries
+    assert (tries.excused, tries.flaky_tests, tries.known_red) == ((X,), (Y,), True)
+
+
+def test_a_base_failing_a_different_test_in_each_run_is_not_red_on_its_tests(
+    tmp_path: Path, tree: Path
+) -> None:
+    """A baseline failing X, then Y, then Z: no test failed in every run, so none is red on the base;
+    the base is red (three flakes at once say nothing about one test)."""
+    plan = Plan(
+        tmp_path,
+        [
+            {"rc": 1, "out": pytest_out([X])},
+            {"rc": 1, "out": pytest_out([Y])},
+            {"rc": 1, "out": pytest_out([Z])},
+        ],
+    )
+    result = _run(tree, plan, FlakePolicy(rates={plan.key: 0.2}, base=True))
+    assert not result.passed
+    assert result.confirmed == (3, 3)

@@ -81,9 +81,17 @@ RED_TEST_ID = "test_red.Red.test_red"
 FRAGILE_TEST_ID = "test_fragile.Fragile.test_fragile"
 
 
-def unittest_repo(tmp: Path, todos: dict[str, str], tests: dict[str, str], *, max_parallel: int) -> PhaseRepo:
+def unittest_repo(
+    tmp: Path,
+    todos: dict[str, str],
+    tests: dict[str, str],
+    *,
+    max_parallel: int,
+    red_base: str = "continue",
+) -> PhaseRepo:
     """A repository checked by the unittest runner over ``tests`` (``{counters}`` filled in), with the
-    default confirmation (``retries = 5``) in place of phase_repo's ``retries = 0``."""
+    default confirmation (``retries = 5``) in place of phase_repo's ``retries = 0``, and ``[verify]
+    red_base`` (the tests here are about going on past a base red on named tests)."""
     counters = tmp / "counters"
     counters.mkdir()
     files = {
@@ -102,7 +110,7 @@ def unittest_repo(tmp: Path, todos: dict[str, str], tests: dict[str, str], *, ma
     )
     config = repo.root / "batchd.toml"
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace("retries = 0", "retries = 5"), encoding="utf-8")
+    config.write_text(text.replace("retries = 0", f'retries = 5\nred_base = "{red_base}"'), encoding="utf-8")
     repo.git("commit", "-q", "-am", "verify settings")
     repo.git("push", "-q", "origin", "main")
     return repo
@@ -248,3 +256,26 @@ def test_a_failure_red_on_the_previous_batchs_head_does_not_blame_the_next_batch
     assert sorted(p["todo_id"] for p in payloads(carried, "todo.accepted")) == ["1", "2"]
     assert payloads(carried, "todo.rejected") == []
     assert {"mods/m1.py", "mods/m2.py"} <= set(remote_files(carried))
+
+
+# --- the default: a base red on named tests pauses ------------------------------------------------
+
+
+def test_by_default_a_base_red_on_named_tests_pauses_and_blames_nobody(tmp_path: Path) -> None:
+    """[verify] red_base = "pause" (the default): the base fails test_red in every run, so the batch
+    is paused naming the command, no todo is accepted or rejected, nothing is pushed."""
+    repo = unittest_repo(
+        tmp_path,
+        {"1": module("1")},
+        {"test_mods.py": TEST_MODS, "test_red.py": TEST_RED},
+        max_parallel=1,
+        red_base="pause",
+    )
+    done = repo.run_cli(timeout=120)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    (paused,) = payloads(repo, "batch.paused")
+    assert paused["command"] == list(CHECK)
+    baseline = next(p for p in payloads(repo, "batch.verify_run") if p["baseline"])
+    assert baseline["confirmed"][0] == baseline["confirmed"][1] >= 2  # confirmed, not one red run
+    assert payloads(repo, "todo.accepted") == payloads(repo, "todo.rejected") == []
+    assert "mods/m1.py" not in remote_files(repo)

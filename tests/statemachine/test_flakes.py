@@ -237,6 +237,25 @@ def test_base_failures_are_those_of_the_newest_base() -> None:
     assert (batch.base_failures, batch.base_failures_sha) == ((), "b2")
 
 
+def test_a_base_passing_as_red_on_its_tests_makes_them_known_red() -> None:
+    """A baseline that passed with a command red in every run (known red): that command's excused
+    tests are red on the newest head; a baseline's flake is not."""
+    log = Log()
+    log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 2, 1),), flaky_tests=((KEY, "t::flaky"),))
+    assert log.fold().known_red == ()
+    log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 3, 3),), passed=True, excused=((KEY, "t::red"),))
+    assert log.fold().known_red == ((KEY, "t::red"),)
+
+
+def test_a_green_baseline_of_a_new_base_clears_known_red() -> None:
+    """A person's fix: the baseline of the new base passes outright, so the old head's red tests are
+    no longer known red (a change breaking them now is blamed)."""
+    log = Log()
+    log.run(_days(0), baseline=True, sha="b1", tries=((KEY, 3, 3),), passed=True, excused=((KEY, "t::red"),))
+    log.run(_days(1), baseline=True, sha="b2", tries=((KEY, 1, 0),))
+    assert log.fold().known_red == ()
+
+
 # --- snapshots -----------------------------------------------------------------------------------
 
 
