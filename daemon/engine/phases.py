@@ -65,6 +65,7 @@ def verify_worktree(d: Daemon) -> WorkTree:
 def ensure_verify_worktree(d: Daemon, sha: str) -> WorkTree:
     """batchd's own worktree for verification and phase commits, at ``sha`` and clean."""
     vt = verify_worktree(d)
+    gitops.drop_stale_index_lock(vt)  # a verification that a kill -9 cut short, mid-git
     gitops.abort_in_progress(vt)
     gitops.reset_hard(vt, sha)
     return vt

@@ -80,6 +80,16 @@ class WorkTree:
 GitTarget = Path | WorkTree
 
 
+def drop_stale_index_lock(wt: WorkTree) -> None:
+    """Remove the ``index.lock`` a git killed mid-command (``kill -9`` of batchd and its group) left
+    in one of batchd's own worktrees, which would refuse every later git command there. Only for a
+    worktree no other process runs git in: batchd's, while it holds the daemon lock, between jobs."""
+    lock = wt.git_dir / "index.lock"
+    if lock.exists():
+        log.warning("stale_index_lock_removed", worktree=str(wt.path))
+        lock.unlink(missing_ok=True)
+
+
 # `git merge-tree --write-tree` (a change carried onto a newer head, daemon.world.rebase) came in 2.38.
 GIT_MIN_VERSION = (2, 38)
 

@@ -58,6 +58,7 @@ from daemon.world.gitops import (
     GitTarget,
     WorkTree,
     abort_in_progress,
+    drop_stale_index_lock,
     git_common_dir,
     list_worktrees,
     open_worktree,
@@ -186,7 +187,7 @@ class SpareTrees:
     def _reset(self, wt: WorkTree, tree_sha: str, head: str) -> None:
         index = wt.git_dir / "index"
         # One get at a time (see the module docstring): a lock left here is a killed git's.
-        (wt.git_dir / "index.lock").unlink(missing_ok=True)
+        drop_stale_index_lock(wt)
         if self._stamps.pop(wt.path, None) != _stamp(index):
             index.unlink(missing_ok=True)  # not the index we left: read-tree writes every file
         abort_in_progress(wt)

@@ -16,6 +16,7 @@ from daemon.world.gitops import (
     add_worktree,
     changed_files,
     commit_paths,
+    drop_stale_index_lock,
     ff_merge,
     find_commits_by_trailer,
     head_sha,
@@ -271,3 +272,15 @@ def test_reset_hard_makes_read_only_folders_writable_again(repo: Path) -> None:
     (wt / "todos").chmod(0o555)
     reset_hard(wt, head(repo))
     assert (wt / "todos").stat().st_mode & 0o700 == 0o700
+
+
+def test_a_stale_index_lock_of_a_killed_git_is_dropped_so_the_worktree_resets(repo: Path) -> None:
+    """A git killed mid-command (kill -9 of batchd's group) leaves index.lock in batchd's worktree:
+    every git command there is refused until it is dropped; after that a reset works again."""
+    wt = open_worktree(repo, _worktree(repo))
+    (wt.git_dir / "index.lock").write_text("")
+    with pytest.raises(GitError, match=r"index\.lock"):
+        reset_hard(wt, head(repo))
+    drop_stale_index_lock(wt)
+    reset_hard(wt, head(repo))
+    assert not (wt.git_dir / "index.lock").exists()
