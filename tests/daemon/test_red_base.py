@@ -15,45 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flake_repo import (
+    FRAGILE_TEST_ID,
+    KEY,
+    MODS_TEST_ID,
+    TEST_FRAGILE,
+    TEST_MODS,
+    UNITTEST_CHECK,
+    flaky_repo,
+    run_cli,
+)
 from gitrepo import UNNAMED_BREAK
-from phase_repo import CHECK, PhaseRepo, build_repo, module, todo_name, todo_text, writes
+from phase_repo import CHECK, PhaseRepo, module, todo_name, todo_text, writes
 from procs import batchd, status_json
-
-from statemachine.flakes import command_key
-
-# The name of a tree as the tests see it (the content of its mods/), and a counter of calls per tree.
-TREE_ID = """\
-import hashlib, pathlib
-
-def call_number(counters, name):
-    \"\"\"How many times ``name`` ran on this tree before (0 on the first call).\"\"\"
-    h = hashlib.sha256()
-    for p in sorted(pathlib.Path("mods").glob("*.py")):
-        h.update(p.name.encode() + b"\\0" + p.read_bytes() + b"\\0")
-    path = pathlib.Path(counters) / f"{name}-{h.hexdigest()[:16]}"
-    n = int(path.read_text()) if path.exists() else 0
-    path.write_text(str(n + 1))
-    return n
-"""
-
-UNITTEST_CHECK = """\
-import sys, unittest
-sys.path.insert(0, ".")
-program = unittest.main(module=None, argv=["check", "discover", "-s", "tests"], exit=False)
-sys.exit(0 if program.result.wasSuccessful() else 1)
-"""
-
-# Fails when a todo's module says it is broken: the test a culprit breaks.
-TEST_MODS = """\
-import importlib, pathlib, sys, unittest
-sys.path.insert(0, "mods")
-
-class Mods(unittest.TestCase):
-    def test_mods(self):
-        broken = [p.stem for p in sorted(pathlib.Path("mods").glob("*.py"))
-                  if importlib.import_module(p.stem).check() is False]
-        self.assertEqual(broken, [])
-"""
 
 # Red on every tree, deterministically, until a todo adds fixed.txt.
 TEST_RED = """\
@@ -64,21 +38,7 @@ class Red(unittest.TestCase):
         self.assertTrue(os.path.exists("fixed.txt"), "red on the base")
 """
 
-# Fails on the base's first call (a flake the baseline sees) and on every call once mods/m1.py exists.
-TEST_FRAGILE = """\
-import os, unittest
-from treeid import call_number
-
-class Fragile(unittest.TestCase):
-    def test_fragile(self):
-        first = call_number({counters!r}, "fragile") == 0
-        self.assertFalse(first or os.path.exists("mods/m1.py"), "fragile")
-"""
-
-KEY = command_key(CHECK)
-MODS_TEST_ID = "test_mods.Mods.test_mods"
 RED_TEST_ID = "test_red.Red.test_red"
-FRAGILE_TEST_ID = "test_fragile.Fragile.test_fragile"
 
 
 def unittest_repo(
@@ -89,36 +49,12 @@ def unittest_repo(
     max_parallel: int,
     red_base: str = "continue",
 ) -> PhaseRepo:
-    """A repository checked by the unittest runner over ``tests`` (``{counters}`` filled in), with the
-    default confirmation (``retries = 5``) in place of phase_repo's ``retries = 0``, and ``[verify]
-    red_base`` (the tests here are about going on past a base red on named tests)."""
-    counters = tmp / "counters"
-    counters.mkdir()
-    files = {
-        "check.py": UNITTEST_CHECK,
-        "treeid.py": TREE_ID,
-        **{f"tests/{name}": text.format(counters=str(counters)) for name, text in tests.items()},
-    }
-    repo = build_repo(
-        tmp,
-        todos,
-        files=files,
-        max_parallel=max_parallel,
-        max_attempts=1,
-        verify_writable=(str(counters),),
-        agent_extra='sandbox = "none"',
-    )
-    config = repo.root / "batchd.toml"
-    text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace("retries = 0", f'retries = 5\nred_base = "{red_base}"'), encoding="utf-8")
-    repo.git("commit", "-q", "-am", "verify settings")
-    repo.git("push", "-q", "origin", "main")
-    return repo
-
-
-def run_cli(repo: PhaseRepo) -> None:
-    done = repo.run_cli(timeout=120)
-    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    """A repository checked by the unittest runner over ``tests``, with the default confirmation
+    (``retries = 5``) and ``[verify] red_base`` (the tests here are about going on past a base red on
+    named tests)."""
+    checks = {"check.py": UNITTEST_CHECK, **{f"tests/{name}": text for name, text in tests.items()}}
+    verify = f'retries = 5\nred_base = "{red_base}"'
+    return flaky_repo(tmp, todos, checks, verify=verify, max_parallel=max_parallel)
 
 
 def payloads(repo: PhaseRepo, type_: str, since: int = 0) -> list[dict[str, Any]]:
