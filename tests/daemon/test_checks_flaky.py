@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from procs import alive
 
 from daemon.world.checks import CheckResult, CheckRunner, FlakePolicy
 from daemon.world.confirm import MAX_TEST_FAILURES
@@ -456,14 +457,6 @@ def _script(tmp_path: Path, name: str, code: str) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_reruns_run_at_once_in_a_copy_of_the_tree(tmp_path: Path, tree: Path) -> None:
     """After the first red run the two re-runs still needed meet in a handshake: they ran at the
     same time, one in the tree and one in a copy; both green, so the check passes."""
@@ -492,9 +485,9 @@ def test_the_copies_still_running_are_killed_at_the_first_green(tmp_path: Path, 
     assert [(t.runs, t.reds) for t in result.tries] == [(2, 1)]
     pid = int((state / "copy.pid").read_text())
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 def test_a_copy_runs_the_setup_before_its_rerun(tmp_path: Path, tree: Path) -> None:
