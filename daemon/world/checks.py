@@ -161,12 +161,12 @@ class CheckRunner:
                 output_tail=tail,
                 output=red.output,
                 duration=time.monotonic() - start,
-                flaky=any(0 < t.reds < t.runs for t in tries),  # an earlier command flaked here
+                flaky=_flaked(tries),  # an earlier command may have flaked here
                 timed_out=red.timed_out,
                 setup_failed=is_setup,
                 tries=tuple(tries),
             )
-        flaky = any(0 < t.reds < t.runs for t in tries)  # red, then green on this tree
+        flaky = _flaked(tries)
         if flaky:
             log.warning("check_flaky", worktree=str(worktree))
         return CheckResult(
@@ -230,6 +230,11 @@ class CheckRunner:
             with self._log_lock:
                 _append_log(log_path, command, rc, text, where=worktree if tree.copy else None)
         return Attempt(returncode=rc, output=text, timed_out=timed_out, stopped=stopped)
+
+
+def _flaked(tries: Sequence[CommandRuns]) -> bool:
+    """Some command was red, then green, on this tree (a command that passed as known red is not)."""
+    return any(0 < t.reds < t.runs for t in tries)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
