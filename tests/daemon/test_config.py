@@ -385,3 +385,28 @@ def test_land_branch_without_a_remote_is_refused(tmp_path: Path) -> None:
     err = error(tmp_path, '[batchd]\nland = "branch"\nremote = ""\n' + MINIMAL)
     assert err.key == "batchd.land"
     assert 'remote = "origin"' in err.hint and 'land = "push"' in err.hint
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "true", '"0.05"'])
+@pytest.mark.parametrize("key", ["flake_rate", "false_blame"])
+def test_a_probability_must_be_between_0_and_1(tmp_path: Path, key: str, value: str) -> None:
+    """flake_rate and false_blame outside (0, 1), or not a number, name the key and say why."""
+    err = error(tmp_path, MINIMAL + f"{key} = {value}\n")
+    assert err.key == f"verify.{key}"
+    assert "between 0 and 1" in err.message
+
+
+@pytest.mark.parametrize("value", ['"/tmp/junit.xml"', '"../junit.xml"', '"reports/../../x.xml"'])
+def test_a_junit_report_must_be_inside_the_tree(tmp_path: Path, value: str) -> None:
+    """[verify] junit is read from the tree the agents wrote: an absolute path or one with `..` is refused."""
+    err = error(tmp_path, MINIMAL + f"junit = {value}\n")
+    assert err.key == "verify.junit"
+    assert "inside the tree" in err.message
+
+
+def test_red_base_is_pause_or_continue(tmp_path: Path) -> None:
+    """[verify] red_base takes "pause" (the default) or "continue"; anything else names the choices."""
+    assert load(tmp_path, MINIMAL).verify.red_base == "pause"
+    assert load(tmp_path, MINIMAL + 'red_base = "continue"\n').verify.red_base == "continue"
+    err = error(tmp_path, MINIMAL + 'red_base = "ignore"\n')
+    assert err.key == "verify.red_base"
