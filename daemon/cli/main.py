@@ -220,6 +220,8 @@ def _register_subcommands() -> None:
         "daemon.cli.control",
         "daemon.cli.requests",
         "daemon.cli.plan",
+        "daemon.cli.serve",
+        "daemon.cli.report",
     ):
         try:
             mod = importlib.import_module(module)

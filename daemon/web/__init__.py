@@ -1,0 +1,1 @@
+"""``batchd serve``: a dashboard of the event log (run, timeline, todos, events), live, and /metrics."""

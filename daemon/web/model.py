@@ -1,0 +1,158 @@
+"""The dashboard's read model: one projection and one timeline, kept current by one follower thread.
+
+``batchd serve`` never appends on its own (control buttons append requests, as the CLI does, through
+a connection of their own): it reads the log through the store. One thread follows the log
+(:meth:`store.EventLog.follow`) and folds each new event into the projection (the same fold as
+``status``) and the timeline; pages read both under :attr:`LiveModel.lock`. Every connected browser
+shares this one fold, so a hundred open tabs cost the daemon one reader, not a hundred.
+
+Subscribers (the SSE streams) are asyncio queues: the thread wakes each one with the newest seq,
+coalesced, so a burst of a thousand events is one wake-up per subscriber, and the subscriber reads what
+it missed from :meth:`LiveModel.recent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from daemon.web.timeline import Timeline
+from daemon.workspace import open_log
+from statemachine.projection import Projection, replay
+from store import EventLog, StoredEvent
+
+__all__ = ["RECENT", "LiveModel"]
+
+log = structlog.get_logger(__name__)
+
+RECENT = 2000  # events kept for SSE clients that fell behind; further behind, they are told to reload
+POLL_INTERVAL = 0.05  # seconds between reads of an idle log: an event reaches a page within ~0.1 s
+
+
+class _Subscriber:
+    __slots__ = ("loop", "pending", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        self.pending = False  # a wake-up is on its way: a burst of events wakes it once
+
+
+class LiveModel:
+    """The projection and timeline of ``root``'s log (``db`` as ``--db`` takes it), live.
+
+    ``start()`` folds what is in the log (the projection from its snapshot, the timeline from the
+    start) and starts the follower; ``stop()`` ends it. Read :attr:`projection` and :attr:`timeline`
+    only while holding :attr:`lock`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        db: str | None = None,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.db = db
+        self.poll_interval = poll_interval
+        self.lock = threading.RLock()
+        self.projection = Projection()
+        self.timeline = Timeline()
+        self.last_seq = 0
+        self._progress = progress
+        self._recent: deque[StoredEvent] = deque(maxlen=RECENT)
+        self._subscribers: set[_Subscriber] = set()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log: EventLog | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fold the log as it is now, then follow it in a thread of its own."""
+        self._log = open_log(self.root, self.db)
+        with self.lock:
+            self.projection = replay(self._log)
+            for n, event in enumerate(self._log.read(since=0), 1):
+                self.timeline.apply(event)
+                if self._progress is not None and n % 10_000 == 0:
+                    self._progress(n)
+            self.last_seq = self.projection.last_seq
+        self._thread = threading.Thread(target=self._follow, name="batchd-serve-follow", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def open_log(self) -> EventLog:
+        """A read connection of the caller's own (pages that read one stream's events), to close."""
+        return open_log(self.root, self.db)
+
+    # -- following -------------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        assert self._log is not None
+        try:
+            for event in self._log.follow(
+                since=self.last_seq, poll_interval=self.poll_interval, stop=self._stopping.is_set
+            ):
+                with self.lock:
+                    if event.seq <= self.projection.last_seq:
+                        continue
+                    self.projection.apply(event)
+                    self.timeline.apply(event)
+                    self._recent.append(event)
+                    self.last_seq = event.seq
+                self._wake(event.seq)
+        except Exception:
+            # The page keeps showing the last state it knew; the log says why it stopped moving.
+            log.exception("serve_follow_failed", last_seq=self.last_seq)
+
+    def _wake(self, seq: int) -> None:
+        for sub in list(self._subscribers):
+            if sub.pending:
+                continue
+            sub.pending = True
+            try:
+                sub.loop.call_soon_threadsafe(self._deliver, sub, seq)
+            except RuntimeError:  # its loop is closed: the client is gone
+                self._subscribers.discard(sub)
+
+    def _deliver(self, sub: _Subscriber, seq: int) -> None:
+        sub.pending = False
+        if sub.queue.full():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(max(seq, self.last_seq))
+
+    # -- subscribers (SSE) -----------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[int]:
+        """A queue (call from the event loop) that receives the newest seq after new events."""
+        sub = _Subscriber(asyncio.get_running_loop())
+        self._subscribers.add(sub)
+        return sub.queue
+
+    def unsubscribe(self, queue: asyncio.Queue[int]) -> None:
+        self._subscribers = {s for s in self._subscribers if s.queue is not queue}
+
+    def recent(self, since: int) -> list[StoredEvent] | None:
+        """The events after ``since`` that were followed, or None when they are no longer all kept
+        (the client fell behind: it should reload the page)."""
+        with self.lock:
+            if since >= self.last_seq:
+                return []
+            if not self._recent or self._recent[0].seq > since + 1:
+                return None
+            return [e for e in self._recent if e.seq > since]
