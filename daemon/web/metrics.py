@@ -5,7 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["endpoint"]
+from store import StoredEvent
+
+__all__ = ["MetricsFold", "endpoint"]
+
+
+class MetricsFold:
+    """Counters folded from every event (attempts, durations, verify runs, commits, pushes, cost)."""
+
+    def apply(self, event: StoredEvent) -> None:
+        """Fold one event (types it does not count are ignored)."""
 
 
 def endpoint(request: Request) -> Response:

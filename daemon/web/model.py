@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.web.metrics import MetricsFold
 from daemon.web.timeline import Timeline
 from daemon.workspace import open_log
 from statemachine.projection import Projection, replay
@@ -46,9 +47,9 @@ class _Subscriber:
 class LiveModel:
     """The projection and timeline of ``root``'s log (``db`` as ``--db`` takes it), live.
 
-    ``start()`` folds what is in the log (the projection from its snapshot, the timeline from the
-    start) and starts the follower; ``stop()`` ends it. Read :attr:`projection` and :attr:`timeline`
-    only while holding :attr:`lock`.
+    ``start()`` folds what is in the log (the projection from its snapshot; the timeline and
+    :attr:`metrics` from the start) and starts the follower; ``stop()`` ends it. Read
+    :attr:`projection`, :attr:`timeline` and :attr:`metrics` only while holding :attr:`lock`.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class LiveModel:
         self.lock = threading.RLock()
         self.projection = Projection()
         self.timeline = Timeline()
+        self.metrics = MetricsFold()
         self.last_seq = 0
         self._progress = progress
         self._recent: deque[StoredEvent] = deque(maxlen=RECENT)
@@ -82,6 +84,7 @@ class LiveModel:
             self.projection = replay(self._log)
             for n, event in enumerate(self._log.read(since=0), 1):
                 self.timeline.apply(event)
+                self.metrics.apply(event)
                 if self._progress is not None and n % 10_000 == 0:
                     self._progress(n)
             self.last_seq = self.projection.last_seq
@@ -113,6 +116,7 @@ class LiveModel:
                         continue
                     self.projection.apply(event)
                     self.timeline.apply(event)
+                    self.metrics.apply(event)
                     self._recent.append(event)
                     self.last_seq = event.seq
                 self._wake(event.seq)
