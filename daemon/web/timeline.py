@@ -26,7 +26,7 @@ field) are ignored: the timeline is a picture of the log, never a reason for the
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -129,6 +129,9 @@ class TimelineView:
     t1: float
     total_bars: int = 0  # bars of the whole run (for "N attempts in all")
     all_phases: tuple[int, ...] = field(default=())  # every phase known, for the zoom links
+    summarized: bool = False  # too many to draw: ``bars`` and ``verify_runs`` are left empty
+    bar_count: int = 0  # bars in this view (drawn or not)
+    run_count: int = 0
 
 
 class Timeline:
@@ -139,8 +142,8 @@ class Timeline:
         self.verify_runs: list[VerifyRun] = []
         self.markers: list[Marker] = []
         self.phases: dict[int, PhaseSpan] = {}
-        self.last_time: float | None = None
-        self._titles: dict[str, tuple[str, str]] = {}
+        self._last_at = ""
+        self._titles: dict[str, tuple[str, str]] = {}  # todo id -> (path, title); shown ids at view()
         self._batch_phase: dict[str, int] = {}
         self._todo_phase: dict[str, int] = {}
         self._open: dict[tuple[str, int], Bar] = {}  # attempts whose agent holds a slot
@@ -152,7 +155,7 @@ class Timeline:
         self._bars_by_phase: dict[int | None, list[Bar]] = {}
         self._runs_by_phase: dict[int | None, list[VerifyRun]] = {}
         self._markers_by_phase: dict[int, list[Marker]] = {}
-        self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
+        self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
             "todo.recorded": self._titled,
             "todo.queued": self._titled,
             "todo.updated": self._titled,
@@ -188,26 +191,30 @@ class Timeline:
         if handler is None:
             return
         try:
-            at = event_time(event.recorded_at)
-            handler(event.payload, at)
+            handler(event.payload, event.recorded_at)
         except (KeyError, TypeError, ValueError, AttributeError):
             # A payload this fold cannot read (hand-edited, or from a version it does not know):
             # that event is left out of the picture, and the rest still draws.
             return
-        if self.last_time is None or at > self.last_time:
-            self.last_time = at
+        # recorded_at is fixed-width ISO text: text order is time order, and parsing waits for view().
+        self._last_at = max(self._last_at, event.recorded_at)
 
-    def _titled(self, p: dict[str, Any], _at: float) -> None:
-        todo_id = str(p["todo_id"])
-        self._titles[todo_id] = (written_id(todo_id, str(p.get("path", ""))), str(p.get("title", "")))
+    @property
+    def last_time(self) -> float | None:
+        """When the last event it folded was recorded (None before any)."""
+        return event_time(self._last_at) if self._last_at else None
 
-    def _todo_planned(self, p: dict[str, Any], _at: float) -> None:
+    def _titled(self, p: dict[str, Any], _at: str) -> None:
+        self._titles[str(p["todo_id"])] = (str(p.get("path", "")), str(p.get("title", "")))
+
+    def _todo_planned(self, p: dict[str, Any], _at: str) -> None:
         self._todo_phase[str(p["todo_id"])] = int(p["phase"])
 
-    def _batch_planned(self, p: dict[str, Any], _at: float) -> None:
+    def _batch_planned(self, p: dict[str, Any], _at: str) -> None:
         self._batch_phase[str(p["key"])] = int(p["phase"])
 
-    def _agent_started(self, p: dict[str, Any], at: float) -> None:
+    def _agent_started(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         todo_id, attempt = str(p["todo_id"]), int(p["attempt"])
         if (todo_id, attempt) in self._open:
             return  # recorded twice: the first one stands
@@ -237,20 +244,23 @@ class Timeline:
         if self._open.pop((bar.todo_id, bar.attempt), None) is not None:
             heapq.heappush(self._free_slots, bar.slot)
 
-    def _agent_finished(self, p: dict[str, Any], at: float) -> None:
+    def _agent_finished(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         bar = self._open.get((str(p["todo_id"]), int(p["attempt"])))
         if bar is not None:
             self._end(bar, at, "waiting")
             bar.agent_time = float(p.get("duration", 0.0))
 
-    def _agent_failed(self, p: dict[str, Any], at: float) -> None:
+    def _agent_failed(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         bar = self._open.get((str(p["todo_id"]), int(p["attempt"])))
         if bar is not None:
             why, detail = str(p.get("reason", "")), str(p.get("detail", ""))
             self._end(bar, at, "failed", f"{why}: {detail}" if why and detail else why or detail)
             bar.agent_time = float(p.get("duration", 0.0))
 
-    def _agent_interrupted(self, p: dict[str, Any], at: float) -> None:
+    def _agent_interrupted(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         bar = self._open.get((str(p["todo_id"]), int(p["attempt"])))
         if bar is not None:
             self._end(bar, at, "interrupted", str(p.get("reason", "")))
@@ -265,20 +275,24 @@ class Timeline:
         bar.reason = reason
         bar.verdict_at = at
 
-    def _accepted(self, p: dict[str, Any], at: float) -> None:
+    def _accepted(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         # todo.accepted names no attempt: it is the one waiting for its verdict.
         self._verdict(str(p["todo_id"]), None, at, "accepted", str(p.get("review", "")))
 
-    def _rejected(self, p: dict[str, Any], at: float) -> None:
+    def _rejected(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         reason = str(p.get("reason", "")) or "its change broke the checks"
         self._verdict(str(p["todo_id"]), int(p["attempt"]), at, "rejected", reason)
 
-    def _conflicted(self, p: dict[str, Any], at: float) -> None:
+    def _conflicted(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         winner = str(p.get("winner", ""))
-        shown = self._titles.get(winner, (winner, ""))[0]
+        shown = written_id(winner, self._titles.get(winner, ("", ""))[0])
         self._verdict(str(p["todo_id"]), int(p["attempt"]), at, "conflicted", f"lost a conflict to #{shown}")
 
-    def _cancelled(self, p: dict[str, Any], at: float) -> None:
+    def _cancelled(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         bar = self._latest.get(str(p["todo_id"]))
         if bar is None:
             return
@@ -288,7 +302,8 @@ class Timeline:
         elif bar.outcome == "waiting":
             bar.outcome, bar.reason, bar.verdict_at = "cancelled", reason, at
 
-    def _verify_run(self, p: dict[str, Any], at: float) -> None:
+    def _verify_run(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         key = str(p["key"])
         start = at - max(0.0, float(p.get("duration", 0.0)))
         # The lowest lane whose last run ended by this one's start (normally lane 0).
@@ -319,19 +334,22 @@ class Timeline:
             span = self.phases[number] = PhaseSpan(number=number)
         return span
 
-    def _phase_planned(self, p: dict[str, Any], _at: float) -> None:
+    def _phase_planned(self, p: dict[str, Any], _at: str) -> None:
         self._phase(int(p["number"])).title = str(p.get("title", ""))
 
-    def _phase_started(self, p: dict[str, Any], at: float) -> None:
+    def _phase_started(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         span = self._phase(int(p["number"]))
         if span.start is None:
             span.start = at
 
-    def _phase_done(self, p: dict[str, Any], at: float) -> None:
+    def _phase_done(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         span = self._phase(int(p["number"]))
         span.end = at
 
-    def _phase_skipped(self, p: dict[str, Any], at: float) -> None:
+    def _phase_skipped(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         span = self._phase(int(p["number"]))
         span.end, span.skipped = at, True
 
@@ -341,54 +359,69 @@ class Timeline:
         self.markers.append(marker)
         self._markers_by_phase.setdefault(number, []).append(marker)
 
-    def _committed(self, p: dict[str, Any], at: float) -> None:
+    def _committed(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         self._marker("committed", p, at, str(p.get("head_sha", "")))
 
-    def _pushed(self, p: dict[str, Any], at: float) -> None:
+    def _pushed(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         branch = str(p.get("branch", ""))
         self._marker("pushed", p, at, str(p.get("sha", "")), f"to {branch}" if branch else "")
 
-    def _push_failed(self, p: dict[str, Any], at: float) -> None:
+    def _push_failed(self, p: dict[str, Any], recorded_at: str) -> None:
+        at = event_time(recorded_at)
         self._marker("push_failed", p, at, str(p.get("sha", "")), str(p.get("reason", "")))
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def view(self, phase: int | None = None, now: float | None = None) -> TimelineView:
+    def view(
+        self, phase: int | None = None, now: float | None = None, *, limit: int | None = None
+    ) -> TimelineView:
         """The items of one phase (all of them when ``phase`` is None), copied for drawing.
 
         ``now``: where running bars end (the caller's clock; never before the last event). Reads
-        only the phase's own indexes: the cost is that phase's size, not the log's."""
+        only the phase's own indexes: the cost is that phase's size, not the log's. ``limit``: the
+        whole run with more bars and verify runs than that is summed up (``summarized``: counts and
+        phases, no items), since copying 100,000 bars nobody can tell apart costs half a second."""
         if phase is None:
-            bars: Iterable[Bar] = self.bars
-            runs: Iterable[VerifyRun] = self.verify_runs
-            markers: Iterable[Marker] = self.markers
-            spans = tuple(PhaseSpan(s.number, s.title, s.start, s.end, s.skipped) for s in self._spans())
+            bars: list[Bar] = self.bars
+            runs: list[VerifyRun] = self.verify_runs
+            markers: list[Marker] = self.markers
+            known = self._spans()
         else:
-            bars = self._bars_by_phase.get(phase, ())
-            runs = self._runs_by_phase.get(phase, ())
-            markers = self._markers_by_phase.get(phase, ())
-            known = self.phases.get(phase)
-            spans = (
-                ()
-                if known is None
-                else (PhaseSpan(phase, known.title, known.start, known.end, known.skipped),)
-            )
+            bars = self._bars_by_phase.get(phase, [])
+            runs = self._runs_by_phase.get(phase, [])
+            markers = self._markers_by_phase.get(phase, [])
+            known = [self.phases[phase]] if phase in self.phases else []
+        spans = tuple(PhaseSpan(s.number, s.title, s.start, s.end, s.skipped) for s in known)
         last = self.last_time if self.last_time is not None else 0.0
         drawn_at = last if now is None else max(now, last)
-        copied = tuple(_copy(b, drawn_at) for b in bars)
-        runs, markers = tuple(runs), tuple(markers)
-        starts = [b.start for b in copied] + [r.start for r in runs] + [m.at for m in markers]
-        ends = [b.end for b in copied if b.end is not None] + [r.end for r in runs] + [m.at for m in markers]
-        starts += [s.start for s in spans if s.start is not None]
-        ends += [t for s in spans for t in (s.start, s.end) if t is not None]
+        summarized = phase is None and limit is not None and len(bars) + len(runs) > limit
+        starts = [s.start for s in spans if s.start is not None] + [m.at for m in markers]
+        ends = [t for s in spans for t in (s.start, s.end) if t is not None] + [m.at for m in markers]
+        if summarized:
+            # Log order is start order for bars (their start is the event) and end order for runs.
+            starts += [b.start for b in bars[:1]] + [r.start for r in runs[:1]]
+            ends += [r.end for r in runs[-1:]] + [last]
+            copied: tuple[Bar, ...] = ()
+            drawn_runs: tuple[VerifyRun, ...] = ()
+        else:
+            copied = tuple(_copy(b, drawn_at) for b in bars)
+            drawn_runs = tuple(runs)
+            starts += [b.start for b in copied] + [r.start for r in drawn_runs]
+            ends += [b.end for b in copied if b.end is not None] + [r.end for r in drawn_runs]
         t0 = min(starts, default=drawn_at)
         t1 = max(ends, default=t0)
-        titles = {b.todo_id: self._titles.get(b.todo_id, (b.todo_id, "")) for b in copied}
+        titles = {}
+        for b in copied:
+            if b.todo_id not in titles:
+                path, title = self._titles.get(b.todo_id, ("", ""))
+                titles[b.todo_id] = (written_id(b.todo_id, path), title)
         return TimelineView(
             phase=phase,
             bars=copied,
-            verify_runs=runs,
-            markers=markers,
+            verify_runs=drawn_runs,
+            markers=tuple(markers),
             phases=spans,
             titles=titles,
             slots=self._next_slot,
@@ -397,6 +430,9 @@ class Timeline:
             t1=max(t1, t0),
             total_bars=len(self.bars),
             all_phases=tuple(s.number for s in self._spans()),
+            summarized=summarized,
+            bar_count=len(bars),
+            run_count=len(runs),
         )
 
     def _spans(self) -> list[PhaseSpan]:
@@ -404,7 +440,8 @@ class Timeline:
 
     def title(self, todo_id: str) -> tuple[str, str]:
         """(shown id, title) of a todo, as its file names it ((id, "") when never recorded)."""
-        return self._titles.get(todo_id, (todo_id, ""))
+        path, title = self._titles.get(todo_id, ("", ""))
+        return written_id(todo_id, path), title
 
 
 def _copy(bar: Bar, drawn_at: float) -> Bar:

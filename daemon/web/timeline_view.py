@@ -185,9 +185,8 @@ def timeline_context(
     Defaults suit the self-contained report: bars link to ``#todo-ID`` (``todo_base=None``: no
     links), no phase zoom links (``phase_base``: a prefix the phase number is appended to). The
     caller must own ``timeline`` for the call (the page holds the model's lock only for the view)."""
-    return {
-        "tl": layout(timeline.view(phase, now), todo_base=todo_base, phase_base=phase_base, all_href=all_href)
-    }
+    view = timeline.view(phase, now, limit=MAX_DRAWN)
+    return {"tl": layout(view, todo_base=todo_base, phase_base=phase_base, all_href=all_href)}
 
 
 def layout(
@@ -196,7 +195,6 @@ def layout(
     todo_base: str | None = "#todo-",
     phase_base: str | None = None,
     all_href: str | None = None,
-    max_drawn: int = MAX_DRAWN,
 ) -> Layout:
     """Coordinates and texts of one view (pure: no lock, no clock)."""
     slots, lanes = max(view.slots, 1), max(view.lanes, 1)
@@ -218,13 +216,12 @@ def layout(
     def w_of(start: float, end: float) -> float:
         return round(max(MIN_WIDTH, (end - start) * scale), 1)
 
-    drawn = len(view.bars) + len(view.verify_runs)
     summary = ""
     bars: list[DrawnBar] = []
     runs: list[DrawnRun] = []
-    if view.phase is None and drawn > max_drawn:
+    if view.summarized:
         summary = (
-            f"{len(view.bars):,} agent attempts and {len(view.verify_runs):,} verify runs: "
+            f"{view.bar_count:,} agent attempts and {view.run_count:,} verify runs: "
             "too many to draw one by one; zoom to a phase to see each."
         )
     else:
@@ -310,10 +307,10 @@ def layout(
         all_href=all_href,
         summary=summary,
         span_text=f"{_stamp(t0, 1)} to {_stamp(view.t1, 1)} UTC ({clock(view.t1 - view.t0)})",
-        bar_count=len(view.bars),
+        bar_count=view.bar_count,
         total_bars=view.total_bars,
         outcomes=legend,
-        empty=not view.bars and not view.verify_runs and not view.markers,
+        empty=not view.bar_count and not view.run_count and not view.markers,
     )
 
 
@@ -381,7 +378,7 @@ def timeline_page(request: Request) -> Response:
                 f"; its phases: {', '.join(map(str, known))}" if known else ""
             )
             return page(request, "timeline.html", {"error": error, "tl": None}, status_code=404)
-        view = model.timeline.view(phase, now)
+        view = model.timeline.view(phase, now, limit=MAX_DRAWN)
     timeline_path = request.url_for("timeline").path
     todo_base = request.url_for("todo", todo_id="0").path[:-1]
     tl = layout(view, todo_base=todo_base, phase_base=f"{timeline_path}?phase=", all_href=timeline_path)

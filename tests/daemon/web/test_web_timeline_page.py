@@ -284,13 +284,13 @@ def test_the_report_partial_can_draw_bars_with_no_links(demo_timeline: Timeline)
 
 def test_too_many_items_for_the_whole_run_are_summed_up_with_a_hint_to_zoom(demo_timeline: Timeline) -> None:
     """Past the drawing limit the all-phases view says how many attempts there are instead."""
-    tl = layout(demo_timeline.view(), max_drawn=5)
+    tl = layout(demo_timeline.view(limit=5))
     assert tl.bars == () and "zoom to a phase" in tl.summary
 
 
 def test_a_phase_view_is_drawn_whole_past_the_limit(demo_timeline: Timeline) -> None:
     """Zooming is how one sees each attempt: a phase is never summed up."""
-    tl = layout(demo_timeline.view(phase=1), max_drawn=1)
+    tl = layout(demo_timeline.view(phase=1, limit=1))
     assert len(tl.bars) == len(demo_timeline.view(phase=1).bars) > 1 and tl.summary == ""
 
 
