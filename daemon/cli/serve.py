@@ -1,0 +1,230 @@
+"""``batchd serve``: the web dashboard of a repository's event log.
+
+Order of work, each step before the next can cost anything: the bind rule (no token on a
+non-loopback address refuses at once, exit 2), the token's shape, then the listening socket (a port
+in use is a clear exit 2, before a long fold, not after), then the fold of the log (progress on
+stderr), then one line on stdout with the address and uvicorn serving until SIGTERM or SIGINT.
+
+Signals only set flags. During the fold, the progress callback sees the flag and ends it; while
+serving, :class:`DashboardServer` sets uvicorn's own ``should_exit`` (its main loop polls it) and,
+unlike stock uvicorn, does not re-raise the signal after its shutdown: a stop asked for is a clean
+exit 0, as for a systemd unit. Its shutdown first tells every SSE stream to end
+(:meth:`LiveModel.close_streams`), because uvicorn waits for open responses, and an event stream
+never ends by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+import uvicorn
+
+from daemon.cli.main import db_option, json_option, repo_option, resolve_root
+from daemon.exceptions import UsageError
+from daemon.web.app import create_app
+from daemon.web.auth import ENV, check_bind, is_loopback, token_problem
+from daemon.web.model import LiveModel
+from daemon.workspace import Workspace
+
+__all__ = ["DashboardServer", "bind_socket", "register", "serve"]
+
+MIN_TOKEN = 16  # characters: a short token over HTTP is guessed by trying
+GRACEFUL_SHUTDOWN = 5.0  # seconds uvicorn waits for a page still being sent before it cancels it
+
+
+class DashboardServer(uvicorn.Server):
+    """uvicorn's server, which ends the model's SSE streams first when it stops and, on a signal,
+    only sets its flags (no re-raise: ``batchd serve`` then exits 0)."""
+
+    def __init__(self, config: uvicorn.Config, model: LiveModel) -> None:
+        super().__init__(config)
+        self.model = model
+        self.stopped_by: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: do not wait for open responses
+        self.should_exit = True
+        self.stopped_by = sig
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.model.close_streams()
+        await super().shutdown(sockets=sockets)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket for ``host:port`` (port 0: a free one), or a UsageError saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(
+            f"--host {host!r} is not an address of this machine ({e.strerror})",
+            hint="give an IP address (127.0.0.1, ::1, 0.0.0.0) or a name that resolves",
+        ) from None
+    family, _, _, _, address = infos[0]
+    try:
+        return socket.create_server(address[:2], family=family, backlog=128)
+    except OSError as e:
+        if e.errno in (98, 48):  # EADDRINUSE on Linux, macOS
+            raise UsageError(
+                f"port {port} on {host} is in use by another program",
+                hint=f"stop it, or pick another port with --port (--port 0 picks a free one); "
+                f"`ss -ltnp 'sport = :{port}'` shows which program holds it",
+            ) from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror}",
+            hint="ports below 1024 need privileges; give --port 8765 or --port 0",
+        ) from None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _without_password(location: str) -> str:
+    """A database URL as shown: ``postgresql://user:secret@host/db`` -> ``user:***@``."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", location)
+
+
+class _Stopped(Exception):
+    """A signal arrived during the fold: stop before serving."""
+
+
+@click.command()
+@repo_option
+@db_option
+@json_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: a free one)."
+)
+@click.option(
+    "--token",
+    envvar=ENV,
+    default=None,
+    show_envvar=True,
+    help="Every request must carry it (required on any address but loopback). Prefer the environment "
+    "variable: a command line is visible to every user of the machine.",
+)
+@click.option("--access-log", is_flag=True, help="Log each request on stderr.")
+def serve(
+    repo: Path | None,
+    db: str | None,
+    as_json: bool,
+    host: str,
+    port: int,
+    token: str | None,
+    access_log: bool,
+) -> None:
+    """Serve the web dashboard of the event log: run, timeline, todos, events, metrics, control.
+
+    \b
+    It reads the log through the store (it works while the daemon runs, and on an old log), and
+    updates open pages within a second of each event. The control buttons (pause, resume, retry,
+    cancel) append the same requests as the CLI.
+    On loopback (the default) no token is needed; on any other address it refuses to start without
+    one. A browser passes it once as http://HOST:PORT/?token=TOKEN (a cookie keeps it), a script as
+    the header 'Authorization: Bearer TOKEN'.
+    """
+    token = token or None  # BATCHD_TOKEN= (empty) is no token
+    check_bind(host, token)
+    if token is not None:
+        problem = token_problem(token, min_length=MIN_TOKEN)
+        if problem is not None:
+            raise UsageError(
+                problem,
+                hint="make a random one: `export BATCHD_TOKEN=$(python3 -c "
+                "'import secrets; print(secrets.token_urlsafe(24))')`",
+            )
+    root = resolve_root(repo)
+    sock = bind_socket(host, port)
+    try:
+        _serve(sock, root, db, as_json=as_json, host=host, token=token, access_log=access_log)
+    finally:
+        sock.close()
+
+
+def _serve(
+    sock: socket.socket,
+    root: Path,
+    db: str | None,
+    *,
+    as_json: bool,
+    host: str,
+    token: str | None,
+    access_log: bool,
+) -> None:
+    stop: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.append(signum)  # only a flag: the fold's progress callback acts on it
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        for sig in previous:
+            signal.signal(sig, on_signal)
+
+    def progress(n: int) -> None:
+        if stop:
+            raise _Stopped
+        # On a terminal one line that counts up; in a journal one line per step.
+        tty = sys.stderr.isatty()
+        click.echo(
+            f"{chr(13) if tty else ''}batchd serve: folding the log: {n:,} events…", err=True, nl=not tty
+        )
+
+    model = LiveModel(root, db, progress=progress)
+    try:
+        model.start()
+    except _Stopped:
+        click.echo("\nbatchd serve: stopped before serving", err=True)
+        return
+    finally:
+        if on_main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    try:
+        if model.last_seq >= 10_000 and sys.stderr.isatty():
+            click.echo("", err=True)  # end the progress line
+        port = sock.getsockname()[1]
+        url = _url(host, port)
+        location = _without_password(Workspace(root).db_location(db))
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
+                )
+            )
+        else:
+            click.echo(f"batchd serve: {url} (log: {location}, {model.last_seq:,} events)")
+        sys.stdout.flush()
+        if stop:
+            return  # a signal came after the last progress call: do not start serving
+        app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
+            server_header=False,
+        )
+        server = DashboardServer(config, model)
+        server.run(sockets=[sock])
+        if server.stopped_by is not None and not as_json:
+            click.echo(f"batchd serve: stopped ({signal.Signals(server.stopped_by).name})", err=True)
+    finally:
+        model.stop()
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)
