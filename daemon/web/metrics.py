@@ -116,13 +116,9 @@ class _Histogram:
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n
-            out.append((_le(bound), running))
+            out.append((repr(float(bound)), running))  # "1.0", as prometheus_client writes bounds
         out.append(("+Inf", self.count))
         return out
-
-
-def _le(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else repr(bound)
 
 
 class MetricsFold:
@@ -229,16 +225,20 @@ class RunCollector:
 
 
 def _state_families(states: Counter[str], run_state: str) -> Iterator[Metric]:
-    todos = GaugeMetricFamily("batchd_todos", "Todos in each state (as batchd status counts them).", labels=["state"])
-    for state in TodoState:  # every state, 0 too: a series that vanishes reads as "no data"
-        todos.add_metric([str(state)], states.get(str(state), 0))
-    for state, n in sorted(states.items()):  # a state a later batchd added: still counted
-        if state not in _TODO_STATES:
-            todos.add_metric([state], n)
+    todos = GaugeMetricFamily(
+        "batchd_todos", "Todos in each state (as batchd status counts them).", labels=["state"]
+    )
+    for todo_state in TodoState:  # every state, 0 too: a series that vanishes reads as "no data"
+        todos.add_metric([str(todo_state)], states.get(str(todo_state), 0))
+    for name, n in sorted(states.items()):  # a state a later batchd added: still counted
+        if name not in _TODO_STATES:
+            todos.add_metric([name], n)
     yield todos
-    run = GaugeMetricFamily("batchd_run_state", "1 for the state the run is in, 0 for the others.", labels=["state"])
+    run = GaugeMetricFamily(
+        "batchd_run_state", "1 for the state the run is in, 0 for the others.", labels=["state"]
+    )
     for state in RunState:
-        run.add_metric([str(state)], 1.0 if run_state == state else 0.0)
+        run.add_metric([str(state)], 1.0 if run_state == str(state) else 0.0)
     yield run
 
 
@@ -253,7 +253,9 @@ def _fold_families(fold: MetricsFold, now: datetime) -> Iterator[Metric]:
         attempts.add_metric([outcome], fold.attempts[outcome])
     yield attempts
     failures = CounterMetricFamily(
-        "batchd_agent_failures", "Failed agent attempts by reason (exit, timeout, no_change, ...).", labels=["reason"]
+        "batchd_agent_failures",
+        "Failed agent attempts by reason (exit, timeout, no_change, ...).",
+        labels=["reason"],
     )
     for reason, n in sorted(fold.failures.items()):
         failures.add_metric([reason], n)
@@ -266,7 +268,9 @@ def _fold_families(fold: MetricsFold, now: datetime) -> Iterator[Metric]:
     for outcome, hist in fold.durations.items():
         durations.add_metric([outcome], hist.buckets(), hist.total)
     yield durations
-    cost = CounterMetricFamily("batchd_agent_cost_usd", "Agent cost in US dollars, as the agents reported it.")
+    cost = CounterMetricFamily(
+        "batchd_agent_cost_usd", "Agent cost in US dollars, as the agents reported it."
+    )
     cost.add_metric([], fold.cost_usd)
     yield cost
     verdicts = CounterMetricFamily(
@@ -307,18 +311,22 @@ def _fold_families(fold: MetricsFold, now: datetime) -> Iterator[Metric]:
     seq.add_metric([], fold.last_seq)
     yield seq
     for name, recorded_at, text in (
-        ("batchd_last_event_age_seconds", fold.last_recorded_at, "Seconds since the newest event was recorded."),
+        (
+            "batchd_last_event_age_seconds",
+            fold.last_recorded_at,
+            "Seconds since the newest event was recorded.",
+        ),
         (
             "batchd_daemon_last_event_age_seconds",
             fold.last_daemon_recorded_at,
             "Seconds since the newest event the daemon wrote (requests of people left out).",
         ),
     ):
-        family = GaugeMetricFamily(name, text)
+        gauge = GaugeMetricFamily(name, text)
         age = _age(recorded_at, now)
         if age is not None:  # an empty log has no age: no sample rather than a made-up one
-            family.add_metric([], age)
-        yield family
+            gauge.add_metric([], age)
+        yield gauge
 
 
 _registries_lock = threading.Lock()
