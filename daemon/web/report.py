@@ -25,18 +25,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from daemon.cli.control import status_data, verify_config
 from daemon.exceptions import UsageError
 from daemon.web import render
 from daemon.web.timeline import Timeline
+from daemon.web.timeline_view import timeline_context
 from daemon.workspace import open_log
 from statemachine.economy import run_economy
+from statemachine.ids import id_key
 from statemachine.projection import Projection, replay
 
 __all__ = [
     "INLINE_SCRIPTS",
     "Report",
+    "anchor",
     "build_report",
     "check_target",
     "report_context",
@@ -60,10 +64,16 @@ class Report:
     events: int
 
 
+def anchor(todo_id: str) -> str:
+    """The ``id`` of a todo's row in the report: its key (``007`` and ``7`` are one todo), quoted as
+    the timeline's bar links quote it."""
+    return "todo-" + quote(id_key(todo_id) if todo_id.isdigit() else todo_id, safe="")
+
+
 def static_url_for(name: str, /, **params: Any) -> str:
     """``url_for`` for the report: a todo's page is its row in the file; other pages do not exist."""
     if name == "todo":
-        return f"#todo-{params['todo_id']}"
+        return "#" + anchor(str(params["todo_id"]))
     if name in _ANCHORS:
         return _ANCHORS[name]
     # A template asked for a page the report cannot have (a log, the events page, /static).
@@ -71,13 +81,7 @@ def static_url_for(name: str, /, **params: Any) -> str:
 
 
 def _inline_scripts() -> str:
-    parts = []
-    for name in INLINE_SCRIPTS:
-        try:
-            parts.append(render.static_text(name))
-        except FileNotFoundError:
-            continue  # that part of the dashboard is not there: its page works without script
-    return "\n".join(parts)
+    return "\n".join(render.static_text(name) for name in INLINE_SCRIPTS)
 
 
 def report_context(proj: Projection, timeline: Timeline, *, root: Path, now: datetime) -> dict[str, Any]:
@@ -92,19 +96,12 @@ def report_context(proj: Projection, timeline: Timeline, *, root: Path, now: dat
         "inline_js": _inline_scripts(),
         "status": status,
         "counts": Counter(todo["state"] for todo in status["todos"]),
+        "anchor": anchor,
         "generated_at": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
-    ctx.update(_timeline_context(timeline, now=now))
+    # All phases, bars linking to their todo's row (the partial's defaults are the report's).
+    ctx.update(timeline_context(timeline, phase=None, now=now.timestamp()))
     return ctx
-
-
-def _timeline_context(timeline: Timeline, *, now: datetime) -> dict[str, Any]:
-    """The timeline partial's context (all phases), when the timeline view is there to give it."""
-    try:
-        from daemon.web.timeline_view import timeline_context  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return {"has_timeline": False}
-    return {"has_timeline": True, **timeline_context(timeline, phase=None, now=now)}
 
 
 def build_report(root: Path, db: str | None = None, *, now: datetime | None = None) -> Report:

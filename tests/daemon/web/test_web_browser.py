@@ -32,7 +32,6 @@ from procs import batchd
 from daemon.web.app import create_app
 from daemon.web.model import LiveModel
 from daemon.workspace import open_log
-from statemachine.projection import replay
 
 CHROMIUM = "/usr/bin/chromium"
 # As measured on these machines: without the networking flags Chromium keeps trying outside hosts
@@ -163,12 +162,11 @@ def served_demo(demo_model: LiveModel) -> Iterator[Served]:
 
 
 def attempts_of(root: Path) -> Counter[tuple[str, str]]:
-    """(shown todo id, attempt) of every agent start in the log."""
+    """(todo id key, attempt) of every agent start in the log."""
     log = open_log(root)
     try:
-        proj = replay(log)
         return Counter(
-            (proj.shown(e.payload["todo_id"]), str(e.payload["attempt"]))
+            (e.payload["todo_id"], str(e.payload["attempt"]))
             for e in log.read(since=0)
             if e.type == "todo.agent_started"
         )
