@@ -15,12 +15,14 @@ never ends by itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -54,6 +56,12 @@ class DashboardServer(uvicorn.Server):
             self.force_exit = True  # a second Ctrl-C: do not wait for open responses
         self.should_exit = True
         self.stopped_by = sig
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # ``batchd serve`` installs handle_exit itself, before the fold; uvicorn's own capture would
+        # re-raise the signal after shutdown, and the process would die of it instead of exiting 0.
+        yield
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.model.close_streams()
@@ -162,19 +170,8 @@ def _serve(
     token: str | None,
     access_log: bool,
 ) -> None:
-    stop: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.append(signum)  # only a flag: the fold's progress callback acts on it
-
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread:
-        for sig in previous:
-            signal.signal(sig, on_signal)
-
     def progress(n: int) -> None:
-        if stop:
+        if server.should_exit:
             raise _Stopped
         # On a terminal one line that counts up; in a journal one line per step.
         tty = sys.stderr.isatty()
@@ -183,47 +180,54 @@ def _serve(
         )
 
     model = LiveModel(root, db, progress=progress)
+    app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
+        server_header=False,
+    )
+    server = DashboardServer(config, model)
+    # The server's handler (it only sets flags) from the very start: a SIGTERM during the fold, or
+    # between the address printed and uvicorn's main loop, stops as cleanly as one while serving.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model.start()
-    except _Stopped:
-        click.echo("\nbatchd serve: stopped before serving", err=True)
-        return
-    finally:
-        if on_main_thread:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    try:
-        if model.last_seq >= 10_000 and sys.stderr.isatty():
-            click.echo("", err=True)  # end the progress line
-        port = sock.getsockname()[1]
-        url = _url(host, port)
-        location = _without_password(Workspace(root).db_location(db))
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
-                )
-            )
-        else:
-            click.echo(f"batchd serve: {url} (log: {location}, {model.last_seq:,} events)")
-        sys.stdout.flush()
-        if stop:
-            return  # a signal came after the last progress call: do not start serving
-        app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=access_log,
-            lifespan="on",
-            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
-            server_header=False,
-        )
-        server = DashboardServer(config, model)
-        server.run(sockets=[sock])
+        try:
+            model.start()
+        except _Stopped:
+            click.echo("\nbatchd serve: stopped before serving", err=True)
+            return
+        try:
+            _announce(sock, root, db, model, host=host, as_json=as_json)
+            if not server.should_exit:
+                server.run(sockets=[sock])
+        finally:
+            model.stop()
         if server.stopped_by is not None and not as_json:
             click.echo(f"batchd serve: stopped ({signal.Signals(server.stopped_by).name})", err=True)
     finally:
-        model.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(
+    sock: socket.socket, root: Path, db: str | None, model: LiveModel, *, host: str, as_json: bool
+) -> None:
+    if model.last_seq >= 10_000 and sys.stderr.isatty():
+        click.echo("", err=True)  # end the progress line
+    port = sock.getsockname()[1]
+    url = _url(host, port)
+    location = _without_password(Workspace(root).db_location(db))
+    if as_json:
+        data = {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"batchd serve: {url} (log: {location}, {model.last_seq:,} events)")
+    sys.stdout.flush()
 
 
 def register(cli: click.Group) -> None:
