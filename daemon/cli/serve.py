@@ -5,92 +5,40 @@ non-loopback address refuses at once, exit 2), the token's shape, then the liste
 in use is a clear exit 2, before a long fold, not after), then the fold of the log (progress on
 stderr), then one line on stdout with the address and uvicorn serving until SIGTERM or SIGINT.
 
-Signals only set flags. During the fold, the progress callback sees the flag and ends it; while
-serving, :class:`DashboardServer` sets uvicorn's own ``should_exit`` (its main loop polls it) and,
-unlike stock uvicorn, does not re-raise the signal after its shutdown: a stop asked for is a clean
-exit 0, as for a systemd unit. Its shutdown first tells every SSE stream to end
-(:meth:`LiveModel.close_streams`), because uvicorn waits for open responses, and an event stream
-never ends by itself.
+Signals only set flags: :class:`daemon.web.server.DashboardServer`'s handler is installed before the
+fold and sets uvicorn's own ``should_exit`` (the fold's progress callback and uvicorn's main loop
+poll it); a stop asked for is a clean exit 0, as for a systemd unit, with open SSE streams ended
+first so uvicorn does not wait for them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-import uvicorn
 
 from daemon.cli.main import db_option, json_option, repo_option, resolve_root
 from daemon.exceptions import UsageError
-from daemon.web.app import create_app
-from daemon.web.auth import ENV, check_bind, is_loopback, token_problem
-from daemon.web.model import LiveModel
+from daemon.web.auth import ENV
 from daemon.workspace import Workspace
 
-__all__ = ["DashboardServer", "bind_socket", "register", "serve"]
+if TYPE_CHECKING:
+    from daemon.web.model import LiveModel
+
+# Every `batchd` command imports this module to register `serve`: the web stack (uvicorn, Starlette,
+# Jinja2, ~0.1 s) is imported only when `serve` runs; daemon.web.auth is light (stdlib, no app).
+
+__all__ = ["register", "serve"]
 
 MIN_TOKEN = 16  # characters: a short token over HTTP is guessed by trying
 GRACEFUL_SHUTDOWN = 5.0  # seconds uvicorn waits for a page still being sent before it cancels it
-
-
-class DashboardServer(uvicorn.Server):
-    """uvicorn's server, which ends the model's SSE streams first when it stops and, on a signal,
-    only sets its flags (no re-raise: ``batchd serve`` then exits 0)."""
-
-    def __init__(self, config: uvicorn.Config, model: LiveModel) -> None:
-        super().__init__(config)
-        self.model = model
-        self.stopped_by: int | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C: do not wait for open responses
-        self.should_exit = True
-        self.stopped_by = sig
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # ``batchd serve`` installs handle_exit itself, before the fold; uvicorn's own capture would
-        # re-raise the signal after shutdown, and the process would die of it instead of exiting 0.
-        yield
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.model.close_streams()
-        await super().shutdown(sockets=sockets)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket for ``host:port`` (port 0: a free one), or a UsageError saying why not."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise UsageError(
-            f"--host {host!r} is not an address of this machine ({e.strerror})",
-            hint="give an IP address (127.0.0.1, ::1, 0.0.0.0) or a name that resolves",
-        ) from None
-    family, _, _, _, address = infos[0]
-    try:
-        return socket.create_server(address[:2], family=family, backlog=128)
-    except OSError as e:
-        if e.errno in (98, 48):  # EADDRINUSE on Linux, macOS
-            raise UsageError(
-                f"port {port} on {host} is in use by another program",
-                hint=f"stop it, or pick another port with --port (--port 0 picks a free one); "
-                f"`ss -ltnp 'sport = :{port}'` shows which program holds it",
-            ) from None
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {e.strerror}",
-            hint="ports below 1024 need privileges; give --port 8765 or --port 0",
-        ) from None
 
 
 def _url(host: str, port: int) -> str:
@@ -142,6 +90,9 @@ def serve(
     one. A browser passes it once as http://HOST:PORT/?token=TOKEN (a cookie keeps it), a script as
     the header 'Authorization: Bearer TOKEN'.
     """
+    from daemon.web.auth import check_bind, token_problem
+    from daemon.web.server import bind_socket
+
     token = token or None  # BATCHD_TOKEN= (empty) is no token
     check_bind(host, token)
     if token is not None:
@@ -170,6 +121,13 @@ def _serve(
     token: str | None,
     access_log: bool,
 ) -> None:
+    import uvicorn
+
+    from daemon.web.app import create_app
+    from daemon.web.auth import is_loopback
+    from daemon.web.model import LiveModel
+    from daemon.web.server import DashboardServer
+
     def progress(n: int) -> None:
         if server.should_exit:
             raise _Stopped

@@ -25,10 +25,10 @@ from typing import Any
 
 import uvicorn
 
-from daemon.cli.serve import DashboardServer, bind_socket
 from daemon.web.app import create_app
 from daemon.web.auth import is_loopback
 from daemon.web.model import LiveModel
+from daemon.web.server import DashboardServer, bind_socket
 
 PY = sys.executable
 DEADLINE = 15.0  # seconds: generous, the machines are noisy; no test asserts a duration

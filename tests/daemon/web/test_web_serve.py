@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from live_server import SSEClient, serve_env, serve_process
 
-from daemon.cli.serve import bind_socket
 from daemon.exceptions import UsageError
+from daemon.web.server import bind_socket
 
 
 def batchd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
