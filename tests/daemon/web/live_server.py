@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from daemon.web.app import create_app
 from daemon.web.auth import is_loopback
@@ -46,6 +47,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE
 class Served:
     model: LiveModel
     server: DashboardServer
+    app: Starlette
     port: int
     host: str = "127.0.0.1"
 
@@ -67,7 +69,7 @@ def served(root: Path, *, token: str | None = None, host: str = "127.0.0.1") -> 
     try:
         wait_for(lambda: server.started or not thread.is_alive(), "the server to start")
         assert server.started, "the server did not start"
-        yield Served(model, server, sock.getsockname()[1], host)
+        yield Served(model, server, app, sock.getsockname()[1], host)
     finally:
         server.should_exit = True
         thread.join(timeout=DEADLINE)
