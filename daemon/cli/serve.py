@@ -5,12 +5,10 @@ non-loopback address refuses at once, exit 2), the token's shape, then the liste
 in use is a clear exit 2, before a long fold, not after), then the fold of the log (progress on
 stderr), then one line on stdout with the address and uvicorn serving until SIGTERM or SIGINT.
 
-Signals only set flags. During the fold, the progress callback sees the flag and ends it; while
-serving, :class:`DashboardServer` sets uvicorn's own ``should_exit`` (its main loop polls it) and,
-unlike stock uvicorn, does not re-raise the signal after its shutdown: a stop asked for is a clean
-exit 0, as for a systemd unit. Its shutdown first tells every SSE stream to end
-(:meth:`LiveModel.close_streams`), because uvicorn waits for open responses, and an event stream
-never ends by itself.
+Signals only set flags: :class:`daemon.web.server.DashboardServer`'s handler is installed before the
+fold and sets uvicorn's own ``should_exit`` (the fold's progress callback and uvicorn's main loop
+poll it); a stop asked for is a clean exit 0, as for a systemd unit, with open SSE streams ended
+first so uvicorn does not wait for them.
 """
 
 from __future__ import annotations
@@ -22,67 +20,25 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-import uvicorn
 
 from daemon.cli.main import db_option, json_option, repo_option, resolve_root
 from daemon.exceptions import UsageError
-from daemon.web.app import create_app
-from daemon.web.auth import ENV, check_bind, is_loopback, token_problem
-from daemon.web.model import LiveModel
+from daemon.web.auth import ENV
 from daemon.workspace import Workspace
 
-__all__ = ["DashboardServer", "bind_socket", "register", "serve"]
+if TYPE_CHECKING:
+    from daemon.web.model import LiveModel
+
+# Every `batchd` command imports this module to register `serve`: the web stack (uvicorn, Starlette,
+# Jinja2, ~0.1 s) is imported only when `serve` runs; daemon.web.auth is light (stdlib, no app).
+
+__all__ = ["register", "serve"]
 
 MIN_TOKEN = 16  # characters: a short token over HTTP is guessed by trying
 GRACEFUL_SHUTDOWN = 5.0  # seconds uvicorn waits for a page still being sent before it cancels it
-
-
-class DashboardServer(uvicorn.Server):
-    """uvicorn's server, which ends the model's SSE streams first when it stops and, on a signal,
-    only sets its flags (no re-raise: ``batchd serve`` then exits 0)."""
-
-    def __init__(self, config: uvicorn.Config, model: LiveModel) -> None:
-        super().__init__(config)
-        self.model = model
-        self.stopped_by: int | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C: do not wait for open responses
-        self.should_exit = True
-        self.stopped_by = sig
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.model.close_streams()
-        await super().shutdown(sockets=sockets)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket for ``host:port`` (port 0: a free one), or a UsageError saying why not."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise UsageError(
-            f"--host {host!r} is not an address of this machine ({e.strerror})",
-            hint="give an IP address (127.0.0.1, ::1, 0.0.0.0) or a name that resolves",
-        ) from None
-    family, _, _, _, address = infos[0]
-    try:
-        return socket.create_server(address[:2], family=family, backlog=128)
-    except OSError as e:
-        if e.errno in (98, 48):  # EADDRINUSE on Linux, macOS
-            raise UsageError(
-                f"port {port} on {host} is in use by another program",
-                hint=f"stop it, or pick another port with --port (--port 0 picks a free one); "
-                f"`ss -ltnp 'sport = :{port}'` shows which program holds it",
-            ) from None
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {e.strerror}",
-            hint="ports below 1024 need privileges; give --port 8765 or --port 0",
-        ) from None
 
 
 def _url(host: str, port: int) -> str:
@@ -134,6 +90,9 @@ def serve(
     one. A browser passes it once as http://HOST:PORT/?token=TOKEN (a cookie keeps it), a script as
     the header 'Authorization: Bearer TOKEN'.
     """
+    from daemon.web.auth import check_bind, token_problem
+    from daemon.web.server import bind_socket
+
     token = token or None  # BATCHD_TOKEN= (empty) is no token
     check_bind(host, token)
     if token is not None:
@@ -162,19 +121,15 @@ def _serve(
     token: str | None,
     access_log: bool,
 ) -> None:
-    stop: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import uvicorn
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.append(signum)  # only a flag: the fold's progress callback acts on it
-
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread:
-        for sig in previous:
-            signal.signal(sig, on_signal)
+    from daemon.web.app import create_app
+    from daemon.web.auth import is_loopback
+    from daemon.web.model import LiveModel
+    from daemon.web.server import DashboardServer
 
     def progress(n: int) -> None:
-        if stop:
+        if server.should_exit:
             raise _Stopped
         # On a terminal one line that counts up; in a journal one line per step.
         tty = sys.stderr.isatty()
@@ -183,47 +138,54 @@ def _serve(
         )
 
     model = LiveModel(root, db, progress=progress)
+    app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
+        server_header=False,
+    )
+    server = DashboardServer(config, model)
+    # The server's handler (it only sets flags) from the very start: a SIGTERM during the fold, or
+    # between the address printed and uvicorn's main loop, stops as cleanly as one while serving.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model.start()
-    except _Stopped:
-        click.echo("\nbatchd serve: stopped before serving", err=True)
-        return
-    finally:
-        if on_main_thread:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    try:
-        if model.last_seq >= 10_000 and sys.stderr.isatty():
-            click.echo("", err=True)  # end the progress line
-        port = sock.getsockname()[1]
-        url = _url(host, port)
-        location = _without_password(Workspace(root).db_location(db))
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
-                )
-            )
-        else:
-            click.echo(f"batchd serve: {url} (log: {location}, {model.last_seq:,} events)")
-        sys.stdout.flush()
-        if stop:
-            return  # a signal came after the last progress call: do not start serving
-        app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=access_log,
-            lifespan="on",
-            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
-            server_header=False,
-        )
-        server = DashboardServer(config, model)
-        server.run(sockets=[sock])
+        try:
+            model.start()
+        except _Stopped:
+            click.echo("\nbatchd serve: stopped before serving", err=True)
+            return
+        try:
+            _announce(sock, root, db, model, host=host, as_json=as_json)
+            if not server.should_exit:
+                server.run(sockets=[sock])
+        finally:
+            model.stop()
         if server.stopped_by is not None and not as_json:
             click.echo(f"batchd serve: stopped ({signal.Signals(server.stopped_by).name})", err=True)
     finally:
-        model.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(
+    sock: socket.socket, root: Path, db: str | None, model: LiveModel, *, host: str, as_json: bool
+) -> None:
+    if model.last_seq >= 10_000 and sys.stderr.isatty():
+        click.echo("", err=True)  # end the progress line
+    port = sock.getsockname()[1]
+    url = _url(host, port)
+    location = _without_password(Workspace(root).db_location(db))
+    if as_json:
+        data = {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"batchd serve: {url} (log: {location}, {model.last_seq:,} events)")
+    sys.stdout.flush()
 
 
 def register(cli: click.Group) -> None:

@@ -34,6 +34,7 @@ from daemon.exceptions import UsageError
 
 __all__ = [
     "COOKIE",
+    "ENV",
     "TOKEN_CHARS",
     "LoopbackHostMiddleware",
     "TokenMiddleware",
