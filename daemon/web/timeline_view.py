@@ -196,6 +196,7 @@ def layout(
     todo_base: str | None = "#todo-",
     phase_base: str | None = None,
     all_href: str | None = None,
+    max_drawn: int = MAX_DRAWN,
 ) -> Layout:
     """Coordinates and texts of one view (pure: no lock, no clock)."""
     slots, lanes = max(view.slots, 1), max(view.lanes, 1)
@@ -221,7 +222,7 @@ def layout(
     summary = ""
     bars: list[DrawnBar] = []
     runs: list[DrawnRun] = []
-    if view.phase is None and drawn > MAX_DRAWN:
+    if view.phase is None and drawn > max_drawn:
         summary = (
             f"{len(view.bars):,} agent attempts and {len(view.verify_runs):,} verify runs: "
             "too many to draw one by one; zoom to a phase to see each."
