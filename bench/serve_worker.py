@@ -1,0 +1,105 @@
+"""The two processes of ``bench.serve`` besides itself: the dashboard, and a daemon-like writer.
+
+``python -m bench.serve_worker serve ROOT DB`` folds the log (timed), binds a free loopback port and
+serves the real app with uvicorn; it prints one JSON line ``{"port", "fold_seconds", "events"}`` on
+stdout when it is about to serve, and stops on SIGTERM.
+
+``python -m bench.serve_worker write DB --phase P --todo N --seconds S`` appends the steps of a run
+going on (:func:`bench.serve_log.phase_stages`, new phases from ``P``, new todos from ``N``) one
+transaction each, as fast as it can, the way the daemon appends (durable ``EventLog.append_many``,
+the store's real clock) for ``S`` seconds, then prints ``{"appends", "events", "seconds", "phase",
+"todo"}`` (where the next writer goes on). Each stage is its own process so that the writer
+competes with the dashboard for the database and the cores as the daemon would, not for one GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+from bench.serve_log import BATCHES_PER_PHASE, SLOTS, phase_stages
+from store import EventLog
+
+
+def serve(root: Path, db: str) -> int:
+    import uvicorn  # only this mode needs the web stack
+
+    from daemon.web.app import create_app
+    from daemon.web.model import LiveModel
+
+    started = time.perf_counter()
+    model = LiveModel(root, db)
+    model.start()
+    fold = time.perf_counter() - started
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(model, start_model=False),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    print(json.dumps({"port": port, "fold_seconds": fold, "events": model.last_seq}), flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        model.stop()
+        sock.close()
+    return 0
+
+
+def write(db: str, *, phase: int, todo: int, seconds: float, seed: int) -> int:
+    rng = random.Random(seed)
+    per_phase = SLOTS * BATCHES_PER_PHASE
+    appends = events = 0
+    log = EventLog(db)
+    try:
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            # A stop between two stages leaves that phase unfinished: the next writer starts a new one
+            # (restarts=False: a stop between the daemon's stopping and attaching would not replay).
+            for _advance, stage in phase_stages(phase, todo, per_phase, rng, restarts=False):
+                log.append_many(stage)
+                appends += 1
+                events += sum(len(a.events) for a in stage)
+                if time.perf_counter() >= deadline:
+                    break
+            phase += 1
+            todo += per_phase
+        elapsed = time.perf_counter() - started
+    finally:
+        log.close()
+    result = {"appends": appends, "events": events, "seconds": elapsed, "phase": phase, "todo": todo}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_worker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("root", type=Path)
+    s.add_argument("db")
+    w = sub.add_parser("write")
+    w.add_argument("db")
+    w.add_argument("--phase", type=int, required=True)
+    w.add_argument("--todo", type=int, required=True)
+    w.add_argument("--seconds", type=float, required=True)
+    w.add_argument("--seed", type=int, default=16)
+    args = parser.parse_args(argv)
+    if args.mode == "serve":
+        return serve(args.root, args.db)
+    return write(args.db, phase=args.phase, todo=args.todo, seconds=args.seconds, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
