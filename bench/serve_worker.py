@@ -36,9 +36,11 @@ def serve(root: Path, db: str) -> int:
     model = LiveModel(root, db)
     model.start()
     fold = time.perf_counter() - started
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = socket.create_server(("127.0.0.1", 0))
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and create_server's is 0:
+    # without it, a keep-alive response written in two parts (headers, body) waits for the client's
+    # delayed ACK, 40 ms a request. Set on the listener, accepted sockets inherit it (Linux).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(model, start_model=False),
