@@ -8,8 +8,11 @@ stdout when it is about to serve, and stops on SIGTERM.
 going on (:func:`bench.serve_log.phase_stages`, new phases from ``P``, new todos from ``N``) one
 transaction each, as fast as it can, the way the daemon appends (durable ``EventLog.append_many``,
 the store's real clock) for ``S`` seconds, then prints ``{"appends", "events", "seconds", "phase",
-"todo"}`` (where the next writer goes on). Each stage is its own process so that the writer
-competes with the dashboard for the database and the cores as the daemon would, not for one GIL.
+"todo"}`` (where the next writer goes on) and the p50/p99 of one append's duration; ``--pace R``
+aims at R appends a second instead (a daemon's rate is a few a second; a paced writer shows what a
+reader costs each append, where one as fast as it can shows what it costs the machine). Each is a
+process of its own so that the writer competes with the dashboard for the database and the cores
+as the daemon would, not for one GIL.
 """
 
 from __future__ import annotations
@@ -58,10 +61,12 @@ def serve(root: Path, db: str) -> int:
     return 0
 
 
-def write(db: str, *, phase: int, todo: int, seconds: float, seed: int) -> int:
+def write(db: str, *, phase: int, todo: int, seconds: float, seed: int, pace: float = 0.0) -> int:
+    """``pace``: appends a second to aim at (0: as fast as it can); each append's duration is kept."""
     rng = random.Random(seed)
     per_phase = SLOTS * BATCHES_PER_PHASE
     appends = events = 0
+    took: list[float] = []
     log = EventLog(db)
     try:
         deadline = time.perf_counter() + seconds
@@ -70,7 +75,11 @@ def write(db: str, *, phase: int, todo: int, seconds: float, seed: int) -> int:
             # A stop between two stages leaves that phase unfinished: the next writer starts a new one
             # (restarts=False: a stop between the daemon's stopping and attaching would not replay).
             for _advance, stage in phase_stages(phase, todo, per_phase, rng, restarts=False):
+                if pace:
+                    time.sleep(max(0.0, started + appends / pace - time.perf_counter()))
+                began = time.perf_counter()
                 log.append_many(stage)
+                took.append(time.perf_counter() - began)
                 appends += 1
                 events += sum(len(a.events) for a in stage)
                 if time.perf_counter() >= deadline:
@@ -80,7 +89,17 @@ def write(db: str, *, phase: int, todo: int, seconds: float, seed: int) -> int:
         elapsed = time.perf_counter() - started
     finally:
         log.close()
-    result = {"appends": appends, "events": events, "seconds": elapsed, "phase": phase, "todo": todo}
+    took.sort()
+    p99 = took[max(0, -(-len(took) * 99 // 100) - 1)] if took else 0.0
+    result = {
+        "appends": appends,
+        "events": events,
+        "seconds": elapsed,
+        "phase": phase,
+        "todo": todo,
+        "append_p50_ms": took[len(took) // 2] * 1000 if took else 0.0,
+        "append_p99_ms": p99 * 1000,
+    }
     print(json.dumps(result), flush=True)
     return 0
 
@@ -97,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--todo", type=int, required=True)
     w.add_argument("--seconds", type=float, required=True)
     w.add_argument("--seed", type=int, default=16)
+    w.add_argument("--pace", type=float, default=0.0, help="appends a second (0: as fast as it can)")
     args = parser.parse_args(argv)
     if args.mode == "serve":
         return serve(args.root, args.db)
-    return write(args.db, phase=args.phase, todo=args.todo, seconds=args.seconds, seed=args.seed)
+    return write(
+        args.db, phase=args.phase, todo=args.todo, seconds=args.seconds, seed=args.seed, pace=args.pace
+    )
 
 
 if __name__ == "__main__":
