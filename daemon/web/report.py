@@ -20,27 +20,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from daemon.cli.control import status_data, verify_config
 from daemon.exceptions import UsageError
 from daemon.web import render
+from daemon.web.pagedata import _todo_row, run_context
 from daemon.web.timeline import Timeline
 from daemon.web.timeline_view import timeline_context
 from daemon.workspace import open_log
 from statemachine.economy import run_economy
-from statemachine.ids import id_key
+from statemachine.ids import id_order
 from statemachine.projection import Projection, replay
 
 __all__ = [
     "INLINE_SCRIPTS",
     "Report",
-    "anchor",
     "build_report",
     "check_target",
     "report_context",
@@ -53,7 +50,7 @@ __all__ = [
 INLINE_SCRIPTS = ("timeline.js",)
 
 # Server routes that have an anchor of their own in the report.
-_ANCHORS = {"run": "#run", "timeline": "#timeline"}
+_ANCHORS = {"run": "#", "timeline": "#timeline"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +61,9 @@ class Report:
     events: int
 
 
-def anchor(todo_id: str) -> str:
-    """The ``id`` of a todo's row in the report: its key (``007`` and ``7`` are one todo), quoted as
-    the timeline's bar links quote it."""
-    return "todo-" + quote(id_key(todo_id) if todo_id.isdigit() else todo_id, safe="")
-
-
 def static_url_for(name: str, /, **params: Any) -> str:
-    """``url_for`` for the report: a todo's page is its row in the file; other pages do not exist."""
-    if name == "todo":
-        return "#" + anchor(str(params["todo_id"]))
+    """``url_for`` for the report: the run and the timeline are sections of the file; other pages
+    (a todo's, its logs, the events, /static) do not exist in it."""
     if name in _ANCHORS:
         return _ANCHORS[name]
     # A template asked for a page the report cannot have (a log, the events page, /static).
@@ -84,23 +74,27 @@ def _inline_scripts() -> str:
     return "\n".join(render.static_text(name) for name in INLINE_SCRIPTS)
 
 
-def report_context(proj: Projection, timeline: Timeline, *, root: Path, now: datetime) -> dict[str, Any]:
-    """What ``report.html`` renders: the run (as ``status --json`` has it) and the whole timeline."""
-    economy = run_economy(proj, now=now)
-    status = status_data(proj, economy=economy, verify=verify_config(root))
-    ctx: dict[str, Any] = {
-        "static": True,
-        "url_for": static_url_for,
-        "last_seq": proj.last_seq,
-        "inline_css": render.static_text("style.css"),
-        "inline_js": _inline_scripts(),
-        "status": status,
-        "counts": Counter(todo["state"] for todo in status["todos"]),
-        "anchor": anchor,
-        "generated_at": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
-    }
-    # All phases, bars linking to their todo's row (the partial's defaults are the report's).
-    ctx.update(timeline_context(timeline, phase=None, now=now.timestamp()))
+def report_context(proj: Projection, timeline: Timeline, *, now: datetime, events: int) -> dict[str, Any]:
+    """What ``report.html`` renders: the run page's context (every todo listed) and the whole
+    timeline."""
+    ctx = run_context(proj, now)
+    if ctx["todos_more"]:
+        # The served page lists the first rows and counts the rest; an audit needs every todo.
+        economy = run_economy(proj, now=now)
+        keys = sorted(proj.todos, key=id_order)
+        ctx["todos"] = [_todo_row(proj, key, economy.todos[key].minutes) for key in keys]
+        ctx["todos_more"] = 0
+    ctx.update(
+        static=True,
+        url_for=static_url_for,
+        last_seq=proj.last_seq,
+        events=events,
+        inline_css=render.static_text("style.css"),
+        inline_js=_inline_scripts(),
+        generated_at=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+    # All phases. Bars are not links: a todo's page is not in the file (the run page shows its row).
+    ctx.update(timeline_context(timeline, phase=None, now=now.timestamp(), todo_base=None))
     return ctx
 
 
@@ -119,7 +113,7 @@ def build_report(root: Path, db: str | None = None, *, now: datetime | None = No
         log.close()
     moment = now or datetime.now(UTC)
     html = render.env.get_template("report.html").render(
-        report_context(proj, timeline, root=root, now=moment)
+        report_context(proj, timeline, now=moment, events=events)
     )
     return Report(html=html, events=events)
 
