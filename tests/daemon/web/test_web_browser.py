@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven by Playwright.
 
-The demo run is served by a real uvicorn server on a free loopback port (in a thread of the test
-process), and Chromium loads its pages as a person's browser would: the timeline's bars, a click
-through to a todo's page, a live update with no reload, and the offline ``report --html`` file.
+The demo run is served by a real uvicorn server on a free loopback port (``live_server.served``: the
+server ``batchd serve`` runs, in a thread of the test process), and Chromium loads its pages as a
+person's browser would: the timeline's bars, a click through to a todo's page, a live update with no
+reload, and the offline ``report --html`` file.
 
 Playwright drives the system's ``/usr/bin/chromium`` (``executable_path``): it never downloads a
 browser. Without Chromium the tests skip, except under ``BATCHD_REQUIRE_BROWSER=1`` (set by
@@ -16,21 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
+from live_server import Served, served
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from procs import batchd
 
-from daemon.web.app import create_app
-from daemon.web.model import LiveModel
 from daemon.workspace import open_log
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,7 +45,6 @@ CHROMIUM_ARGS = [
 ]
 LAUNCH_TIMEOUT_MS = 30_000
 STEP_TIMEOUT_MS = 10_000  # one navigation, click or wait; the live update is asked within 5 s
-SERVER_START_S = 30.0
 BAR = "rect.bar[data-todo][data-attempt]"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,42 +115,11 @@ def tab(browser: Browser) -> Iterator[Tab]:
 # -- the server -------------------------------------------------------------------------------
 
 
-class Served:
-    """``create_app(model)`` served by uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, model: LiveModel, *, start_model: bool) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            create_app(model, start_model=start_model), log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, name="test-uvicorn", daemon=True
-        )
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + SERVER_START_S
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn stopped while starting (see the captured log)"
-            assert time.monotonic() < deadline, f"uvicorn did not start within {SERVER_START_S} s"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def served_demo(demo_model: LiveModel) -> Iterator[Served]:
-    """The finished demo run's dashboard (the shared, already folded model)."""
-    with Served(demo_model, start_model=False) as served:
-        yield served
+def served_demo(demo_root: Path) -> Iterator[Served]:
+    """The finished demo run's dashboard, served as `batchd serve` serves it."""
+    with served(demo_root) as server:
+        yield server
 
 
 # -- what the log says ------------------------------------------------------------------------
@@ -218,9 +182,9 @@ def test_clicking_a_bar_opens_its_todo_page(served_demo: Served, tab: Tab, tmp_p
 def test_events_page_shows_a_new_event_without_reload(demo_copy: Path, tab: Tab) -> None:
     """An event appended to the log (here `batchd pause`) appears on the open events page within
     seconds, with no reload of the page."""
-    with Served(LiveModel(demo_copy), start_model=True) as served:
+    with served(demo_copy) as server:
         page = tab.page
-        page.goto(f"{served.url}/events")
+        page.goto(f"{server.url}/events")
         page.evaluate("window.__notReloaded = true")
         shown = int(page.locator("body").get_attribute("data-last-seq") or "0")
         done = batchd(demo_copy, "pause", "--no-wait", "--json")
