@@ -24,6 +24,7 @@ from daemon.exceptions import UsageError
 from daemon.service.lock import holder
 from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
+from statemachine.projection import Projection
 from statemachine.tables import TodoState
 from store import EventLog
 from store.exceptions import EXIT_FAILURES
@@ -63,8 +64,52 @@ def wait_option(fn: F) -> F:
     )(fn)
 
 
+Request = tuple[str, object]  # (what it is called in answers, e.g. "retry #0273"; its control event)
+
+ACTIONS = ("retry", "cancel", "pause", "resume", "push")
+TODO_ACTIONS = ("retry", "cancel")
+PAUSE_REASON = "requested with batchd pause"
+
+
+def build_request(
+    action: str, proj: Projection | None = None, todo_key: str = "", *, reason: str = PAUSE_REASON
+) -> Request:
+    """The request of one control ``action``, named as its answer shows it; retry and cancel name
+    the todo by its key and need the projection (for the id as its file writes it). The one place
+    the CLI and the dashboard make requests."""
+    if action in TODO_ACTIONS:
+        if proj is None or not todo_key:
+            raise UsageError(f"{action} needs a todo", hint=f"e.g. `batchd {action} 273`")
+        shown = proj.shown(todo_key)
+        if action == "retry":
+            return (f"retry #{shown}", ev.RetryRequested(todo_id=todo_key))
+        return (f"cancel #{shown}", ev.CancelRequested(todo_id=todo_key))
+    if action == "pause":
+        return ("pause", ev.PauseRequested(reason=reason))
+    if action == "resume":
+        return ("resume", ev.ResumeRequested())
+    if action == "push":
+        return ("push", ev.PushRequested())
+    raise UsageError(f"unknown control request {action!r}", hint=f"use one of {', '.join(ACTIONS)}")
+
+
+def record_requests(log: EventLog, root: Path, requests: Sequence[Request], *, wait: float) -> list[Answer]:
+    """Append the requests to ``log``'s ``control`` stream, then the running daemon's answer to each
+    (waiting up to ``wait`` seconds), or ``queued`` when no daemon runs to answer. Shared by the CLI
+    and ``batchd serve``'s buttons, so both record exactly the same requests."""
+    stored = log.append(ev.CONTROL_STREAM, [event for _, event in requests])
+    names = {s.seq: what for s, (what, _) in zip(stored, requests, strict=True)}
+    pid = holder(Workspace(root).lock_path)
+    if pid is None:
+        return [
+            Answer(what, seq, "queued", "no daemon is running; the next `batchd run` acts on it")
+            for seq, what in names.items()
+        ]
+    return await_answers(log, names, wait, pid)
+
+
 def send_requests(
-    repo: Path | None, db: str | None, requests: Sequence[tuple[str, object]], *, wait: float, as_json: bool
+    repo: Path | None, db: str | None, requests: Sequence[Request], *, wait: float, as_json: bool
 ) -> None:
     """Append the requests (``(what, event)``) to the ``control`` stream, then print the running
     daemon's answer to each (waiting up to ``wait`` seconds), or that no daemon runs to answer.
@@ -73,16 +118,7 @@ def send_requests(
     # A repository set up for batchd but never run yet may be paused (or resumed) ahead of time.
     log = open_log(root, db, must_exist=not (root / "batchd.toml").is_file())
     try:
-        stored = log.append(ev.CONTROL_STREAM, [event for _, event in requests])
-        names = {s.seq: what for s, (what, _) in zip(stored, requests, strict=True)}
-        pid = holder(Workspace(root).lock_path)
-        if pid is None:
-            answers = [
-                Answer(what, seq, "queued", "no daemon is running; the next `batchd run` acts on it")
-                for seq, what in names.items()
-            ]
-        else:
-            answers = await_answers(log, names, wait, pid)
+        answers = record_requests(log, root, requests, wait=wait)
     finally:
         log.close()
     for answer in answers:
@@ -154,7 +190,7 @@ def retry(
             return
     else:
         keys = list(dict.fromkeys(known_todo(proj, t) for t in todo_ids))
-    requests = [(f"retry #{proj.shown(k)}", ev.RetryRequested(todo_id=k)) for k in keys]
+    requests = [build_request("retry", proj, k) for k in keys]
     send_requests(repo, db, requests, wait=0 if no_wait else wait, as_json=as_json)
 
 
@@ -170,8 +206,9 @@ def cancel(
     """Cancel a todo (its agent is stopped if running; nothing of it is committed)."""
     _, proj = load_projection(repo, db)
     key = known_todo(proj, todo_id)
-    request = (f"cancel #{proj.shown(key)}", ev.CancelRequested(todo_id=key))
-    send_requests(repo, db, [request], wait=0 if no_wait else wait, as_json=as_json)
+    send_requests(
+        repo, db, [build_request("cancel", proj, key)], wait=0 if no_wait else wait, as_json=as_json
+    )
 
 
 @click.command()
@@ -179,11 +216,15 @@ def cancel(
 @db_option
 @json_option
 @wait_option
-@click.option("--reason", default="requested with batchd pause", help="Shown in batchd status.")
+@click.option("--reason", default=PAUSE_REASON, help="Shown in batchd status.")
 def pause(repo: Path | None, db: str | None, as_json: bool, wait: float, no_wait: bool, reason: str) -> None:
     """Start no new agent or batch until `batchd resume` (running agents finish)."""
     send_requests(
-        repo, db, [("pause", ev.PauseRequested(reason=reason))], wait=0 if no_wait else wait, as_json=as_json
+        repo,
+        db,
+        [build_request("pause", reason=reason)],
+        wait=0 if no_wait else wait,
+        as_json=as_json,
     )
 
 
@@ -194,7 +235,7 @@ def pause(repo: Path | None, db: str | None, as_json: bool, wait: float, no_wait
 @wait_option
 def resume(repo: Path | None, db: str | None, as_json: bool, wait: float, no_wait: bool) -> None:
     """Resume a paused run (and re-check a batch paused by a red baseline)."""
-    send_requests(repo, db, [("resume", ev.ResumeRequested())], wait=0 if no_wait else wait, as_json=as_json)
+    send_requests(repo, db, [build_request("resume")], wait=0 if no_wait else wait, as_json=as_json)
 
 
 @click.command("push")
@@ -204,7 +245,7 @@ def resume(repo: Path | None, db: str | None, as_json: bool, wait: float, no_wai
 @wait_option
 def push_command(repo: Path | None, db: str | None, as_json: bool, wait: float, no_wait: bool) -> None:
     """Push the last phase commit again, after its push failed (the remote was down, or refused)."""
-    send_requests(repo, db, [("push", ev.PushRequested())], wait=0 if no_wait else wait, as_json=as_json)
+    send_requests(repo, db, [build_request("push")], wait=0 if no_wait else wait, as_json=as_json)
 
 
 def register(cli: click.Group) -> None:

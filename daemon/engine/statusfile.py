@@ -8,6 +8,7 @@ follows the seed's columns exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from daemon.config import Config
 from daemon.engine.flaketext import MAX_ROWS, command_rates, percent, quarantined_rows, rate_text
@@ -312,22 +313,44 @@ def ids(values: Iterable[str], proj: Projection) -> str:
     return text or "—"
 
 
+class FailedRow(NamedTuple):
+    """One row of the Failed/Blocked table (the seed's columns), as plain text."""
+
+    todo_id: str  # as its file name writes it
+    description: str
+    reason: str
+    files_reverted: str
+    action: str
+
+
+def failed_rows(proj: Projection) -> list[FailedRow]:
+    """The Failed/Blocked table's rows, in id order: the status file's and the dashboard's."""
+    rows = []
+    for todo in sorted(
+        (t for t in proj.todos.values() if t.state in PROBLEM_STATES), key=lambda t: id_order(t.todo_id)
+    ):
+        shown = proj.shown(todo.todo_id)
+        rows.append(
+            FailedRow(
+                todo_id=shown,
+                description=todo.title or todo.path,
+                reason=f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state),
+                files_reverted=", ".join(todo.files_reverted) or "—",
+                action=todo.action or default_action(str(todo.state), shown),
+            )
+        )
+    return rows
+
+
 def failed_table(proj: Projection) -> list[str]:
     lines = ["## Failed/Blocked Todos", ""]
-    rows = [t for t in proj.todos.values() if t.state in PROBLEM_STATES]
+    rows = failed_rows(proj)
     if not rows:
         lines.extend(["None.", ""])
         return lines
     lines.append("| Todo ID | Description | Reason | Files Reverted | Action Needed |")
     lines.append("|---------|-------------|--------|----------------|---------------|")
-    for todo in sorted(rows, key=lambda t: id_order(t.todo_id)):
-        reverted = ", ".join(todo.files_reverted) or "—"
-        reason = f"{todo.state}: {todo.reason}" if todo.reason else str(todo.state)
-        shown = proj.shown(todo.todo_id)
-        lines.append(
-            f"| {cell(shown)} | {cell(todo.title or todo.path)} | {cell(reason)} | {cell(reverted)} "
-            f"| {cell(todo.action or default_action(str(todo.state), shown))} |"
-        )
+    lines.extend("| " + " | ".join(cell(value) for value in row) + " |" for row in rows)
     lines.append("")
     return lines
 

@@ -17,16 +17,23 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from daemon.web import metrics, pages, sse, timeline_view
-from daemon.web.auth import TokenMiddleware
+from daemon.web.auth import LoopbackHostMiddleware, TokenMiddleware, token_problem
 from daemon.web.model import LiveModel
 
 __all__ = ["create_app"]
 
 
-def create_app(model: LiveModel, *, token: str | None = None, start_model: bool = True) -> Starlette:
+def create_app(
+    model: LiveModel, *, token: str | None = None, start_model: bool = True, loopback: bool = True
+) -> Starlette:
     """The dashboard of ``model``'s log. ``token``: every request must carry it (see ``auth``).
     ``start_model``: start (and at shutdown stop) the model with the app; False when the caller
-    manages it (tests that fold a model once for many apps)."""
+    manages it (tests that fold a model once for many apps). ``loopback``: the server listens on a
+    loopback address, so only loopback names are accepted in the Host header (DNS rebinding)."""
+    if token:
+        problem = token_problem(token)
+        if problem is not None:
+            raise ValueError(problem)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -52,7 +59,10 @@ def create_app(model: LiveModel, *, token: str | None = None, start_model: bool 
         Route("/metrics", metrics.endpoint, name="metrics"),
         Mount("/static", StaticFiles(packages=[("daemon.web", "static")]), name="static"),
     ]
-    middleware = [Middleware(TokenMiddleware, token=token)] if token else []
+    # Outermost first: a request with a foreign Host is refused before its token is even looked at.
+    middleware = [Middleware(LoopbackHostMiddleware)] if loopback else []
+    if token:
+        middleware.append(Middleware(TokenMiddleware, token=token))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.model = model
     app.state.token = token

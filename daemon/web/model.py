@@ -14,6 +14,7 @@ it missed from :meth:`LiveModel.recent`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from daemon.workspace import open_log
 from statemachine.projection import Projection, replay
 from store import EventLog, StoredEvent
 
-__all__ = ["RECENT", "LiveModel"]
+__all__ = ["CLOSED", "RECENT", "LiveModel"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,12 +45,16 @@ class _Subscriber:
         self.pending = False  # a wake-up is on its way: a burst of events wakes it once
 
 
+CLOSED = -1  # what a subscriber's queue receives when the server stops: end the stream
+
+
 class LiveModel:
     """The projection and timeline of ``root``'s log (``db`` as ``--db`` takes it), live.
 
     ``start()`` folds what is in the log (the projection from its snapshot; the timeline and
     :attr:`metrics` from the start) and starts the follower; ``stop()`` ends it. Read
     :attr:`projection`, :attr:`timeline` and :attr:`metrics` only while holding :attr:`lock`.
+    :attr:`error` says why the follower stopped, when it did (the pages then show the last state).
     """
 
     def __init__(
@@ -68,9 +73,18 @@ class LiveModel:
         self.timeline = Timeline()
         self.metrics = MetricsFold()
         self.last_seq = 0
+        self.error: str | None = None
         self._progress = progress
         self._recent: deque[StoredEvent] = deque(maxlen=RECENT)
+        # Every event after this seq is in _recent: the seq the follower started from, then the seq
+        # of the last event pushed out. (Not "the first kept seq - 1": seqs may have gaps, e.g. a
+        # PostgreSQL sequence skips the numbers of rolled-back appends.)
+        self._recent_floor = 0
+        # Subscribers are added and removed on the event loop and woken from the follower thread:
+        # a lock of their own, so neither ever waits for a page holding the model's lock.
+        self._sub_lock = threading.Lock()
         self._subscribers: set[_Subscriber] = set()
+        self._closed = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._log: EventLog | None = None
@@ -78,23 +92,36 @@ class LiveModel:
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Fold the log as it is now, then follow it in a thread of its own."""
+        """Fold the log as it is now, then follow it in a thread of its own.
+
+        An exception from ``progress`` (a stop asked for during a long fold) ends the fold and
+        propagates; nothing is left open."""
         self._log = open_log(self.root, self.db)
-        with self.lock:
-            self.projection = replay(self._log)
-            for n, event in enumerate(self._log.read(since=0), 1):
-                self.timeline.apply(event)
-                self.metrics.apply(event)
-                if self._progress is not None and n % 10_000 == 0:
-                    self._progress(n)
-            self.last_seq = self.projection.last_seq
+        try:
+            with self.lock:
+                self.projection = replay(self._log)
+                self.last_seq = self.projection.last_seq
+                # Up to the projection's seq exactly: an event appended while the snapshot was
+                # folded is left to the follower, which applies it to all three once.
+                for n, event in enumerate(self._log.read(since=0, until=self.last_seq), 1):
+                    self.timeline.apply(event)
+                    self.metrics.apply(event)
+                    if self._progress is not None and n % 10_000 == 0:
+                        self._progress(n)
+                self._recent_floor = self.last_seq
+        except BaseException:
+            self._log.close()
+            self._log = None
+            raise
         self._thread = threading.Thread(target=self._follow, name="batchd-serve-follow", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self.close_streams()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            self._thread = None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -117,39 +144,66 @@ class LiveModel:
                     self.projection.apply(event)
                     self.timeline.apply(event)
                     self.metrics.apply(event)
+                    if len(self._recent) == self._recent.maxlen:
+                        self._recent_floor = self._recent[0].seq
                     self._recent.append(event)
                     self.last_seq = event.seq
                 self._wake(event.seq)
-        except Exception:
-            # The page keeps showing the last state it knew; the log says why it stopped moving.
+        except Exception as e:
+            # The page keeps showing the last state it knew; the log and the SSE clients say why
+            # it stopped moving (an edited or corrupted log, a database gone away).
+            self.error = f"the dashboard stopped following the log after event {self.last_seq}: {e}"
             log.exception("serve_follow_failed", last_seq=self.last_seq)
+            self._wake(self.last_seq)
 
     def _wake(self, seq: int) -> None:
-        for sub in list(self._subscribers):
+        with self._sub_lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
             if sub.pending:
                 continue
             sub.pending = True
             try:
                 sub.loop.call_soon_threadsafe(self._deliver, sub, seq)
             except RuntimeError:  # its loop is closed: the client is gone
-                self._subscribers.discard(sub)
+                with self._sub_lock:
+                    self._subscribers.discard(sub)
 
     def _deliver(self, sub: _Subscriber, seq: int) -> None:
         sub.pending = False
-        if sub.queue.full():
-            sub.queue.get_nowait()
-        sub.queue.put_nowait(max(seq, self.last_seq))
+        _put_newest(sub.queue, CLOSED if self._closed else max(seq, self.last_seq))
 
     # -- subscribers (SSE) -----------------------------------------------------------------------
 
     def subscribe(self) -> asyncio.Queue[int]:
-        """A queue (call from the event loop) that receives the newest seq after new events."""
+        """A queue (call from the event loop) that receives the newest seq after new events, or
+        :data:`CLOSED` (-1) when the server stops (the stream should end)."""
         sub = _Subscriber(asyncio.get_running_loop())
-        self._subscribers.add(sub)
+        with self._sub_lock:
+            self._subscribers.add(sub)
+            closed = self._closed
+        if closed:
+            sub.queue.put_nowait(CLOSED)
         return sub.queue
 
     def unsubscribe(self, queue: asyncio.Queue[int]) -> None:
-        self._subscribers = {s for s in self._subscribers if s.queue is not queue}
+        with self._sub_lock:
+            self._subscribers = {s for s in self._subscribers if s.queue is not queue}
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._sub_lock:
+            return len(self._subscribers)
+
+    def close_streams(self) -> None:
+        """Tell every subscriber, now and later, to end its stream (the server is stopping: an open
+        SSE response would keep uvicorn waiting for it). Callable from any thread."""
+        with self._sub_lock:
+            self._closed = True
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nothing waits on it
+                sub.loop.call_soon_threadsafe(_put_newest, sub.queue, CLOSED)
 
     def recent(self, since: int) -> list[StoredEvent] | None:
         """The events after ``since`` that were followed, or None when they are no longer all kept
@@ -157,6 +211,13 @@ class LiveModel:
         with self.lock:
             if since >= self.last_seq:
                 return []
-            if not self._recent or self._recent[0].seq > since + 1:
+            if since < self._recent_floor:
                 return None
             return [e for e in self._recent if e.seq > since]
+
+
+def _put_newest(queue: asyncio.Queue[int], value: int) -> None:
+    """Replace what the one-slot queue holds by ``value`` (the newest seq; CLOSED stays)."""
+    if queue.full() and queue.get_nowait() == CLOSED:
+        value = CLOSED
+    queue.put_nowait(value)

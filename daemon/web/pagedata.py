@@ -1,0 +1,219 @@
+"""What the run, Failed/Blocked and event pages show, computed from the projection and the log.
+
+Plain functions of a :class:`~statemachine.projection.Projection` (read under the model's lock by the
+caller) or of an :class:`~store.EventLog`, returning template contexts of plain values: the
+templates only lay them out, and ``batchd report --html`` can build the same run page from a
+projection of its own. The wording is the CLI's and the status file's (``verdict_line``,
+``phase_result``, ``failed_rows``, ``describe_event``, the economy texts), never a second copy.
+
+A run of 100,000 todos stays cheap to show: the run page counts todos by state and lists at most
+:data:`TODO_ROWS` of them (one state at a time, by the counts' links), and the event page reads the
+log backwards in windows of sequence numbers, never the whole log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.cli.control import elapsed_since, run_detail, verdict_data
+from daemon.cli.view import NOTABLE, describe_event
+from daemon.engine.statusfile import failed_rows, phase_result, review_items, verdict_line
+from statemachine.economy import budget_text, clock, cost_text, minutes_text, ratio_text, run_economy
+from statemachine.ids import id_order
+from statemachine.projection import Projection
+from statemachine.tables import TodoState
+from store import EventLog, StoredEvent
+
+__all__ = [
+    "EVENTS_LIMIT",
+    "EVENTS_MAX",
+    "TODO_ROWS",
+    "EventRow",
+    "EventsQuery",
+    "event_row",
+    "events_window",
+    "failed_context",
+    "run_context",
+]
+
+TODO_ROWS = 500  # todos listed on the run page; the rest are counted (and listed per state)
+EVENTS_LIMIT = 100  # events per page of the event stream
+EVENTS_MAX = 1000
+# The states in the order a person reads a run: at work, then done, then what went wrong.
+STATE_ORDER = tuple(TodoState)
+
+
+def run_context(proj: Projection, now: datetime, *, state: str | None = None) -> dict[str, Any]:
+    """The run page: state, verdict, phases (commits, pushes), todo counts, agent time, running agents."""
+    run = proj.run
+    economy = run_economy(proj, now=now)
+    counts = Counter(str(t.state) for t in proj.todos.values())
+    listed = [t for t in proj.todos.values() if state is None or t.state == state]
+    listed.sort(key=lambda t: id_order(t.todo_id))
+    running = proj.todos_in(TodoState.RUNNING)
+    verdict = run.verdict
+    return {
+        "run": {
+            "id": run.run_id,
+            "state": str(run.state),
+            "paused": run.paused,
+            "branch": run.branch,
+            "base_sha": run.base_sha,
+            "started_at": run.started_at,
+            "pid": run.pid,
+            "detail": run_detail(proj),
+            "sandbox": run.sandbox,
+            "remote_url": run.remote_url,
+            "budget": budget_text(run.budget, run.budget_detail),
+            "request_url": run.request_url,
+        },
+        "verdict": verdict_data(proj),
+        "verdict_text": verdict_line(verdict, proj) if verdict is not None else "",
+        "phases": [
+            {
+                "number": p.number,
+                "title": p.title,
+                "state": str(p.state),
+                "final": p.final,
+                "batches": list(p.batches),
+                "commits": list(p.commits) or ([p.head_sha] if p.head_sha else []),
+                "head": p.head_sha,
+                "pushed": p.pushed_sha,
+                "push_failed": p.push_failed_reason,
+                "result": phase_result(p),
+            }
+            for p in sorted(proj.phases.values(), key=lambda p: (p.final, p.number))
+        ],
+        "counts": [(s, counts[s]) for s in STATE_ORDER if counts[s]]
+        + [(s, n) for s, n in sorted(counts.items()) if s not in STATE_ORDER],
+        "total": len(proj.todos),
+        "state_filter": state,
+        "todos": [_todo_row(proj, t.todo_id, economy.todos[t.todo_id].minutes) for t in listed[:TODO_ROWS]],
+        "todos_more": max(0, len(listed) - TODO_ROWS),
+        "running": [
+            {
+                "id": proj.shown(t.todo_id),
+                "title": t.title,
+                "attempt": t.attempt,
+                "batch": t.batch,
+                "pid": t.pid,
+                "elapsed": clock(elapsed_since(t.agent_started_at)),
+            }
+            for t in running
+        ],
+        "economy": {
+            "minutes": minutes_text(economy.minutes),
+            "useful": minutes_text(economy.useful_minutes),
+            "failed": minutes_text(economy.failed_minutes),
+            "wasted": minutes_text(economy.wasted_minutes),
+            "pending": minutes_text(economy.pending_minutes) if economy.pending_minutes > 0 else "",
+            "attempts": dict(economy.attempts),
+            "waste_ratio": ratio_text(economy.waste_ratio),
+            "cost": cost_text(economy.cost_usd, economy.simulated),
+        },
+        "review": [(proj.shown(t), n, what) for t, n, what in review_items(proj)[:TODO_ROWS]],
+    }
+
+
+def _todo_row(proj: Projection, key: str, minutes: float) -> dict[str, Any]:
+    todo = proj.todos[key]
+    return {
+        "id": proj.shown(key),
+        "state": str(todo.state),
+        "title": todo.title or todo.path,
+        "attempt": todo.attempt,
+        "batch": todo.batch,
+        "phase": todo.phase,
+        "minutes": minutes_text(minutes) if minutes > 0 else "",
+        "reason": todo.reason,
+    }
+
+
+def failed_context(proj: Projection) -> dict[str, Any]:
+    """The Failed/Blocked table, row for row the status file's."""
+    return {"rows": failed_rows(proj)}
+
+
+# -- the event stream --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventsQuery:
+    """The event page's filters: one stream, a type prefix (``todo.`` or ``todo.rejected``), and
+    a page of ``limit`` events before seq ``before`` (None: the newest)."""
+
+    stream: str = ""
+    type: str = ""
+    before: int | None = None
+    limit: int = EVENTS_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    seq: int
+    recorded_at: str
+    stream: str
+    todo_id: str  # the todo whose stream it is, as its file writes the id ("" for other streams)
+    type: str
+    summary: str
+    payload: str  # indented JSON
+
+
+def events_window(log: EventLog, query: EventsQuery) -> tuple[list[StoredEvent], int | None]:
+    """The page of events ``query`` asks for, newest first, and the ``before`` of the next (older)
+    page (None: this is the last).
+
+    The store reads forwards; a page is found by reading windows of sequence numbers backwards from
+    ``before``, each twice the last, until ``limit`` events match: a page of the newest events of a
+    busy log costs one small window, a rare type costs a few more, and no read loads the whole log."""
+    top = (query.before if query.before is not None else log.last_seq() + 1) - 1
+    found: list[StoredEvent] = []
+    window = max(query.limit * 2, 64)
+    stream = query.stream or None
+    while top > 0 and len(found) <= query.limit:
+        low = max(0, top - window)
+        chunk = [
+            e
+            for e in log.read(since=low, until=top, stream=stream)
+            if not query.type or e.type.startswith(query.type)
+        ]
+        found.extend(reversed(chunk))
+        top = low
+        window *= 2
+    page = found[: query.limit]
+    return page, (page[-1].seq if len(found) > query.limit else None)
+
+
+def event_row(proj: Projection, event: StoredEvent) -> EventRow:
+    """One row of the event page: the event's headline as the live view words it, else its fields."""
+    key = event.stream.removeprefix("todo-") if event.stream.startswith("todo-") else ""
+    summary = describe_event(proj, event.type, event.payload) if event.type in NOTABLE else None
+    return EventRow(
+        seq=event.seq,
+        recorded_at=event.recorded_at,
+        stream=event.stream,
+        todo_id=proj.shown(key) if key else "",
+        type=event.type,
+        summary=summary or _fields(event.payload),
+        payload=json.dumps(event.payload, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+# The fields that say what an event was about, in the order they are shown; the rest is in its JSON.
+_SUMMARY_FIELDS = ("attempt", "batch", "key", "number", "reason", "detail", "outcome", "by")
+_SHA_FIELDS = ("commit", "sha", "head_sha")
+
+
+def _fields(payload: dict[str, Any]) -> str:
+    parts = []
+    for name in _SUMMARY_FIELDS:
+        value = payload.get(name)
+        if value not in (None, "", [], {}):
+            text = str(value).replace("\n", " ")
+            parts.append(f"{name} {text[:80] + '…' if len(text) > 80 else text}")
+    parts.extend(f"{name} {str(payload[name])[:10]}" for name in _SHA_FIELDS if payload.get(name))
+    return ", ".join(parts)

@@ -1,0 +1,95 @@
+"""``batchd serve`` as a person runs it: a real subprocess on the demo run's log."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from live_server import SSEClient, serve_env, serve_process
+
+from daemon.exceptions import UsageError
+from daemon.web.server import bind_socket
+
+
+def batchd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else serve_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_names_every_option() -> None:
+    """`batchd serve --help` documents the address, the port, the token and its variable."""
+    done = batchd("serve", "--help")
+    assert done.returncode == 0
+    for option in ("--host", "--port", "--token", "BATCHD_TOKEN", "-C", "--db", "--access-log", "--json"):
+        assert option in done.stdout
+
+
+def test_prints_its_address_and_the_log(demo_root: Path) -> None:
+    """The first line says where to point the browser, which log it serves and how long it is."""
+    with serve_process(["-C", str(demo_root), "--port", "0"]) as served:
+        line = served.first_line
+        assert line.startswith(f"batchd serve: http://127.0.0.1:{served.port}/ (log: ")
+        assert "events)" in line
+        assert served.stop(signal.SIGTERM) == 0
+
+
+def test_json_prints_the_address_for_scripts(demo_root: Path) -> None:
+    """`--json`: one JSON line a script reads the port from."""
+    with serve_process(["-C", str(demo_root), "--port", "0", "--json"]) as served:
+        data = json.loads(served.first_line)
+        assert data["url"] == f"http://127.0.0.1:{data['port']}/"
+        assert data["events"] > 0
+        assert served.stop(signal.SIGTERM) == 0
+
+
+def test_port_in_use_is_a_usage_error(demo_root: Path) -> None:
+    """A port another program holds: exit 2 with what to do, not a traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        done = batchd("serve", "-C", str(demo_root), "--port", str(port))
+    assert done.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr
+    assert "--port 0" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bind_socket_port_in_use_raises_usage_error() -> None:
+    """The same rule in-process: UsageError (exit 2)."""
+    with socket.create_server(("127.0.0.1", 0)) as holder, pytest.raises(UsageError) as caught:
+        bind_socket("127.0.0.1", holder.getsockname()[1])
+    assert caught.value.exit_code == 2
+
+
+def test_unknown_host_is_a_usage_error(demo_root: Path) -> None:
+    """A --host that is no address: exit 2, naming it."""
+    done = batchd("serve", "-C", str(demo_root), "--host", "no-such-host.invalid", "--port", "0")
+    assert done.returncode == 2
+    assert "no-such-host.invalid" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_a_stream_open(demo_root: Path, signum: int) -> None:
+    """SIGTERM (systemd) or Ctrl-C with a browser's event stream connected: the stream ends, exit 0."""
+    with serve_process(["-C", str(demo_root), "--port", "0"]) as served:
+        client = SSEClient(served.port, "/api/stream")
+        try:
+            assert client.status == 200
+            assert served.stop(signum) == 0
+            client.wait_end()
+        finally:
+            client.close()
+        _, err = served.proc.communicate(timeout=30)
+    assert client.ended_cleanly
+    assert f"stopped ({signal.Signals(signum).name})" in err
+    assert "Traceback" not in err
