@@ -245,5 +245,5 @@ def test_serve_on_every_address_with_token_guards_every_request(demo_root: Path)
         assert "HttpOnly" in cookie
         assert get(port, ASSET, {"Cookie": cookie.split(";")[0]}).status == 200
         assert served.stop(signal.SIGTERM) == 0
-        out, err = served.proc.communicate(timeout=30)
+        out, err = served.rest_of_stdout(), served.stderr()
     assert TOKEN not in served.first_line + out + err
