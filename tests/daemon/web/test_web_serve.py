@@ -124,3 +124,32 @@ def test_clients_hanging_up_mid_burst_do_not_flood_the_log(demo_copy: Path) -> N
         err = served.stderr()
     assert "socket.send() raised exception" not in err
     assert "Traceback" not in err
+
+
+def test_sigterm_during_the_fold_exits_0(demo_copy: Path) -> None:
+    """A stop asked for while a long log is still being folded (systemd stopping the unit) is a
+    clean exit 0, whether it lands in the fold or just after."""
+    with EventLog(demo_copy / ".batchd" / "events.db") as log:
+        log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason=f"r{n}") for n in range(40_000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "-C", str(demo_copy), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=serve_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "folding the log" in first
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert "stopped" in rest
+    assert "Traceback" not in rest
