@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "serve"]
 
 MIN_TOKEN = 16  # characters: a short token over HTTP is guessed by trying
-GRACEFUL_SHUTDOWN = 5.0  # seconds uvicorn waits for a page still being sent before it cancels it
+GRACEFUL_SHUTDOWN = 5  # seconds uvicorn waits for a page still being sent before it cancels it
 
 
 def _url(host: str, port: int) -> str:
@@ -144,7 +144,7 @@ def _serve(
         log_level="warning",
         access_log=access_log,
         lifespan="on",
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         server_header=False,
     )
     server = DashboardServer(config, model)

@@ -26,7 +26,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -197,21 +197,25 @@ class TokenMiddleware:
         if self._matches(_bearer(scope)) or self._matches(_cookie(scope)):
             await self.app(scope, receive, send)
             return
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        given = [v for k, v in query if k == "token"]
+        # The query's parts kept raw (the redirect gives the others back as they came); the token's
+        # value percent-decoded but with "+" kept as "+" (a token may hold one).
+        parts = [p for p in bytes(scope.get("query_string", b"")).split(b"&") if p]
+        given = [unquote_to_bytes(p[6:]) for p in parts if p.startswith(b"token=")]
+        rest = [p for p in parts if not p.startswith(b"token=") and p != b"token"]
         if (
             scope["type"] == "http"
             and scope["method"] in ("GET", "HEAD")
             and len(given) == 1
-            and self._matches(given[0].encode("utf-8"))
+            and self._matches(given[0])
         ):
-            await self._set_cookie(scope, send, [(k, v) for k, v in query if k != "token"])
+            await self._set_cookie(scope, send, rest)
             return
         await _refuse(scope, send, 401, _UNAUTHORIZED, [(b"www-authenticate", b'Bearer realm="batchd"')])
 
-    async def _set_cookie(self, scope: Scope, send: Send, rest: list[tuple[str, str]]) -> None:
+    async def _set_cookie(self, scope: Scope, send: Send, rest: list[bytes]) -> None:
         """303 to the same address without the token, setting the cookie that carries it from now on."""
-        location = _same_origin_path(scope) + (f"?{urlencode(rest)}" if rest else "")
+        query = b"&".join(rest).decode("latin-1")
+        location = _same_origin_path(scope) + (f"?{query}" if query else "")
         # The token's characters are all cookie-safe (checked in __init__): it is written as is.
         cookie = COOKIE.encode() + b"=" + self._token + b"; HttpOnly; SameSite=Strict; Path=/"
         headers = [

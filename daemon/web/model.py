@@ -8,7 +8,11 @@ shares this one fold, so a hundred open tabs cost the daemon one reader, not a h
 
 Subscribers (the SSE streams) are asyncio queues: the thread wakes each one with the newest seq,
 coalesced, so a burst of a thousand events is one wake-up per subscriber, and the subscriber reads what
-it missed from :meth:`LiveModel.recent`.
+it missed from :meth:`LiveModel.recent`. They have a lock of their own, so adding one on the event
+loop never waits for a page that holds the model's lock. :meth:`LiveModel.close_streams` (the server
+stopping) puts :data:`CLOSED` in every queue, present and future: an SSE stream never ends by itself,
+and uvicorn would wait for it. When the follower fails (a log edited by hand, a database gone),
+:attr:`LiveModel.error` says why and every subscriber is woken to tell its page.
 """
 
 from __future__ import annotations

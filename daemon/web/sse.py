@@ -67,7 +67,7 @@ def _since(request: Request, model: LiveModel) -> int:
     return value
 
 
-async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent]:
+async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent | bytes]:
     # Subscribed before the first read: an event appended in between wakes the queue, not lost.
     queue = model.subscribe()
     try:
@@ -79,9 +79,10 @@ async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent
             if batch is None:
                 yield ServerSentEvent(data=json.dumps({"since": seq}), event="reload")
                 return
-            for event_seq, data in batch:
-                yield ServerSentEvent(data=data, event="log", id=str(event_seq))
-                seq = event_seq
+            chunk, newest = batch
+            if chunk:
+                yield chunk
+                seq = newest
             if model.error is not None and not told_error:
                 told_error = True
                 yield ServerSentEvent(data=json.dumps({"error": model.error}), event="stale")
@@ -91,15 +92,23 @@ async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent
         model.unsubscribe(queue)
 
 
-def _batch(model: LiveModel, since: int) -> list[tuple[int, str]] | None:
-    """The ``log`` events' (seq, JSON data) after ``since``, or None when the client must reload."""
+def _batch(model: LiveModel, since: int) -> tuple[bytes, int] | None:
+    """The ``log`` events after ``since``, encoded as one chunk, and the newest seq in it; or None
+    when the client must reload.
+
+    One chunk per wake-up, not one send per event: a burst of a thousand events is one write, and a
+    client that hung up mid-burst costs one failed write, not a thousand (each of which asyncio
+    would log)."""
     with model.lock:
         if since > model.last_seq:
             return None  # a seq this log never reached: the page is from another log
         events = model.recent(since)
         if events is None:
             return None
-        return [(e.seq, _data(model, e)) for e in events]
+        chunk = b"".join(
+            ServerSentEvent(data=_data(model, e), event="log", id=str(e.seq)).encode() for e in events
+        )
+        return chunk, events[-1].seq if events else since
 
 
 def _data(model: LiveModel, event: StoredEvent) -> str:

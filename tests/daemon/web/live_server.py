@@ -195,6 +195,31 @@ def serve_env(**extra: str) -> dict[str, str]:
 class ServeProcess:
     proc: subprocess.Popen[str]
     first_line: str
+    stderr_lines: list[str] = field(default_factory=list)
+    _drain: threading.Thread | None = None
+
+    def start_draining(self) -> None:
+        """Read stderr as it comes: a full pipe would block the server on its next log line."""
+        assert self.proc.stderr is not None
+        pipe = self.proc.stderr
+
+        def drain() -> None:
+            for line in pipe:
+                self.stderr_lines.append(line)
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+
+    def rest_of_stdout(self) -> str:
+        """What the process printed after its first line (call once it exited)."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read()
+
+    def stderr(self) -> str:
+        """Everything the process wrote on stderr (call once it exited)."""
+        if self._drain is not None:
+            self._drain.join(DEADLINE)
+        return "".join(self.stderr_lines)
 
     @property
     def port(self) -> int:
@@ -225,7 +250,9 @@ def serve_process(args: list[str], env: dict[str, str] | None = None) -> Iterato
         if not line:
             _, err = proc.communicate(timeout=DEADLINE)
             raise AssertionError(f"batchd serve exited {proc.returncode} before serving:\n{err}")
-        yield ServeProcess(proc, line.strip())
+        served = ServeProcess(proc, line.strip())
+        served.start_draining()
+        yield served
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -126,6 +126,16 @@ def test_query_token_redirects_without_it_and_sets_the_cookie(guarded: TestClien
     assert followed.status_code == 200
 
 
+def test_query_token_may_hold_a_plus_and_be_percent_encoded(demo_model: LiveModel) -> None:
+    """A token with "+" works as typed in the address, and percent-encoded too."""
+    token = "a+b-0123456789abcdef"
+    app = create_app(demo_model, token=token, start_model=False, loopback=False)
+    with TestClient(app, base_url="http://192.0.2.10:8765", follow_redirects=False) as client:
+        for query, status in [("a+b", 303), ("a%2Bb", 303), ("a%20b", 401)]:
+            client.cookies.clear()  # each one on its own, not let through by the last one's cookie
+            assert client.get(f"{ASSET}?token={query}-0123456789abcdef").status_code == status, query
+
+
 def test_wrong_query_token_is_401(guarded: TestClient) -> None:
     """A wrong `?token=` sets nothing."""
     response = guarded.get(f"{ASSET}?token=nope")
@@ -245,5 +255,5 @@ def test_serve_on_every_address_with_token_guards_every_request(demo_root: Path)
         assert "HttpOnly" in cookie
         assert get(port, ASSET, {"Cookie": cookie.split(";")[0]}).status == 200
         assert served.stop(signal.SIGTERM) == 0
-        out, err = served.proc.communicate(timeout=30)
+        out, err = served.rest_of_stdout(), served.stderr()
     assert TOKEN not in served.first_line + out + err

@@ -14,6 +14,8 @@ from live_server import SSEClient, serve_env, serve_process
 
 from daemon.exceptions import UsageError
 from daemon.web.server import bind_socket
+from statemachine import events as ev
+from store import EventLog
 
 
 def batchd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,7 +91,65 @@ def test_signal_stops_cleanly_with_a_stream_open(demo_root: Path, signum: int) -
             client.wait_end()
         finally:
             client.close()
-        _, err = served.proc.communicate(timeout=30)
+        err = served.stderr()
     assert client.ended_cleanly
     assert f"stopped ({signal.Signals(signum).name})" in err
     assert "Traceback" not in err
+
+
+def test_long_log_shows_fold_progress(demo_copy: Path) -> None:
+    """On a long log the fold reports its progress on stderr, and stdout stays one line for scripts."""
+    with EventLog(demo_copy / ".batchd" / "events.db") as log:
+        log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason=f"r{n}") for n in range(12_000)])
+    with serve_process(["-C", str(demo_copy), "--port", "0"]) as served:
+        assert served.stop(signal.SIGTERM) == 0
+        out, err = served.rest_of_stdout(), served.stderr()
+    assert "batchd serve: folding the log: 10,000 events" in err
+    assert out == ""  # nothing after the address line
+    assert "12," in served.first_line
+
+
+def test_clients_hanging_up_mid_burst_do_not_flood_the_log(demo_copy: Path) -> None:
+    """Pages that close while a burst of events streams to them cost no flood of errors on stderr
+    (a journal), and the server still stops at once."""
+    with serve_process(["-C", str(demo_copy), "--port", "0"]) as served:
+        with EventLog(demo_copy / ".batchd" / "events.db") as log:
+            start = log.last_seq()
+            clients = [SSEClient(served.port, f"/api/stream?since={start}") for _ in range(10)]
+            for _ in range(4):
+                log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason="r" * 200) for _ in range(1500)])
+        for client in clients:
+            client.close()
+        assert served.stop(signal.SIGTERM) == 0
+        err = served.stderr()
+    assert "socket.send() raised exception" not in err
+    assert "Traceback" not in err
+
+
+def test_sigterm_during_the_fold_exits_0(demo_copy: Path) -> None:
+    """A stop asked for while a long log is still being folded (systemd stopping the unit) is a
+    clean exit 0, whether it lands in the fold or just after."""
+    with EventLog(demo_copy / ".batchd" / "events.db") as log:
+        log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason=f"r{n}") for n in range(40_000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "serve", "-C", str(demo_copy), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=serve_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert "folding the log" in first
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert "stopped" in rest
+    assert "Traceback" not in rest
