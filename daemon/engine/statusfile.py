@@ -358,7 +358,9 @@ def failed_table(proj: Projection) -> list[str]:
 def review_items(proj: Projection) -> list[tuple[str, int, str]]:
     """(todo id, attempt, what) for each thing a person should look at in the latest attempts."""
     items: list[tuple[str, int, str]] = []
-    for todo in sorted(proj.todos.values(), key=lambda t: id_order(t.todo_id)):
+    # Only the todos with something to review are sorted: a run of 100,000 todos has a handful.
+    noted = (t for t in proj.todos.values() if t.review or t.dropped or t.warnings)
+    for todo in sorted(noted, key=lambda t: id_order(t.todo_id)):
         if todo.review:
             items.append((todo.todo_id, todo.attempt, todo.review))
         items.extend((todo.todo_id, todo.attempt, f"dropped from its change: {d}") for d in todo.dropped)

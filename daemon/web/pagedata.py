@@ -13,7 +13,9 @@ log backwards in windows of sequence numbers, never the whole log.
 
 from __future__ import annotations
 
+import heapq
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +24,15 @@ from typing import Any
 from daemon.cli.control import elapsed_since, run_detail, verdict_data
 from daemon.cli.view import NOTABLE, describe_event
 from daemon.engine.statusfile import failed_rows, phase_result, review_items, verdict_line
-from statemachine.economy import budget_text, clock, cost_text, minutes_text, ratio_text, run_economy
+from statemachine.economy import (
+    RunEconomy,
+    budget_text,
+    clock,
+    cost_text,
+    minutes_text,
+    ratio_text,
+    run_economy,
+)
 from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
@@ -40,9 +50,10 @@ __all__ = [
     "run_context",
 ]
 
-TODO_ROWS = 500  # todos listed on the run page; the rest are counted (and listed per state)
+TODO_ROWS = 200  # todos listed on the run page; the rest are counted (and listed per state)
 EVENTS_LIMIT = 100  # events per page of the event stream
 EVENTS_MAX = 1000
+SCAN_MAX = 50_000  # events one page reads at most: a rare type is searched for page by page
 # The states in the order a person reads a run: at work, then done, then what went wrong.
 STATE_ORDER = tuple(TodoState)
 
@@ -50,10 +61,10 @@ STATE_ORDER = tuple(TodoState)
 def run_context(proj: Projection, now: datetime, *, state: str | None = None) -> dict[str, Any]:
     """The run page: state, verdict, phases (commits, pushes), todo counts, agent time, running agents."""
     run = proj.run
-    economy = run_economy(proj, now=now)
+    economy = economy_of(proj, now)
     counts = Counter(str(t.state) for t in proj.todos.values())
-    listed = [t for t in proj.todos.values() if state is None or t.state == state]
-    listed.sort(key=lambda t: id_order(t.todo_id))
+    wanted = [t for t in proj.todos.values() if state is None or t.state == state]
+    listed = heapq.nsmallest(TODO_ROWS, wanted, key=lambda t: id_order(t.todo_id))
     running = proj.todos_in(TodoState.RUNNING)
     verdict = run.verdict
     return {
@@ -92,8 +103,8 @@ def run_context(proj: Projection, now: datetime, *, state: str | None = None) ->
         + [(s, n) for s, n in sorted(counts.items()) if s not in STATE_ORDER],
         "total": len(proj.todos),
         "state_filter": state,
-        "todos": [_todo_row(proj, t.todo_id, economy.todos[t.todo_id].minutes) for t in listed[:TODO_ROWS]],
-        "todos_more": max(0, len(listed) - TODO_ROWS),
+        "todos": [_todo_row(proj, t.todo_id, economy.todos[t.todo_id].minutes) for t in listed],
+        "todos_more": len(wanted) - len(listed),
         "running": [
             {
                 "id": proj.shown(t.todo_id),
@@ -117,6 +128,26 @@ def run_context(proj: Projection, now: datetime, *, state: str | None = None) ->
         },
         "review": [(proj.shown(t), n, what) for t, n, what in review_items(proj)[:TODO_ROWS]],
     }
+
+
+_economy_lock = threading.Lock()
+_economy_cache: dict[tuple[int, int, int], RunEconomy] = {}
+
+
+def economy_of(proj: Projection, now: datetime) -> RunEconomy:
+    """:func:`run_economy`, computed once per state of the log (and per second while agents run,
+    whose time so far grows with the clock): every viewer and live refresh between two events shares
+    one computation, which costs seconds on a log of 100,000 todos."""
+    running = any(t.state == TodoState.RUNNING for t in proj.todos.values())
+    key = (id(proj), proj.last_seq, int(now.timestamp()) if running else 0)
+    with _economy_lock:
+        found = _economy_cache.get(key)
+    if found is None:
+        found = run_economy(proj, now=now)
+        with _economy_lock:
+            _economy_cache.clear()  # one entry: the newest state is the only one asked for again
+            _economy_cache[key] = found
+    return found
 
 
 def _todo_row(proj: Projection, key: str, minutes: float) -> dict[str, Any]:
@@ -169,23 +200,29 @@ def events_window(log: EventLog, query: EventsQuery) -> tuple[list[StoredEvent],
 
     The store reads forwards; a page is found by reading windows of sequence numbers backwards from
     ``before``, each twice the last, until ``limit`` events match: a page of the newest events of a
-    busy log costs one small window, a rare type costs a few more, and no read loads the whole log."""
+    busy log costs one small window, a rare type a few more. A page reads at most :data:`SCAN_MAX`
+    events: past that it shows what it found and links on to where it stopped, so a type found
+    nowhere in a million events costs each page a fraction of a second, not the whole log."""
     top = (query.before if query.before is not None else log.last_seq() + 1) - 1
     found: list[StoredEvent] = []
     window = max(query.limit * 2, 64)
+    scanned = 0
     stream = query.stream or None
-    while top > 0 and len(found) <= query.limit:
-        low = max(0, top - window)
+    while top > 0 and len(found) <= query.limit and scanned < SCAN_MAX:
+        low = max(0, top - min(window, SCAN_MAX - scanned))
         chunk = [
             e
             for e in log.read(since=low, until=top, stream=stream)
             if not query.type or e.type.startswith(query.type)
         ]
         found.extend(reversed(chunk))
+        scanned += top - low
         top = low
         window *= 2
     page = found[: query.limit]
-    return page, (page[-1].seq if len(found) > query.limit else None)
+    if len(found) > query.limit:
+        return page, page[-1].seq
+    return page, (top + 1 if top > 0 else None)
 
 
 def event_row(proj: Projection, event: StoredEvent) -> EventRow:

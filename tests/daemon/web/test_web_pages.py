@@ -11,11 +11,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
+from daemon.web import pagedata
 from daemon.workspace import open_log
 from statemachine import events as ev
 from statemachine.projection import Projection, replay
@@ -255,3 +258,40 @@ def test_api_status_is_what_status_json_prints(client: TestClient, demo_root: Pa
     answer = client.get("/api/status")
     assert answer.headers["content-type"] == "application/json"
     assert answer.json() == json.loads(done.stdout)
+
+
+def test_events_search_for_a_rare_type_goes_on_page_by_page(
+    client: TestClient, demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page reads a bounded part of the log: a type not found there gives a page that says how far
+    it searched and links on, and following the links finds every match, each once."""
+    monkeypatch.setattr(pagedata, "SCAN_MAX", 50)
+    expected = [e.seq for e in reversed(all_events(demo_root)) if e.type.startswith("phase.pushed")]
+    seen: list[int] = []
+    pages = 0
+    url: str | None = "/events?type=phase.pushed&limit=100"
+    while url:
+        page = client.get(url).text
+        pages += 1
+        seen += [int(s) for s in rows(page, "tr", "data-seq")]
+        older = re.search(r'<a class="older" href="([^"]*)"', page)
+        url = html.unescape(older.group(1)) if older else None
+    assert seen == expected
+    assert pages >= len(all_events(demo_root)) // 50
+
+
+def test_run_page_follows_new_events(demo_copy: Path, client_for: Callable[..., TestClient]) -> None:
+    """A todo queued after the page was first served is on the next one, with the counts updated."""
+    client = client_for(demo_copy)
+    before = client.get("/").text
+    assert 'data-todo="999"' not in before
+    model = client.app.state.model  # type: ignore[attr-defined]
+    seq = model.last_seq
+    add_hostile_todo(demo_copy)
+    deadline = time.monotonic() + 10
+    while model.last_seq < seq + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    after = client.get("/").text
+    assert 'data-todo="999" data-state="blocked"' in after
+    total = len(projection_of(demo_copy).todos)
+    assert f"{total} todos:" in after
