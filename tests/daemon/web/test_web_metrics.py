@@ -26,6 +26,7 @@ from prometheus_client.samples import Sample
 from starlette.testclient import TestClient
 
 from daemon.service.lock import DaemonLock
+from daemon.web.app import create_app
 from daemon.web.metrics import AGENT_BUCKETS, MetricsFold, _fold_families
 from daemon.web.model import LiveModel
 from daemon.workspace import Workspace
@@ -34,6 +35,8 @@ from store import StoredEvent
 from store.eventlog import parse_time
 
 WAIT = 10.0  # seconds: the follower polls every 0.05 s; a deadline, not a sleep
+# A loopback Host, as Prometheus on the same machine sends it (the dashboard answers only those).
+LOCAL = "http://127.0.0.1:8765"
 
 
 def scrape(client: TestClient) -> dict[str, list[Sample]]:
@@ -57,12 +60,17 @@ def log_events(demo_model: LiveModel) -> list[StoredEvent]:
         events_log.close()
 
 
+@pytest.fixture
+def client(demo_model: LiveModel) -> Iterator[TestClient]:
+    """A client of the demo run's dashboard, scraping from this machine."""
+    with TestClient(create_app(demo_model, start_model=False), base_url=LOCAL) as test_client:
+        yield test_client
+
+
 @pytest.fixture(scope="module")
 def families(demo_model: LiveModel) -> dict[str, list[Sample]]:
     """One scrape of the finished demo run (module-wide: the demo log no longer changes)."""
-    from daemon.web.app import create_app
-
-    with TestClient(create_app(demo_model, start_model=False)) as test_client:
+    with TestClient(create_app(demo_model, start_model=False), base_url=LOCAL) as test_client:
         return scrape(test_client)
 
 
@@ -213,8 +221,10 @@ def test_daemon_up_is_0_when_no_daemon_holds_the_lock(families: dict[str, list[S
 
 
 @pytest.fixture
-def copy_client(demo_copy: Path, client_for: Callable[..., TestClient]) -> Iterator[TestClient]:
-    yield client_for(demo_copy)
+def copy_client(demo_copy: Path) -> Iterator[TestClient]:
+    """A client of a dashboard with a model of its own, of a copy of the demo run."""
+    with TestClient(create_app(LiveModel(demo_copy)), base_url=LOCAL) as test_client:
+        yield test_client
 
 
 def test_daemon_up_is_1_while_a_process_holds_the_daemon_lock(
