@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from store import EventLog, LogCorrupted, NotADatabase, SchemaTooNew, StoreError
+from store.schema import SCHEMA_VERSION
 from tests.store.events import REG, Noted
 
 
@@ -72,7 +73,7 @@ def test_newer_schema_is_refused(real_db: Path) -> None:
     conn.close()
     with pytest.raises(SchemaTooNew) as info:
         EventLog(real_db, reg=REG)
-    assert (info.value.found, info.value.supported) == (99, 1)
+    assert (info.value.found, info.value.supported) == (99, SCHEMA_VERSION)
     assert_names_file_and_hint(info.value, real_db)
 
 
