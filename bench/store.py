@@ -87,7 +87,8 @@ class RawWriter:
     def read(self) -> int:
         loads = json.loads
         count = 0
-        sql = f"SELECT seq, stream, version, type, type_version, payload, recorded_at, hash FROM {_E} ORDER BY seq"
+        columns = "seq, stream, version, type, type_version, payload, recorded_at, hash"
+        sql = f"SELECT {columns} FROM {_E} ORDER BY seq"
         for row in self.conn.execute(sql):
             loads(row[5])
             count += 1
