@@ -108,6 +108,8 @@ class PgServer:
     tcp_port: int | None = None
     #: True when this session started it (so the password role exists and it can be stopped).
     private: bool = False
+    #: The private server's folder (data, socket, log), removed when it stops.
+    folder: Path | None = None
     _names: Iterator[int] = field(default_factory=count)
 
     def url(self, database: str, **changes: Any) -> str:
@@ -351,6 +353,7 @@ def session_server() -> Iterator[PgServer]:
             ).render_as_string(hide_password=False),
             tcp_port=server.port,
             private=True,
+            folder=server.base,
         )
         pg.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
         yield pg
