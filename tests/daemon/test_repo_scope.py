@@ -52,7 +52,7 @@ def shared(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Two repositories whose runs went to completion, one after the other, in one database."""
     base = tmp_path_factory.mktemp("scope")
     with pg_server.fresh_database() as url:
-        one = make_repo(base / "one", {"1": "write: [{path: a.txt, content: a}]", "2": "exit: 0"})
+        one = make_repo(base / "one", {"1": "write: [{path: a.txt, content: a}]", "2": "write: [{path: c.txt, content: c}]"})
         two = make_repo(base / "two", {"7": "write: [{path: b.txt, content: b}]"})
         set_db(one, url)
         set_db(two, url, repo_id="acme/two")
