@@ -142,12 +142,17 @@ def root_commit_id(root: Path) -> str:
 _NAME_IT = "set [batchd] repo_id in batchd.toml (or pass --repo-id), or commit something first"
 
 
-def log_scope(root: Path, location: str, repo_id: str = "") -> str:
-    """The scope of the repository's events in the log at ``location`` (see the module docstring)."""
+def checked_repo_id(repo_id: str) -> str:
     problem = repo_id_problem(repo_id)
     if problem:
         raise UsageError(problem, hint="e.g. --repo-id acme/webshop; see `batchd events --help`")
-    if repo_id:
+    return repo_id
+
+
+def log_scope(root: Path, location: str, repo_id: str = "") -> str:
+    """The scope of the repository's events in the log at ``location``: ``repo_id`` as configured,
+    "" meaning the default (see the module docstring)."""
+    if checked_repo_id(repo_id):
         return repo_id
     return root_commit_id(root.resolve()) if is_shared(location) else ""
 
@@ -172,7 +177,8 @@ def open_log(
     root: Path, db: str | None = None, *, must_exist: bool = True, repo_id: str | None = None
 ) -> EventLog:
     """The repository's log for a command: ``db`` (default .batchd/events.db), scoped by ``repo_id``
-    (``--repo-id``; None: ``[batchd] repo_id`` of the repository's batchd.toml)."""
+    (``--repo-id``, taken as given; None: ``[batchd] repo_id`` of the repository's batchd.toml, or
+    its default)."""
     from daemon.config import configured_repo_id
 
     ws = Workspace(root)
@@ -182,5 +188,8 @@ def open_log(
             f"no event log at {location}",
             hint="run `batchd run` (or `batchd demo`) in this repository first, or pass -C / --db",
         )
-    chosen = repo_id if repo_id is not None else configured_repo_id(root)
-    return EventLog(location, scope=log_scope(root, location, chosen))
+    if repo_id is not None:
+        # Given on the command line, "" included: `--repo-id ""` reads the unscoped events (an SQLite
+        # log's, or those a database held before it had scopes).
+        return EventLog(location, scope=checked_repo_id(repo_id))
+    return EventLog(location, scope=log_scope(root, location, configured_repo_id(root)))

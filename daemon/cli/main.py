@@ -55,7 +55,8 @@ def repo_id_option(fn: F) -> F:
         default=None,
         metavar="ID",
         help="Read this repository's events in a shared database (default: [batchd] repo_id; when "
-        "unset, on PostgreSQL the first 12 hex digits of the root commit, on SQLite the file's own).",
+        "unset, on PostgreSQL the first 12 hex digits of the root commit, on SQLite the file's own). "
+        '--repo-id "" reads the events written without a repository id.',
     )(fn)
 
 

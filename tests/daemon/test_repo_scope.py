@@ -22,6 +22,7 @@ from daemon.exceptions import UsageError
 from daemon.workspace import log_scope, open_log, root_commit_id
 from store import EventLog
 from tests.pgserver import PgServer
+from tests.store.events import REG, Noted
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ def shared(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Two repositories whose runs went to completion, one after the other, in one database."""
     base = tmp_path_factory.mktemp("scope")
     with pg_server.fresh_database() as url:
-        one = make_repo(base / "one", {"1": "write: [{path: a.txt, content: a}]", "2": "write: [{path: c.txt, content: c}]"})
+        one = make_repo(
+            base / "one",
+            {"1": "write: [{path: a.txt, content: a}]", "2": "write: [{path: c.txt, content: c}]"},
+        )
         two = make_repo(base / "two", {"7": "write: [{path: b.txt, content: b}]"})
         set_db(one, url)
         set_db(two, url, repo_id="acme/two")
@@ -123,6 +127,15 @@ def test_configured_repo_id_names_the_scope(shared: Shared) -> None:
 def test_an_unknown_repo_id_reads_an_empty_log(shared: Shared) -> None:
     """A repository id nobody wrote under is an empty log, not another repository's events."""
     assert events(shared.one, shared.url, "--repo-id", "nobody/here") == []
+
+
+def test_empty_repo_id_option_reads_the_unscoped_events(shared: Shared) -> None:
+    """--repo-id "" reads the events written without a repository id (as before scopes existed),
+    while the default still reads the repository's own."""
+    with EventLog(shared.url, scope="", reg=REG) as log:
+        log.append("unscoped", [Noted(text="written before repo ids")])
+    assert [e["stream"] for e in events(shared.one, shared.url, "--repo-id", "")] == ["unscoped"]
+    assert "unscoped" not in {e["stream"] for e in events(shared.one, shared.url)}
 
 
 def test_default_repo_id_is_the_root_commit_in_every_clone(tmp_path: Path) -> None:

@@ -74,6 +74,12 @@ def names_the_log(message: str, target: str) -> bool:
     return str(make_url(target).database) in message
 
 
+def audit_verify(target: str, folder: Path) -> list[str]:
+    """`batchd audit verify` of the log (its events are unscoped: --repo-id "")."""
+    command = ["audit", "verify", "--db", target, "--repo-id", "", "-C", str(folder)]
+    return [sys.executable, "-m", "daemon", *command]
+
+
 def test_untouched_log_verifies(five: str) -> None:
     """The fixture log verifies before anyone touches it."""
     assert verify(five) == (None, "")
@@ -157,7 +163,7 @@ def test_cli_audit_verify_exits_1_naming_the_first_bad_seq(
     """`batchd audit verify` on a tampered log exits 1 and names the first bad sequence number."""
     assert (
         subprocess.run(
-            [sys.executable, "-m", "daemon", "audit", "verify", "--db", five, "-C", str(tmp_path)],
+            audit_verify(five, tmp_path),
             check=False,
             capture_output=True,
             timeout=60,
@@ -166,7 +172,7 @@ def test_cli_audit_verify_exits_1_naming_the_first_bad_seq(
     )
     tamper(sql)
     done = subprocess.run(
-        [sys.executable, "-m", "daemon", "audit", "verify", "--db", five, "-C", str(tmp_path)],
+        audit_verify(five, tmp_path),
         check=False,
         capture_output=True,
         text=True,
