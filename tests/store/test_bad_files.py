@@ -1,4 +1,6 @@
-"""Files that are not a usable event log are refused at open with a named error, the path and a hint."""
+"""Files that are not a usable event log are refused at open with a named error, the path and a hint.
+
+SQLite only: these are about files (PostgreSQL's bad databases are in test_bad_databases.py)."""
 
 from __future__ import annotations
 
