@@ -72,7 +72,9 @@ def make_engine(url: URL, *, memory: bool, on_file: bool) -> Engine:
     """An engine for the log: SQLite with its pragmas and our own BEGIN; others positional."""
     if url.get_backend_name() != "sqlite":
         try:
-            return create_engine(url, paramstyle="format", pool_pre_ping=False)
+            # lock_timeout: like SQLite's busy timeout, a writer waits 30 s for a scope's lock, then fails.
+            options = {"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"}
+            return create_engine(url, paramstyle="format", connect_args=options)
         except ImportError as e:
             module, extra = _DRIVERS.get(url.get_driver_name(), (e.name or url.get_driver_name(), ""))
             raise DriverMissing(url=url.render_as_string(), module=module, extra=extra) from e
