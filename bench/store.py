@@ -35,8 +35,10 @@ class Ping:
 STREAMS = 10
 NOTE = "x" * 60
 
+_E = events_table.name
+# No scope: rows land in the default scope "", as the store's own (an SQLite log's) do.
 _INSERT = (
-    f"INSERT INTO {events_table.name} (seq, stream, version, type, type_version, payload, recorded_at, hash) "
+    f"INSERT INTO {_E} (seq, stream, version, type, type_version, payload, recorded_at, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -85,7 +87,9 @@ class RawWriter:
     def read(self) -> int:
         loads = json.loads
         count = 0
-        for row in self.conn.execute(f"SELECT * FROM {events_table.name} ORDER BY seq"):
+        columns = "seq, stream, version, type, type_version, payload, recorded_at, hash"
+        sql = f"SELECT {columns} FROM {_E} ORDER BY seq"
+        for row in self.conn.execute(sql):
             loads(row[5])
             count += 1
         return count

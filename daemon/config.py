@@ -33,7 +33,7 @@ from daemon.config_check import (
     toml_literal,
 )
 from daemon.exceptions import ConfigError
-from daemon.workspace import DEFAULT_DB
+from daemon.workspace import DEFAULT_DB, repo_id_problem
 
 __all__ = [
     "AGENT_PLACEHOLDERS",
@@ -165,6 +165,14 @@ def _limit(unit: str) -> Check:
 
 # A {name} placeholder in an argv element or a prompt: the one spelling, for config, agents, preflight.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _repo_id(c: Checker, key: str, value: object) -> str:
+    text = c.string(key, value)
+    problem = repo_id_problem(text)
+    if problem:
+        raise c.fail(key, problem, 'e.g. repo_id = "acme/webshop", or "" for the root commit\'s id')
+    return text
 
 
 def _argv_with(known: tuple[str, ...]) -> Check:
@@ -321,6 +329,17 @@ class BatchdConfig:
         default=DEFAULT_DB,
         metadata=_key(
             Checker.nonempty, "Event log: a path (SQLite, relative to the repository) or any SQLAlchemy URL."
+        ),
+    )
+    repo_id: str = field(
+        default="",
+        metadata=_key(
+            _repo_id,
+            "This repository's id in the event log: several repositories may share one PostgreSQL "
+            'database, each seeing only its own events. "" = on SQLite the log is the repository\'s '
+            "own; on PostgreSQL the first 12 hex digits of the repository's root commit, the same in "
+            "every clone on every host. `events`, `replay` and `audit verify` take --repo-id to read "
+            "another's.",
         ),
     )
 
@@ -729,6 +748,26 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
             hint='create it, or set prompt_file = "" for the built-in prompt',
         )
     return config
+
+
+def configured_repo_id(root: Path) -> str:
+    """``[batchd] repo_id`` of ``root/batchd.toml`` ("" without the file), for commands that read
+    the log: only this key is checked, so ``status`` or ``events`` still work on a repository whose
+    other settings `batchd run` would refuse."""
+    path = root / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the file: {e}", path=str(path)) from e
+    try:
+        section = tomllib.loads(text).get("batchd", {})
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", path=str(path), hint="fix the syntax there") from e
+    if not isinstance(section, dict) or "repo_id" not in section:
+        return ""
+    return _repo_id(Checker(path, "batchd"), "repo_id", section["repo_id"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,15 +1,35 @@
-"""Where a repository's batchd files live, and opening its event log for a command."""
+"""Where a repository's batchd files live, and opening its event log for a command.
+
+An event log is scoped by a repository id (see :class:`store.EventLog`'s ``scope``), so several
+repositories can share one PostgreSQL database. The id is ``--repo-id``, else ``[batchd] repo_id``,
+else: on SQLite ``""`` (the file is the repository's own, as before scopes existed); on a shared
+database the first 12 hex digits of the repository's root commit, which every clone of it on every
+host computes alike without being told.
+"""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.exceptions import UsageError
 from store import EventLog
 
+if TYPE_CHECKING:
+    from daemon.config import Config
+
 STATE_DIR = ".batchd"
 DEFAULT_DB = f"{STATE_DIR}/events.db"
+
+#: The store keeps up to 100 characters of scope; ids are plain so they read well in a shell, a
+#: URL-ish name (acme/webshop, github.com/acme/webshop) or a sha.
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}")
+#: Hex digits of the root commit that name a repository by default on a shared database.
+ROOT_ID_DIGITS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +101,67 @@ class Workspace:
         return str(path if path.is_absolute() else self.root / path)
 
 
+def repo_id_problem(text: str) -> str:
+    """What is wrong with ``text`` as a repository id ("" when it is fine; "" itself is fine)."""
+    if not text or REPO_ID.fullmatch(text):
+        return ""
+    if len(text) > 100:
+        return f"a repository id is at most 100 characters, this one has {len(text)}"
+    return (
+        f"repository id {text!r} must start with a letter or digit and hold only letters, digits "
+        "and . _ - : / @ +"
+    )
+
+
+def is_shared(location: str) -> bool:
+    """A database server (which several repositories may share), not an SQLite file or memory."""
+    return "://" in location and not location.startswith("sqlite")
+
+
+@cache
+def root_commit_id(root: Path) -> str:
+    """The first hex digits of the repository's root commit: the same in every clone. (Several roots,
+    from merged unrelated histories: the smallest sha, so every clone picks the same one.)"""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-list", "--max-parents=0", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as e:
+        raise UsageError(f"cannot run git to find the repository id of {root}: {e}", hint=_NAME_IT) from e
+    roots = sorted(done.stdout.split())
+    if done.returncode != 0 or not roots:
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "it has no commit yet"
+        raise UsageError(f"{root} has no root commit to name it in a shared event log ({why})", hint=_NAME_IT)
+    return roots[0][:ROOT_ID_DIGITS]
+
+
+_NAME_IT = "set [batchd] repo_id in batchd.toml (or pass --repo-id), or commit something first"
+
+
+def checked_repo_id(repo_id: str) -> str:
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise UsageError(problem, hint="e.g. --repo-id acme/webshop; see `batchd events --help`")
+    return repo_id
+
+
+def log_scope(root: Path, location: str, repo_id: str = "") -> str:
+    """The scope of the repository's events in the log at ``location``: ``repo_id`` as configured,
+    "" meaning the default (see the module docstring)."""
+    if checked_repo_id(repo_id):
+        return repo_id
+    return root_commit_id(root.resolve()) if is_shared(location) else ""
+
+
+def config_log(config: Config) -> EventLog:
+    """The daemon's own log: ``db`` and ``repo_id`` as configured."""
+    return EventLog(config.db_url, scope=log_scope(config.root, config.db_url, config.batchd.repo_id))
+
+
 def find_root(start: Path) -> Path:
     """The repository root: the nearest folder at or above ``start`` with batchd.toml or .git."""
     here = start.resolve()
@@ -92,7 +173,14 @@ def find_root(start: Path) -> Path:
     return here
 
 
-def open_log(root: Path, db: str | None = None, *, must_exist: bool = True) -> EventLog:
+def open_log(
+    root: Path, db: str | None = None, *, must_exist: bool = True, repo_id: str | None = None
+) -> EventLog:
+    """The repository's log for a command: ``db`` (default .batchd/events.db), scoped by ``repo_id``
+    (``--repo-id``, taken as given; None: ``[batchd] repo_id`` of the repository's batchd.toml, or
+    its default)."""
+    from daemon.config import configured_repo_id
+
     ws = Workspace(root)
     location = ws.db_location(db)
     if must_exist and "://" not in location and not Path(location).exists():
@@ -100,4 +188,8 @@ def open_log(root: Path, db: str | None = None, *, must_exist: bool = True) -> E
             f"no event log at {location}",
             hint="run `batchd run` (or `batchd demo`) in this repository first, or pass -C / --db",
         )
-    return EventLog(location)
+    if repo_id is not None:
+        # Given on the command line, "" included: `--repo-id ""` reads the unscoped events (an SQLite
+        # log's, or those a database held before it had scopes).
+        return EventLog(location, scope=checked_repo_id(repo_id))
+    return EventLog(location, scope=log_scope(root, location, configured_repo_id(root)))

@@ -1,18 +1,32 @@
 """The append-only event log: the only source of truth of batchd.
 
-One table of events, each with a global sequence number, a stream and a
-version within it (unique together: optimistic concurrency), a registered type,
-a JSON payload, a UTC timestamp and a SHA-256 hash chained over the previous
-event's hash; a ``head`` row in ``batchd_meta`` records the last seq and hash, so
-removing events from the end is detected too. On SQLite (the default) every
-append is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
-``synchronous=FULL``: when :meth:`EventLog.append` returns, the events are on
-disk, and readers in other processes never block it.
+One table of events, each with a sequence number, a stream and a version within it (unique
+together: optimistic concurrency), a registered type, a JSON payload, a UTC timestamp and a SHA-256
+hash chained over the previous event's hash; a ``head`` row in ``batchd_meta`` records the last seq
+and hash, so removing events from the end is detected too.
 
-SQLAlchemy opens connections (pragmas in one ``connect`` listener), creates the
-tables from :mod:`store.schema` and parses URLs; the hot paths (append, read,
-verify) run prepared driver SQL on the DBAPI connection, which costs a few
-microseconds a statement instead of tens through the Core execution pipeline.
+Scopes: every row belongs to a repository scope (``EventLog(url, scope="...")``; ``""`` for an
+SQLite log, which is its repository's own). Each scope is a complete log of its own: seq counts
+from 1 without gaps per scope, stream versions, the head record, snapshots and the chain are per
+scope, and every read, append, verify and follow sees only its own scope.
+
+How the hash chain treats scope: the scope is **not** in an event's hashed bytes (so every v1 row,
+migrated to scope ``""``, keeps its hash and a v1 log still verifies); instead each scope's chain
+starts from its own genesis (:func:`store.hashing.genesis_hash`: all zeros for ``""``, a digest of
+the name otherwise). Every hash depends on that first link, so moving events, or a whole scope's
+events, into another scope breaks the chain at the first moved event.
+
+Writers: on SQLite every append is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
+``synchronous=FULL``: when :meth:`EventLog.append` returns, the events are on disk, and readers in
+other processes never block it. On PostgreSQL an append first takes its scope's advisory
+transaction lock (see :mod:`store.backends`), so appends to one scope from any number of processes
+and hosts queue up (gap-free seqs, one chain) while other scopes proceed, and it NOTIFYs its scope
+on commit so :meth:`EventLog.follow` wakes at once instead of polling.
+
+SQLAlchemy opens connections, creates and migrates the tables (:mod:`store.migrations`) and parses
+URLs; the hot paths (append, read, verify) run Core statements compiled once for the engine's
+dialect (:mod:`store.statements`) on the DBAPI cursor, which costs a few microseconds a statement
+instead of tens through the Core execution pipeline.
 """
 
 from __future__ import annotations
@@ -24,32 +38,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import PoolProxiedConnection
 
+from store import backends, migrations
 from store.audit import AuditReport, head_mismatch, walk_chain
-from store.exceptions import (
-    ConcurrencyError,
-    LogCorrupted,
-    NotADatabase,
-    SchemaTooNew,
-    StoreError,
-    StoreUnavailable,
-)
-from store.hashing import GENESIS_HASH, canonical_json, chain_hash, json_str
+from store.exceptions import BadScope, ConcurrencyError, LogCorrupted, StoreError, StoreUnavailable
+from store.hashing import GENESIS_HASH, canonical_json, chain_hash, genesis_hash, json_str
+from store.records import Append, Snapshot, StoredEvent, format_time, parse_time, url_for, utcnow
 from store.registry import EventRegistry, RegistryError, registry
-from store.schema import SCHEMA_VERSION, meta, metadata
+from store.schema import SCOPE_LENGTH
 from store.sqlitefile import check_sqlite_file
-from store.sqltext import Statements
+from store.statements import NOTIFY_CHANNEL, Statements
 
-# AuditReport and chain_hash live in store.audit and store.hashing; importing them from here still works.
+# AuditReport, chain_hash and the records live in store.audit, store.hashing and store.records;
+# importing them from here still works.
 __all__ = [
     "GENESIS_HASH",
     "Append",
@@ -65,81 +74,12 @@ __all__ = [
     "utcnow",
 ]
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = backends.BUSY_TIMEOUT_MS
 #: Rows fetched per read transaction: long reads never pin one WAL snapshot (which would stop checkpoints).
 READ_PAGE = 2000
 _APPEND_ATTEMPTS = 5
 
 _loads = json.loads
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """Fixed-width ISO-8601 UTC, so text order is time order."""
-    # isoformat is twice as fast as strftime and zero-pads the year; "+00:00" becomes "Z".
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-class StoredEvent(NamedTuple):
-    """One row of the log, as read back.
-
-    A NamedTuple rather than a frozen dataclass: replay builds a million of these, and a tuple is
-    made about five times faster (0.5 us against 2.4 us here), which is a fifth of replay's time.
-    """
-
-    seq: int
-    stream: str
-    version: int
-    type: str
-    type_version: int
-    payload: dict[str, Any]
-    recorded_at: str
-    hash: str
-
-    @property
-    def time(self) -> datetime:
-        return parse_time(self.recorded_at)
-
-    def decode(self, reg: EventRegistry = registry) -> Any:
-        """The domain event this row holds, upcast to the current version of its class."""
-        return reg.decode(self.type, self.type_version, self.payload, seq=self.seq)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "stream": self.stream,
-            "version": self.version,
-            "type": self.type,
-            "type_version": self.type_version,
-            "payload": self.payload,
-            "recorded_at": self.recorded_at,
-            "hash": self.hash,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """One stream's part of an atomic append. ``expected_version=None`` appends without a check."""
-
-    stream: str
-    events: Sequence[object]
-    expected_version: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    name: str
-    seq: int
-    state: dict[str, Any]
-    recorded_at: str
-    check: str = "ok"  # against the hash saved with it: ok | unhashed (an older batchd) | edited
 
 
 # (type name, type version, payload dict, payload JSON) of one event, encoded before the lock is taken.
@@ -148,95 +88,47 @@ _Encoded = tuple[str, int, dict[str, Any], str]
 _Part = tuple[str, int | None, list[_Encoded]]
 
 
-def _is_memory(url: URL) -> bool:
-    db = url.database or ""
-    return db in ("", ":memory:") or "mode=memory" in db
-
-
-def _sqlite_path(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite" or _is_memory(url) or (url.database or "").startswith("file:"):
-        return None
-    return Path(url.database or "")
-
-
-def url_for(path_or_url: str | Path) -> str:
-    """Accept a plain path (SQLite) or any SQLAlchemy URL."""
-    text = str(path_or_url)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).resolve()}"
-
-
 class EventLog:
-    """Append, read and follow events; save and load projection snapshots; verify the chain."""
+    """Append, read and follow one scope's events; save and load its snapshots; verify its chain."""
 
     def __init__(
         self,
         path_or_url: str | Path,
         *,
+        scope: str = "",
         reg: EventRegistry = registry,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.url = url_for(path_or_url)
+        self.scope = _checked_scope(scope)
         self.registry = reg
         self._clock = clock
         parsed = make_url(self.url)
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         # One in-memory database is one connection: every use shares it, one at a time.
-        self._memory = self._is_sqlite and _is_memory(parsed)
-        self._path = _sqlite_path(parsed)
-        self.location = str(self._path) if self._path else parsed.render_as_string()
+        self._memory = self._is_sqlite and backends.is_memory(parsed)
+        self._path = backends.sqlite_path(parsed)
+        self._server = None if self._is_sqlite else backends.server_of(parsed)
+        self.location = str(self._path) if self._path else str(self._server or parsed.render_as_string())
         if self._path is not None:
             check_sqlite_file(self._path)
             self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._genesis = genesis_hash(self.scope)
+        self._lock_key = (backends.scope_lock_key(self.scope),)
+        self._scope_arg = (self.scope,)
         self._lock = threading.RLock()
         self._writer: PoolProxiedConnection | None = None
-        self._engine = self._make_engine()
+        self._engine: Engine = backends.make_engine(
+            parsed, memory=self._memory, on_file=self._path is not None
+        )
         self._dbapi: Any = self._engine.dialect.loaded_dbapi
-        self._sql = Statements(self._engine.dialect.paramstyle)
+        self._sql = Statements(self._engine.dialect)
         self._open_schema()
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _make_engine(self) -> Engine:
-        if not self._is_sqlite:
-            return create_engine(self.url)
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
-        if self._memory:
-            kwargs["poolclass"] = StaticPool
-        engine = create_engine(self.url, **kwargs)
-        on_file = self._path is not None
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: object) -> None:
-            # We issue BEGIN ourselves: pysqlite's implicit BEGIN would defer the write lock.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            # Wait for another process's short write instead of failing with "database is locked".
-            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if on_file:
-                # WAL: readers never block the writer, the writer never blocks readers.
-                cur.execute("PRAGMA journal_mode = WAL")
-            # FULL: a commit that returned survives power loss, not just a process crash.
-            cur.execute("PRAGMA synchronous = FULL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front, so check-then-create cannot be raced.
-            write = conn.get_execution_options().get("batchd_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
-
     def _store_error(self, orig: BaseException) -> StoreError:
-        """The one place a driver error becomes a store error."""
-        text = str(orig)
-        if "not a database" in text or "file is encrypted" in text:
-            return NotADatabase(path=self.location, detail=text)
-        if "malformed" in text or "corrupt" in text:
-            return LogCorrupted(path=self.location, seq=None, detail=text)
-        return StoreUnavailable(path=self.location, detail=text)
+        return backends.store_error(orig, location=self.location, server=self._server)
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -248,40 +140,21 @@ class EventLog:
         except self._dbapi.Error as e:
             raise self._store_error(e) from e
 
-    def _open_schema(self) -> None:
-        with self._translate():
-            with self._engine.connect() as conn, conn.begin():
-                tables = set(inspect(conn).get_table_names())
-                if tables:
-                    self._check_schema(conn, tables)
-                    return
-            # Empty: create under the write lock, checking again (another process may have just done it).
-            with self._engine.connect().execution_options(batchd_write=True) as conn, conn.begin():
-                tables = set(inspect(conn).get_table_names())
-                if tables:
-                    self._check_schema(conn, tables)
-                    return
-                metadata.create_all(conn)
-                conn.execute(meta.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+    @contextmanager
+    def _schema_txn(self) -> Iterator[Connection]:
+        """A transaction that may change the schema: SQLite's write lock, or PostgreSQL's schema lock."""
+        with self._engine.connect().execution_options(batchd_write=True) as conn, conn.begin():
+            if not self._is_sqlite:
+                conn.exec_driver_sql(self._sql.lock.text, (backends.SCHEMA_LOCK_KEY,))
+            yield conn
 
-    def _check_schema(self, conn: Connection, tables: set[str]) -> None:
-        if meta.name not in tables:
-            names = ", ".join(sorted(tables))
-            detail = f"it is an SQLite database of something else (tables: {names})"
-            raise NotADatabase(path=self.location, detail=detail)
-        row = conn.execute(meta.select().where(meta.c.key == "schema_version")).first()
+    def _open_schema(self) -> None:
         try:
-            found = int(row.value) if row else 0
-        except ValueError:
-            found = 0
-        if found < 1:
-            raise NotADatabase(path=self.location, detail="its batchd_meta table has no valid schema version")
-        if found > SCHEMA_VERSION:
-            raise SchemaTooNew(path=self.location, found=found, supported=SCHEMA_VERSION)
-        missing = {t.name for t in metadata.sorted_tables} - tables
-        if missing:
-            raise LogCorrupted(path=self.location, seq=None, detail=f"tables {sorted(missing)} are missing")
-        # Migrations from older versions go here, each a small step (found -> found + 1).
+            with self._translate():
+                migrations.open_schema(self._engine, self.location, self._schema_txn)
+        except BaseException:
+            self._engine.dispose()
+            raise
 
     def _writer_conn(self) -> PoolProxiedConnection:
         """One long-lived writer connection per process (SQLite's WAL-reset race needs no more than one)."""
@@ -303,8 +176,7 @@ class EventLog:
             conn = self._writer_conn()
             cur = conn.cursor()
             try:
-                if self._is_sqlite:
-                    cur.execute("BEGIN IMMEDIATE")
+                self._begin_write(cur)
                 yield cur
                 conn.commit()
             except BaseException:
@@ -381,9 +253,11 @@ class EventLog:
                 conn = self._writer_conn()
                 cur = conn.cursor()
                 try:
-                    if self._is_sqlite:
-                        cur.execute("BEGIN IMMEDIATE")
+                    self._begin_write(cur)
                     out = self._append_txn(cur, parts)
+                    if not self._is_sqlite:
+                        # Delivered when the transaction commits, to every follower of any scope.
+                        cur.execute(self._sql.notify.text, self._scope_arg)
                     conn.commit()
                     return out
                 except BaseException as e:
@@ -402,6 +276,13 @@ class EventLog:
                 detail = f"append kept colliding: {collided}"
                 raise StoreUnavailable(path=self.location, detail=detail) from collided
         raise AssertionError("unreachable")
+
+    def _begin_write(self, cur: Any) -> None:
+        """Start a write: SQLite's write lock, or this scope's lock on PostgreSQL (see store.backends)."""
+        if self._is_sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            cur.execute(self._sql.lock.text, self._lock_key)
 
     def _rollback(self, conn: PoolProxiedConnection) -> None:
         try:
@@ -431,9 +312,11 @@ class EventLog:
 
     def _append_txn(self, cur: Any, parts: list[_Part]) -> list[StoredEvent]:
         # One statement reads the last event, the recorded head and the first stream's version.
-        cur.execute(self._sql.head, (parts[0][0],))
+        scope = self.scope
+        head_sql = self._sql.head
+        cur.execute(head_sql.text, head_sql.args((scope, parts[0][0])))
         seq, prev, head, first_version = cur.fetchone()
-        seq, prev = (int(seq), str(prev)) if seq is not None else (0, GENESIS_HASH)
+        seq, prev = (int(seq), str(prev)) if seq is not None else (0, self._genesis)
         bad = head_mismatch(seq, prev, head)
         if bad is not None:
             raise LogCorrupted(path=self.location, seq=bad[0], detail=f"{bad[1]}; refusing to append")
@@ -457,22 +340,23 @@ class EventLog:
                 enc_name, enc_text = json_str(name), json_str(text)
                 body = f"[{seq},{enc_stream},{version},{enc_name},{type_version},{enc_text},{enc_at}]"
                 digest = sha256((prev + body).encode("utf-8")).hexdigest()
-                rows.append((seq, stream, version, name, type_version, text, at, digest))
+                rows.append((scope, seq, stream, version, name, type_version, text, at, digest))
                 out.append(StoredEvent(seq, stream, version, name, type_version, payload, at, digest))
                 prev = digest
             versions[stream] = version
+        insert = self._sql.insert.text
         if len(rows) == 1:
-            cur.execute(self._sql.insert, rows[0])
+            cur.execute(insert, rows[0])
         else:
-            cur.executemany(self._sql.insert, rows)
-        head_value = (f"{seq}:{prev}",)
-        cur.execute(self._sql.set_head, head_value)
+            cur.executemany(insert, rows)
+        head_value = f"{seq}:{prev}"
+        cur.execute(self._sql.set_head.text, (head_value, scope))
         if cur.rowcount != 1:
-            cur.execute(self._sql.insert_head, head_value)
+            cur.execute(self._sql.insert_meta.text, (scope, "head", head_value))
         return out
 
     def _stream_version_txn(self, cur: Any, stream: str) -> int:
-        cur.execute(self._sql.stream_version, (stream,))
+        cur.execute(self._sql.stream_version.text, (self.scope, stream))
         return int(cur.fetchone()[0] or 0)
 
     # -- reading -----------------------------------------------------------------------------
@@ -483,7 +367,7 @@ class EventLog:
 
     def last_seq(self) -> int:
         with self._read() as cur:
-            cur.execute(self._sql.last_seq)
+            cur.execute(self._sql.last_seq.text, self._scope_arg)
             return int(cur.fetchone()[0] or 0)
 
     def read(
@@ -504,6 +388,9 @@ class EventLog:
         sql, params = self._sql.select_events(
             at=format_time(at) if at is not None else None, stream=stream, stream_prefix=stream_prefix
         )
+        text = sql.text
+        last_seq_sql = self._sql.last_seq.text
+        scope = self.scope
         remaining = limit
         last = since
         ceiling = until
@@ -512,9 +399,9 @@ class EventLog:
             page = READ_PAGE if remaining is None else min(READ_PAGE, remaining)
             with self._read() as cur:
                 if ceiling is None:
-                    cur.execute(self._sql.last_seq)
+                    cur.execute(last_seq_sql, (scope,))
                     ceiling = int(cur.fetchone()[0] or 0)
-                cur.execute(sql, (last, ceiling, *params, page))
+                cur.execute(text, (scope, last, ceiling, *params, page))
                 rows = cur.fetchall()
             for seq, stream_, version, type_, type_version, payload, recorded_at, digest in rows:
                 try:
@@ -539,18 +426,37 @@ class EventLog:
         stop: Callable[[], bool] = lambda: False,
         stream: str | None = None,
     ) -> Iterator[StoredEvent]:
-        """Tail the log: yield events after ``since`` as they are appended, until ``stop()`` is true."""
+        """Tail the log: yield events after ``since`` as they are appended, until ``stop()`` is true.
+
+        With nothing new it waits ``poll_interval`` seconds before looking again (SQLite), or until an
+        append to this scope commits, ``poll_interval`` at most (PostgreSQL, LISTEN/NOTIFY).
+        """
         last = since
-        while not stop():
-            got = False
-            for ev in self.read(since=last, stream=stream):
-                last = ev.seq
-                got = True
-                yield ev
-                if stop():
-                    return
-            if not got:
-                time.sleep(poll_interval)
+        listener = None
+        if not self._is_sqlite:
+            # Listening before the first read: an append committed between the read and the wait
+            # still wakes the wait.
+            with self._translate():
+                listener = backends.Listener(self._engine, NOTIFY_CHANNEL, self.scope)
+        try:
+            while not stop():
+                got = False
+                for ev in self.read(since=last, stream=stream):
+                    last = ev.seq
+                    got = True
+                    yield ev
+                    if stop():
+                        return
+                if got:
+                    continue
+                if listener is None:
+                    time.sleep(poll_interval)
+                else:
+                    with self._translate():
+                        listener.wait(poll_interval)
+        finally:
+            if listener is not None:
+                listener.close()
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -558,19 +464,21 @@ class EventLog:
         """Keep ``state`` (a projection's JSON-able state after event ``seq``) as the latest snapshot,
         with its hash (checked at start-up, see :meth:`verify_tail`)."""
         text = canonical_json(state)
-        row = (name, seq, text, format_time(self._clock()))
+        scope = self.scope
+        row = (scope, name, seq, text, format_time(self._clock()))
         key = _snapshot_key(name)
+        sql = self._sql
         with self._translate(), self._write() as cur:
-            cur.execute(self._sql.delete_snapshot, (name,))
-            cur.execute(self._sql.insert_snapshot, row)
-            cur.execute(self._sql.delete_meta, (key,))
-            cur.execute(self._sql.insert_meta, (key, _snapshot_digest(seq, text)))
+            cur.execute(sql.delete_snapshot.text, (scope, name))
+            cur.execute(sql.insert_snapshot.text, row)
+            cur.execute(sql.delete_meta.text, (scope, key))
+            cur.execute(sql.insert_meta.text, (scope, key, _snapshot_digest(seq, text)))
 
     def load_snapshot(self, name: str) -> Snapshot | None:
         with self._read() as cur:
-            cur.execute(self._sql.get_snapshot, (name,))
+            cur.execute(self._sql.get_snapshot.text, (self.scope, name))
             row = cur.fetchone()
-            cur.execute(self._sql.get_meta, (_snapshot_key(name),))
+            cur.execute(self._sql.get_meta.text, (self.scope, _snapshot_key(name)))
             digest = cur.fetchone()
         if row is None:
             return None
@@ -600,19 +508,23 @@ class EventLog:
                     return AuditReport(checked=0, last_seq=0, first_bad_seq=1, problem=f"SQLite: {integrity}")
                 # One read transaction: the head and the rows must come from the same moment.
                 cur.execute("BEGIN")
+            else:
+                # The same on PostgreSQL: one snapshot for the whole transaction (the first statement).
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            sql = self._sql
             try:
-                cur.execute(self._sql.get_head)
+                cur.execute(sql.get_head.text, self._scope_arg)
                 head_row = cur.fetchone()
                 head = head_row[0] if head_row else None
-                prev = GENESIS_HASH
+                prev = self._genesis
                 if from_seq > 1:
-                    cur.execute(self._sql.hash_at, (from_seq - 1,))
+                    cur.execute(sql.hash_at.text, (self.scope, from_seq - 1))
                     anchor = cur.fetchone()
                     if anchor is None:
                         problem = f"event {from_seq - 1} is missing"
                         return AuditReport(checked=0, last_seq=0, first_bad_seq=from_seq - 1, problem=problem)
                     prev = str(anchor[0])
-                cur.execute(self._sql.events_from, (from_seq,))
+                cur.execute(sql.events_from.text, (self.scope, from_seq))
                 report = walk_chain(cur, head, progress, prev=prev, first_seq=from_seq)
             finally:
                 if self._is_sqlite:
@@ -630,6 +542,14 @@ class EventLog:
             return AuditReport(checked=0, last_seq=0, first_bad_seq=snap.seq, problem=problem)
         usable = snap is not None and snap.check == "ok" and snap.seq > 0 and not whole
         return self.verify(progress, from_seq=snap.seq if usable and snap is not None else 1)
+
+
+def _checked_scope(scope: str) -> str:
+    if len(scope) > SCOPE_LENGTH:
+        raise BadScope(scope=scope, detail=f"it is {len(scope)} characters long, more than {SCOPE_LENGTH}")
+    if not scope.isprintable():
+        raise BadScope(scope=scope, detail="it holds control characters")
+    return scope
 
 
 def _snapshot_key(name: str) -> str:

@@ -131,3 +131,53 @@ class UnknownEventType(StoreError):
             f"event type {name!r} v{version}{where} is not known to this batchd",
             hint="upgrade batchd to a version that knows this event",
         )
+
+
+class DriverMissing(StoreError):
+    """The URL names a database whose Python driver is not installed."""
+
+    code = "driver_missing"
+
+    def __init__(self, *, url: str, module: str, extra: str) -> None:
+        self.url = url
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{url} needs the Python module {module!r}, which is not installed",
+            hint=f"pip install 'batchd[{extra}]'" if extra else f"pip install {module}",
+        )
+
+
+class ServerUnreachable(StoreUnavailable):
+    """A database server refused the connection (down, wrong password, no such database)."""
+
+    code = "server_unreachable"
+
+    def __init__(self, *, path: str, host: str, port: int, database: str, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.database = database
+        self.reason = reason
+        # StoreUnavailable's fields, so callers that catch it see the same attributes.
+        self.path = path
+        self.detail = reason
+        StoreError.__init__(
+            self,
+            f"cannot open the event log in database {database!r} on {host} port {port}: {reason}",
+            hint="check that the server runs and accepts connections there, that the database exists "
+            f"(createdb {database}), and the user and password in the db URL",
+        )
+
+
+class BadScope(StoreError):
+    """A repository scope the log cannot hold."""
+
+    code = "bad_scope"
+
+    def __init__(self, *, scope: str, detail: str) -> None:
+        self.scope = scope
+        self.detail = detail
+        super().__init__(
+            f"repository id {scope!r} cannot scope an event log: {detail}",
+            hint="set [batchd] repo_id (or --repo-id) to at most 100 printable characters",
+        )

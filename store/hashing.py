@@ -29,3 +29,11 @@ def chain_hash(
     s, t, p, a = json_str(stream), json_str(type_), json_str(payload), json_str(at)
     body = f"[{seq},{s},{version},{t},{type_version},{p},{a}]"
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def genesis_hash(scope: str) -> str:
+    """The ``prev`` of a scope's first event: the all-zero hash for ``""`` (every v1 log), else a
+    digest of the scope's name, so each chain is bound to its scope without hashing it per event."""
+    if not scope:
+        return GENESIS_HASH
+    return hashlib.sha256(f"batchd.scope\n{scope}".encode()).hexdigest()

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests.pgserver import PgServer, session_server
+
 TEST_IDENTITY = {
     "GIT_AUTHOR_NAME": "batchd tests",
     "GIT_AUTHOR_EMAIL": "tests@batchd.invalid",
@@ -47,3 +49,16 @@ def structlog_config() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL server (see tests/pgserver.py): started on first use, stopped at the end."""
+    yield from session_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh empty PostgreSQL database for one test (a SQLAlchemy URL), dropped after it."""
+    with pg_server.fresh_database() as url:
+        yield url

@@ -13,7 +13,14 @@ from typing import Any, BinaryIO
 
 import click
 
-from daemon.cli.main import db_option, json_option, parse_time_option, repo_option, resolve_root
+from daemon.cli.main import (
+    db_option,
+    json_option,
+    parse_time_option,
+    repo_id_option,
+    repo_option,
+    resolve_root,
+)
 from daemon.cli.statustext import print_status
 from daemon.cli.todoids import known_todo
 from daemon.config import VerifyConfig, load_config
@@ -30,9 +37,12 @@ from store.eventlog import parse_time
 from store.exceptions import EXIT_FAILURES
 
 
-def load_projection(repo: Path | None, db: str | None, **kwargs: Any) -> tuple[Path, Projection]:
+def load_projection(
+    repo: Path | None, db: str | None, *, repo_id: str | None = None, **kwargs: Any
+) -> tuple[Path, Projection]:
+    """The state folded from the repository's log (``repo_id``: another scope of a shared one)."""
     root = resolve_root(repo)
-    log = open_log(root, db)
+    log = open_log(root, db, repo_id=repo_id)
     try:
         return root, replay(log, **kwargs)
     finally:
@@ -265,6 +275,7 @@ def rejection_output(root: Path, db: str | None, key: str, shown: str, attempt: 
 @click.command("replay")
 @repo_option
 @db_option
+@repo_id_option
 @json_option
 @click.option("--until", type=int, default=None, metavar="SEQ", help="State after this sequence number.")
 @click.option("--at", "at_text", default=None, metavar="TIME", help="State at this time (ISO-8601).")
@@ -280,6 +291,7 @@ def rejection_output(root: Path, db: str | None, key: str, shown: str, attempt: 
 def replay_command(
     repo: Path | None,
     db: str | None,
+    repo_id: str | None,
     as_json: bool,
     until: int | None,
     at_text: str | None,
@@ -291,8 +303,8 @@ def replay_command(
         raise UsageError("--until and --at both given", hint="use one of them")
     at = parse_time_option(at_text) if at_text else None
     if verify_snapshot:
-        _, full = load_projection(repo, db, use_snapshot=False)
-        _, fast = load_projection(repo, db, use_snapshot=True)
+        _, full = load_projection(repo, db, repo_id=repo_id, use_snapshot=False)
+        _, fast = load_projection(repo, db, repo_id=repo_id, use_snapshot=True)
         same = full.to_json() == fast.to_json()
         if as_json:
             click.echo(json.dumps({"ok": same, "last_seq": full.last_seq}))
@@ -306,7 +318,9 @@ def replay_command(
         if not same:
             raise SystemExit(EXIT_FAILURES)
         return
-    _, proj = load_projection(repo, db, until=until, at=at, use_snapshot=until is None and at is None)
+    _, proj = load_projection(
+        repo, db, repo_id=repo_id, until=until, at=at, use_snapshot=until is None and at is None
+    )
     data = status_data(proj)
     if stream:
         data = select_stream(data, stream)

@@ -47,6 +47,19 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+def repo_id_option(fn: F) -> F:
+    """``--repo-id ID``: whose events to read in a log several repositories share."""
+    return click.option(
+        "--repo-id",
+        "repo_id",
+        default=None,
+        metavar="ID",
+        help="Read this repository's events in a shared database (default: [batchd] repo_id; when "
+        "unset, on PostgreSQL the first 12 hex digits of the root commit, on SQLite the file's own). "
+        '--repo-id "" reads the events written without a repository id.',
+    )(fn)
+
+
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")(fn)
 
@@ -98,6 +111,7 @@ def format_event(event: StoredEvent) -> str:
 @cli.command()
 @repo_option
 @db_option
+@repo_id_option
 @json_option
 @click.option(
     "--stream", "-s", default=None, help="Only this stream (todo-273, batch-1.1, phase-1, run, control)."
@@ -105,10 +119,16 @@ def format_event(event: StoredEvent) -> str:
 @click.option("--since", default=0, type=int, metavar="SEQ", help="Only events after this sequence number.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
 def events(
-    repo: Path | None, db: str | None, as_json: bool, stream: str | None, since: int, follow: bool
+    repo: Path | None,
+    db: str | None,
+    repo_id: str | None,
+    as_json: bool,
+    stream: str | None,
+    since: int,
+    follow: bool,
 ) -> None:
     """Print the event log, oldest first (one JSON object per line with --json)."""
-    log = open_log(resolve_root(repo), db)
+    log = open_log(resolve_root(repo), db, repo_id=repo_id)
     stop = _install_term_flag()
     # A todo's stream by any id form a person types: 282, 0282, todo-0282.
     key = user_id(stream) if stream is not None else None
@@ -149,18 +169,19 @@ def audit() -> None:
 @audit.command("verify")
 @repo_option
 @db_option
+@repo_id_option
 @json_option
 @click.option(
     "--full",
     is_flag=True,
     help="Also rebuild the state from the first event and compare it with the latest snapshot.",
 )
-def audit_verify(repo: Path | None, db: str | None, as_json: bool, full: bool) -> None:
+def audit_verify(repo: Path | None, db: str | None, repo_id: str | None, as_json: bool, full: bool) -> None:
     """Walk the whole hash chain and check the snapshot's hash; exit 1 naming the first bad sequence
     number if an event was changed or removed. (Start-up checks only the snapshot and what follows it.)"""
     from statemachine.projection import SNAPSHOT_NAME, snapshot_matches_replay
 
-    log = open_log(resolve_root(repo), db)
+    log = open_log(resolve_root(repo), db, repo_id=repo_id)
     try:
         progress = None if as_json else _progress_printer("checked")
         report = log.verify_tail(SNAPSHOT_NAME, progress=progress, whole=True)

@@ -26,7 +26,7 @@ import structlog
 from daemon.config import Config
 from daemon.exceptions import CannotProceed
 from daemon.intake.scanner import ScanResult
-from daemon.workspace import Workspace
+from daemon.workspace import Workspace, config_log
 from daemon.world import deps
 from daemon.world.agentproc import AgentProcess
 from daemon.world.faults import FaultInjector
@@ -78,7 +78,7 @@ class Daemon:
         self.root = config.root
         self.ws = Workspace(config.root)
         self.clock = clock
-        self.log = log_ if log_ is not None else EventLog(config.db_url)
+        self.log = log_ if log_ is not None else config_log(config)
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.faults = faults if faults is not None else FaultInjector()
         self.proj: Projection = Projection()

@@ -1,4 +1,6 @@
-"""Files that are not a usable event log are refused at open with a named error, the path and a hint."""
+"""Files that are not a usable event log are refused at open with a named error, the path and a hint.
+
+SQLite only: these are about files (PostgreSQL's bad databases are in test_bad_databases.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from store import EventLog, LogCorrupted, NotADatabase, SchemaTooNew, StoreError
+from store.schema import SCHEMA_VERSION
 from tests.store.events import REG, Noted
 
 
@@ -72,7 +75,7 @@ def test_newer_schema_is_refused(real_db: Path) -> None:
     conn.close()
     with pytest.raises(SchemaTooNew) as info:
         EventLog(real_db, reg=REG)
-    assert (info.value.found, info.value.supported) == (99, 1)
+    assert (info.value.found, info.value.supported) == (99, SCHEMA_VERSION)
     assert_names_file_and_hint(info.value, real_db)
 
 

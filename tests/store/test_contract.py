@@ -1,4 +1,4 @@
-"""The store contract, run against a SQLite file and against ``sqlite://`` in memory."""
+"""The store contract, run against a SQLite file, ``sqlite://`` in memory and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""follow(): tailing the log while another thread or process appends."""
+"""follow(): tailing the log while another thread or process appends, on SQLite and PostgreSQL.
+
+SQLite followers poll; PostgreSQL followers wait for the appender's NOTIFY (the poll interval is only
+a fallback), which the last test shows with an interval no test would live to see.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from store import EventLog
-from tests.store.events import Noted
+from tests.store.events import REG, Noted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,21 +53,45 @@ def test_stop_ends_an_idle_follow(log: EventLog) -> None:
     assert list(log.follow(poll_interval=0.001, stop=lambda: next(calls))) == []
 
 
-def test_follow_sees_another_process_appending(file_log: EventLog, db_path: Path) -> None:
-    """A follower in this process sees every event another process appends, in order."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.store.child", "loop", str(db_path), "remote", "20"],
+def appender(target: str, count: int) -> subprocess.Popen[bytes]:
+    """Another process appending ``count`` events to stream ``remote``, one transaction each."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.store.child", "loop", target, "remote", str(count)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
-    seen = []
-    try:
-        for ev in file_log.follow(poll_interval=0.01, stop=lambda: len(seen) >= 20):
-            seen.append(ev)
-    finally:
-        assert proc.wait(timeout=30) == 0
+
+
+def test_follow_sees_another_process_appending(backend: str) -> None:
+    """A follower in this process sees every event another process appends, in order."""
+    with EventLog(backend, reg=REG) as log:
+        proc = appender(backend, 20)
+        seen = []
+        try:
+            for ev in log.follow(poll_interval=0.01, stop=lambda: len(seen) >= 20):
+                seen.append(ev)
+        finally:
+            assert proc.wait(timeout=30) == 0
     assert [e.payload["n"] for e in seen] == list(range(20))
     assert [e.seq for e in seen] == list(range(1, 21))
+
+
+@pytest.mark.timeout(90)
+def test_follow_on_postgres_is_woken_by_notify_not_by_polling(pg_url: str) -> None:
+    """On PostgreSQL a follower whose poll interval is an hour still gets another process's events
+    as they are appended: it waits on LISTEN, and each append NOTIFYs (a polling follower would
+    hang here until the test's timeout)."""
+    with EventLog(pg_url, reg=REG) as log:
+        log.append("local", [Noted(text="before")])
+        follower = log.follow(poll_interval=3600)
+        assert next(follower).payload["text"] == "before"  # following (and listening) from here on
+        proc = appender(pg_url, 5)
+        try:
+            got = [next(follower).payload["n"] for _ in range(5)]
+        finally:
+            follower.close()
+            assert proc.wait(timeout=30) == 0
+    assert got == list(range(5))
 
 
 def test_follow_filters_by_stream(log: EventLog) -> None:

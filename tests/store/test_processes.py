@@ -1,4 +1,5 @@
-"""Several real processes on one log file: optimistic concurrency, WAL readers, interleaved writers."""
+"""Several real processes on one log: optimistic concurrency and interleaved writers (on an SQLite file
+and on PostgreSQL), WAL readers and writers (SQLite only: the tests hold SQLite locks by hand)."""
 
 from __future__ import annotations
 
@@ -30,19 +31,19 @@ def finish(proc: subprocess.Popen[str], timeout: float = 20) -> list[str]:
     return out.split("\n")
 
 
-def test_same_expected_version_from_two_processes_one_wins(db_path: Path) -> None:
+def test_same_expected_version_from_two_processes_one_wins(backend: str, tmp_path: Path) -> None:
     """Two processes append to one stream expecting the same version: one ok, one ConcurrencyError."""
-    with EventLog(db_path, reg=REG) as log:
+    with EventLog(backend, reg=REG) as log:
         log.append("todo:1", [Noted(text="first")], expected_version=0)
-    go = db_path.with_name("go")
-    procs = [spawn("race", str(db_path), str(go), "todo:1", "1") for _ in range(2)]
+    go = tmp_path / "go"
+    procs = [spawn("race", backend, str(go), "todo:1", "1") for _ in range(2)]
     for p in procs:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
     go.touch()
     results = sorted(finish(p)[0] for p in procs)
     assert results == ["conflict 2", "ok 2"]
-    with EventLog(db_path, reg=REG) as log:
+    with EventLog(backend, reg=REG) as log:
         assert [e.version for e in log.read_stream("todo:1")] == [1, 2]
         assert log.verify().ok
 
@@ -81,13 +82,13 @@ def test_writer_is_not_blocked_by_an_open_read(file_log: EventLog, db_path: Path
     assert file_log.last_seq() == 2
 
 
-def test_two_writer_processes_interleave_into_one_chain(db_path: Path) -> None:
+def test_two_writer_processes_interleave_into_one_chain(backend: str) -> None:
     """Appends from two processes get unique gap-free seqs, each stream in order, and the chain verifies."""
-    EventLog(db_path, reg=REG).close()
-    procs = [spawn("loop", str(db_path), f"w{i}", "40") for i in range(2)]
+    EventLog(backend, reg=REG).close()
+    procs = [spawn("loop", backend, f"w{i}", "40") for i in range(2)]
     acked = [[int(line.split()[1]) for line in finish(p) if line] for p in procs]
     assert len(set(acked[0]) | set(acked[1])) == 80
-    with EventLog(db_path, reg=REG) as log:
+    with EventLog(backend, reg=REG) as log:
         events = list(log.read())
         assert [e.seq for e in events] == list(range(1, 81))
         for i, seqs in enumerate(acked):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from store import Append, EventLog
 from store.eventlog import canonical_json, chain_hash
+from tests.pgserver import PgServer
 from tests.store.events import REG, Noted
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
@@ -61,6 +62,17 @@ def test_any_appends_read_back_in_order_in_memory(batches: list[list[tuple[int, 
 def test_any_appends_read_back_in_order_on_file(batches: list[list[tuple[int, list[str], bool]]]) -> None:
     """Any appends read back in order globally and per stream, seq and versions gap-free (file)."""
     with tempfile.TemporaryDirectory() as tmp, EventLog(Path(tmp) / "e.db", reg=REG) as log:
+        apply_and_check(log, batches)
+
+
+# A fresh database per example costs a CREATE DATABASE: a few examples, the invariant is the same.
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BATCHES)
+def test_any_appends_read_back_in_order_on_postgres(
+    pg_server: PgServer, batches: list[list[tuple[int, list[str], bool]]]
+) -> None:
+    """Any appends read back in order globally and per stream, seq and versions gap-free (PostgreSQL)."""
+    with pg_server.fresh_database() as url, EventLog(url, reg=REG) as log:
         apply_and_check(log, batches)
 
 
