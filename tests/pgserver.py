@@ -186,11 +186,11 @@ class PrivateServer:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.base = Path(tempfile.mkdtemp(prefix="batchd-pg-"))
+        self.uid, self.gid = self._unprivileged()
+        self.base = Path(tempfile.mkdtemp(prefix="batchd-pg-", dir=self._parent()))
         self.data = self.base / "data"
         self.sock = self.base / "sock"
         self.logfile = self.base / "server.log"
-        self.uid, self.gid = self._unprivileged()
         if self.uid >= 0:
             os.chown(self.base, self.uid, self.gid)
         self.sock.mkdir()
@@ -213,6 +213,15 @@ class PrivateServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C to the test's terminal must not kill it first
         )
+
+    def _parent(self) -> str | None:
+        """The temporary folder, unless the server's user cannot reach into it (a TMPDIR under
+        /root, say): then /tmp."""
+        if self.uid < 0:
+            return None
+        here = Path(tempfile.gettempdir()).resolve()
+        reachable = all(folder.stat().st_mode & 0o001 for folder in (here, *here.parents))
+        return None if reachable else "/tmp"
 
     @staticmethod
     def _unprivileged() -> tuple[int, int]:
