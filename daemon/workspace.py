@@ -157,9 +157,14 @@ def log_scope(root: Path, location: str, repo_id: str = "") -> str:
     return root_commit_id(root.resolve()) if is_shared(location) else ""
 
 
+def config_scope(config: Config) -> str:
+    """The scope of the daemon's own events: ``repo_id`` as configured, or its default."""
+    return log_scope(config.root, config.db_url, config.batchd.repo_id)
+
+
 def config_log(config: Config) -> EventLog:
     """The daemon's own log: ``db`` and ``repo_id`` as configured."""
-    return EventLog(config.db_url, scope=log_scope(config.root, config.db_url, config.batchd.repo_id))
+    return EventLog(config.db_url, scope=config_scope(config))
 
 
 def find_root(start: Path) -> Path:

@@ -19,7 +19,7 @@ from daemon.cli.view import LiveView, log_opener
 from daemon.config import Config
 from daemon.service.logs import configure_logging
 from daemon.service.signals import SignalFlags
-from daemon.workspace import open_log
+from daemon.workspace import config_scope, open_log
 from statemachine.projection import replay
 
 __all__ = ["LEVELS", "foreground", "wants_live_view"]
@@ -56,7 +56,9 @@ def foreground(config: Config, *, once: bool, log_level: str, log_json: bool | N
                 event_log.close()
         return code
     console = Console()
-    view = LiveView(log_opener(config.db_url), console, agent_timeout=config.agent.timeout)
+    view = LiveView(
+        log_opener(config.db_url, scope=config_scope(config)), console, agent_timeout=config.agent.timeout
+    )
     # Handlers first: a SIGTERM or Ctrl-C from the first moment the view is up is a graceful stop
     # (serve reads these flags and restores the handlers when it returns).
     flags = SignalFlags().install()

@@ -14,9 +14,8 @@ from daemon.intake.lint import lint_folder
 from daemon.intake.plan import Plan, check_plan, extend_plan, load_plan
 from daemon.intake.scanner import ScanResult, scan_folder
 from daemon.intake.todofile import TodoStatus, id_key
-from daemon.workspace import Workspace
+from daemon.workspace import Workspace, config_log
 from statemachine.projection import replay
-from store import EventLog
 from store.exceptions import EXIT_FAILURES
 
 
@@ -32,7 +31,7 @@ def logged_states(config: Config) -> dict[str, str]:
     location = Workspace(config.root).db_location(config.batchd.db)
     if "://" not in location and not Path(location).exists():
         return {}
-    log = EventLog(location)
+    log = config_log(config)
     try:
         proj = replay(log)
     finally:

@@ -211,15 +211,16 @@ def render(proj: Projection, notes: list[str], *, agent_timeout: float | None = 
     )
 
 
-def log_opener(url: str) -> LogOpener:
-    """Opens the event log at ``url`` once it exists (a fresh repository has none until the daemon
-    starts): opening a missing SQLite file would create it, racing the daemon's own creation."""
+def log_opener(url: str, *, scope: str = "") -> LogOpener:
+    """Opens the event log at ``url`` (its events of ``scope``) once it exists (a fresh repository
+    has none until the daemon starts): opening a missing SQLite file would create it, racing the
+    daemon's own creation."""
     path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
     def open_when_there() -> EventLog | None:
         if path is not None and not path.exists():
             return None
-        return EventLog(url)
+        return EventLog(url, scope=scope)
 
     return open_when_there
 

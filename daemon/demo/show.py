@@ -21,6 +21,7 @@ from daemon.cli.view import LiveView, log_opener
 from daemon.config import load_config
 from daemon.demo import scenario
 from daemon.demo.project import DemoProject
+from daemon.workspace import config_scope
 from statemachine.projection import Projection
 
 
@@ -37,7 +38,9 @@ def run_demo(project: DemoProject, *, console: Console | None = None) -> int:
     started = time.monotonic()
     config = load_config(root)
     # The view starts before the daemon, so everything the daemon writes counts as new.
-    view = LiveView(log_opener(config.db_url), console, agent_timeout=config.agent.timeout)
+    view = LiveView(
+        log_opener(config.db_url, scope=config_scope(config)), console, agent_timeout=config.agent.timeout
+    )
     with daemon_log.open("wb") as log_out, view:
         proc = subprocess.Popen(
             argv,

@@ -54,6 +54,7 @@ def run_page(request: Request) -> Response:
     state = request.query_params.get("state")
     with model.lock:
         ctx = run_context(model.projection, datetime.now(UTC), state=state if state in _STATES else None)
+        ctx["last_seq"] = model.last_seq  # the seq this data shows, read with it (see render.page)
     return page(request, "run.html", ctx)
 
 
@@ -61,6 +62,7 @@ def failed_page(request: Request) -> Response:
     model: LiveModel = request.app.state.model
     with model.lock:
         ctx = failed_context(model.projection)
+        ctx["last_seq"] = model.last_seq
     return page(request, "failed.html", ctx)
 
 

@@ -36,7 +36,11 @@ def page(request: Request, name: str, context: dict[str, Any], *, status_code: i
     """Render template ``name`` for ``request`` (whole, or its ``main`` block for live.js).
 
     ``context`` gets ``request``, ``url_for`` and ``last_seq`` (the seq the page shows: live.js asks
-    the SSE stream for what came after it)."""
+    the SSE stream for what came after it). Pages built from the model pass their own ``last_seq``,
+    read under the model's lock with their data: read here, later, it could name an event the page
+    does not show, whose update would then be missed.
+
+    Imports of macros go inside a template's ``main`` block: a fragment renders only that block."""
     model = request.app.state.model
     ctx = {"request": request, "url_for": request.url_for, "last_seq": model.last_seq, "static": False}
     ctx.update(context)

@@ -63,7 +63,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
         ) from None
     family, _, _, _, address = infos[0]
     try:
-        return socket.create_server(address[:2], family=family, backlog=128)
+        sock = socket.create_server(address[:2], family=family, backlog=128)
+        # create_server's socket has proto 0, so asyncio does not set TCP_NODELAY on what it accepts:
+        # every keep-alive response then waits ~40 ms for the client's delayed ACK. Accepted sockets
+        # inherit it from the listening one.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UsageError(

@@ -379,7 +379,8 @@ def timeline_page(request: Request) -> Response:
             )
             return page(request, "timeline.html", {"error": error, "tl": None}, status_code=404)
         view = model.timeline.view(phase, now, limit=MAX_DRAWN)
+        seq = model.last_seq  # the seq this view shows, read with it (see render.page)
     timeline_path = request.url_for("timeline").path
     todo_base = request.url_for("todo", todo_id="0").path[:-1]
     tl = layout(view, todo_base=todo_base, phase_base=f"{timeline_path}?phase=", all_href=timeline_path)
-    return page(request, "timeline.html", {"tl": tl, "error": ""})
+    return page(request, "timeline.html", {"tl": tl, "error": "", "last_seq": seq})

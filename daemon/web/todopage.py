@@ -177,6 +177,7 @@ def todo_page(request: Request) -> Response:
             return not_found(request, e.message, e.hint)
         todo = proj.todos[key]
         shown = proj.shown(key)
+        seq = model.last_seq  # read with the data: a page never claims a seq it does not show
         info: dict[str, Any] = {
             "id": shown,
             "key": key,
@@ -206,7 +207,13 @@ def todo_page(request: Request) -> Response:
     return page(
         request,
         "todo.html",
-        {"todo": info, "file": _file_context(model.root, info["path"]), "events": rows, "attempts": logs},
+        {
+            "todo": info,
+            "file": _file_context(model.root, info["path"]),
+            "events": rows,
+            "attempts": logs,
+            "last_seq": seq,
+        },
     )
 
 

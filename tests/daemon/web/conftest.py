@@ -22,6 +22,8 @@ from daemon.web.app import create_app
 from daemon.web.model import LiveModel
 
 RUN_TIMEOUT = 240.0
+# A loopback Host: the app refuses any other on a loopback bind (DNS rebinding), TestClient's default too.
+BASE_URL = "http://127.0.0.1"
 
 
 def run_demo_daemon(root: Path) -> None:
@@ -66,7 +68,7 @@ def demo_model(demo_root: Path) -> Iterator[LiveModel]:
 @pytest.fixture
 def client(demo_model: LiveModel) -> Iterator[TestClient]:
     """An HTTP client of the dashboard of the demo run (no token)."""
-    with TestClient(create_app(demo_model, start_model=False)) as test_client:
+    with TestClient(create_app(demo_model, start_model=False), base_url=BASE_URL) as test_client:
         yield test_client
 
 
@@ -76,7 +78,7 @@ def client_for() -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def make(root: Path, *, token: str | None = None) -> TestClient:
-        test_client = TestClient(create_app(LiveModel(root), token=token))
+        test_client = TestClient(create_app(LiveModel(root), token=token), base_url=BASE_URL)
         test_client.__enter__()
         opened.append(test_client)
         return test_client
