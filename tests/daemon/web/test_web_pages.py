@@ -126,7 +126,7 @@ def test_run_page_has_pause_and_resume_buttons_and_a_timeline_link(client: TestC
     page = client.get("/").text
     assert '<button type="button" class="control" data-control="pause">' in page
     assert '<button type="button" class="control" data-control="resume">' in page
-    assert 'id="timeline-slot"' in page and 'href="http://testserver/timeline"' in page
+    assert 'id="timeline-slot"' in page and 'href="http://127.0.0.1/timeline"' in page
 
 
 def test_run_page_filtered_by_state_lists_only_that_state(client: TestClient, demo_root: Path) -> None:
@@ -237,7 +237,7 @@ def test_events_rows_link_todo_streams_and_carry_the_payload(client: TestClient,
     """Each row of a todo's stream links to its todo page, and the payload is there as JSON."""
     event = next(e for e in all_events(demo_root, stream="todo-282") if e.type == "todo.rejected")
     page = client.get("/events", params={"before": event.seq + 1, "limit": 1}).text
-    assert 'href="http://testserver/todo/282"' in page
+    assert 'href="http://127.0.0.1/todo/282"' in page
     payload = re.search(r'<pre class="payload">(.*?)</pre>', page, flags=re.S)
     assert payload is not None
     assert json.loads(html.unescape(payload.group(1))) == event.payload
