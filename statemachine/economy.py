@@ -52,6 +52,7 @@ __all__ = [
     "run_economy",
     "running_seconds",
     "summary_text",
+    "summed_economy",
     "todo_economy",
     "todo_json",
 ]
@@ -235,7 +236,12 @@ def todo_economy(t: TodoView, *, now: datetime | None = None) -> TodoEconomy:
 
 def run_economy(proj: Projection, *, now: datetime | None = None) -> RunEconomy:
     """The run's accounting: every todo the projection knows."""
-    each = {t.todo_id: todo_economy(t, now=now) for t in proj.todos.values()}
+    return summed_economy({t.todo_id: todo_economy(t, now=now) for t in proj.todos.values()})
+
+
+def summed_economy(each: Mapping[str, TodoEconomy]) -> RunEconomy:
+    """The run's accounting from each todo's (:func:`todo_economy`): a caller that keeps those
+    between two states of the log (the dashboard) sums them again without classing every attempt."""
     useful = sum(e.useful_minutes for e in each.values())
     wasted = sum(e.wasted_minutes for e in each.values())
     costs = [e.cost_usd for e in each.values() if e.cost_usd is not None]

@@ -26,12 +26,14 @@ from daemon.cli.view import NOTABLE, describe_event
 from daemon.engine.statusfile import failed_rows, phase_result, review_items, verdict_line
 from statemachine.economy import (
     RunEconomy,
+    TodoEconomy,
     budget_text,
     clock,
     cost_text,
     minutes_text,
     ratio_text,
-    run_economy,
+    summed_economy,
+    todo_economy,
 )
 from statemachine.ids import id_order
 from statemachine.projection import Projection
@@ -130,24 +132,49 @@ def run_context(proj: Projection, now: datetime, *, state: str | None = None) ->
     }
 
 
-_economy_lock = threading.Lock()
-_economy_cache: dict[tuple[int, int, int], RunEconomy] = {}
+class _EconomyCache:
+    """:func:`run_economy`, kept between two states of the log: each todo's accounting is classed
+    again only when what it is computed from changed (or its agent runs, whose time grows with the
+    clock), then all are summed. Classing every attempt of 100,000 todos costs seconds; a live run
+    page is asked for after every event."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0  # id() of the projection the entries are of: another log starts afresh
+        self._each: dict[str, tuple[tuple[object, ...], TodoEconomy]] = {}
+
+    def economy(self, proj: Projection, now: datetime) -> RunEconomy:
+        with self._lock:
+            if self._owner != id(proj):
+                self._owner, self._each = id(proj), {}
+            each: dict[str, TodoEconomy] = {}
+            for key, t in proj.todos.items():
+                # Every field todo_economy reads; history only grows, so its length stands for it.
+                mark = (
+                    t.state,
+                    t.attempt,
+                    len(t.history),
+                    t.agent_seconds,
+                    t.cost_usd,
+                    t.last_cost_usd,
+                    t.cost_simulated,
+                )
+                kept = self._each.get(key)
+                if kept is None or kept[0] != mark or t.state == TodoState.RUNNING:
+                    kept = (mark, todo_economy(t, now=now))
+                    self._each[key] = kept
+                each[key] = kept[1]
+            if len(self._each) > len(each):
+                self._each = {k: self._each[k] for k in each}
+        return summed_economy(each)
+
+
+_economies = _EconomyCache()
 
 
 def economy_of(proj: Projection, now: datetime) -> RunEconomy:
-    """:func:`run_economy`, computed once per state of the log (and per second while agents run,
-    whose time so far grows with the clock): every viewer and live refresh between two events shares
-    one computation, which costs seconds on a log of 100,000 todos."""
-    running = any(t.state == TodoState.RUNNING for t in proj.todos.values())
-    key = (id(proj), proj.last_seq, int(now.timestamp()) if running else 0)
-    with _economy_lock:
-        found = _economy_cache.get(key)
-    if found is None:
-        found = run_economy(proj, now=now)
-        with _economy_lock:
-            _economy_cache.clear()  # one entry: the newest state is the only one asked for again
-            _economy_cache[key] = found
-    return found
+    """The run's accounting (:func:`statemachine.economy.run_economy`), computed incrementally."""
+    return _economies.economy(proj, now)
 
 
 def _todo_row(proj: Projection, key: str, minutes: float) -> dict[str, Any]:
