@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from daemon.web import metrics, pages, sse, timeline_view
-from daemon.web.auth import LoopbackHostMiddleware, TokenMiddleware, token_problem
+from daemon.web.auth import LoopbackHostMiddleware, SecurityHeadersMiddleware, TokenMiddleware, token_problem
 from daemon.web.model import LiveModel
 
 __all__ = ["create_app"]
@@ -60,7 +60,9 @@ def create_app(
         Mount("/static", StaticFiles(packages=[("daemon.web", "static")]), name="static"),
     ]
     # Outermost first: a request with a foreign Host is refused before its token is even looked at.
-    middleware = [Middleware(LoopbackHostMiddleware)] if loopback else []
+    middleware = [Middleware(SecurityHeadersMiddleware)]
+    if loopback:
+        middleware.append(Middleware(LoopbackHostMiddleware))
     if token:
         middleware.append(Middleware(TokenMiddleware, token=token))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

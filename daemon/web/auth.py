@@ -28,23 +28,26 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.exceptions import UsageError
 
 __all__ = [
     "COOKIE",
     "ENV",
+    "SECURITY_HEADERS",
     "TOKEN_CHARS",
     "LoopbackHostMiddleware",
+    "SecurityHeadersMiddleware",
     "TokenMiddleware",
     "check_bind",
+    "cookie_name",
     "is_loopback",
     "is_loopback_host_header",
     "token_problem",
 ]
 
-COOKIE = "batchd_token"
+COOKIE = "batchd_token"  # the prefix: the cookie is named per port (see cookie_name)
 ENV = "BATCHD_TOKEN"
 
 # What a cookie value may hold (RFC 6265 cookie-octet): printable ASCII but space " , ; and \\.
@@ -62,6 +65,18 @@ _BAD_HOST = (
     b"(127.0.0.1, localhost, [::1]) in the Host header, so that another web site cannot reach it\n"
     b"through its own DNS name. Open it as http://127.0.0.1:PORT/ or http://localhost:PORT/.\n"
 )
+
+
+def cookie_name(port: int | None) -> str:
+    """The token cookie of the dashboard on ``port``: cookies ignore ports, so one plain name would
+    be sent to every other service on this host name, and two dashboards on one host would overwrite
+    each other's."""
+    return f"{COOKIE}_{port}" if port else COOKIE
+
+
+def _port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return int(server[1]) if server and server[1] is not None else None
 
 
 def is_loopback(host: str) -> bool:
@@ -160,6 +175,43 @@ async def _refuse(
     await _plain(send, status, body, headers)
 
 
+# Every answer: no page of the dashboard may be framed (a click inside a hidden frame of another
+# site would otherwise press its buttons, running the dashboard's own script in its own origin), and
+# served pages run only the dashboard's own script files, never inline script (what an injected
+# title would need even if escaping failed).
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Add :data:`SECURITY_HEADERS` to every HTTP answer (pages, files, errors, the SSE stream)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class LoopbackHostMiddleware:
     """Answer 400 to any request whose ``Host`` is not a loopback name (see the module docstring)."""
 
@@ -217,7 +269,9 @@ class TokenMiddleware:
         query = b"&".join(rest).decode("latin-1")
         location = _same_origin_path(scope) + (f"?{query}" if query else "")
         # The token's characters are all cookie-safe (checked in __init__): it is written as is.
-        cookie = COOKIE.encode() + b"=" + self._token + b"; HttpOnly; SameSite=Strict; Path=/"
+        cookie = (
+            cookie_name(_port(scope)).encode() + b"=" + self._token + b"; HttpOnly; SameSite=Strict; Path=/"
+        )
         headers = [
             (b"location", location.encode("latin-1")),
             (b"set-cookie", cookie),
@@ -246,7 +300,7 @@ def _cookie(scope: Scope) -> bytes | None:
         if key == b"cookie":
             for part in value.split(b";"):
                 name, sep, content = part.strip().partition(b"=")
-                if sep and name == COOKIE.encode():
+                if sep and name == cookie_name(_port(scope)).encode():
                     return content
     return None
 

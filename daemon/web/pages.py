@@ -11,10 +11,11 @@ The todo page and its logs are in :mod:`daemon.web.todopage`, the control button
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from daemon.cli.control import status_data, verify_config
 from daemon.web.controlpage import control
@@ -23,14 +24,15 @@ from daemon.web.pagedata import (
     EVENTS_LIMIT,
     EVENTS_MAX,
     EventsQuery,
+    economy_of,
     event_row,
     events_window,
     failed_context,
     run_context,
 )
+from daemon.web.query import query_int
 from daemon.web.render import page
 from daemon.web.todopage import agent_log, todo_page, verify_log
-from statemachine.economy import run_economy
 from statemachine.events import todo_stream
 from statemachine.ids import user_id
 from statemachine.tables import TodoState
@@ -67,9 +69,8 @@ def failed_page(request: Request) -> Response:
 
 
 def _int(text: str | None, default: int | None, low: int, high: int) -> int | None:
-    if text is None or not text.strip().isdigit():
-        return default
-    return max(low, min(high, int(text)))
+    number = query_int(text)
+    return default if number is None else max(low, min(high, number))
 
 
 def events_page(request: Request) -> Response:
@@ -84,6 +85,9 @@ def events_page(request: Request) -> Response:
         before=_int(params.get("before"), None, 1, 2**62),
         limit=_int(params.get("limit"), EVENTS_LIMIT, 1, EVENTS_MAX) or EVENTS_LIMIT,
     )
+    # Read before the log: the page shows at least every event up to it, so the next one to come is
+    # never taken as shown (see render.page).
+    seq = model.last_seq
     log = model.open_log()
     try:
         found, older = events_window(log, query)
@@ -91,7 +95,7 @@ def events_page(request: Request) -> Response:
         log.close()
     with model.lock:
         rows = [event_row(model.projection, e) for e in found]
-    return page(request, "events.html", {"query": query, "rows": rows, "older": older})
+    return page(request, "events.html", {"query": query, "rows": rows, "older": older, "last_seq": seq})
 
 
 def status_json(request: Request) -> Response:
@@ -100,5 +104,8 @@ def status_json(request: Request) -> Response:
     checks = verify_config(model.root)
     with model.lock:
         proj = model.projection
-        data = status_data(proj, economy=run_economy(proj, now=datetime.now(UTC)), verify=checks)
-    return JSONResponse(data, headers={"Cache-Control": "no-store"})
+        data = status_data(proj, economy=economy_of(proj, datetime.now(UTC)), verify=checks)
+        # Written under the lock: the data holds lists of the projection's own, which the follower
+        # changes as events come.
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -7,7 +7,7 @@ Python, so the template is a plain loop that prints numbers and escaped text (au
 title is text inside ``<title>``, never markup).
 
 :func:`timeline_context` is what ``_timeline.html`` needs; ``batchd report --html`` renders the same
-partial with ``static=True`` (bars link to ``#todo-ID`` anchors of the report, or nowhere).
+partial with ``static=True`` (its bars link nowhere: the report has no todo pages).
 
 A view is copied from the fold under the model's lock (:meth:`Timeline.view` reads one phase's
 indexes only) and laid out after the lock is released, so a big picture never holds up the follower.
@@ -27,6 +27,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from daemon.web.query import query_int
 from daemon.web.render import page
 from daemon.web.timeline import OUTCOMES, Timeline, TimelineView
 from statemachine.economy import clock
@@ -176,14 +177,14 @@ def timeline_context(
     *,
     phase: int | None = None,
     now: float | None = None,
-    todo_base: str | None = "#todo-",
+    todo_base: str | None = None,
     phase_base: str | None = None,
     all_href: str | None = None,
 ) -> dict[str, Any]:
     """What ``_timeline.html`` needs, as ``{"tl": Layout}``.
 
-    Defaults suit the self-contained report: bars link to ``#todo-ID`` (``todo_base=None``: no
-    links), no phase zoom links (``phase_base``: a prefix the phase number is appended to). The
+    Defaults suit the self-contained report: bars link nowhere (``todo_base``: a prefix the todo's
+    id is appended to), no phase zoom links (``phase_base``: a prefix the phase number is appended to). The
     caller must own ``timeline`` for the call (the page holds the model's lock only for the view)."""
     view = timeline.view(phase, now, limit=MAX_DRAWN)
     return {"tl": layout(view, todo_base=todo_base, phase_base=phase_base, all_href=all_href)}
@@ -192,7 +193,7 @@ def timeline_context(
 def layout(
     view: TimelineView,
     *,
-    todo_base: str | None = "#todo-",
+    todo_base: str | None = None,
     phase_base: str | None = None,
     all_href: str | None = None,
 ) -> Layout:
@@ -362,14 +363,14 @@ def timeline_page(request: Request) -> Response:
     raw = request.query_params.get("phase", "").strip()
     phase: int | None = None
     if raw:
-        if not raw.isdigit():
+        if query_int(raw) is None:
             return page(
                 request,
                 "timeline.html",
                 {"error": f"phase must be a phase number, not {raw!r}", "tl": None},
                 status_code=400,
             )
-        phase = int(raw)
+        phase = query_int(raw)
     now = time.time()
     with model.lock:
         if phase is not None and phase not in model.timeline.phases:

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from daemon.exceptions import UsageError
 from daemon.web.app import create_app
-from daemon.web.auth import COOKIE, check_bind, is_loopback, is_loopback_host_header
+from daemon.web.auth import check_bind, cookie_name, is_loopback, is_loopback_host_header
 from daemon.web.model import LiveModel
 
 TOKEN = "s3cret-token-of-the-test-0123"  # 29 cookie-safe characters
@@ -104,12 +104,12 @@ def test_bearer_token_is_let_through(guarded: TestClient) -> None:
 
 def test_cookie_token_is_let_through(guarded: TestClient) -> None:
     """A browser's cookie is enough (EventSource sends cookies, never headers)."""
-    assert guarded.get(ASSET, headers={"Cookie": f"other=1; {COOKIE}={TOKEN}"}).status_code == 200
+    assert guarded.get(ASSET, headers={"Cookie": f"other=1; {cookie_name(8765)}={TOKEN}"}).status_code == 200
 
 
 def test_wrong_cookie_is_401(guarded: TestClient) -> None:
     """A cookie with another value is refused."""
-    assert guarded.get(ASSET, headers={"Cookie": f"{COOKIE}=nope"}).status_code == 401
+    assert guarded.get(ASSET, headers={"Cookie": f"{cookie_name(8765)}=nope"}).status_code == 401
 
 
 def test_query_token_redirects_without_it_and_sets_the_cookie(guarded: TestClient) -> None:
@@ -118,7 +118,7 @@ def test_query_token_redirects_without_it_and_sets_the_cookie(guarded: TestClien
     assert response.status_code == 303
     assert response.headers["location"] == f"{ASSET}?a=1&b=2"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}={TOKEN};")
+    assert cookie.startswith(f"{cookie_name(8765)}={TOKEN};")
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -262,13 +263,14 @@ def demo_timeline(demo_root: Path) -> Timeline:
     return timeline
 
 
-def render_static(timeline: Timeline) -> str:
-    return env.get_template("_timeline.html").render(static=True, **timeline_context(timeline))
+def render_static(timeline: Timeline, **kwargs: Any) -> str:
+    return env.get_template("_timeline.html").render(static=True, **timeline_context(timeline, **kwargs))
 
 
 def test_the_report_partial_links_bars_to_anchors_of_the_report(demo_timeline: Timeline) -> None:
-    """With static=True (report --html) bars link to #todo-ID anchors, never to the server."""
-    text = render_static(demo_timeline)
+    """With static=True and a todo_base (a file with todo sections) bars link to #todo-ID anchors,
+    never to the server."""
+    text = render_static(demo_timeline, todo_base="#todo-")
     bars = bars_of(text)
     assert len(bars) == len(demo_timeline.bars)
     assert all(b.href == f"#todo-{b.todo}" for b in bars)
@@ -276,8 +278,8 @@ def test_the_report_partial_links_bars_to_anchors_of_the_report(demo_timeline: T
 
 
 def test_the_report_partial_can_draw_bars_with_no_links(demo_timeline: Timeline) -> None:
-    """todo_base=None: a report without todo sections gets bars that link nowhere."""
-    ctx = timeline_context(demo_timeline, todo_base=None)
+    """By default (the report, which has no todo sections) bars link nowhere."""
+    ctx = timeline_context(demo_timeline)
     text = env.get_template("_timeline.html").render(static=True, **ctx)
     assert bars_of(text) and all(b.href is None for b in bars_of(text))
 
