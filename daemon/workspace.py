@@ -120,23 +120,31 @@ def is_shared(location: str) -> bool:
 
 @cache
 def root_commit_id(root: Path) -> str:
-    """The first hex digits of the repository's root commit: the same in every clone. (Several roots,
-    from merged unrelated histories: the smallest sha, so every clone picks the same one.)"""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "rev-list", "--max-parents=0", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+    """The first hex digits of the repository's root commit: the same in every clone. The root of the
+    first-parent chain, so a merge of an unrelated history (a second root) never changes it; a
+    shallow clone is refused, as its oldest commit is not the root."""
+    shallow = _git_out(root, "rev-parse", "--is-shallow-repository")
+    if shallow.stdout.strip() == "true":
+        raise UsageError(
+            f"{root} is a shallow clone: its oldest commit is not the repository's root commit, which "
+            "names the repository in a shared event log",
+            hint=f"`git -C {root} fetch --unshallow`, or set [batchd] repo_id in batchd.toml",
         )
-    except OSError as e:
-        raise UsageError(f"cannot run git to find the repository id of {root}: {e}", hint=_NAME_IT) from e
-    roots = sorted(done.stdout.split())
+    done = _git_out(root, "rev-list", "--max-parents=0", "--first-parent", "HEAD")
+    roots = done.stdout.split()
     if done.returncode != 0 or not roots:
         why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "it has no commit yet"
         raise UsageError(f"{root} has no root commit to name it in a shared event log ({why})", hint=_NAME_IT)
     return roots[0][:ROOT_ID_DIGITS]
+
+
+def _git_out(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UsageError(f"cannot run git to find the repository id of {root}: {e}", hint=_NAME_IT) from e
 
 
 _NAME_IT = "set [batchd] repo_id in batchd.toml (or pass --repo-id), or commit something first"

@@ -15,6 +15,7 @@ from daemon.engine.flaketext import MAX_ROWS, command_rates, percent, quarantine
 from daemon.engine.state import batch_at_work, run_branch
 from daemon.exceptions import headline
 from daemon.intake.todofile import id_order
+from daemon.workspace import is_shared
 from statemachine.economy import (
     RunEconomy,
     attempt_class,
@@ -150,9 +151,10 @@ def render_status(
     run = proj.run
     todos = proj.todos
     lines = ["# Execution Status", ""]
-    lines.append(
-        f"_Written by batchd from its event log ({config.batchd.db}) after every batch: do not edit by hand._"
-    )
+    # This file is committed and pushed: a database server's address (user, host, a password in the
+    # URL) is never written into it, only that the log is on one.
+    where = "on a database server" if is_shared(config.db_url) else f"({config.batchd.db})"
+    lines.append(f"_Written by batchd from its event log {where} after every batch: do not edit by hand._")
     lines.append("")
     counts: dict[str, int] = {}
     for todo in todos.values():

@@ -153,6 +153,39 @@ def test_default_repo_id_is_the_root_commit_in_every_clone(tmp_path: Path) -> No
     assert log_scope(clone, url) == first[:12]
 
 
+def test_a_merged_unrelated_history_does_not_change_the_repository_id(tmp_path: Path) -> None:
+    """Merging a history with a root of its own adds a second root commit: the id stays the root of
+    the first-parent chain, whichever of the two roots sorts first, so the log is still found."""
+    url = "postgresql+psycopg://batchd@/db?host=/nowhere"
+    root = make_repo(tmp_path / "repo", {"1": "exit: 0"})
+    before = log_scope(root, url)
+    for n in range(8):  # unrelated roots until one sorts before ours (1 in 2 each time)
+        other = make_repo(tmp_path / f"other{n}", {str(100 + n): "exit: 0"})
+        git(root, "fetch", "-q", str(other), "main")
+        git(root, "merge", "-q", "--allow-unrelated-histories", "-m", f"merge {n}", "FETCH_HEAD")
+        roots = sorted(git(root, "rev-list", "--max-parents=0", "HEAD").split())
+        if roots[0][:12] != before:
+            break
+    assert roots[0][:12] != before, "no unrelated root sorted first in 8 tries"
+    root_commit_id.cache_clear()
+    assert log_scope(root, url) == before
+
+
+def test_a_shallow_clone_is_refused_with_how_to_name_it(tmp_path: Path) -> None:
+    """A shallow clone's oldest commit is not the root: rather than a scope of its own (its events
+    silently apart from every other clone's), a usage error saying to unshallow or set repo_id."""
+    root = make_repo(tmp_path / "repo", {"1": "exit: 0"})
+    (root / "more.txt").write_text("more\n")
+    git(root, "add", "more.txt")
+    git(root, "commit", "-qm", "more")
+    shallow = tmp_path / "shallow"
+    clone = ["git", "clone", "-q", "--depth", "1", f"file://{root}", str(shallow)]
+    subprocess.run(clone, check=True, capture_output=True)
+    with pytest.raises(UsageError) as info:
+        log_scope(shallow, "postgresql+psycopg://batchd@/db?host=/nowhere")
+    assert "shallow" in str(info.value) and "repo_id" in info.value.render()
+
+
 def test_sqlite_log_is_the_repositorys_own(tmp_path: Path) -> None:
     """On SQLite the log keeps scope "" (its events are where they always were), unless repo_id says."""
     root = make_repo(tmp_path / "repo", {"1": "exit: 0"})

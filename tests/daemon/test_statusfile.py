@@ -8,11 +8,16 @@ todo 5's front matter is not YAML (invalid), todo 6 is fine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from gitrepo import NAMED_BREAK
 from phase_repo import STATUS_FILE, PhaseRepo, build_repo, module, show, writes
+
+from daemon.config import load_config
+from daemon.engine.statusfile import render_status
+from daemon.workspace import open_log
+from statemachine.projection import replay
 
 BAD_YAML = "---\nstatus: ready\npriority: [p2\n---\n\n# Broken front matter\n"
 HEADER = "| Todo ID | Description | Reason | Files Reverted | Action Needed |"
@@ -134,3 +139,20 @@ def test_the_verdict_line_names_each_kind(failures: Failures) -> None:
     line = next(ln for ln in failures.repo.status().splitlines() if ln.startswith("- **Verdict:**"))
     assert "rejected: 1; conflicted: 3; agent failed: 4; invalid: 5" in line
     assert "missing" not in line
+
+
+def test_a_database_servers_address_is_never_written_into_the_status_file(failures: Failures) -> None:
+    """The status file is committed and pushed: with the log on PostgreSQL its header says so, and
+    names neither the user, the host nor a password of the URL."""
+    config = load_config(failures.repo.root)
+    url = "postgresql+psycopg://batchd:s3cret-pw@db.internal:5432/runs?password=other-secret"
+    on_server = replace(config, batchd=replace(config.batchd, db=url))
+    log = open_log(failures.repo.root)
+    try:
+        proj = replay(log)
+    finally:
+        log.close()
+    text = render_status(proj, on_server)
+    assert "on a database server" in text
+    for secret in ("s3cret-pw", "other-secret", "db.internal", "batchd:"):
+        assert secret not in text
