@@ -151,7 +151,8 @@ def test_a_page_of_one_stream_refreshes_only_on_its_events(demo_copy: Path, brow
         # Whether a refresh was scheduled, seen right after the handler that took the event ran.
         page.evaluate(
             "window.__pending = [];"
-            "new MutationObserver(() => window.__pending.push(window.batchd.pending())).observe(document.body, {attributes: true, attributeFilter: ['data-last-seq']})"
+            "new MutationObserver(() => window.__pending.push(window.batchd.pending()))"
+            ".observe(document.body, {attributes: true, attributeFilter: ['data-last-seq']})"
         )
         with EventLog(demo_copy / ".batchd" / "events.db") as log:
             (other,) = log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason="not this page's")])
