@@ -13,21 +13,22 @@ first so uvicorn does not wait for them.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import re
 import signal
 import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from daemon.cli.main import db_option, json_option, repo_option, resolve_root
 from daemon.exceptions import UsageError
 from daemon.web.auth import ENV
-from daemon.workspace import Workspace
 
 if TYPE_CHECKING:
     from daemon.web.model import LiveModel
@@ -45,9 +46,35 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _without_password(location: str) -> str:
-    """A database URL as shown: ``postgresql://user:secret@host/db`` -> ``user:***@``."""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", location)
+# A token in a query string (a browser's first visit, ?token=T): never written to a journal.
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
+
+
+class HideToken(logging.Filter):
+    """Rewrites ``token=SECRET`` to ``token=***`` in a log record (uvicorn's access lines keep the
+    request line in ``args``; a message may hold it too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1***", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, but access lines on stderr (stdout is the one line a script reads) and
+    without tokens."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"hide_token": {"()": HideToken}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["hide_token"]
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
 
 
 class _Stopped(Exception):
@@ -70,7 +97,9 @@ class _Stopped(Exception):
     help="Every request must carry it (required on any address but loopback). Prefer the environment "
     "variable: a command line is visible to every user of the machine.",
 )
-@click.option("--access-log", is_flag=True, help="Log each request on stderr.")
+@click.option(
+    "--access-log", is_flag=True, help="Log each request on stderr (a token in a query shows as ***)."
+)
 def serve(
     repo: Path | None,
     db: str | None,
@@ -141,12 +170,17 @@ def _serve(
     app = create_app(model, token=token, start_model=False, loopback=is_loopback(host))
     config = uvicorn.Config(
         app,
+        log_config=_log_config(),
         log_level="warning",
         access_log=access_log,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         server_header=False,
     )
+    if access_log:
+        # log_level (warnings only, for uvicorn's own messages) set the access logger to WARNING
+        # too, where it says nothing: each request is logged at INFO.
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = DashboardServer(config, model)
     # The server's handler (it only sets flags) from the very start: a SIGTERM during the fold, or
     # between the address printed and uvicorn's main loop, stops as cleanly as one while serving.
@@ -160,7 +194,7 @@ def _serve(
             click.echo("\nbatchd serve: stopped before serving", err=True)
             return
         try:
-            _announce(sock, root, db, model, host=host, as_json=as_json)
+            _announce(sock, model, host=host, as_json=as_json)
             if not server.should_exit:
                 server.run(sockets=[sock])
         finally:
@@ -172,14 +206,12 @@ def _serve(
             signal.signal(sig, handler)
 
 
-def _announce(
-    sock: socket.socket, root: Path, db: str | None, model: LiveModel, *, host: str, as_json: bool
-) -> None:
+def _announce(sock: socket.socket, model: LiveModel, *, host: str, as_json: bool) -> None:
     if model.last_seq >= 10_000 and sys.stderr.isatty():
         click.echo("", err=True)  # end the progress line
     port = sock.getsockname()[1]
     url = _url(host, port)
-    location = _without_password(Workspace(root).db_location(db))
+    location = model.location  # as the store names it: a path, or the server without its password
     if as_json:
         data = {"url": url, "host": host, "port": port, "log": location, "events": model.last_seq}
         click.echo(json.dumps(data))

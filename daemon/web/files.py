@@ -10,7 +10,10 @@ with replacement characters: an agent's output that is not UTF-8 still shows, ma
 :func:`git_show` runs ``git show`` the way batchd runs git (:mod:`daemon.world.gitops`: hooks and
 fsmonitor off, no replace refs or grafts) with external diff and textconv programs off too, a
 timeout, and its output read only up to a cap: a diff of a huge generated file costs the page a
-few hundred KiB, not the server's memory.
+few hundred KiB, not the server's memory. A commit never changes, so what ``git show`` printed is
+kept in a small LRU (:data:`SHOW_CACHE` entries, by repository, commit and cap): a live todo page,
+fetched again after each of its events, runs git once per commit, not once per refresh. Failures
+(a timeout, a commit not there yet) are not kept: the next view tries again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ from daemon.world import gitops
 __all__ = [
     "DIFF_LIMIT",
     "GIT_TIMEOUT",
+    "SHOW_CACHE",
     "TAIL_BYTES",
     "Diff",
     "FileRefused",
@@ -47,6 +52,7 @@ TAIL_BYTES = 64 * 1024  # the end of a log a page shows; the whole is one link a
 DIFF_LIMIT = 512 * 1024  # bytes of `git show` a page shows
 GIT_TIMEOUT = 10.0  # seconds: a page never waits longer for git
 CHUNK = 64 * 1024
+SHOW_CACHE = 32  # diffs kept (each at most its cap, DIFF_LIMIT): 16 MiB at worst
 
 
 class FileRefused(BatchdError):
@@ -134,12 +140,57 @@ class Diff:
 _SHOW_ARGS = ("show", "--stat", "--patch", "--no-color", "--no-ext-diff", "--no-textconv", "--end-of-options")
 
 
+class _ShowCache:
+    """The last :data:`SHOW_CACHE` diffs shown, by (repository, commit, cap); shared by the threads
+    that render pages."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[Path, str, int], Diff] = OrderedDict()
+
+    def get(self, key: tuple[Path, str, int]) -> Diff | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[Path, str, int], diff: Diff) -> None:
+        with self._lock:
+            self._items[key] = diff
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+_shown = _ShowCache(SHOW_CACHE)
+
+
 def git_show(repo: Path, sha: str, *, limit: int = DIFF_LIMIT, timeout: float = GIT_TIMEOUT) -> Diff:
     """The commit ``sha`` (a full hex id from the log) as ``git show`` prints it, up to ``limit`` bytes."""
     if not (7 <= len(sha) <= 64 and all(c in "0123456789abcdef" for c in sha)):
         return Diff(sha, error="not a commit id")
+    key = (repo, sha, limit)
+    diff = _shown.get(key)
+    if diff is None:
+        diff = _git_show(repo, sha, limit=limit, timeout=timeout)
+        if not diff.error:
+            _shown.put(key, diff)
+    return diff
+
+
+def _git_show(repo: Path, sha: str, *, limit: int, timeout: float) -> Diff:
     # gitops' own argv and environment (hooks, fsmonitor, replace refs off): batchd's one way to run git.
-    argv, cwd, env = gitops._command(
+    argv, cwd, env = gitops.git_command(
         repo, (*_SHOW_ARGS, sha), {"GIT_PAGER": "cat"}, None, untrusted=True, as_configured=False
     )
     # stderr goes to a file: a git that writes much there while its stdout is read never stalls.

@@ -222,6 +222,13 @@ class RunCollector:
         )
         up.add_metric([], 1.0 if holder(Workspace(model.root).lock_path) is not None else 0.0)
         yield up
+        following = GaugeMetricFamily(
+            "batchd_serve_following",
+            "1 while this batchd serve follows the log, 0 while it cannot read it (retrying, or stopped "
+            "on a log it cannot fold: its pages then show an older state).",
+        )
+        following.add_metric([], 1.0 if model.following else 0.0)
+        yield following
 
 
 def _state_families(states: Counter[str], run_state: str) -> Iterator[Metric]:

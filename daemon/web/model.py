@@ -11,8 +11,16 @@ coalesced, so a burst of a thousand events is one wake-up per subscriber, and th
 it missed from :meth:`LiveModel.recent`. They have a lock of their own, so adding one on the event
 loop never waits for a page that holds the model's lock. :meth:`LiveModel.close_streams` (the server
 stopping) puts :data:`CLOSED` in every queue, present and future: an SSE stream never ends by itself,
-and uvicorn would wait for it. When the follower fails (a log edited by hand, a database gone),
-:attr:`LiveModel.error` says why and every subscriber is woken to tell its page.
+and uvicorn would wait for it.
+
+When the log cannot be read for a while (:class:`~store.exceptions.StoreUnavailable`: a PostgreSQL
+server restarting, a connection cut, a lock held too long) the follower closes its connection and
+opens the log again, after :data:`RETRY_FIRST` seconds doubling up to :data:`RETRY_MAX`, for as long
+as it takes: a dashboard left running outlives a database restart. Any other failure (a row that is
+not JSON, a broken hash chain, an event the projection refuses: a log edited by hand) is for good:
+retrying would fold the same bad event again. Either way :attr:`LiveModel.error` says why while the
+model is not following (cleared once it follows again), :attr:`LiveModel.following` says whether it
+is, and every subscriber is woken at each change to tell its page.
 """
 
 from __future__ import annotations
@@ -26,18 +34,22 @@ from pathlib import Path
 
 import structlog
 
+from daemon.exceptions import UsageError
 from daemon.web.metrics import MetricsFold
 from daemon.web.timeline import Timeline
 from daemon.workspace import open_log
 from statemachine.projection import Projection, replay
 from store import EventLog, StoredEvent
+from store.exceptions import StoreUnavailable
 
-__all__ = ["CLOSED", "RECENT", "LiveModel"]
+__all__ = ["CLOSED", "RECENT", "RETRY_FIRST", "RETRY_MAX", "LiveModel"]
 
 log = structlog.get_logger(__name__)
 
 RECENT = 2000  # events kept for SSE clients that fell behind; further behind, they are told to reload
 POLL_INTERVAL = 0.05  # seconds between reads of an idle log: an event reaches a page within ~0.1 s
+RETRY_FIRST = 0.5  # seconds before the first try to open a log that became unavailable
+RETRY_MAX = 10.0  # seconds between tries at most: a server back up is seen within that
 
 
 class _Subscriber:
@@ -58,7 +70,8 @@ class LiveModel:
     ``start()`` folds what is in the log (the projection from its snapshot; the timeline and
     :attr:`metrics` from the start) and starts the follower; ``stop()`` ends it. Read
     :attr:`projection`, :attr:`timeline` and :attr:`metrics` only while holding :attr:`lock`.
-    :attr:`error` says why the follower stopped, when it did (the pages then show the last state).
+    :attr:`error` says why the model is not following the log, while it is not (the pages then show
+    the last state); :attr:`following` is True while it is.
     """
 
     def __init__(
@@ -78,6 +91,8 @@ class LiveModel:
         self.metrics = MetricsFold()
         self.last_seq = 0
         self.error: str | None = None
+        self.location = ""  # where the log is, as the store names it (never a password)
+        self._following = False
         self._progress = progress
         self._recent: deque[StoredEvent] = deque(maxlen=RECENT)
         # Every event after this seq is in _recent: the seq the follower started from, then the seq
@@ -101,6 +116,7 @@ class LiveModel:
         An exception from ``progress`` (a stop asked for during a long fold) ends the fold and
         propagates; nothing is left open."""
         self._log = open_log(self.root, self.db)
+        self.location = self._log.location
         try:
             with self.lock:
                 self.projection = replay(self._log)
@@ -117,6 +133,7 @@ class LiveModel:
             self._log.close()
             self._log = None
             raise
+        self._following = True
         self._thread = threading.Thread(target=self._follow, name="batchd-serve-follow", daemon=True)
         self._thread.start()
 
@@ -126,9 +143,8 @@ class LiveModel:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
+        self._following = False
 
     def open_log(self) -> EventLog:
         """A read connection of the caller's own (pages that read one stream's events), to close."""
@@ -136,29 +152,75 @@ class LiveModel:
 
     # -- following -------------------------------------------------------------------------------
 
+    @property
+    def following(self) -> bool:
+        """True while the follower reads the log (False before start, while it waits to open the log
+        again, and after a failure for good)."""
+        return self._following
+
     def _follow(self) -> None:
-        assert self._log is not None
-        try:
-            for event in self._log.follow(
-                since=self.last_seq, poll_interval=self.poll_interval, stop=self._stopping.is_set
-            ):
-                with self.lock:
-                    if event.seq <= self.projection.last_seq:
-                        continue
-                    self.projection.apply(event)
-                    self.timeline.apply(event)
-                    self.metrics.apply(event)
-                    if len(self._recent) == self._recent.maxlen:
-                        self._recent_floor = self._recent[0].seq
-                    self._recent.append(event)
-                    self.last_seq = event.seq
-                self._wake(event.seq)
-        except Exception as e:
-            # The page keeps showing the last state it knew; the log and the SSE clients say why
-            # it stopped moving (an edited or corrupted log, a database gone away).
-            self.error = f"the dashboard stopped following the log after event {self.last_seq}: {e}"
-            log.exception("serve_follow_failed", last_seq=self.last_seq)
-            self._wake(self.last_seq)
+        delay = RETRY_FIRST
+        while not self._stopping.is_set():
+            try:
+                if self._log is None:
+                    self._log = open_log(self.root, self.db)
+                    self._log.last_seq()  # a read: the log is there again, not just its engine
+                    self._set_following(None)
+                    delay = RETRY_FIRST
+                self._tail(self._log)
+                return  # stop() was asked
+            except (StoreUnavailable, UsageError) as e:
+                # StoreUnavailable: the database went away (restart, cut connection). UsageError is
+                # only raised by open_log again: an SQLite file moved away and not yet back.
+                self._set_following(
+                    f"the dashboard lost the log after event {self.last_seq} ({e.message}); "
+                    f"trying again in {delay:g}s"
+                )
+                log.warning("serve_follow_retrying", last_seq=self.last_seq, retry_in=delay, error=e.message)
+                self._close_log()
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, RETRY_MAX)
+            except Exception as e:
+                # The page keeps showing the last state it knew; the log and the SSE clients say why
+                # it stopped moving (an edited or corrupted log): the same event would fail again.
+                self._set_following(
+                    f"the dashboard stopped following the log after event {self.last_seq}: {e}"
+                )
+                log.exception("serve_follow_failed", last_seq=self.last_seq)
+                return
+
+    def _tail(self, source: EventLog) -> None:
+        for event in source.follow(
+            since=self.last_seq, poll_interval=self.poll_interval, stop=self._stopping.is_set
+        ):
+            with self.lock:
+                if event.seq <= self.projection.last_seq:
+                    continue
+                self.projection.apply(event)
+                self.timeline.apply(event)
+                self.metrics.apply(event)
+                if len(self._recent) == self._recent.maxlen:
+                    self._recent_floor = self._recent[0].seq
+                self._recent.append(event)
+                self.last_seq = event.seq
+            self._wake(event.seq)
+
+    def _set_following(self, error: str | None) -> None:
+        """Following again (``error`` None) or not, and why: every page is told."""
+        if error is None and self._following and self.error is None:
+            return
+        self.error = error
+        self._following = error is None
+        if error is None:
+            log.info("serve_follow_resumed", last_seq=self.last_seq)
+        self._wake(self.last_seq)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(Exception):  # a connection already broken is closed either way
+                self._log.close()
+            self._log = None
 
     def _wake(self, seq: int) -> None:
         with self._sub_lock:

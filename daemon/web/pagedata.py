@@ -47,6 +47,7 @@ __all__ = [
     "EventRow",
     "EventsQuery",
     "event_row",
+    "event_summary",
     "events_window",
     "failed_context",
     "run_context",
@@ -255,16 +256,35 @@ def events_window(log: EventLog, query: EventsQuery) -> tuple[list[StoredEvent],
 def event_row(proj: Projection, event: StoredEvent) -> EventRow:
     """One row of the event page: the event's headline as the live view words it, else its fields."""
     key = event.stream.removeprefix("todo-") if event.stream.startswith("todo-") else ""
-    summary = describe_event(proj, event.type, event.payload) if event.type in NOTABLE else None
     return EventRow(
         seq=event.seq,
         recorded_at=event.recorded_at,
         stream=event.stream,
         todo_id=proj.shown(key) if key else "",
         type=event.type,
-        summary=summary or _fields(event.payload),
+        summary=event_summary(proj, event),
         payload=json.dumps(event.payload, indent=2, ensure_ascii=False, sort_keys=True),
     )
+
+
+SUMMARY_MAX = 200  # characters of a summary: the whole event is its JSON, one click away
+
+
+def event_summary(proj: Projection, event: StoredEvent) -> str:
+    """One short line about ``event``: the terminal view's headline for the notable ones, else the
+    fields that say what it was about ("" when none has a value). The one wording of an event, for
+    the event and todo pages and the SSE stream alike.
+
+    A payload of an odd shape (an older batchd's, a hand-edited log's, a field missing or of another
+    type) falls back to its fields: a page never fails on what one event holds."""
+    try:
+        text = describe_event(proj, event.type, event.payload) if event.type in NOTABLE else None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        text = None
+    if text is None:
+        text = _fields(event.payload)
+    text = " ".join(text.split())  # one line, whatever a title or a reason holds
+    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 
 # The fields that say what an event was about, in the order they are shown; the rest is in its JSON.
@@ -273,6 +293,8 @@ _SHA_FIELDS = ("commit", "sha", "head_sha")
 
 
 def _fields(payload: dict[str, Any]) -> str:
+    if not isinstance(payload, dict):  # a row edited by hand to hold a list or a number
+        return ""
     parts = []
     for name in _SUMMARY_FIELDS:
         value = payload.get(name)

@@ -6,10 +6,17 @@ run, with no server and no network: the stylesheet and the timeline's script are
 templates are the served ones (``base.html`` with ``static=True``, the timeline's partial), so the
 report and the dashboard cannot drift apart.
 
-Links that would go to a server page point inside the file instead: :func:`static_url_for` maps a
-todo's page to its row of the run section (``#todo-ID``) and refuses every other route, so a template
-that grows a link to a page the report does not have fails loudly in the tests rather than shipping a
-dead link. Everything from todos, agents and events is escaped by the one environment's autoescape.
+Links that would go to a server page point inside the file instead: :func:`static_url_for` maps the
+run and the timeline to their sections (``#``, ``#timeline``) and refuses every other route (a todo's
+page, its logs, the events, /static), so a template that grows a link to a page the report does not
+have fails loudly in the tests rather than shipping a dead link; bars are not links (a todo's row is
+in the run section). Everything from todos, agents and events is escaped by the one environment's
+autoescape.
+
+The timeline: the all-phases picture first; when the run has more bars than it draws one by one
+(:data:`~daemon.web.timeline_view.MAX_DRAWN`: it then sums them up and says to zoom in, which a
+file cannot do), every phase follows with a picture of its own, all of its bars drawn, so the
+report of a big run still shows every attempt.
 
 The report is a pure function of the log (:func:`build_report`; the clock is injected for running
 agents' time); :func:`write_atomic` puts it in place with a temporary file and a rename, so a reader
@@ -94,7 +101,17 @@ def report_context(proj: Projection, timeline: Timeline, *, now: datetime, event
         generated_at=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     # All phases. Bars are not links: a todo's page is not in the file (the run page shows its row).
-    ctx.update(timeline_context(timeline, phase=None, now=now.timestamp(), todo_base=None))
+    overview = timeline_context(timeline, phase=None, now=now.timestamp(), todo_base=None)
+    ctx.update(overview)
+    # Too many bars to draw at once: the file cannot zoom as the server does, so it holds each zoom.
+    ctx["phase_timelines"] = (
+        [
+            timeline_context(timeline, phase=number, now=now.timestamp(), todo_base=None)["tl"]
+            for number in sorted(timeline.phases)
+        ]
+        if overview["tl"].summary
+        else []
+    )
     return ctx
 
 

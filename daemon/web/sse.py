@@ -7,8 +7,8 @@ recorded_at, summary}``), then waits for the model's wake-up and sends what came
 re-fetches the page's ``main`` on a ``log`` event: the events only say *that* and roughly *what*
 changed, the page itself is the truth. When the model no longer keeps every event after the client's
 seq (it fell more than :data:`~daemon.web.model.RECENT` events behind, or its seq is not from this
-log), the stream sends ``reload`` and ends. When the model stopped following (an edited log), one
-``stale`` event carries the reason.
+log), the stream sends ``reload`` and ends. When the model stops following (a database gone for a
+while, an edited log), a ``stale`` event carries the reason; when it follows again, ``live``.
 
 Ends: a client that disconnects (sse-starlette cancels the generator), a server that stops
 (:meth:`LiveModel.close_streams` puts ``CLOSED`` in every queue, so uvicorn never waits on an open
@@ -24,23 +24,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from daemon.cli.view import describe_event
 from daemon.web.model import CLOSED, LiveModel
+from daemon.web.pagedata import event_summary
 from store import StoredEvent
 
-__all__ = ["PING", "RETRY_MS", "SEND_TIMEOUT", "stream", "summary"]
+__all__ = ["PING", "RETRY_MS", "SEND_TIMEOUT", "stream"]
 
 PING = 15  # seconds between keep-alive comments (proxies drop silent connections)
 RETRY_MS = 1000  # how soon EventSource reconnects after the stream ends or breaks
 SEND_TIMEOUT = 30.0  # seconds a send may block before a client that stopped reading is dropped
-SUMMARY_MAX = 200  # characters
 
 
 async def stream(request: Request) -> Response:
@@ -73,7 +71,7 @@ async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent
     try:
         yield ServerSentEvent(comment="batchd event stream", retry=RETRY_MS)
         seq = since
-        told_error = False
+        told: str | None = None  # the model's error this page was told last (None: it is live)
         while True:
             batch = await run_in_threadpool(_batch, model, seq)
             if batch is None:
@@ -83,9 +81,15 @@ async def _events(model: LiveModel, since: int) -> AsyncIterator[ServerSentEvent
             if chunk:
                 yield chunk
                 seq = newest
-            if model.error is not None and not told_error:
-                told_error = True
-                yield ServerSentEvent(data=json.dumps({"error": model.error}), event="stale")
+            error = model.error
+            if error != told:
+                # Each change: why the page stopped moving (a retry, a log edited for good), and
+                # `live` once the model follows the log again.
+                told = error
+                if error is None:
+                    yield ServerSentEvent(data="{}", event="live")
+                else:
+                    yield ServerSentEvent(data=json.dumps({"error": error}), event="stale")
             if await queue.get() == CLOSED:
                 return
     finally:
@@ -118,32 +122,9 @@ def _data(model: LiveModel, event: StoredEvent) -> str:
             "stream": event.stream,
             "type": event.type,
             "recorded_at": event.recorded_at,
-            "summary": summary(model, event),
+            # The event page's wording (under the model's lock, as the projection is read).
+            "summary": event_summary(model.projection, event) or event.type,
         },
         ensure_ascii=False,
         separators=(",", ":"),
     )
-
-
-def summary(model: LiveModel, event: StoredEvent) -> str:
-    """One short line about ``event`` (call under ``model.lock``): the terminal view's text for the
-    notable ones, else the type and its payload's fields."""
-    try:
-        text = describe_event(model.projection, event.type, event.payload)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        text = None  # a payload of an older or odd shape: its fields say enough
-    if text is None:
-        fields = _fields(event.payload)
-        text = f"{event.type} {fields}" if fields else event.type
-    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
-
-
-def _fields(payload: dict[str, Any]) -> str:
-    parts = []
-    for key, value in payload.items():
-        if value in ("", (), [], {}, None):
-            continue
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        text = " ".join(text.split())
-        parts.append(f"{key}={text[:60] + '…' if len(text) > 60 else text}")
-    return " ".join(parts)

@@ -118,7 +118,9 @@ def run_git(
     person's pinned hooks folder; without it no hook runs. ``as_configured`` drops batchd's
     overrides, to read what the person's config says (where their hooks are).
     """
-    argv, cwd, full_env = _command(where, args, env, hooks, untrusted=untrusted, as_configured=as_configured)
+    argv, cwd, full_env = git_command(
+        where, args, env, hooks, untrusted=untrusted, as_configured=as_configured
+    )
     proc = subprocess.run(
         argv,
         cwd=cwd,
@@ -140,7 +142,7 @@ def run_git(
     return proc
 
 
-def _command(
+def git_command(
     where: GitTarget | str,
     args: Sequence[str],
     env: Mapping[str, str] | None,
@@ -149,7 +151,10 @@ def _command(
     untrusted: bool,
     as_configured: bool,
 ) -> tuple[list[str], Path | str, dict[str, str]]:
-    """argv, working folder and environment of one git command under batchd's rules."""
+    """argv, working folder and environment of one git command under batchd's rules.
+
+    Public for callers that must run git their own way (stream its output, cap it, kill it on a
+    timer, as the dashboard's ``git show`` does) and still keep these rules."""
     argv = ["git"]
     if not as_configured:
         argv += ["-c", f"core.hooksPath={hooks or os.devnull}", "-c", "core.fsmonitor=false"]
@@ -179,7 +184,7 @@ def records(
 ) -> tuple[list[str], bool]:
     """The first ``limit`` records of a ``-z`` listing, read as they come (a listing of millions of
     names is never held whole); and whether there were more. A failing command gives what it wrote."""
-    argv, cwd, full_env = _command(where, args, env, None, untrusted=untrusted, as_configured=False)
+    argv, cwd, full_env = git_command(where, args, env, None, untrusted=untrusted, as_configured=False)
     found: list[str] = []
     pending = b""
     more = False
@@ -204,7 +209,7 @@ FILE_MODES = ("100644", "100755")
 
 def read_blob(where: GitTarget | str, sha: str) -> bytes:
     """A blob's bytes as they are (``run_git`` decodes text; a file's content may be anything)."""
-    argv, cwd, full_env = _command(
+    argv, cwd, full_env = git_command(
         where, ("cat-file", "blob", sha), None, None, untrusted=False, as_configured=False
     )
     proc = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, check=False)

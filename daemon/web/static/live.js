@@ -6,6 +6,9 @@
 // is too far behind the stream) it reloads the whole page. #live-state says "live" or
 // "reconnecting" (class "stale"). After each swap it dispatches `batchd:updated` on document, for
 // page scripts that decorate the new content (they should bind by event delegation anyway).
+// A page about one stream (an element of main has data-stream="todo-7") refreshes only on that
+// stream's events: a todo's page is not fetched again for every other todo's event. On `stale` (the
+// server cannot read the log: retrying, or for good) #live-state says why; on `live`, it follows again.
 //
 // Control: window.batchd.control(action, todoId) POSTs /control/<action> with the header
 // X-Batchd-Control: 1 (which a cross-site form cannot send) and shows the answer's text. Buttons
@@ -96,6 +99,18 @@
   var source = null;
   var reopenTimer = null;
 
+  // Whether a `log` event is one this page shows: any, unless main names its stream.
+  function concerns(e) {
+    var main = document.getElementById("live");
+    var mine = main ? main.querySelector("[data-stream]") : null;
+    if (!mine) return true;
+    try {
+      return JSON.parse(e.data).stream === mine.getAttribute("data-stream");
+    } catch (ignored) {
+      return true; // data we cannot read: refreshing is the safe side
+    }
+  }
+
   function open() {
     reopenTimer = null;
     if (!window.EventSource) return;
@@ -106,7 +121,10 @@
     };
     source.addEventListener("log", function (e) {
       if (e.lastEventId) body.dataset.lastSeq = e.lastEventId;
-      schedule();
+      if (concerns(e)) schedule();
+    });
+    source.addEventListener("live", function () {
+      showState("live", false, "updates live from the event log");
     });
     source.addEventListener("reload", function () {
       close();
@@ -202,7 +220,14 @@
     });
   });
 
-  window.batchd = { control: control, refresh: schedule };
+  // pending(): a refresh is waiting or under way (for page scripts and the tests).
+  window.batchd = {
+    control: control,
+    refresh: schedule,
+    pending: function () {
+      return timer !== null || inFlight;
+    },
+  };
 
   open();
 })();

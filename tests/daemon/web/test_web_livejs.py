@@ -127,3 +127,45 @@ def test_page_too_far_behind_reloads(demo_copy: Path, browser: Any) -> None:
         page.evaluate("window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
         page.wait_for_function("window.__same_document === undefined", timeout=15_000)
         assert page.locator("#shown").text_content() == str(app.model.last_seq)
+
+
+STREAM_PAGE = env.from_string(
+    '{% extends "base.html" %}{% block main %}'
+    '<p id="shown" data-stream="todo-282">{{ last_seq }}</p>'
+    "{% endblock %}"
+)
+
+
+def stream_page_endpoint(request: Request) -> Response:
+    ctx = {"request": request, "url_for": request.url_for, "last_seq": request.app.state.model.last_seq}
+    if request.headers.get(FRAGMENT_HEADER) == "1":
+        return HTMLResponse("".join(STREAM_PAGE.blocks["main"](STREAM_PAGE.new_context(ctx))))
+    return HTMLResponse(STREAM_PAGE.render(ctx))
+
+
+def test_a_page_of_one_stream_refreshes_only_on_its_events(demo_copy: Path, browser: Any) -> None:
+    """A page whose main names a stream (a todo's page) is not fetched again for another stream's
+    event, and is for its own."""
+    with served(demo_copy) as app:
+        app.app.router.routes.insert(0, Route("/stream-test", stream_page_endpoint))
+        page = browser.new_page()
+        page.goto(f"{app.url}/stream-test")
+        start = app.model.last_seq
+        page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
+        # Whether a refresh was scheduled, seen right after the handler that took the event ran.
+        page.evaluate(
+            "window.__pending = [];"
+            "new MutationObserver(() => window.__pending.push(window.batchd.pending()))"
+            ".observe(document.body, {attributes: true, attributeFilter: ['data-last-seq']})"
+        )
+        with EventLog(demo_copy / ".batchd" / "events.db") as log:
+            (other,) = log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason="not this page's")])
+        page.wait_for_function(f"document.body.dataset.lastSeq === '{other.seq}'", timeout=15_000)
+        assert page.evaluate("window.__pending") == [False]
+        assert page.locator("#shown").text_content() == str(start)
+        page.evaluate("document.getElementById('shown').dataset.stream = 'control'")
+        with EventLog(demo_copy / ".batchd" / "events.db") as log:
+            (own,) = log.append(ev.CONTROL_STREAM, [ev.ResumeRequested()])
+        page.wait_for_function(
+            f"document.getElementById('shown').textContent === '{own.seq}'", timeout=15_000
+        )

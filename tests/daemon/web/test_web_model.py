@@ -4,6 +4,7 @@ client fell too far behind. Real SQLite logs (copies of the demo run), a real fo
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,18 @@ from typing import Any
 
 import pytest
 from live_server import wait_for
+from sqlalchemy.engine import make_url
 
 from daemon.web.model import CLOSED, RECENT, LiveModel
+from daemon.workspace import open_log
 from statemachine import events as ev
 from store import EventLog
+from tests.pgserver import PgServer
+
+BAD_ROW = (
+    "INSERT INTO batchd_events (seq, stream, version, type, type_version, payload, recorded_at, hash)"
+    " VALUES (?, 'control', 9999, 'control.pause', 1, '{not json', '2026-01-01T00:00:00.000000Z', 'x')"
+)
 
 
 @pytest.fixture
@@ -148,3 +157,63 @@ def test_stop_asked_during_the_fold_leaves_nothing_open(demo_copy: Path) -> None
     assert live._thread is None
     assert live._log is None
     live.stop()  # harmless
+
+
+def allow_connections(pg_server: PgServer, database: str, allowed: bool) -> None:
+    pg_server.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+
+
+def test_a_database_gone_for_a_while_is_followed_again(
+    demo_copy: Path, pg_server: PgServer, pg_url: str
+) -> None:
+    """The PostgreSQL server drops the dashboard's connections and refuses new ones for a while (a
+    restart): the model says why and keeps trying; once the database is back it follows the log
+    again, with no event missed and the error gone."""
+    database = make_url(pg_url).database
+    assert database
+    with open_log(demo_copy, pg_url, must_exist=False) as log:
+        log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason="before")])
+    model = LiveModel(demo_copy, pg_url, poll_interval=0.01)
+    model.start()
+    try:
+        assert model.following and model.error is None
+        allow_connections(pg_server, database, False)
+        try:
+            pg_server.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+            )
+            wait_for(lambda: model.error is not None, "the model to lose the log")
+            assert not model.following
+            assert "trying again" in model.error
+        finally:
+            allow_connections(pg_server, database, True)
+        with open_log(demo_copy, pg_url) as log:
+            (stored,) = log.append(ev.CONTROL_STREAM, [ev.PauseRequested(reason="after")])
+        wait_for(lambda: model.last_seq == stored.seq, "the model to follow the log again")
+        assert model.following and model.error is None
+        recent = model.recent(stored.seq - 1)
+        assert recent is not None and [e.payload["reason"] for e in recent] == ["after"]
+    finally:
+        model.stop()
+
+
+def test_a_log_edited_for_good_is_not_tried_again(demo_copy: Path) -> None:
+    """A row that is not JSON is no outage: the model stops following and says why, for good."""
+    model = LiveModel(demo_copy, poll_interval=0.01)
+    model.start()
+    try:
+        db = sqlite3.connect(demo_copy / ".batchd" / "events.db")
+        try:
+            db.execute(BAD_ROW, (model.last_seq + 1,))
+            db.commit()
+        finally:
+            db.close()
+        wait_for(lambda: model.error is not None, "the model to stop")
+        assert "stopped following the log" in model.error
+        assert not model.following
+        assert model._thread is not None
+        model._thread.join(timeout=10)
+        assert not model._thread.is_alive()  # no retry loop left running
+    finally:
+        model.stop()

@@ -16,7 +16,8 @@ import pytest
 from procs import batchd
 
 import statemachine.events as ev
-from daemon.web.report import static_url_for
+from daemon.web import timeline_view
+from daemon.web.report import build_report, static_url_for
 from daemon.workspace import open_log
 from statemachine.projection import replay
 from store import StoredEvent
@@ -232,3 +233,31 @@ def test_report_links_only_pages_it_contains() -> None:
         static_url_for("agent_log", todo_id="007", attempt=1)
     with pytest.raises(LookupError, match="todo"):
         static_url_for("todo", todo_id="007")
+
+
+def bars_of(text: str) -> Counter[tuple[str, str]]:
+    bars = parse(text).elements("rect", "data-todo", "data-attempt")
+    return Counter((b["data-todo"], b["data-attempt"]) for b in bars if "bar" in b.get("class", "").split())
+
+
+def test_a_run_too_big_for_one_picture_has_one_per_phase(
+    demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with more bars than the all-phases picture draws (it then only sums them up) still shows
+    every attempt in its report: each phase has a picture of its own, every bar drawn once."""
+    monkeypatch.setattr(timeline_view, "MAX_DRAWN", 3)
+    text = build_report(demo_root).html
+    assert 'class="tl-summary"' in text  # the all-phases picture summed the bars up
+    assert bars_of(text) == attempts_of(demo_root)
+    with open_log(demo_root) as log:
+        phases = {p.number for p in replay(log).phases.values()}
+    headings = {int(h["id"].rsplit("-", 1)[1]) for h in parse(text).elements("h3", "id")}
+    assert headings == phases and len(phases) > 1
+
+
+def test_a_small_run_has_one_picture(report: tuple[Path, dict[str, object]]) -> None:
+    """A run the all-phases picture draws whole has just that one (no picture per phase)."""
+    out, _ = report
+    text = out.read_text(encoding="utf-8")
+    assert 'id="timeline-phase-' not in text
+    assert text.count('class="timeline"') == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import SSEClient, serve_env, serve_process
+from live_server import DEADLINE, SSEClient, serve_env, serve_process, wait_for
 
 from daemon.exceptions import UsageError
 from daemon.web.server import bind_socket
@@ -153,3 +154,57 @@ def test_sigterm_during_the_fold_exits_0(demo_copy: Path) -> None:
             proc.stderr.close()
     assert "stopped" in rest
     assert "Traceback" not in rest
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
+    """The status of a GET (a redirect is not followed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_access_log_logs_each_request_on_stderr_without_the_token(demo_root: Path) -> None:
+    """`--access-log` writes one line per request on stderr (a journal), and a token given in the
+    address (a browser's first visit) shows there as ***, never as itself; stdout stays one line."""
+    token = "s3cret-token-" + "x" * 20
+    env = serve_env(BATCHD_TOKEN=token)
+    with serve_process(["-C", str(demo_root), "--port", "0", "--access-log"], env=env) as served:
+        assert get(served.port, f"/?token={token}&state=blocked") == 303
+        assert get(served.port, "/api/status", {"Authorization": f"Bearer {token}"}) == 200
+        wait_for(lambda: "/api/status" in "".join(served.stderr_lines), "the access lines")
+        assert served.stop(signal.SIGTERM) == 0
+        out, err = served.rest_of_stdout(), served.stderr()
+    assert '"GET /?token=***&state=blocked HTTP/1.1" 303' in err
+    assert '"GET /api/status HTTP/1.1" 200' in err
+    assert token not in err
+    assert out == ""
+
+
+def test_no_access_log_without_the_flag(demo_root: Path) -> None:
+    """Without `--access-log`, requests are not logged (a quiet journal)."""
+    with serve_process(["-C", str(demo_root), "--port", "0"]) as served:
+        assert get(served.port, "/api/status") == 200
+        assert served.stop(signal.SIGTERM) == 0
+        err = served.stderr()
+    assert "/api/status" not in err
+
+
+def test_a_database_url_is_printed_without_its_password(demo_root: Path, pg_url: str) -> None:
+    """The address line names the log's server and database but never the password, whether the URL
+    holds it before the host (with an @ and a / in it) or in its query."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    in_query = url.update_query_dict({"password": "query-secret"}).render_as_string(hide_password=False)
+    in_userinfo = url.set(password="p@ss/w:rd-secret").render_as_string(hide_password=False)
+    for db in (in_query, in_userinfo):
+        with serve_process(["-C", str(demo_root), "--port", "0", "--db", db, "--json"]) as served:
+            shown = json.loads(served.first_line)["log"]
+            assert served.stop(signal.SIGTERM) == 0
+        assert "secret" not in served.first_line and "secret" not in shown
+        assert shown.startswith(f"postgresql://{url.username}@") and shown.endswith(f"/{url.database}")

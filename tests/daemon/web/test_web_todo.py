@@ -12,10 +12,13 @@ from __future__ import annotations
 import html
 import os
 import re
+import shlex
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from daemon.web import files
@@ -257,3 +260,56 @@ def test_git_show_runs_no_program_the_repository_names(demo_copy: Path, tmp_path
     diff = files.git_show(demo_copy, agent_commit(demo_copy))
     assert not diff.error and "diff --git" in diff.text
     assert not marker.exists()
+
+
+def git_counter(tmp_path: Path) -> Path:
+    """A `git` first on PATH that writes its arguments to a file, then runs the real one."""
+    real = shutil.which("git")
+    assert real is not None
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    calls = tmp_path / "git-calls"
+    wrapper = folder / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\nexec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    return calls
+
+
+def show_calls(calls: Path) -> int:
+    lines = calls.read_text(encoding="utf-8").splitlines() if calls.exists() else []
+    return sum(" show " in f" {line} " for line in lines)
+
+
+def test_a_page_shown_again_runs_git_show_no_more(
+    demo_copy: Path, tmp_path: Path, client_for: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live todo page fetched again (after each of its events) does not run `git show` again: a
+    commit never changes, its diff is kept."""
+    calls = git_counter(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    client = client_for(demo_copy)
+    first = client.get(f"/todo/{REJECTED}")
+    assert first.status_code == 200 and "diff --git" in first.text
+    ran = show_calls(calls)
+    assert ran >= 1  # the wrapper is the git that runs
+    again = client.get(f"/todo/{REJECTED}", headers={"X-Batchd-Fragment": "1"})
+    assert again.status_code == 200 and "diff --git" in again.text
+    assert show_calls(calls) == ran
+
+
+def test_git_show_that_failed_is_tried_again(
+    demo_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit git could not show (not fetched yet, a timeout) is not remembered as missing."""
+    calls = git_counter(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for _ in range(2):
+        assert files.git_show(demo_copy, "0" * 40).error
+    assert show_calls(calls) == 2
+
+
+def test_the_todo_page_names_its_stream_for_live_updates(client: TestClient) -> None:
+    """The page says which stream it shows (inside main, so a swapped-in page says it too): live.js
+    refreshes it only on that todo's events."""
+    fragment = client.get(f"/todo/{REJECTED}", headers={"X-Batchd-Fragment": "1"})
+    assert f'data-stream="todo-{REJECTED}"' in fragment.text
