@@ -105,6 +105,8 @@ def status_json(request: Request) -> Response:
     with model.lock:
         proj = model.projection
         data = status_data(proj, economy=economy_of(proj, datetime.now(UTC)), verify=checks)
+        # Whether this is the log as it is now: a dashboard that lost its database says so.
+        data["serve"] = {"following": model.following, "error": model.error, "log": model.location}
         # Written under the lock: the data holds lists of the projection's own, which the follower
         # changes as events come.
         body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

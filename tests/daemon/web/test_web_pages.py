@@ -247,7 +247,8 @@ def test_events_rows_link_todo_streams_and_carry_the_payload(client: TestClient,
 
 
 def test_api_status_is_what_status_json_prints(client: TestClient, demo_root: Path) -> None:
-    """/api/status answers exactly what `batchd status --json` prints for the same log."""
+    """/api/status answers exactly what `batchd status --json` prints for the same log, and says
+    whether the dashboard is following the log."""
     done = subprocess.run(
         [sys.executable, "-m", "daemon", "status", "--json", "-C", str(demo_root)],
         capture_output=True,
@@ -257,7 +258,13 @@ def test_api_status_is_what_status_json_prints(client: TestClient, demo_root: Pa
     )
     answer = client.get("/api/status")
     assert answer.headers["content-type"] == "application/json"
-    assert answer.json() == json.loads(done.stdout)
+    data = answer.json()
+    assert data.pop("serve") == {
+        "following": True,
+        "error": None,
+        "log": str(demo_root / ".batchd" / "events.db"),
+    }
+    assert data == json.loads(done.stdout)
 
 
 def test_events_search_for_a_rare_type_goes_on_page_by_page(
