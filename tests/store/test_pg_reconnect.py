@@ -52,9 +52,8 @@ def admin(pg_url: str) -> Iterator[Callable[[str], list[Any]]]:
 
 
 def listener_pids(admin: Callable[[str], list[Any]]) -> list[int]:
-    return [
-        pid for (pid,) in admin(f"SELECT pid FROM pg_stat_activity WHERE {OTHERS} AND left(query, 6) = 'LISTEN'")
-    ]
+    sql = f"SELECT pid FROM pg_stat_activity WHERE {OTHERS} AND left(query, 6) = 'LISTEN'"
+    return [pid for (pid,) in admin(sql)]
 
 
 @dataclass
