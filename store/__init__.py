@@ -3,6 +3,7 @@
 It knows nothing of todos: the domain registers its event types in :data:`store.registry.registry`.
 """
 
+from store.backends import safe_location
 from store.eventlog import Append, AuditReport, EventLog, Snapshot, StoredEvent
 from store.exceptions import (
     BadScope,
@@ -38,4 +39,5 @@ __all__ = [
     "StoredEvent",
     "UnknownEventType",
     "registry",
+    "safe_location",
 ]

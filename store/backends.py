@@ -2,14 +2,25 @@
 
 - Opening: SQLite's pragmas live in one ``connect`` listener; PostgreSQL engines use psycopg 3 with
   the positional ``%s`` paramstyle, so every compiled statement takes a plain tuple (as on SQLite).
-- Naming: where a log lives, as a user reads it (a path; or host, port and database, no password).
-- Errors: driver errors become store errors in :func:`store_error`, once.
+- Naming: where a log lives, as a user reads it (:func:`safe_location`: a path; or the server's host,
+  port and database, never a password, whether in the URL's userinfo or in its query).
+- Errors: driver errors become store errors in :func:`store_error`, once, classified by the driver's
+  exception class and the server's SQLSTATE (never by a class's name).
+- Connections after a server restart: the pool pings a connection before handing it out
+  (``pool_pre_ping``, which ``Engine.raw_connection()`` goes through too), so reads never meet a dead
+  pooled connection. The log's long-lived writer connection is never checked out again, so the log
+  itself retries a write once when its *first* statement meets a lost connection (see
+  :func:`is_disconnect`): nothing can have been written then. A failure later in the transaction is
+  never retried, since its COMMIT may have reached the server.
 - Writer serialisation on PostgreSQL: one advisory transaction lock per scope (:func:`scope_lock_key`),
   taken first in every write transaction, so two processes appending to one scope queue up while
   appends to different scopes never wait on each other. Advisory rather than ``SELECT ... FOR UPDATE``
   of the head row: a scope's first append has no row to lock yet.
-- Waking followers on PostgreSQL: an append's transaction notifies ``batchd_events`` with its scope;
-  :class:`Listener` holds a connection of its own that LISTENs, so a follower sleeps until then.
+- Waking followers on PostgreSQL: after an append commits, the writer sends ``pg_notify('batchd_events',
+  scope)`` as a statement of its own (see ``EventLog._notify``); :class:`Listener` holds a connection of
+  its own that LISTENs, so a follower sleeps until then. A notify that is lost (the connection drops
+  between the commit and the notify, a listener reconnecting) only delays a follower until its
+  ``poll_interval`` runs out: it reads after every wait, woken or not.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from store.exceptions import (
@@ -68,16 +79,32 @@ def server_of(url: URL) -> Server:
     return Server(host=host, port=port, database=url.database or url.username or "", user=user)
 
 
+def safe_location(url: str | URL) -> str:
+    """Where a log lives, for every message, status file and page that shows it: an SQLite file's path,
+    or ``postgresql://user@host:port/database``. Built from parts, so no password can be in it, neither
+    the URL's own (``user:secret@``) nor a query's (``?password=secret``, ``sslpassword``)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        if path is not None:
+            return str(path)
+        # In memory or a file: URI; the query of a file: URI cannot carry a password SQLite reads.
+        return f"sqlite:///{parsed.database or ''}" if parsed.database else "sqlite://"
+    return str(server_of(parsed))
+
+
 def make_engine(url: URL, *, memory: bool, on_file: bool) -> Engine:
     """An engine for the log: SQLite with its pragmas and our own BEGIN; others positional."""
     if url.get_backend_name() != "sqlite":
         try:
             # lock_timeout: like SQLite's busy timeout, a writer waits 30 s for a scope's lock, then fails.
             options = {"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"}
-            return create_engine(url, paramstyle="format", connect_args=options)
+            # pre_ping: a pooled connection the server dropped (a restart, pg_terminate_backend) is
+            # replaced at checkout instead of failing the read that got it.
+            return create_engine(url, paramstyle="format", connect_args=options, pool_pre_ping=True)
         except ImportError as e:
             module, extra = _DRIVERS.get(url.get_driver_name(), (e.name or url.get_driver_name(), ""))
-            raise DriverMissing(url=url.render_as_string(), module=module, extra=extra) from e
+            raise DriverMissing(url=safe_location(url), module=module, extra=extra) from e
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if memory:
         kwargs["poolclass"] = StaticPool
@@ -106,13 +133,28 @@ def make_engine(url: URL, *, memory: bool, on_file: bool) -> Engine:
     return engine
 
 
-# PostgreSQL error classes that mean "this connection cannot be had": connection exceptions (08),
-# authorization (28), no such database (3D), and the server shutting down (57P).
-_UNREACHABLE_STATES = ("08", "28", "3D", "57P")
+# PostgreSQL error classes that mean "this connection cannot be had": authorization (28) and no such
+# database (3D) refuse an open; connection exceptions (08) and operator intervention (57P: shutdown,
+# pg_terminate_backend, starting up) mean the server went away or is coming back.
+_REFUSED_STATES = ("28", "3D")
+_LOST_STATES = ("08", "57P")
 
 
-def store_error(orig: BaseException, *, location: str, server: Server | None) -> StoreError:
-    """The one place a driver error becomes a store error."""
+def is_disconnect(orig: BaseException, dbapi: Any) -> bool:
+    """True when ``orig`` says the server is gone or going (down, restarting, ended our session), so
+    trying again on a new connection may work; False for refusals, SQL errors and everything else.
+
+    libpq's own failures (connection refused, server closed the connection) carry no SQLSTATE."""
+    if dbapi is None or not isinstance(orig, dbapi.OperationalError):
+        return False
+    state = getattr(orig, "sqlstate", None)
+    return state is None or state.startswith(_LOST_STATES)
+
+
+def store_error(
+    orig: BaseException, *, location: str, server: Server | None, dbapi: Any = None
+) -> StoreError:
+    """The one place a driver error becomes a store error (``dbapi``: the driver's module)."""
     text = str(orig)
     if server is None:
         if "not a database" in text or "file is encrypted" in text:
@@ -120,12 +162,20 @@ def store_error(orig: BaseException, *, location: str, server: Server | None) ->
         if "malformed" in text or "corrupt" in text:
             return LogCorrupted(path=location, seq=None, detail=text)
         return StoreUnavailable(path=location, detail=text)
-    state = getattr(orig, "sqlstate", None)
-    if type(orig).__name__ == "OperationalError" and (state is None or state.startswith(_UNREACHABLE_STATES)):
+    state = getattr(orig, "sqlstate", None) or ""
+    lost = is_disconnect(orig, dbapi)
+    # A refusal arrives as the driver's OperationalError at connect; the class is the server's verdict.
+    refused = dbapi is not None and isinstance(orig, dbapi.Error) and state.startswith(_REFUSED_STATES)
+    if lost or refused:
         # libpq's text names the socket or address it tried and why; its hint lines are for psql users.
         reason = " ".join(line.strip() for line in text.splitlines() if line.strip() and "HINT" not in line)
         return ServerUnreachable(
-            path=location, host=server.host, port=server.port, database=server.database, reason=reason
+            path=location,
+            host=server.host,
+            port=server.port,
+            database=server.database,
+            reason=reason,
+            lost=lost,
         )
     return StoreUnavailable(path=location, detail=text)
 
@@ -154,8 +204,12 @@ class Listener:
         conn: Any = raw.dbapi_connection
         self._conn = conn
         self._scope = scope
-        conn.autocommit = True
-        conn.execute(f"LISTEN {channel}")
+        try:
+            conn.autocommit = True
+            conn.execute(f"LISTEN {channel}")
+        except BaseException:
+            self.close()
+            raise
 
     def wait(self, timeout: float) -> bool:
         """Block until an append to our scope commits (True) or ``timeout`` seconds pass (False)."""

@@ -20,8 +20,16 @@ Writers: on SQLite every append is one ``BEGIN IMMEDIATE`` transaction in WAL mo
 ``synchronous=FULL``: when :meth:`EventLog.append` returns, the events are on disk, and readers in
 other processes never block it. On PostgreSQL an append first takes its scope's advisory
 transaction lock (see :mod:`store.backends`), so appends to one scope from any number of processes
-and hosts queue up (gap-free seqs, one chain) while other scopes proceed, and it NOTIFYs its scope
-on commit so :meth:`EventLog.follow` wakes at once instead of polling.
+and hosts queue up (gap-free seqs, one chain) while other scopes proceed, and once it has committed it
+notifies its scope so :meth:`EventLog.follow` wakes at once instead of polling.
+
+Why the notify comes after the commit and not inside the transaction: PostgreSQL serialises every
+notifying transaction of the whole cluster on one lock, taken before the commit and held through its
+WAL flush, so a NOTIFY inside the append would make appends to *different* scopes queue behind each
+other's disk flushes. Sent afterwards, as an autocommit statement of its own that does not wait for
+its own flush (``synchronous_commit`` off for it alone), the lock is held for microseconds. A notify
+lost that way (the connection drops right after the commit) costs a follower at most its
+``poll_interval``: it reads after every wait, woken or not.
 
 SQLAlchemy opens connections, creates and migrates the tables (:mod:`store.migrations`) and parses
 URLs; the hot paths (append, read, verify) run Core statements compiled once for the engine's
@@ -35,22 +43,23 @@ import contextlib
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import PoolProxiedConnection
 
-from store import backends, migrations
+from store import backends, migrations, reading
 from store.audit import AuditReport, head_mismatch, walk_chain
 from store.exceptions import BadScope, ConcurrencyError, LogCorrupted, StoreError, StoreUnavailable
 from store.hashing import GENESIS_HASH, canonical_json, chain_hash, genesis_hash, json_str
+from store.reading import Reader
 from store.records import Append, Snapshot, StoredEvent, format_time, parse_time, url_for, utcnow
 from store.registry import EventRegistry, RegistryError, registry
 from store.schema import SCOPE_LENGTH
@@ -75,11 +84,11 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_MS = backends.BUSY_TIMEOUT_MS
-#: Rows fetched per read transaction: long reads never pin one WAL snapshot (which would stop checkpoints).
-READ_PAGE = 2000
+READ_PAGE = reading.READ_PAGE
 _APPEND_ATTEMPTS = 5
 
 _loads = json.loads
+_log = structlog.get_logger(__name__)
 
 
 # (type name, type version, payload dict, payload JSON) of one event, encoded before the lock is taken.
@@ -109,7 +118,7 @@ class EventLog:
         self._memory = self._is_sqlite and backends.is_memory(parsed)
         self._path = backends.sqlite_path(parsed)
         self._server = None if self._is_sqlite else backends.server_of(parsed)
-        self.location = str(self._path) if self._path else str(self._server or parsed.render_as_string())
+        self.location = backends.safe_location(parsed)
         if self._path is not None:
             check_sqlite_file(self._path)
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,11 +133,19 @@ class EventLog:
         self._dbapi: Any = self._engine.dialect.loaded_dbapi
         self._sql = Statements(self._engine.dialect)
         self._open_schema()
+        self._reader = Reader(
+            scope=self.scope,
+            location=self.location,
+            sql=self._sql,
+            cursor=self._read,
+            translate=self._translate,
+            listen=None if self._is_sqlite else self._listen,
+        )
 
     # -- opening -----------------------------------------------------------------------------
 
     def _store_error(self, orig: BaseException) -> StoreError:
-        return backends.store_error(orig, location=self.location, server=self._server)
+        return backends.store_error(orig, location=self.location, server=self._server, dbapi=self._dbapi)
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -156,6 +173,9 @@ class EventLog:
             self._engine.dispose()
             raise
 
+    def _listen(self) -> backends.Listener:
+        return backends.Listener(self._engine, NOTIFY_CHANNEL, self.scope)
+
     def _writer_conn(self) -> PoolProxiedConnection:
         """One long-lived writer connection per process (SQLite's WAL-reset race needs no more than one)."""
         if self._writer is None:
@@ -173,10 +193,8 @@ class EventLog:
     def _write(self) -> Iterator[Any]:
         """A write transaction on the writer connection; rolled back if anything inside raises."""
         with self._lock:
-            conn = self._writer_conn()
-            cur = conn.cursor()
+            conn, cur = self._begin_write()
             try:
-                self._begin_write(cur)
                 yield cur
                 conn.commit()
             except BaseException:
@@ -250,15 +268,13 @@ class EventLog:
         dbapi = self._dbapi
         for attempt in range(_APPEND_ATTEMPTS):
             with self._lock:
-                conn = self._writer_conn()
-                cur = conn.cursor()
+                with self._translate():
+                    conn, cur = self._begin_write()
                 try:
-                    self._begin_write(cur)
                     out = self._append_txn(cur, parts)
-                    if not self._is_sqlite:
-                        # Delivered when the transaction commits, to every follower of any scope.
-                        cur.execute(self._sql.notify.text, self._scope_arg)
                     conn.commit()
+                    if not self._is_sqlite:
+                        self._notify(conn, cur)
                     return out
                 except BaseException as e:
                     self._rollback(conn)
@@ -277,12 +293,48 @@ class EventLog:
                 raise StoreUnavailable(path=self.location, detail=detail) from collided
         raise AssertionError("unreachable")
 
-    def _begin_write(self, cur: Any) -> None:
-        """Start a write: SQLite's write lock, or this scope's lock on PostgreSQL (see store.backends)."""
-        if self._is_sqlite:
-            cur.execute("BEGIN IMMEDIATE")
-        else:
-            cur.execute(self._sql.lock.text, self._lock_key)
+    def _begin_write(self) -> tuple[PoolProxiedConnection, Any]:
+        """Start a write on the writer connection: SQLite's write lock, or this scope's lock on
+        PostgreSQL (see store.backends); the connection and a cursor in the open transaction.
+
+        The writer is held for the log's life, so the pool's pre-ping never sees it again: when the
+        server has ended it (a restart, pg_terminate_backend), the first statement fails. Nothing has
+        been sent that could write then, so that one case is tried again, once, on a new connection.
+        """
+        for retry in (True, False):
+            conn = self._writer_conn()
+            cur = conn.cursor()
+            try:
+                if self._is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")
+                else:
+                    cur.execute(self._sql.lock.text, self._lock_key)
+                return conn, cur
+            except BaseException as e:
+                cur.close()
+                if retry and backends.is_disconnect(e, None if self._is_sqlite else self._dbapi):
+                    self._drop_writer()
+                    continue
+                self._rollback(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    def _notify(self, conn: PoolProxiedConnection, cur: Any) -> None:
+        """Wake this scope's followers, after the commit (see the module docstring for why).
+
+        The events are committed whatever happens here, so a failure is not the append's: the append
+        returns, a broken connection is replaced on the next write, and followers find the events at
+        their next poll."""
+        raw: Any = conn.dbapi_connection
+        try:
+            raw.autocommit = True
+            try:
+                cur.execute(self._sql.notify.text, self._scope_arg)
+            finally:
+                raw.autocommit = False
+        except self._dbapi.Error as e:
+            _log.warning("notify_failed", location=self.location, scope=self.scope, error=str(e))
+            self._drop_writer()
 
     def _rollback(self, conn: PoolProxiedConnection) -> None:
         try:
@@ -385,35 +437,10 @@ class EventLog:
         Without ``until`` the read stops at the last event that existed when it started, so a
         reader that appends while iterating does not chase its own tail.
         """
-        sql, params = self._sql.select_events(
-            at=format_time(at) if at is not None else None, stream=stream, stream_prefix=stream_prefix
+        at_text = format_time(at) if at is not None else None
+        return self._reader.read(
+            since=since, until=until, at=at_text, stream=stream, stream_prefix=stream_prefix, limit=limit
         )
-        text = sql.text
-        last_seq_sql = self._sql.last_seq.text
-        scope = self.scope
-        remaining = limit
-        last = since
-        ceiling = until
-        location = self.location
-        while remaining is None or remaining > 0:
-            page = READ_PAGE if remaining is None else min(READ_PAGE, remaining)
-            with self._read() as cur:
-                if ceiling is None:
-                    cur.execute(last_seq_sql, (scope,))
-                    ceiling = int(cur.fetchone()[0] or 0)
-                cur.execute(text, (scope, last, ceiling, *params, page))
-                rows = cur.fetchall()
-            for seq, stream_, version, type_, type_version, payload, recorded_at, digest in rows:
-                try:
-                    data = _loads(payload)
-                except ValueError as e:
-                    raise LogCorrupted(path=location, seq=seq, detail=f"payload is not JSON ({e})") from e
-                yield StoredEvent(seq, stream_, version, type_, type_version, data, recorded_at, digest)
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
 
     def read_stream(self, stream: str, *, since_version: int = 0) -> list[StoredEvent]:
         return [e for e in self.read(stream=stream) if e.version > since_version]
@@ -429,34 +456,10 @@ class EventLog:
         """Tail the log: yield events after ``since`` as they are appended, until ``stop()`` is true.
 
         With nothing new it waits ``poll_interval`` seconds before looking again (SQLite), or until an
-        append to this scope commits, ``poll_interval`` at most (PostgreSQL, LISTEN/NOTIFY).
+        append to this scope commits, ``poll_interval`` at most (PostgreSQL, LISTEN/NOTIFY). On
+        PostgreSQL it survives the server going away and coming back (see :mod:`store.reading`).
         """
-        last = since
-        listener = None
-        if not self._is_sqlite:
-            # Listening before the first read: an append committed between the read and the wait
-            # still wakes the wait.
-            with self._translate():
-                listener = backends.Listener(self._engine, NOTIFY_CHANNEL, self.scope)
-        try:
-            while not stop():
-                got = False
-                for ev in self.read(since=last, stream=stream):
-                    last = ev.seq
-                    got = True
-                    yield ev
-                    if stop():
-                        return
-                if got:
-                    continue
-                if listener is None:
-                    time.sleep(poll_interval)
-                else:
-                    with self._translate():
-                        listener.wait(poll_interval)
-        finally:
-            if listener is not None:
-                listener.close()
+        return self._reader.follow(since=since, poll_interval=poll_interval, stop=stop, stream=stream)
 
     # -- snapshots ---------------------------------------------------------------------------
 

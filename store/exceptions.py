@@ -149,24 +149,36 @@ class DriverMissing(StoreError):
 
 
 class ServerUnreachable(StoreUnavailable):
-    """A database server refused the connection (down, wrong password, no such database)."""
+    """A database server refused the connection (wrong password, no such database: ``lost`` False) or
+    cannot be reached or went away (down, restarting, our session ended: ``lost`` True)."""
 
     code = "server_unreachable"
 
-    def __init__(self, *, path: str, host: str, port: int, database: str, reason: str) -> None:
+    def __init__(
+        self, *, path: str, host: str, port: int, database: str, reason: str, lost: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.database = database
         self.reason = reason
+        self.lost = lost
         # StoreUnavailable's fields, so callers that catch it see the same attributes.
         self.path = path
         self.detail = reason
-        StoreError.__init__(
-            self,
-            f"cannot open the event log in database {database!r} on {host} port {port}: {reason}",
-            hint="check that the server runs and accepts connections there, that the database exists "
-            f"(createdb {database}), and the user and password in the db URL",
-        )
+        where = f"database {database!r} on {host} port {port}"
+        if lost:
+            message = f"the event log's server ({where}) cannot be reached: {reason}"
+            hint = (
+                "check that the server runs and accepts connections there (it may be restarting); "
+                "the next operation connects again"
+            )
+        else:
+            message = f"cannot open the event log in {where}: {reason}"
+            hint = (
+                "check that the database exists "
+                f"(createdb {database}), and the user and password in the db URL"
+            )
+        StoreError.__init__(self, message, hint=hint)
 
 
 class BadScope(StoreError):

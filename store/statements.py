@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, and_, bindparam, func, literal_column, select
+from sqlalchemy import ColumnElement, Executable, and_, bindparam, func, literal_column, select, true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import Compiled, SQLCompiler
 
@@ -117,7 +117,14 @@ class Statements:
         )
         # PostgreSQL only: the per-scope writer lock and the wake-up of followers.
         self.lock = self._sql(select(func.pg_advisory_xact_lock(_p("key"))), "key")
-        self.notify = self._sql(select(func.pg_notify(literal_column(f"'{NOTIFY_CHANNEL}'"), scope)), "scope")
+        # Sent after the commit in a transaction of its own: synchronous_commit off for that one
+        # transaction, so the cluster-wide notify lock is not held through a WAL flush (a notify is
+        # worth nothing after a crash anyway; see store.eventlog).
+        async_commit = func.set_config(
+            literal_column("'synchronous_commit'"), literal_column("'off'"), true()
+        )
+        wake = func.pg_notify(literal_column(f"'{NOTIFY_CHANNEL}'"), scope)
+        self.notify = self._sql(select(async_commit, wake), "scope")
         self._selects: dict[tuple[bool, bool, bool], Sql] = {}
 
     def _sql(self, stmt: Executable, *names: str) -> Sql:

@@ -110,7 +110,21 @@ class PgServer:
     private: bool = False
     #: The private server's folder (data, socket, log), removed when it stops.
     folder: Path | None = None
+    #: The private server itself, for tests that stop and start it (``None`` for an outside server).
+    control: PrivateServer | None = None
     _names: Iterator[int] = field(default_factory=count)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (``pg_ctl stop -m fast``: every session is ended) for the block, then
+        started again on the same port and socket, whatever the block raised."""
+        if self.control is None:
+            pytest.skip(f"{ENV_URL} is set: an outside server is not ours to stop")
+        self.control.halt()
+        try:
+            yield
+        finally:
+            self.control.resume()
 
     def url(self, database: str, **changes: Any) -> str:
         from sqlalchemy.engine import make_url
@@ -307,6 +321,19 @@ class PrivateServer:
                 break
         raise RuntimeError("pg_ctl start failed:\n" + "\n".join(problems))
 
+    def halt(self) -> None:
+        """Stop the server for a while, keeping its folder and port (see :meth:`resume`)."""
+        done = self._run(self._pg_ctl("-m", "fast", "-w", "-t", "60", "stop"))
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{done.stdout}{done.stderr}")
+
+    def resume(self) -> None:
+        """Start the halted server again on the port it had."""
+        done = self._run(self._pg_ctl("-l", str(self.logfile), "-w", "-t", "60", "start"))
+        if done.returncode != 0:
+            log = self.logfile.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed:\n{done.stdout}{done.stderr}{log}")
+
     def stop(self) -> None:
         """Stop the server and remove its folder (the watcher does both; we just let it go)."""
         if self.watcher.stdin is not None:
@@ -363,6 +390,7 @@ def session_server() -> Iterator[PgServer]:
             tcp_port=server.port,
             private=True,
             folder=server.base,
+            control=server,
         )
         pg.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
         yield pg

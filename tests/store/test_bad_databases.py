@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from store import EventLog, NotADatabase, SchemaTooNew, StoreError
+from store import EventLog, NotADatabase, SchemaTooNew, StoreError, safe_location
 from store.schema import SCHEMA_VERSION
 from tests.pgserver import PASSWORD, PASSWORD_USER, PgServer, free_port
 from tests.store.events import REG, Noted
@@ -134,3 +134,43 @@ def test_postgres_url_without_psycopg_says_what_to_install() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'batchd[postgres]'" in done.stdout
+
+
+SECRETS = ("userinfo-secret", "query-secret", "ssl-secret")
+SECRET_URL = "postgresql+psycopg://batchd:userinfo-secret@127.0.0.1:{port}/the_log?password=query-secret&sslpassword=ssl-secret"
+
+
+def test_no_password_is_shown_where_a_log_is_named() -> None:
+    """safe_location, which every store message, status file and page uses to name a log, shows the
+    server, port and database and no password: not the URL's own, not one in its query."""
+    shown = safe_location(SECRET_URL.format(port=5999))
+    assert shown == "postgresql://batchd@127.0.0.1:5999/the_log"
+    assert safe_location("sqlite:////srv/batchd/events.db") == "/srv/batchd/events.db"
+    assert safe_location("sqlite://") == "sqlite://"
+
+
+def test_refused_connection_shows_no_password_of_the_url() -> None:
+    """A server that cannot be reached is named without any password the URL carried."""
+    error = open_error(SECRET_URL.format(port=free_port()))
+    shown = error.render() + repr(error.to_dict())
+    assert "127.0.0.1" in shown and "the_log" in shown
+    assert [s for s in SECRETS if s in shown] == []
+
+
+def test_missing_driver_shows_no_password_of_the_url() -> None:
+    """'pip install batchd[postgres]' for a URL with passwords in its userinfo and query shows neither."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from store import EventLog, StoreError\n"
+        "try:\n"
+        f"    EventLog({SECRET_URL.format(port=1)!r})\n"
+        "except StoreError as e:\n"
+        "    print(type(e).__name__, '|', e.render(), e.to_dict())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("DriverMissing |")
+    assert "127.0.0.1" in done.stdout
+    assert [s for s in SECRETS if s in done.stdout] == []

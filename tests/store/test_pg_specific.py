@@ -105,7 +105,8 @@ def test_an_append_waits_for_its_scope_while_other_scopes_proceed(pg_url: str, a
 
             def blocked() -> bool:
                 rows = admin.exec_driver_sql(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 ).scalar()
                 return bool(rows)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from store import Append, ConcurrencyError, EventLog
+from store import Append, ConcurrencyError, EventLog, StoreError
+from store.hashing import GENESIS_HASH, chain_hash, genesis_hash
 from tests.pgserver import PgServer
 from tests.store.conftest import is_postgres
 from tests.store.events import REG, Noted
@@ -31,7 +32,7 @@ def pair(backend: str) -> Iterator[tuple[EventLog, EventLog]]:
 
 
 def edit(request: pytest.FixtureRequest, target: str, sql: str) -> None:
-    """Change the database behind the store's back."""
+    """Change the database behind the store's back (``;``-separated statements, one transaction)."""
     if is_postgres(target):
         server: PgServer = request.getfixturevalue("pg_server")
         server.execute_script(sql, url=target)
@@ -76,15 +77,16 @@ def test_expected_versions_are_checked_per_scope(pair: tuple[EventLog, EventLog]
     assert info.value.actual == 1
 
 
-def test_snapshots_are_kept_per_scope(pair: tuple[EventLog, EventLog]) -> None:
-    """A snapshot saved under one name in one scope is not another scope's."""
-    one, two = pair
-    one.append("a", notes("x"))
-    one.save_snapshot("proj", 1, {"who": "one"})
-    assert two.load_snapshot("proj") is None
-    snap = one.load_snapshot("proj")
-    assert snap is not None
-    assert snap.state == {"who": "one"}
+def test_snapshots_are_kept_per_scope(backend: str) -> None:
+    """A snapshot saved under one repository is not another repository's snapshot of the same name."""
+    with EventLog(backend, scope="repo-a", reg=REG) as a, EventLog(backend, scope="repo-b", reg=REG) as b:
+        a.save_snapshot("projection", 0, {"owner": "a"})
+        assert b.load_snapshot("projection") is None
+        b.save_snapshot("projection", 0, {"owner": "b"})
+        loaded_a, loaded_b = a.load_snapshot("projection"), b.load_snapshot("projection")
+        assert loaded_a is not None and loaded_b is not None
+        assert (loaded_a.state, loaded_b.state) == ({"owner": "a"}, {"owner": "b"})
+        assert loaded_a.check == loaded_b.check == "ok"
 
 
 def test_follow_yields_only_its_scope(pair: tuple[EventLog, EventLog]) -> None:
@@ -99,6 +101,23 @@ def test_follow_yields_only_its_scope(pair: tuple[EventLog, EventLog]) -> None:
         assert [next(stream).payload["text"], next(stream).payload["text"]] == ["mine 1", "mine 2"]
     finally:
         stream.close()
+
+
+def test_the_empty_scope_chains_from_the_v1_genesis(backend: str) -> None:
+    """A log's own scope "" starts its chain at the all-zero hash, exactly as a v1 log did."""
+    with EventLog(backend, reg=REG) as log:
+        (ev,) = log.append("s", [Noted(text="x")])
+    body = (ev.stream, ev.version, ev.type, ev.type_version)
+    assert ev.hash == chain_hash(GENESIS_HASH, 1, *body, '{"n":0,"text":"x"}', ev.recorded_at)
+
+
+def test_a_named_scope_chains_from_its_own_genesis(backend: str) -> None:
+    """The first event of scope "repo-a" links to a hash of that name, not to the shared all-zero one."""
+    with EventLog(backend, scope="repo-a", reg=REG) as log:
+        (ev,) = log.append("s", [Noted(text="x")])
+    assert genesis_hash("repo-a") != GENESIS_HASH
+    body = (ev.stream, ev.version, ev.type, ev.type_version)
+    assert ev.hash == chain_hash(genesis_hash("repo-a"), 1, *body, '{"n":0,"text":"x"}', ev.recorded_at)
 
 
 def test_tampering_in_one_scope_is_named_there_only(
@@ -116,6 +135,23 @@ def test_tampering_in_one_scope_is_named_there_only(
     assert one.verify().ok
     report = two.verify()
     assert (report.ok, report.first_bad_seq) == (False, 2)
+
+
+def test_a_scope_moved_wholesale_into_another_name_fails_verify(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Renaming every row of one repository to another id (events, head) is caught at its first event."""
+    with EventLog(backend, scope="repo-a", reg=REG) as a:
+        a.append("s", [Noted(text=str(n)) for n in range(3)])
+    edit(
+        request,
+        backend,
+        "UPDATE batchd_events SET scope = 'repo-z' WHERE scope = 'repo-a';"
+        "UPDATE batchd_meta SET scope = 'repo-z' WHERE scope = 'repo-a'",
+    )
+    with EventLog(backend, scope="repo-z", reg=REG) as z:
+        report = z.verify()
+    assert (report.first_bad_seq, report.problem) == (1, "content does not match its hash (edited or moved)")
 
 
 def test_a_scope_copied_under_another_name_does_not_verify(
@@ -152,10 +188,22 @@ def test_the_unscoped_log_is_a_scope_like_the_others(backend: str, pair: tuple[E
     assert [e.payload["text"] for e in one.read()] == ["named"]
 
 
-def test_scope_that_the_store_cannot_hold_is_refused(tmp_path: Path) -> None:
-    """A scope longer than 100 characters or with control characters is a store error at open."""
-    from store import StoreError
+def test_scope_with_hostile_text_is_kept_as_data(backend: str) -> None:
+    """A repository id with quotes, markup and non-ASCII is stored and matched as plain data."""
+    hostile = "o'hara\"; DROP TABLE batchd_events; -- <script>é"
+    with EventLog(backend, scope=hostile, reg=REG) as h, EventLog(backend, reg=REG) as own:
+        h.append("s", [Noted(text="h")])
+        own.append("s", [Noted(text="own")])
+        assert [e.payload["text"] for e in h.read()] == ["h"]
+        assert h.verify().ok and own.verify().ok
 
-    for bad in ("x" * 101, "tab\there"):
-        with pytest.raises(StoreError, match="repository id"):
-            EventLog(tmp_path / "e.db", scope=bad, reg=REG)
+
+@pytest.mark.parametrize(
+    ("scope", "why"),
+    [("x" * 101, "more than 100"), ("repo\nid", "control characters"), ("tab\there", "control characters")],
+)
+def test_unusable_scope_is_refused_at_open(tmp_path: Path, scope: str, why: str) -> None:
+    """A repository id too long for the column, or with control characters, is refused naming it."""
+    with pytest.raises(StoreError, match=why) as info:
+        EventLog(tmp_path / "events.db", scope=scope, reg=REG)
+    assert "repo_id" in info.value.hint
