@@ -57,7 +57,14 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from store import backends, migrations, reading
 from store.audit import AuditReport, head_mismatch, walk_chain
-from store.exceptions import BadScope, ConcurrencyError, LogCorrupted, StoreError, StoreUnavailable
+from store.exceptions import (
+    BadScope,
+    ConcurrencyError,
+    LogCorrupted,
+    ServerUnreachable,
+    StoreError,
+    StoreUnavailable,
+)
 from store.hashing import GENESIS_HASH, canonical_json, chain_hash, genesis_hash, json_str
 from store.reading import Reader
 from store.records import Append, Snapshot, StoredEvent, format_time, parse_time, url_for, utcnow
@@ -452,14 +459,18 @@ class EventLog:
         poll_interval: float = 0.2,
         stop: Callable[[], bool] = lambda: False,
         stream: str | None = None,
+        on_outage: Callable[[ServerUnreachable | None], None] | None = None,
     ) -> Iterator[StoredEvent]:
         """Tail the log: yield events after ``since`` as they are appended, until ``stop()`` is true.
 
         With nothing new it waits ``poll_interval`` seconds before looking again (SQLite), or until an
         append to this scope commits, ``poll_interval`` at most (PostgreSQL, LISTEN/NOTIFY). On
-        PostgreSQL it survives the server going away and coming back (see :mod:`store.reading`).
+        PostgreSQL it survives the server going away and coming back (see :mod:`store.reading`),
+        telling ``on_outage`` when it goes (why) and comes back (None).
         """
-        return self._reader.follow(since=since, poll_interval=poll_interval, stop=stop, stream=stream)
+        return self._reader.follow(
+            since=since, poll_interval=poll_interval, stop=stop, stream=stream, on_outage=on_outage
+        )
 
     # -- snapshots ---------------------------------------------------------------------------
 

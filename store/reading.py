@@ -106,10 +106,18 @@ class Reader:
                 remaining -= len(rows)
 
     def follow(
-        self, *, since: int, poll_interval: float, stop: Callable[[], bool], stream: str | None
+        self,
+        *,
+        since: int,
+        poll_interval: float,
+        stop: Callable[[], bool],
+        stream: str | None,
+        on_outage: Callable[[ServerUnreachable | None], None] | None = None,
     ) -> Iterator[StoredEvent]:
         """Yield events after ``since`` as they are appended, until ``stop()`` is true (see the
-        module docstring for waiting and reconnecting)."""
+        module docstring for waiting and reconnecting). ``on_outage`` is told when the server is
+        lost (with why) and when it is back (None): a follower that shows the log (the dashboard)
+        says it is not live meanwhile."""
         last = since
         listener: Listener | None = None
         outage: ServerUnreachable | None = None
@@ -132,6 +140,8 @@ class Reader:
                     if outage is not None:
                         _log.info("follow_reconnected", location=self._location, scope=self._scope)
                         outage, delay = None, RECONNECT_FIRST
+                        if on_outage is not None:
+                            on_outage(None)
                     if got:
                         continue
                     if listener is None:
@@ -150,6 +160,8 @@ class Reader:
                         _log.warning(
                             "follow_reconnecting", location=self._location, scope=self._scope, error=e.reason
                         )
+                        if on_outage is not None:
+                            on_outage(e)
                     _sleep_unless_stopped(delay, stop)
                     delay = min(delay * 2, RECONNECT_MAX)
         finally:

@@ -40,7 +40,7 @@ from daemon.web.timeline import Timeline
 from daemon.workspace import open_log
 from statemachine.projection import Projection, replay
 from store import EventLog, StoredEvent
-from store.exceptions import StoreUnavailable
+from store.exceptions import StoreError, StoreUnavailable
 
 __all__ = ["CLOSED", "RECENT", "RETRY_FIRST", "RETRY_MAX", "LiveModel"]
 
@@ -191,8 +191,20 @@ class LiveModel:
                 return
 
     def _tail(self, source: EventLog) -> None:
+        def outage(error: StoreError | None) -> None:
+            # The store reconnects by itself; meanwhile the pages and /metrics say they are not live.
+            self._set_following(
+                None
+                if error is None
+                else f"the dashboard lost the log after event {self.last_seq} ({error.message}); "
+                "trying again until it is back"
+            )
+
         for event in source.follow(
-            since=self.last_seq, poll_interval=self.poll_interval, stop=self._stopping.is_set
+            since=self.last_seq,
+            poll_interval=self.poll_interval,
+            stop=self._stopping.is_set,
+            on_outage=outage,
         ):
             with self.lock:
                 if event.seq <= self.projection.last_seq:
