@@ -159,14 +159,19 @@ def test_a_merged_unrelated_history_does_not_change_the_repository_id(tmp_path: 
     url = "postgresql+psycopg://batchd@/db?host=/nowhere"
     root = make_repo(tmp_path / "repo", {"1": "exit: 0"})
     before = log_scope(root, url)
-    for n in range(8):  # unrelated roots until one sorts before ours (1 in 2 each time)
-        other = make_repo(tmp_path / f"other{n}", {str(100 + n): "exit: 0"})
-        git(root, "fetch", "-q", str(other), "main")
-        git(root, "merge", "-q", "--allow-unrelated-histories", "-m", f"merge {n}", "FETCH_HEAD")
-        roots = sorted(git(root, "rev-list", "--max-parents=0", "HEAD").split())
-        if roots[0][:12] != before:
+    ours = git(root, "rev-list", "--max-parents=0", "HEAD")
+    tree = git(root, "rev-parse", "HEAD^{tree}")
+    # An unrelated root whose sha sorts before ours, found by trying messages: each try succeeds with
+    # the chance ours/2**160 (about 1 in 2), so 200 tries fail only if our root's sha is tiny.
+    for n in range(200):
+        other = git(root, "commit-tree", tree, "-m", f"an unrelated history {n}")
+        if other < ours:
             break
-    assert roots[0][:12] != before, "no unrelated root sorted first in 8 tries"
+    else:
+        pytest.skip(f"no unrelated root sorts before {ours} in 200 tries (ours is that small)")
+    git(root, "merge", "-q", "--allow-unrelated-histories", "-m", "merge it", other)
+    roots = sorted(git(root, "rev-list", "--max-parents=0", "HEAD").split())
+    assert roots == sorted([ours, other]) and roots[0] == other
     root_commit_id.cache_clear()
     assert log_scope(root, url) == before
 
