@@ -14,6 +14,7 @@ import os
 import queue
 import selectors
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -260,3 +261,21 @@ def serve_process(args: list[str], env: dict[str, str] | None = None) -> Iterato
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+# A row put into the log behind the store's back whose payload is not JSON: an edited log, which no
+# retry mends (the dashboard must stop following it and say so).
+BAD_ROW = (
+    "INSERT INTO batchd_events (seq, stream, version, type, type_version, payload, recorded_at, hash)"
+    " VALUES (?, 'control', 9999, 'control.pause', 1, '{not json', '2026-01-01T00:00:00.000000Z', 'x')"
+)
+
+
+def write_unreadable_row(root: Path, seq: int) -> None:
+    """Append :data:`BAD_ROW` as event ``seq`` of ``root``'s SQLite log, with sqlite3 itself."""
+    db = sqlite3.connect(root / ".batchd" / "events.db")
+    try:
+        db.execute(BAD_ROW, (seq,))
+        db.commit()
+    finally:
+        db.close()

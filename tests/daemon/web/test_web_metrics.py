@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import prometheus_client
 import pytest
+from live_server import write_unreadable_row
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,10 +36,6 @@ from store import StoredEvent
 from store.eventlog import parse_time
 
 # A row edited by hand into something that is not JSON.
-BAD_ROW = (
-    "INSERT INTO batchd_events (seq, stream, version, type, type_version, payload, recorded_at, hash)"
-    " VALUES (?, 'control', 9999, 'control.pause', 1, '{not json', '2026-01-01T00:00:00.000000Z', 'x')"
-)
 WAIT = 10.0  # seconds: the follower polls every 0.05 s; a deadline, not a sleep
 # A loopback Host, as Prometheus on the same machine sends it (the dashboard answers only those).
 LOCAL = "http://127.0.0.1:8765"
@@ -331,11 +327,6 @@ def test_serve_following_is_1_while_the_log_is_followed(families: dict[str, list
 def test_serve_following_is_0_once_the_log_cannot_be_folded(demo_copy: Path, copy_client: TestClient) -> None:
     """A row edited by hand into something that is not JSON stops the follower for good: 0."""
     model: LiveModel = copy_client.app.state.model  # type: ignore[attr-defined]
-    db = sqlite3.connect(demo_copy / ".batchd" / "events.db")
-    try:
-        db.execute(BAD_ROW, (model.last_seq + 1,))
-        db.commit()
-    finally:
-        db.close()
+    write_unreadable_row(demo_copy, model.last_seq + 1)
     wait_for(lambda: model.error is not None, "the follower to stop")
     assert value(scrape(copy_client)["batchd_serve_following"], "batchd_serve_following") == 0

@@ -4,14 +4,13 @@ client fell too far behind. Real SQLite logs (copies of the demo run), a real fo
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from live_server import wait_for
+from live_server import wait_for, write_unreadable_row
 from sqlalchemy.engine import make_url
 
 from daemon.web.model import CLOSED, RECENT, LiveModel
@@ -19,11 +18,6 @@ from daemon.workspace import open_log
 from statemachine import events as ev
 from store import EventLog
 from tests.pgserver import PgServer
-
-BAD_ROW = (
-    "INSERT INTO batchd_events (seq, stream, version, type, type_version, payload, recorded_at, hash)"
-    " VALUES (?, 'control', 9999, 'control.pause', 1, '{not json', '2026-01-01T00:00:00.000000Z', 'x')"
-)
 
 
 @pytest.fixture
@@ -203,12 +197,7 @@ def test_a_log_edited_for_good_is_not_tried_again(demo_copy: Path) -> None:
     model = LiveModel(demo_copy, poll_interval=0.01)
     model.start()
     try:
-        db = sqlite3.connect(demo_copy / ".batchd" / "events.db")
-        try:
-            db.execute(BAD_ROW, (model.last_seq + 1,))
-            db.commit()
-        finally:
-            db.close()
+        write_unreadable_row(demo_copy, model.last_seq + 1)
         wait_for(lambda: model.error is not None, "the model to stop")
         assert "stopped following the log" in model.error
         assert not model.following

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from live_server import DEADLINE, SSEClient, serve_env, served, wait_for
+from live_server import DEADLINE, SSEClient, serve_env, served, wait_for, write_unreadable_row
 
 from statemachine import events as ev
 from store import EventLog
 
 # A row written behind the store's back, whose payload is not JSON.
-BAD_ROW = (
-    "INSERT INTO batchd_events (seq, stream, version, type, type_version, payload, recorded_at, hash)"
-    " VALUES (?, 'control', 9999, 'control.pause', 1, '{not json', '2026-01-01T00:00:00.000000Z', 'x')"
-)
 
 
 def pause_with_cli(root: Path, reason: str) -> None:
@@ -142,12 +137,7 @@ def test_a_log_edited_under_the_server_is_reported_stale(demo_copy: Path) -> Non
         client = SSEClient(app.port, f"/api/stream?since={app.model.last_seq}")
         try:
             wait_for(lambda: app.model.subscriber_count == 1, "the stream to subscribe")
-            db = sqlite3.connect(demo_copy / ".batchd" / "events.db")
-            try:
-                db.execute(BAD_ROW, (app.model.last_seq + 1,))
-                db.commit()
-            finally:
-                db.close()
+            write_unreadable_row(demo_copy, app.model.last_seq + 1)
             got = client.next("stale", timeout=DEADLINE)
         finally:
             client.close()
