@@ -236,6 +236,23 @@ class BatchdConfig:
         default="origin", metadata=_key(Checker.string, 'Remote pushed after every commit; "" = never push.')
     )
     max_parallel: int = field(default=5, metadata=_key(_at_least(1), "Agents running at once."))
+    local_slots: int = field(
+        default=-1,
+        metadata=_key(
+            _at_least(-1),
+            "Agents this host runs itself when workers (`batchd worker`) run others: each live "
+            "worker's slots come on top. 0 = every agent runs on a worker; -1 = max_parallel.",
+            shown="-1 (max_parallel)",
+        ),
+    )
+    lease_seconds: float = field(
+        default=30.0,
+        metadata=_key(
+            _seconds(allow_zero=False),
+            "A worker's claim on an agent lapses after this long without word from it (it renews "
+            "every third of it): the agent is queued again and the worker's late result refused.",
+        ),
+    )
     max_attempts: int = field(
         default=2,
         metadata=_key(
@@ -342,6 +359,11 @@ class BatchdConfig:
             "another's.",
         ),
     )
+
+    @property
+    def own_slots(self) -> int:
+        """Agents the coordinator runs itself (``local_slots``, -1 meaning ``max_parallel``)."""
+        return self.max_parallel if self.local_slots < 0 else self.local_slots
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
+from statemachine.dispatch import DISPATCH_TYPES, Dispatch
 from statemachine.exceptions import InvalidTransition, SnapshotIncompatible
 from statemachine.flakes import FlakeModel
 from statemachine.handlers import HANDLERS, Handler, Payload
@@ -64,8 +65,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_NAME = "projection"
-# 2: the flake model (issue 14). A snapshot of another format is ignored and the log replayed from zero.
-SNAPSHOT_FORMAT = 2
+# 2: the flake model (issue 14); 3: workers and claims (issue 15). A snapshot of another format is
+# ignored and the log replayed from zero.
+SNAPSHOT_FORMAT = 3
 
 
 class ControlRequest(NamedTuple):
@@ -138,6 +140,7 @@ class Projection:
         # (command key, test id) red on the newest verified head (its baseline, or the run that
         # accepted it excused them): they blame nobody built on it. See handlers._batch_verified.
         self.known_red: tuple[tuple[str, str], ...] = ()
+        self.dispatch = Dispatch()  # workers on other hosts and the claims of remote attempts
         self._live: LiveMachines | None = None
 
     # -- the fold ----------------------------------------------------------------------------
@@ -154,7 +157,10 @@ class Projection:
             )
         spec = _SPECS.get(e.type)
         if spec is None:
-            self._apply_control(e)
+            if e.type in DISPATCH_TYPES:
+                self.dispatch.apply(e)
+            else:
+                self._apply_control(e)
         else:
             code, kind, handler, version, moves, finished = spec
             p = e.payload if e.type_version == version else _upcast(e)
@@ -388,6 +394,7 @@ class Projection:
             "agents_started": self.agents_started,
             "flakes": self.flakes.to_json(),
             "known_red": [list(pair) for pair in self.known_red],
+            "dispatch": self.dispatch.to_json(),
         }
 
     @classmethod
@@ -416,6 +423,7 @@ class Projection:
         pr.agents_started = data["agents_started"]
         pr.flakes = FlakeModel.from_json(data["flakes"])
         pr.known_red = tuple((str(k), str(t)) for k, t in data.get("known_red", ()))
+        pr.dispatch = Dispatch.from_json(data.get("dispatch", {}))
         return pr
 
     def __eq__(self, other: object) -> bool:

@@ -1,4 +1,4 @@
-"""daemon/'s stage packages import one way: cli -> service -> engine -> world -> intake."""
+"""daemon/'s stage packages import one way: cli -> service -> worker -> engine -> world -> intake."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
-ORDER = ("cli", "service", "engine", "world", "intake")  # each may import only those after it
+ORDER = ("cli", "service", "worker", "engine", "world", "intake")  # each may import only those after it
 
 
 def imported_stages(path: Path) -> set[str]:
