@@ -243,6 +243,8 @@ def _register_subcommands() -> None:
         "daemon.cli.plan",
         "daemon.cli.serve",
         "daemon.cli.report",
+        "daemon.cli.worker",  # batchd worker (issue 15)
+        "daemon.cli.workers",  # batchd workers
     ):
         try:
             mod = importlib.import_module(module)
