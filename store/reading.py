@@ -132,16 +132,15 @@ class Reader:
                     for ev in self.read(
                         since=last, until=None, at=None, stream=stream, stream_prefix=None, limit=None
                     ):
+                        if outage is not None:  # told before the first event after it, not after
+                            outage, delay = None, self._reconnected(on_outage)
                         last = ev.seq
                         got = True
                         yield ev
                         if stop():
                             return
                     if outage is not None:
-                        _log.info("follow_reconnected", location=self._location, scope=self._scope)
-                        outage, delay = None, RECONNECT_FIRST
-                        if on_outage is not None:
-                            on_outage(None)
+                        outage, delay = None, self._reconnected(on_outage)
                     if got:
                         continue
                     if listener is None:
@@ -167,6 +166,14 @@ class Reader:
         finally:
             if listener is not None:
                 listener.close()
+
+    def _reconnected(self, on_outage: Callable[[ServerUnreachable | None], None] | None) -> float:
+        """The server answers again: say so (the caller shows it is live before any event it gets
+        from now on); the reconnect delay starts over."""
+        _log.info("follow_reconnected", location=self._location, scope=self._scope)
+        if on_outage is not None:
+            on_outage(None)
+        return RECONNECT_FIRST
 
 
 def _sleep_unless_stopped(seconds: float, stop: Callable[[], bool]) -> None:

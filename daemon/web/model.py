@@ -222,8 +222,13 @@ class LiveModel:
         """Following again (``error`` None) or not, and why: every page is told."""
         if error is None and self._following and self.error is None:
             return
-        self.error = error
-        self._following = error is None
+        # In this order: a reader that sees the error (or its absence) sees ``following`` agree.
+        if error is None:
+            self.error = None
+            self._following = True
+        else:
+            self._following = False
+            self.error = error
         if error is None:
             log.info("serve_follow_resumed", last_seq=self.last_seq)
         self._wake(self.last_seq)

@@ -137,6 +137,37 @@ def test_follow_survives_a_server_restart_warning_once(pg_server: PgServer, pg_u
     assert warnings[0]["log_level"] == "warning"
 
 
+def test_follow_says_it_is_back_before_the_first_event_after_an_outage(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """``on_outage(None)`` comes before the first event read after the server is back: a follower
+    showing the log (the dashboard) is never seen with new events while it still says it is lost."""
+    order: list[str] = []
+    stop = threading.Event()
+    with EventLog(pg_url, reg=REG) as log:
+
+        def run() -> None:
+            told = lambda error: order.append("lost" if error is not None else "back")  # noqa: E731
+            for ev in log.follow(poll_interval=3600, stop=stop.is_set, on_outage=told):
+                order.append(str(ev.payload["text"]))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            log.append("s", [Noted(text="before")])
+            wait_until(lambda: order == ["before"], "the first event")
+            with pg_server.down():
+                wait_until(lambda: "lost" in order, "the outage to be noticed")
+                time.sleep(1.0)  # its backoff grows past the append below: the next read brings it
+            log.append("s", [Noted(text="after")])
+            wait_until(lambda: "after" in order, "the event after the outage")
+        finally:
+            stop.set()
+            log.append("wake", [Noted(text="wake")])
+            thread.join(timeout=DEADLINE)
+    assert order[:4] == ["before", "lost", "back", "after"]
+
+
 def test_append_after_every_session_was_ended_succeeds(
     pg_url: str, admin: Callable[[str], list[Any]]
 ) -> None:
