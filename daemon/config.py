@@ -355,8 +355,8 @@ class BatchdConfig:
             "This repository's id in the event log: several repositories may share one PostgreSQL "
             'database, each seeing only its own events. "" = on SQLite the log is the repository\'s '
             "own; on PostgreSQL the first 12 hex digits of the repository's root commit, the same in "
-            "every clone on every host. `events`, `replay` and `audit verify` take --repo-id to read "
-            "another's.",
+            'every clone on every host. "-" = the unscoped log a PostgreSQL log from before scopes '
+            "was migrated to. `events`, `replay` and `audit verify` take --repo-id to read another's.",
         ),
     )
 

@@ -4,7 +4,8 @@ An event log is scoped by a repository id (see :class:`store.EventLog`'s ``scope
 repositories can share one PostgreSQL database. The id is ``--repo-id``, else ``[batchd] repo_id``,
 else: on SQLite ``""`` (the file is the repository's own, as before scopes existed); on a shared
 database the first 12 hex digits of the repository's root commit, which every clone of it on every
-host computes alike without being told.
+host computes alike without being told. ``-`` (:data:`UNSCOPED`) names the unscoped log itself on a
+shared database: where a log written before scopes existed was migrated to.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ DEFAULT_DB = f"{STATE_DIR}/events.db"
 #: The store keeps up to 100 characters of scope; ids are plain so they read well in a shell, a
 #: URL-ish name (acme/webshop, github.com/acme/webshop) or a sha.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}")
+#: The spelling of the unscoped log (scope "") where the default would be the root commit's id: a
+#: PostgreSQL log from before scopes existed is migrated there. Not a valid id, so it names nothing else.
+UNSCOPED = "-"
 #: Hex digits of the root commit that name a repository by default on a shared database.
 ROOT_ID_DIGITS = 12
 
@@ -102,8 +106,8 @@ class Workspace:
 
 
 def repo_id_problem(text: str) -> str:
-    """What is wrong with ``text`` as a repository id ("" when it is fine; "" itself is fine)."""
-    if not text or REPO_ID.fullmatch(text):
+    """What is wrong with ``text`` as a repository id ("" when it is fine; "" and "-" are fine)."""
+    if not text or text == UNSCOPED or REPO_ID.fullmatch(text):
         return ""
     if len(text) > 100:
         return f"a repository id is at most 100 characters, this one has {len(text)}"
@@ -159,8 +163,10 @@ def checked_repo_id(repo_id: str) -> str:
 
 def log_scope(root: Path, location: str, repo_id: str = "") -> str:
     """The scope of the repository's events in the log at ``location``: ``repo_id`` as configured,
-    "" meaning the default (see the module docstring)."""
-    if checked_repo_id(repo_id):
+    "" meaning the default, "-" the unscoped log (see the module docstring)."""
+    if checked_repo_id(repo_id) == UNSCOPED:
+        return ""
+    if repo_id:
         return repo_id
     return root_commit_id(root.resolve()) if is_shared(location) else ""
 
@@ -168,6 +174,28 @@ def log_scope(root: Path, location: str, repo_id: str = "") -> str:
 def config_scope(config: Config) -> str:
     """The scope of the daemon's own events: ``repo_id`` as configured, or its default."""
     return log_scope(config.root, config.db_url, config.batchd.repo_id)
+
+
+def unscoped_left_behind(config: Config) -> tuple[str, str] | None:
+    """(what, how to fix) when the daemon's default scope on a shared database is empty while the
+    unscoped log holds events: a log from before scopes, migrated to ``""``, which the default scope
+    would silently start beside. Setting ``repo_id`` (to ``-`` or to an id) is the person's answer."""
+    if config.batchd.repo_id or not is_shared(config.db_url):
+        return None
+    scope = config_scope(config)
+    with EventLog(config.db_url, scope=scope) as own:
+        if own.last_seq():
+            return None
+    with EventLog(config.db_url, scope="") as unscoped:
+        events = unscoped.last_seq()
+    if not events:
+        return None
+    return (
+        f"the database holds a log of {events} events from before repository scopes, which this "
+        f"repository's default scope ({scope}) does not see",
+        f'set repo_id = "{UNSCOPED}" in [batchd] to go on with that log, or repo_id = "{scope}" to '
+        "start a new one beside it",
+    )
 
 
 def config_log(config: Config) -> EventLog:
@@ -204,5 +232,5 @@ def open_log(
     if repo_id is not None:
         # Given on the command line, "" included: `--repo-id ""` reads the unscoped events (an SQLite
         # log's, or those a database held before it had scopes).
-        return EventLog(location, scope=checked_repo_id(repo_id))
+        return EventLog(location, scope="" if checked_repo_id(repo_id) == UNSCOPED else repo_id)
     return EventLog(location, scope=log_scope(root, location, configured_repo_id(root)))

@@ -33,6 +33,7 @@ import structlog
 from daemon.config import PLACEHOLDER, PRESETS, Config
 from daemon.engine.recovery import check_checkout
 from daemon.exceptions import PreflightFailed, UsageError, printable
+from daemon.workspace import unscoped_left_behind
 from daemon.world import deps
 from daemon.world.gitops import GIT_MIN_VERSION, git_version, out, run_git
 
@@ -110,7 +111,13 @@ def find_problems(config: Config, *, remote_timeout: float = REMOTE_TIMEOUT) -> 
         *agent_problems(config),
         *verify_problems(config),
         *request_problems(config),
+        *scope_problems(config),
     ]
+
+
+def scope_problems(config: Config) -> list[Problem]:
+    found = unscoped_left_behind(config)
+    return [Problem("batchd.repo_id", *found)] if found is not None else []
 
 
 def reload_problems(config: Config) -> list[Problem]:

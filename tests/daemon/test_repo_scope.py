@@ -20,6 +20,7 @@ from procs import DaemonProcess, batchd, git, make_repo
 from daemon.config import load_config
 from daemon.exceptions import UsageError
 from daemon.workspace import log_scope, open_log, root_commit_id
+from statemachine import events as ev
 from store import EventLog
 from tests.pgserver import PgServer
 from tests.store.events import REG, Noted
@@ -230,3 +231,41 @@ def test_bad_repo_id_in_config_is_refused_naming_the_key(tmp_path: Path) -> None
     done = batchd(root, "events")
     assert done.returncode == 2
     assert "repo_id" in done.stderr
+
+
+def test_a_log_from_before_scopes_holds_the_daemon_until_repo_id_says_which(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A database whose only log is unscoped (a v1 log, migrated to scope "") is not silently
+    started beside: `batchd run` exits 2 naming [batchd] repo_id and both answers; with
+    repo_id = "-" the run goes on in that log, and the commands read it too."""
+    with pg_server.fresh_database() as url:
+        root = make_repo(tmp_path / "repo", {"1": "write: [{path: a.txt, content: a}]"})
+        with EventLog(url, scope="") as log:  # a harmless event of a real log: an answer to nothing
+            log.append(ev.CONTROL_STREAM, [ev.ControlHandled(request_seq=999, outcome="done")])
+        set_db(root, url)
+        done = batchd(root, "run", "--once", timeout=90)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "repo_id" in done.stderr and '"-"' in done.stderr and root_commit_id(root) in done.stderr
+        config = root / "batchd.toml"
+        config.write_text(config.read_text().replace("[batchd]\n", '[batchd]\nrepo_id = "-"\n'))
+        git(root, "commit", "-qam", "go on with the old log")
+        run_once(root)
+        streams = [e["stream"] for e in events(root, url)]
+        assert streams[0] == ev.CONTROL_STREAM and "todo-1" in streams
+        assert events(root, url, "--repo-id", "-") == events(root, url, "--repo-id", "")
+
+
+def test_an_explicit_repo_id_starts_beside_a_log_from_before_scopes(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Naming the repository (repo_id = its root id) is the other answer: the run starts in its own
+    scope and the unscoped log stays as it was."""
+    with pg_server.fresh_database() as url:
+        root = make_repo(tmp_path / "repo", {"1": "write: [{path: a.txt, content: a}]"})
+        with EventLog(url, scope="", reg=REG) as log:
+            log.append("unscoped", [Noted(text="written before repo ids")])
+        set_db(root, url, repo_id=root_commit_id(root))
+        run_once(root)
+        assert "unscoped" not in {e["stream"] for e in events(root, url)}
+        assert [e["stream"] for e in events(root, url, "--repo-id", "-")] == ["unscoped"]
