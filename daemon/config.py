@@ -772,24 +772,27 @@ def load_config(root: Path, *, path: Path | None = None) -> Config:
     return config
 
 
-def configured_repo_id(root: Path) -> str:
-    """``[batchd] repo_id`` of ``root/batchd.toml`` ("" without the file), for commands that read
-    the log: only this key is checked, so ``status`` or ``events`` still work on a repository whose
-    other settings `batchd run` would refuse."""
+def configured_log(root: Path) -> tuple[str, str]:
+    """``[batchd] db`` and ``repo_id`` of ``root/batchd.toml`` (the defaults without the file), for
+    commands that read the log: only these keys are checked, so ``status`` or ``events`` still work
+    on a repository whose other settings `batchd run` would refuse."""
     path = root / CONFIG_FILE
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return ""
+        return DEFAULT_DB, ""
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read the file: {e}", path=str(path)) from e
     try:
         section = tomllib.loads(text).get("batchd", {})
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", path=str(path), hint="fix the syntax there") from e
-    if not isinstance(section, dict) or "repo_id" not in section:
-        return ""
-    return _repo_id(Checker(path, "batchd"), "repo_id", section["repo_id"])
+    if not isinstance(section, dict):
+        return DEFAULT_DB, ""
+    checker = Checker(path, "batchd")
+    db = Checker.nonempty(checker, "db", section["db"]) if "db" in section else DEFAULT_DB
+    repo_id = _repo_id(checker, "repo_id", section["repo_id"]) if "repo_id" in section else ""
+    return db, repo_id
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,13 +217,14 @@ def find_root(start: Path) -> Path:
 def open_log(
     root: Path, db: str | None = None, *, must_exist: bool = True, repo_id: str | None = None
 ) -> EventLog:
-    """The repository's log for a command: ``db`` (default .batchd/events.db), scoped by ``repo_id``
-    (``--repo-id``, taken as given; None: ``[batchd] repo_id`` of the repository's batchd.toml, or
-    its default)."""
-    from daemon.config import configured_repo_id
+    """The repository's log for a command: ``db`` (``--db``; None: ``[batchd] db`` of the
+    repository's batchd.toml, default .batchd/events.db), scoped by ``repo_id`` (``--repo-id``, taken
+    as given; None: ``[batchd] repo_id`` of batchd.toml, or its default)."""
+    from daemon.config import configured_log
 
+    configured_db, configured_id = configured_log(root)
     ws = Workspace(root)
-    location = ws.db_location(db)
+    location = ws.db_location(db if db is not None else configured_db)
     if must_exist and "://" not in location and not Path(location).exists():
         raise UsageError(
             f"no event log at {location}",
@@ -233,4 +234,4 @@ def open_log(
         # Given on the command line, "" included: `--repo-id ""` reads the unscoped events (an SQLite
         # log's, or those a database held before it had scopes).
         return EventLog(location, scope="" if checked_repo_id(repo_id) == UNSCOPED else repo_id)
-    return EventLog(location, scope=log_scope(root, location, configured_repo_id(root)))
+    return EventLog(location, scope=log_scope(root, location, configured_id))

@@ -269,3 +269,15 @@ def test_an_explicit_repo_id_starts_beside_a_log_from_before_scopes(
         run_once(root)
         assert "unscoped" not in {e["stream"] for e in events(root, url)}
         assert [e["stream"] for e in events(root, url, "--repo-id", "-")] == ["unscoped"]
+
+
+def test_commands_read_the_database_batchd_toml_names(shared: Shared) -> None:
+    """`events`, `status` and `audit verify` without --db read the log at [batchd] db (the
+    PostgreSQL database), not a .batchd/events.db that is not there."""
+    assert not (shared.one / ".batchd" / "events.db").exists()
+    done = batchd(shared.one, "events", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line) for line in done.stdout.splitlines()] == events(shared.one, shared.url)
+    status = cli_json(shared.one, "status")
+    assert isinstance(status, dict) and status["todos"]
+    assert batchd(shared.one, "audit", "verify").returncode == 0
