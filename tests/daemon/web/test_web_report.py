@@ -255,6 +255,18 @@ def test_a_run_too_big_for_one_picture_has_one_per_phase(
     assert headings == phases and len(phases) > 1
 
 
+def test_a_report_with_a_picture_per_phase_repeats_no_id(
+    demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every id in the report is unique (the running bars' stripe pattern is defined once), so a
+    link or a ``url(#...)`` in it names one element."""
+    monkeypatch.setattr(timeline_view, "MAX_DRAWN", 3)
+    markup = re.sub(r"<script>.*?</script>", "", build_report(demo_root).html, flags=re.S)
+    ids = re.findall(r'\bid="([^"]*)"', markup)
+    assert ids and len(ids) == len(set(ids)), sorted(i for i in set(ids) if ids.count(i) > 1)
+    assert ids.count("tl-stripes") == 1
+
+
 def test_a_small_run_has_one_picture(report: tuple[Path, dict[str, object]]) -> None:
     """A run the all-phases picture draws whole has just that one (no picture per phase)."""
     out, _ = report
