@@ -119,7 +119,7 @@ def make_engine(url: URL, *, memory: bool, on_file: bool) -> Engine:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if on_file:
             # WAL: readers never block the writer, the writer never blocks readers.
-            cur.execute("PRAGMA journal_mode = WAL")
+            _enter_wal(dbapi_conn, cur)
         # FULL: a commit that returned survives power loss, not just a process crash.
         cur.execute("PRAGMA synchronous = FULL")
         cur.close()
@@ -131,6 +131,25 @@ def make_engine(url: URL, *, memory: bool, on_file: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _enter_wal(dbapi_conn: Any, cur: Any) -> None:
+    """Switch a file log to WAL, waiting like the busy timeout for another process to let go.
+
+    Leaving a rollback journal (a v1 log, a new file) needs an exclusive lock, and SQLite answers
+    "database is locked" at once instead of calling the busy handler when another connection is
+    mid-read or mid-migration, so the wait is ours. A log already in WAL never meets this."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except dbapi_conn.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 # PostgreSQL error classes that mean "this connection cannot be had": authorization (28) and no such
