@@ -87,6 +87,7 @@ class WorkerRegistered:
     pid: int
     version: str = ""  # batchd's version on the worker
     clone: str = ""  # its clone's folder on its host (for a person looking for its files)
+    every: float = 0.0  # seconds between its heartbeats (0: not said)
 
 
 @registry.register("worker.heartbeat", 1)
@@ -259,6 +260,7 @@ class WorkerView:
     state: str = "up"  # or "stopped"
     version: str = ""
     clone: str = ""
+    every: float = 0.0
     registered_at: str = ""
     last_seen_at: str = ""  # its last append of any kind (heartbeat, claim, renewal, report)
     stream_version: int = 0
@@ -314,6 +316,7 @@ class Dispatch:
                 worker = self.workers[name] = WorkerView(name)
             worker.host, worker.slots, worker.pid = str(p["host"]), int(p["slots"]), int(p["pid"])
             worker.version, worker.clone = str(p.get("version", "")), str(p.get("clone", ""))
+            worker.every = float(p.get("every", 0.0))
             worker.state, worker.registered_at = "up", e.recorded_at
         elif worker is None:
             self.ignored += 1

@@ -60,6 +60,16 @@ def repo_id_option(fn: F) -> F:
     )(fn)
 
 
+def log_level_option(fn: F) -> F:
+    return click.option(
+        "--log-level",
+        default="info",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        show_default=True,
+        help="Least severe log lines shown.",
+    )(fn)
+
+
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")(fn)
 

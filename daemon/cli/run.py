@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from daemon.cli.main import repo_option, resolve_root
+from daemon.cli.main import log_level_option, repo_option, resolve_root
 from daemon.config import load_config
 from daemon.service.logs import configure_logging
 
@@ -15,13 +15,7 @@ from daemon.service.logs import configure_logging
 @click.command()
 @repo_option
 @click.option("--once", is_flag=True, help="Exit when nothing is left to do (exit 0 = every todo complete).")
-@click.option(
-    "--log-level",
-    default="info",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    show_default=True,
-    help="Least severe log lines shown.",
-)
+@log_level_option
 @click.option(
     "--log-json/--log-text",
     default=None,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import batches, executor, phases, pushes, requests
+from daemon.engine import batches, dispatching, executor, phases, pushes, requests
 from daemon.engine import commands as cmd
 from daemon.engine.continuous import Facts
 from daemon.engine.runner import Daemon
@@ -39,7 +39,7 @@ def observe(d: Daemon) -> Facts:
         if head and phase.state == PhaseState.RUNNING and phase.base_sha and head != phase.base_sha:
             moved_on = gitops.is_ancestor(d.root, phase.base_sha, head)
     return Facts(
-        max_parallel=d.config.batchd.max_parallel,
+        max_parallel=dispatching.capacity(d),
         branch_head=head,
         moved_on=moved_on,
         busy=frozenset(d.jobs),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.engine import carrying, outcomes
+from daemon.engine import carrying, dispatching, outcomes
 from daemon.engine.runner import Daemon
 from daemon.exceptions import AgentError, BatchdError
 from daemon.intake.todofile import MAX_TODO_BYTES
@@ -68,6 +68,10 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
     attempt = todo.attempt
     workspace = d.ws.workspace(todo_id)
     log_path = d.ws.agent_log(todo_id, attempt)
+    if dispatching.wants_worker(d):
+        _started(d, todo_id, batch_key, base_sha, argv=())
+        dispatching.queue(d, todo_id, failure_text(d, todo_id, attempt))
+        return
     todo_file = workspace / todo.path  # its own copy: the person's checkout is not the agent's to edit
     failure_file = write_failure_file(d, todo_id, attempt)
     # Worked out before the prompt (a few git object reads): the prompt and the log say what the
@@ -109,22 +113,31 @@ def launch(d: Daemon, todo_id: str, batch_key: str, base_sha: str) -> None:
         failure_file=failure_file,
         session_id=session,
     )
+    _started(d, todo_id, batch_key, base_sha, argv=tuple(argv), carried=todo.carry if carried else "")
+    prepare(d, todo_id, argv, change)
+
+
+def _started(
+    d: Daemon, todo_id: str, batch_key: str, base_sha: str, *, argv: tuple[str, ...], carried: str = ""
+) -> None:
+    """``todo.agent_started``: the intent, with a new token (an agent on a worker has no argv here:
+    its worker builds the command from its own clone's configuration)."""
+    todo = d.proj.todos[todo_id]
     d.emit_one(
         ev.todo_stream(todo_id),
         ev.AgentStarted(
             todo_id=todo_id,
-            attempt=attempt,
+            attempt=todo.attempt,
             batch=batch_key,
-            worktree=str(workspace.relative_to(d.root)),
-            branch=branch_for(todo_id, attempt),
+            worktree=str(d.ws.workspace(todo_id).relative_to(d.root)),
+            branch=branch_for(todo_id, todo.attempt),
             base_sha=base_sha,
-            log_path=str(log_path.relative_to(d.root)),
-            argv=tuple(argv),
+            log_path=str(d.ws.agent_log(todo_id, todo.attempt).relative_to(d.root)),
+            argv=argv,
             token=uuid.uuid4().hex,
-            carried=todo.carry if carried else "",
+            carried=carried,
         ),
     )
-    prepare(d, todo_id, argv, change)
 
 
 def _why_fresh(d: Daemon) -> str:
@@ -140,28 +153,32 @@ MAX_FAILURE_BYTES = 1 << 20  # the failure file keeps the end of a longer check 
 
 def write_failure_file(d: Daemon, todo_id: str, attempt: int) -> Path:
     """Write why the attempt before ``attempt`` was not accepted (empty on a first attempt) where
-    the agent may read it: the failing command and its whole output (as ``batchd logs ID --verify``
-    keeps it) for a rejection, the reason and the repair text for anything else. Losing it costs
-    the agent the detail, never the run."""
+    the agent may read it (:func:`failure_text`). Losing it costs the agent the detail, never the run."""
     path = d.ws.failure_file(todo_id, attempt)
-    todo = d.proj.todos[todo_id]
-    last = next((r for r in reversed(todo.history) if r.outcome != "interrupted"), None)
-    text = ""
-    if last is not None and last.outcome != "accepted" and last.attempt < attempt:
-        verify_log = d.ws.verify_log(todo_id, last.attempt)
-        output = agentproc.tail_bytes(verify_log, MAX_FAILURE_BYTES) if last.outcome == "rejected" else ""
-        with contextlib.suppress(OSError):
-            if output and verify_log.stat().st_size > MAX_FAILURE_BYTES:
-                output = "[batchd: the start of the output was dropped]\n" + output.partition("\n")[2]
-        text = agents.failure_text(
-            attempt=last.attempt, outcome=last.outcome, reason=last.reason, verify_output=output,
-            repair=todo.repair,
-        )  # fmt: skip
     try:
-        safefs.write_text(d.root, path.relative_to(d.root), text)
+        safefs.write_text(d.root, path.relative_to(d.root), failure_text(d, todo_id, attempt))
     except (OSError, BatchdError) as e:
         log.warning("failure_file_not_written", todo_id=todo_id, attempt=attempt, error=str(e))
     return path
+
+
+def failure_text(d: Daemon, todo_id: str, attempt: int) -> str:
+    """Why the attempt before ``attempt`` was not accepted ("" on a first attempt): the failing
+    command and its whole output (as ``batchd logs ID --verify`` keeps it) for a rejection, the
+    reason and the repair text for anything else."""
+    todo = d.proj.todos[todo_id]
+    last = next((r for r in reversed(todo.history) if r.outcome != "interrupted"), None)
+    if last is None or last.outcome == "accepted" or last.attempt >= attempt:
+        return ""
+    verify_log = d.ws.verify_log(todo_id, last.attempt)
+    output = agentproc.tail_bytes(verify_log, MAX_FAILURE_BYTES) if last.outcome == "rejected" else ""
+    with contextlib.suppress(OSError):
+        if output and verify_log.stat().st_size > MAX_FAILURE_BYTES:
+            output = "[batchd: the start of the output was dropped]\n" + output.partition("\n")[2]
+    return agents.failure_text(
+        attempt=last.attempt, outcome=last.outcome, reason=last.reason, verify_output=output,
+        repair=todo.repair,
+    )  # fmt: skip
 
 
 def prepare(d: Daemon, todo_id: str, argv: list[str], carried: rebase.Carried | None = None) -> None:
@@ -318,7 +335,8 @@ def interrupt_running(d: Daemon, reason: str, spent: Mapping[str, float] | None 
     """Record every running todo interrupted, with the agent time it had spent (wasted: it runs
     again): ``spent`` as its process measured it, else from its start as the log has it."""
     for todo in list(d.proj.todos.values()):
-        if todo.state == TodoState.RUNNING:
+        # An agent on a worker goes on without this daemon: the next one collects its outcome.
+        if todo.state == TodoState.RUNNING and not dispatching.is_remote(d, todo):
             duration = (spent or {}).get(todo.todo_id)
             if duration is None:
                 proc = d.agents.get(todo.todo_id)

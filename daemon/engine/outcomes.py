@@ -74,7 +74,7 @@ def fail(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Collected:
+class Result:
     """What the pool found of an exited agent: its outcome, and its change or why there is none."""
 
     outcome: agentresult.AgentOutcome
@@ -98,45 +98,22 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     shown = d.proj.shown(todo_id)  # the id as its file name writes it (leading zeros kept)
     home = d.home_snapshots.pop(todo_id, None)
 
-    def work() -> _Collected:
+    def work() -> Result:
         result = dataclasses.replace(read_and_collect(), recovery=proc.recovery)
         put_back = tuple(homeguard.restore(home)) if home is not None else ()
         return dataclasses.replace(result, put_back=put_back) if put_back else result
 
-    def read_and_collect() -> _Collected:
+    def read_and_collect() -> Result:
         agentproc.cap_log(proc.log_path, max_log)
         outcome = agentresult.finish(proc)
         if not outcome.ok:
-            reason = "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
-            return _Collected(outcome=outcome, reason=reason, detail=outcome.reason)
-        try:
-            raise_at("collect")
-            collected = collect.collect(
-                root,
-                workspace,
-                base,
-                message=f"batchd: todo {shown} attempt {attempt} - {title}",
-                trailers={"Batchd-Todo": shown, "Batchd-Attempt": str(attempt)},
-                branch=branch,
-                policy=policy,
-            )
-        except collect.CollectFailed as e:
-            return _Collected(outcome=outcome, reason=e.reason, detail=e.render())
-        except Exception as e:
-            log.exception("collect_crashed", todo_id=todo_id, attempt=attempt)
-            return _Collected(
-                outcome=outcome,
-                reason="collect",
-                detail=f"could not collect the agent's change: {message(e)}",
-            )
-        if collected.change is None:
-            detail = "the agent exited 0 but changed nothing"
-            if collected.dropped:
-                detail += " it may change (dropped: " + "; ".join(collected.dropped) + ")"
-            return _Collected(outcome=outcome, reason="no_change", detail=detail)
-        return _Collected(outcome=outcome, change=collected.change)
+            return Result(outcome=outcome, reason=exit_reason(outcome), detail=outcome.reason)
+        return collect_change(
+            root, workspace, base, outcome, shown=shown, attempt=attempt, title=title, branch=branch,
+            policy=policy,
+        )  # fmt: skip
 
-    def done(result: _Collected) -> None:
+    def done(result: Result) -> None:
         with d.step(todo_id, "agent_outcome"):
             record_outcome(d, todo_id, token, result)
 
@@ -148,7 +125,52 @@ def collect_exited(d: Daemon, todo_id: str, proc: agentproc.AgentProcess) -> Non
     d.submit(f"collect-{todo_id}", work, done, failed)
 
 
-def record_outcome(d: Daemon, todo_id: str, token: str, result: _Collected) -> None:
+def exit_reason(outcome: agentresult.AgentOutcome) -> str:
+    """The failure code of an agent that did not succeed."""
+    return "timeout" if outcome.timed_out else ("is_error" if outcome.is_error else "exit")
+
+
+def collect_change(
+    root: Path,
+    workspace: Path,
+    base: str,
+    outcome: agentresult.AgentOutcome,
+    *,
+    shown: str,
+    attempt: int,
+    title: str,
+    branch: str,
+    policy: collect.Policy,
+) -> Result:
+    """The one door an agent's change comes in by, for an agent of this host or a worker's: what
+    ``workspace`` holds on ``base``, as one commit with batchd's trailers, under ``policy``."""
+    try:
+        raise_at("collect")
+        collected = collect.collect(
+            root,
+            workspace,
+            base,
+            message=f"batchd: todo {shown} attempt {attempt} - {title}",
+            trailers={"Batchd-Todo": shown, "Batchd-Attempt": str(attempt)},
+            branch=branch,
+            policy=policy,
+        )
+    except collect.CollectFailed as e:
+        return Result(outcome=outcome, reason=e.reason, detail=e.render())
+    except Exception as e:
+        log.exception("collect_crashed", workspace=str(workspace), attempt=attempt)
+        return Result(
+            outcome=outcome, reason="collect", detail=f"could not collect the agent's change: {message(e)}"
+        )
+    if collected.change is None:
+        detail = "the agent exited 0 but changed nothing"
+        if collected.dropped:
+            detail += " it may change (dropped: " + "; ".join(collected.dropped) + ")"
+        return Result(outcome=outcome, reason="no_change", detail=detail)
+    return Result(outcome=outcome, change=collected.change)
+
+
+def record_outcome(d: Daemon, todo_id: str, token: str, result: Result) -> None:
     todo = d.proj.todos[todo_id]
     attempt = todo.attempt
     outcome = result.outcome

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from daemon.engine import executor, outcomes, requests
+from daemon.engine import dispatching, executor, outcomes, requests
 from daemon.engine.runner import Daemon
 from daemon.exceptions import UsageError
 from daemon.workspace import STATE_DIR
@@ -119,7 +119,7 @@ def reconcile(d: Daemon) -> None:
             log.info("recovered_git_operation", worktree=str(verify.path), aborted=aborted)
     interrupted = []
     for todo in list(d.proj.todos.values()):
-        if todo.state != TodoState.RUNNING or todo.todo_id in d.agents:
+        if todo.state != TodoState.RUNNING or todo.todo_id in d.agents or dispatching.is_remote(d, todo):
             continue
         lost = settle_agent(d, todo)
         if lost is not None:

@@ -110,6 +110,11 @@ class Daemon:
         self.final_checked: tuple[int, bool, str] | None = None
         # What steers later agent sessions, noted before each attempt (see daemon.world.homeguard).
         self.home_snapshots: dict[str, Snapshot] = {}
+        # Agents handed to workers (see daemon.engine.dispatching): todos whose base is being pushed
+        # before their claim is queued, and when each claim or worker stream last moved (monotonic).
+        self.queueing: set[str] = set()
+        self.seen: dict[str, tuple[int, float]] = {}
+        self.base_refs: dict[str, str] = {}  # base sha -> its ref, pushed by this process
         # Called from any thread when there is something to look at (a job done, an agent exited):
         # the loop sets it to end its sleep early. Never from a signal handler.
         self.wake: Callable[[], None] = lambda: None

@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import Config, diff_config, load_config
-from daemon.engine import executor, intake, recovery, scheduler
+from daemon.engine import dispatching, executor, intake, recovery, scheduler
 from daemon.engine.phases import write_status
 from daemon.engine.runner import Daemon
 from daemon.engine.statusfile import one_line_status
@@ -71,6 +71,7 @@ def tick(d: Daemon, watcher: TodoWatcher | None, now: float, state: dict[str, fl
         state["last_scan"] = now
     d.poll_jobs()
     executor.poll(d, now)
+    dispatching.tick(d)
     # Keep deciding while decisions move the log: one tick takes a whole chain of quick steps.
     for _ in range(MAX_STEPS_PER_TICK):
         if d.fatal:

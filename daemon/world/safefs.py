@@ -167,9 +167,15 @@ def open_append(base: Path, rel: str | Path) -> int:
 
 
 def append_text(base: Path, rel: str | Path, text: str) -> None:
+    append_bytes(base, rel, text.encode("utf-8", "surrogateescape"))
+
+
+def append_bytes(base: Path, rel: str | Path, data: bytes) -> None:
     fd = open_append(base, rel)
     try:
-        os.write(fd, text.encode("utf-8", "surrogateescape"))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 

@@ -1,0 +1,91 @@
+"""Work between hosts travels through the git remote: bases out, changes and agent logs back.
+
+The coordinator pushes the base it wants a worker to start from (``refs/batchd/base/...``); the
+worker pushes its collected change and a commit holding the agent's log (``refs/batchd/todo/...``,
+``refs/batchd/log/...``, see :mod:`statemachine.dispatch`). These are batchd's own refs, outside
+``refs/heads``: a person's pre-push hook (which gates the branch) does not run for them, and no
+branch a person uses ever moves.
+
+Nothing fetched is trusted: the caller compares what a ref holds with what the log says was pushed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from daemon.exceptions import BatchdError, GitError, printable
+from daemon.world.gitops import GitTarget, out, read_blob, run_git
+from daemon.world.remote import PinnedRemote
+from statemachine.dispatch import LOG_NAME
+
+NETWORK_TIMEOUT = 300.0  # seconds one push or fetch may take before it counts as failed
+
+
+class ExchangeError(BatchdError):
+    """A ref could not be pushed to or fetched from the remote, or holds something else than the log says."""
+
+    code = "exchange_error"
+
+
+def _remote_git(where: GitTarget, remote: PinnedRemote, *args: str) -> str:
+    try:
+        with remote.hooks.folder() as hooks:
+            proc = run_git(where, *remote.config, *args, env=remote.env, hooks=hooks, timeout=NETWORK_TIMEOUT)
+    except GitError as e:
+        raise ExchangeError(
+            f"git could not reach {printable(remote.url)}: {e.output.strip()[-500:] or e.message}",
+            hint="check that the remote is reachable from this host (`git ls-remote URL`)",
+        ) from e
+    except OSError as e:  # includes a timeout's kill
+        raise ExchangeError(f"git could not run against {printable(remote.url)}: {e}") from e
+    return proc.stdout
+
+
+def push_refs(where: GitTarget, remote: PinnedRemote, refs: Mapping[str, str]) -> None:
+    """Set each of batchd's ``refs`` (ref -> sha) on the remote in one push (forced: an attempt run
+    again replaces what an earlier run of it left)."""
+    if not refs:
+        return
+    specs = [f"+{sha}:{ref}" for ref, sha in refs.items()]
+    _remote_git(where, remote, "push", "--quiet", "--no-verify", remote.url, *specs)
+
+
+def fetch_refs(where: GitTarget, remote: PinnedRemote, refs: Sequence[str]) -> dict[str, str]:
+    """Fetch ``refs`` from the remote into the same names here; returns ref -> the sha it holds now.
+
+    Only batchd's own namespace is fetched into (never a branch a person uses)."""
+    for ref in refs:
+        if not ref.startswith("refs/batchd/"):
+            raise ExchangeError(f"{printable(ref)} is not one of batchd's refs: it is not fetched")
+    _remote_git(where, remote, "fetch", "--quiet", "--no-tags", remote.url, *[f"+{r}:{r}" for r in refs])
+    return {ref: out(where, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") for ref in refs}
+
+
+def log_commit(where: GitTarget, log_path: Path, *, limit: int, message: str) -> str:
+    """A commit (no parent) whose tree holds the end of ``log_path`` (at most ``limit`` bytes) as
+    ``agent.log``: how the log of an agent that ran elsewhere reaches ``batchd logs``."""
+    data = b""
+    try:
+        with log_path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        pass
+    with tempfile.NamedTemporaryFile(prefix="batchd-log-") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        blob = out(where, "hash-object", "-w", "--", tmp.name)
+    tree = out(where, "mktree", stdin=f"100644 blob {blob}\t{LOG_NAME}\n")
+    return out(where, "commit-tree", tree, "-m", message)
+
+
+def read_log(where: GitTarget, commit: str, *, limit: int) -> bytes:
+    """The agent log a log commit holds (its last ``limit`` bytes); b"" when it holds none."""
+    try:
+        return read_blob(where, f"{commit}:{LOG_NAME}")[-limit:]
+    except GitError:
+        return b""
