@@ -75,6 +75,20 @@ class Attempt:
         return self.queued.todo_id
 
 
+def remote_dir(root: Path) -> Path:
+    """Where this clone's workspaces of remote attempts live (one folder per claim)."""
+    return Workspace(root).state_dir / "remote"
+
+
+def remove_leftovers(host: Host) -> None:
+    """The workspaces an earlier run of this worker left (it was killed): nothing in them counts."""
+    folder = remote_dir(host.root)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):
+                agentspace.remove(path)
+
+
 def new_attempt(host: Host, queued: dp.AgentQueued, version: int, now: float) -> Attempt:
     ws = Workspace(host.root)
     return Attempt(
@@ -83,7 +97,7 @@ def new_attempt(host: Host, queued: dp.AgentQueued, version: int, now: float) ->
         version=version,
         renewed_at=now,
         # Named by the token: an earlier run of the same attempt, given up, never shares its folder.
-        workspace=ws.state_dir / "remote" / queued.token[:16],
+        workspace=remote_dir(host.root) / queued.token[:16],
         log_path=ws.agent_log(queued.todo_id, queued.attempt),
     )
 

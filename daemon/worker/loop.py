@@ -94,9 +94,15 @@ class Worker:
                 f"a worker named {self.name!r} is already running on this host (pid {before.pid})",
                 hint="stop it first, or give this one another --name",
             )
-        for claim in self.dispatch.held_by(self.name):
-            if before is not None and before.host == self.hostname and claim.pgid:
+        here = before is not None and before.host == self.hostname
+        for claim in self.dispatch.claims.values():
+            # What an earlier run of this worker left running here, claims since expired included
+            # (a worker killed outright leaves its agents behind): killed, only if still the same
+            # process (its start time is checked), never a pid reused since.
+            if here and claim.worker == self.name and claim.pgid and claim.state in (dp.CLAIMED, dp.EXPIRED):
                 agentproc.kill_leftover_group(claim.pgid, start_ticks=claim.start_ticks)
+        at.remove_leftovers(self.host)
+        for claim in self.dispatch.held_by(self.name):
             gave_up = dp.LeaseExpired(
                 token=claim.token, worker=self.name, reason="its worker restarted", by=self.name
             )
