@@ -14,13 +14,12 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from daemon.engine import outcomes
 from daemon.exceptions import BatchdError, UsageError
-from daemon.service.signals import SignalFlags
 from daemon.worker import attempt as at
 from daemon.worker.claims import claimable, lost
 from daemon.world import agentproc, agentresult
@@ -31,6 +30,15 @@ from store.exceptions import ConcurrencyError, StoreError
 log = structlog.get_logger(__name__)
 
 TICK = 0.1  # seconds between looks at the log when nothing woke the loop
+
+
+class StopFlags(Protocol):
+    """What the loop needs of the process's signal flags (the CLI passes the service's SignalFlags)."""
+
+    @property
+    def stop_requested(self) -> int | None: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 class Worker:
@@ -149,7 +157,7 @@ class Worker:
             log.warning("worker_stop_not_recorded", error=str(e))
         log.info("worker_stopped", name=self.name, reason=reason)
 
-    def run(self, flags: SignalFlags) -> int:
+    def run(self, flags: StopFlags) -> int:
         self.register()
         try:
             while flags.stop_requested is None:

@@ -1,0 +1,212 @@
+"""The coordinator's side of workers (daemon.engine.dispatching), with real ``batchd run`` and
+``batchd worker`` processes sharing one SQLite log on this host: it survives its own kill -9 with
+the worker's outcome picked up, takes a worker's change only through its own door, refuses a report
+the remote does not back, and releases a claim whose todo is gone (the worker kills its agent)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from procs import DaemonProcess, git, group_members, wait_for
+from worker.fleet import (
+    WorkerProcess,
+    fleet_repo,
+    kill_claimed_agents,
+    log_events,
+    of_type,
+    wait_event,
+    worker_clone,
+)
+
+from statemachine import dispatch as dp
+from store import EventLog
+
+pytestmark = pytest.mark.timeout(180)
+
+SLOW = "sleep: 4\nwrite: [{path: slow.py, content: 'SLOW = 1'}]"
+
+
+class Fleet:
+    def __init__(self, tmp: Path, todos: dict[str, str], start: Callable[..., DaemonProcess]) -> None:
+        self.tmp, self.start = tmp, start
+        self.root = tmp / "repo"
+        self.db = str(self.root / ".batchd" / "events.db")
+        self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, name: str) -> WorkerProcess:
+        clone = self.tmp / name
+        if not clone.exists():
+            worker_clone(str(self.remote), clone)
+        w = WorkerProcess(clone, name=name, db=self.db)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        kill_claimed_agents(self.root)
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> Iterator[Callable[..., Fleet]]:
+    made: list[Fleet] = []
+
+    def make(todos: dict[str, str]) -> Fleet:
+        fleet = Fleet(tmp_path, todos, start_daemon)
+        made.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in made:
+        fleet.close()
+
+
+def test_a_restarted_coordinator_takes_the_outcome_of_an_agent_that_ran_meanwhile(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet({"001": SLOW})
+    first = fleet.start(fleet.root, "--once")
+    fleet.worker("w1")
+    wait_event(fleet.root, "agent.claimed")
+    first.proc.kill()  # kill -9 while the worker's agent runs
+    first.proc.wait(timeout=10)
+    wait_event(fleet.root, "agent.reported", timeout=60)  # the worker went on without it
+    second = fleet.start(fleet.root, "--once")
+    assert second.wait(timeout=90) == 0, second.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert len(of_type(events, "agent.claimed")) == 1  # not run again
+    assert of_type(events, "todo.agent_interrupted") == []
+    assert [e.payload["attempt"] for e in of_type(events, "todo.agent_finished")] == [1]
+    assert of_type(events, "agent.released")[0].payload["reason"] == "its outcome is recorded"
+    assert "SLOW = 1" in git(fleet.root, "show", "main:slow.py")
+
+
+def test_a_workers_change_to_batchds_own_files_is_dropped_by_the_coordinator(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    script = "write: [{path: a.py, content: 'A = 1'}, {path: batchd.toml, content: '[agent]'}]"
+    fleet = make_fleet({"001": script})
+    before = git(fleet.root, "show", "main:batchd.toml")
+    coordinator = fleet.start(fleet.root, "--once")
+    fleet.worker("w1")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    finished = of_type(log_events(fleet.root), "todo.agent_finished")
+    assert any("batchd.toml" in d for d in finished[0].payload["dropped"])
+    assert git(fleet.root, "show", "main:batchd.toml") == before
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")
+
+
+def _hostile_worker(fleet: Fleet, stop: threading.Event) -> None:
+    """A worker that claims, pushes one commit and reports another (in a thread of the test)."""
+    log = EventLog(fleet.db)
+    name = "liar"
+    version = log.append(
+        dp.worker_stream(name), [dp.WorkerRegistered(name=name, host="h", slots=1, pid=os.getpid())], 0
+    )[-1].version
+    try:
+        while not stop.is_set():
+            version = log.append(dp.worker_stream(name), [dp.WorkerHeartbeat(name=name)], version)[-1].version
+            queued = [e for e in log.read(stream_prefix=dp.CLAIM_PREFIX) if e.type == "agent.queued"]
+            claimed = {e.stream for e in log.read(stream_prefix=dp.CLAIM_PREFIX) if e.type == "agent.claimed"}
+            for q in [q for q in queued if q.stream not in claimed][:1]:
+                p = q.payload
+                v = log.append(q.stream, [dp.AgentClaimed(token=p["token"], worker=name)], 1)[-1].version
+                clone = fleet.tmp / "liar"
+                if not clone.exists():
+                    worker_clone(str(fleet.remote), clone)
+                git(clone, "fetch", "-q", "origin", f"{p['base_ref']}:{p['base_ref']}")
+                pushed = _commit_on(clone, p["base_sha"], "pushed.py")
+                reported = _commit_on(clone, p["base_sha"], "reported.py")
+                git(
+                    clone, "push", "-q", "-f", "origin", f"{pushed}:{dp.todo_ref(p['todo_id'], p['attempt'])}"
+                )
+                report = dp.AgentReported(
+                    token=p["token"], worker=name, ok=True, returncode=0, commit=reported,
+                    ref=dp.todo_ref(p["todo_id"], p["attempt"]),
+                )  # fmt: skip
+                log.append(q.stream, [report], v)
+            time.sleep(0.3)
+    finally:
+        log.close()
+
+
+def _commit_on(clone: Path, base: str, path: str) -> str:
+    env = {**os.environ, "GIT_INDEX_FILE": str(clone / ".git" / "liar-index")}
+    subprocess.run(["git", "read-tree", base], cwd=clone, env=env, check=True)
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"], cwd=clone, input=base64.b64encode(os.urandom(8)),
+        capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    subprocess.run(
+        ["git", "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}"],
+        cwd=clone,
+        env=env,
+        check=True,
+    )
+    tree = subprocess.run(
+        ["git", "write-tree"], cwd=clone, env=env, capture_output=True, text=True, check=True
+    )
+    return git(clone, "commit-tree", tree.stdout.strip(), "-p", base, "-m", "liar")
+
+
+def test_a_report_the_remote_does_not_back_fails_the_attempt(make_fleet: Callable[..., Fleet]) -> None:
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    stop = threading.Event()
+    liar = threading.Thread(target=_hostile_worker, args=(fleet, stop), daemon=True)
+    liar.start()
+    try:
+        failed = wait_event(fleet.root, "todo.agent_failed", timeout=60)
+    finally:
+        stop.set()
+        liar.join(timeout=10)
+        coordinator.stop()
+    assert failed[0].payload["reason"] == "exchange"
+    assert "not the reported" in failed[0].payload["detail"]
+    tree = git(fleet.root, "ls-tree", "-r", "--name-only", "main")
+    assert "pushed.py" not in tree and "reported.py" not in tree
+
+
+def test_a_claim_whose_todo_was_deleted_is_released_and_its_agent_killed(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet({"001": "sleep: 30\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    w1 = fleet.worker("w1")
+
+    def pgid() -> int | None:
+        renewals = of_type(log_events(fleet.root), "agent.lease_renewed")
+        return next((int(e.payload["pgid"]) for e in renewals if e.payload["pgid"]), None)
+
+    group = wait_for(pgid, timeout=60, what="the agent on record")
+    next((fleet.root / "todos").glob("001-*.md")).unlink()
+    released = wait_event(fleet.root, "agent.released", timeout=30)
+    assert "no longer wants it" in released[0].payload["reason"]
+    w1.wait_logged("claim_lost")
+    wait_for(lambda: not group_members(group) or None, timeout=15, what="the agent killed")
+    coordinator.stop()
+    assert of_type(log_events(fleet.root), "agent.reported") == []
+
+
+def test_sigterm_on_a_worker_gives_its_claims_back_at_once(make_fleet: Callable[..., Fleet]) -> None:
+    fleet = make_fleet({"001": "sleep: 30\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    w1 = fleet.worker("w1")
+    wait_event(fleet.root, "agent.claimed")
+    w1.proc.send_signal(signal.SIGTERM)
+    assert w1.proc.wait(timeout=20) == 0
+    expired = wait_event(fleet.root, "agent.lease_expired")
+    assert expired[0].payload["by"] == "w1"
+    interrupted = wait_event(fleet.root, "todo.agent_interrupted")
+    assert "gave the agent up" in interrupted[0].payload["reason"]
+    assert of_type(log_events(fleet.root), "worker.stopped")
+    coordinator.stop()
