@@ -16,14 +16,15 @@ import click
 from daemon.cli.main import (
     db_option,
     json_option,
+    load_projection,
     parse_time_option,
     repo_id_option,
     repo_option,
-    resolve_root,
 )
 from daemon.cli.statustext import print_status
 from daemon.cli.todoids import known_todo
-from daemon.config import VerifyConfig, load_config
+from daemon.cli.workers import lease_of, workers_data
+from daemon.config import BatchdConfig, VerifyConfig, load_config
 from daemon.engine.flaketext import flakes_json
 from daemon.engine.statusfile import review_items
 from daemon.exceptions import BatchdError, UsageError
@@ -31,22 +32,10 @@ from daemon.workspace import Workspace, open_log
 from statemachine import events as ev
 from statemachine.economy import RunEconomy, budget_text, run_economy, todo_json
 from statemachine.ids import user_id
-from statemachine.projection import Projection, replay
+from statemachine.projection import Projection
 from statemachine.tables import RunState, TodoState
 from store.eventlog import parse_time
 from store.exceptions import EXIT_FAILURES
-
-
-def load_projection(
-    repo: Path | None, db: str | None, *, repo_id: str | None = None, **kwargs: Any
-) -> tuple[Path, Projection]:
-    """The state folded from the repository's log (``repo_id``: another scope of a shared one)."""
-    root = resolve_root(repo)
-    log = open_log(root, db, repo_id=repo_id)
-    try:
-        return root, replay(log, **kwargs)
-    finally:
-        log.close()
 
 
 def elapsed_since(recorded_at: str) -> float:
@@ -56,11 +45,16 @@ def elapsed_since(recorded_at: str) -> float:
 
 
 def status_data(
-    proj: Projection, *, economy: RunEconomy | None = None, verify: VerifyConfig | None = None
+    proj: Projection,
+    *,
+    economy: RunEconomy | None = None,
+    verify: VerifyConfig | None = None,
+    lease: float | None = None,
 ) -> dict[str, Any]:
     """Everything ``status`` shows; ``economy`` is the run's accounting (default: with the running
     agents' time by the clock); ``verify`` the configured checks, whose flake rates are shown (None:
-    every command the log measured, blended with the default prior)."""
+    every command the log measured, blended with the default prior); ``lease`` the workers' lease
+    (default: the default ``[batchd] lease_seconds``), after which a silent worker is shown so."""
     run = proj.run
     checks = verify or VerifyConfig()
     economy = economy or run_economy(proj, now=datetime.now(UTC))
@@ -145,6 +139,7 @@ def status_data(
         "flakes": flakes_json(
             proj.flakes, proj.known_red, checks.commands if verify else None, checks.flake_rate
         ),
+        **workers_data(proj, lease=lease if lease is not None else BatchdConfig().lease_seconds),
         "last_seq": proj.last_seq,
     }
 
@@ -185,7 +180,7 @@ def status(repo: Path | None, db: str | None, as_json: bool) -> None:
     """The run, its phases and batches, every todo's state, running agents, and what is blocked and why."""
     root, proj = load_projection(repo, db)
     economy = run_economy(proj, now=datetime.now(UTC))
-    data = status_data(proj, economy=economy, verify=verify_config(root))
+    data = status_data(proj, economy=economy, verify=verify_config(root), lease=lease_of(root))
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return

@@ -18,6 +18,7 @@ from daemon.service.logs import configure_logging
 from daemon.workspace import find_root, open_log
 from statemachine.events import todo_stream
 from statemachine.ids import user_id
+from statemachine.projection import Projection, replay
 from store.eventlog import StoredEvent
 from store.exceptions import EXIT_FAILURES, EXIT_OK, BatchdError
 
@@ -76,6 +77,18 @@ def json_option(fn: F) -> F:
 
 def resolve_root(repo: Path | None) -> Path:
     return find_root(repo if repo is not None else Path.cwd())
+
+
+def load_projection(
+    repo: Path | None, db: str | None, *, repo_id: str | None = None, **kwargs: Any
+) -> tuple[Path, Projection]:
+    """The state folded from the repository's log (``repo_id``: another scope of a shared one)."""
+    root = resolve_root(repo)
+    log = open_log(root, db, repo_id=repo_id)
+    try:
+        return root, replay(log, **kwargs)
+    finally:
+        log.close()
 
 
 class Interrupted(Exception):

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from daemon.cli.control import load_projection
-from daemon.cli.main import db_option, json_option, repo_option, resolve_root
+from daemon.cli.main import db_option, json_option, load_projection, repo_option, resolve_root
 from daemon.cli.todoids import known_todo
 from daemon.exceptions import UsageError
 from daemon.service.lock import holder

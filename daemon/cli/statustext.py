@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.cli.workers import print_workers, waiting_text
 from daemon.engine.flaketext import percent, rate_text
 from daemon.engine.statusfile import verdict_line
 from daemon.exceptions import headline
@@ -136,6 +137,10 @@ def print_status(proj: Projection, data: dict[str, Any], economy: RunEconomy) ->
             escape(why),
         )
     console.print(todos)
+    if data["workers"]:
+        print_workers(data)
+    elif line := waiting_text(data):
+        console.print(f"[yellow]warning[/]: {escape(line)}")
     for item in data["review"]:
         console.print(
             f"[yellow]review[/] #{escape(item['id'])} (attempt {item['attempt']}): {escape(item['what'])}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from procs import DaemonProcess
+from worker.fleet import Fleet
 
 
 @pytest.fixture
@@ -22,3 +23,18 @@ def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> Iterator[Callable[..., Fleet]]:
+    """Make :class:`Fleet`s; their workers and the agents those recorded are killed at teardown."""
+    made: list[Fleet] = []
+
+    def make(todos: dict[str, str]) -> Fleet:
+        fleet = Fleet(tmp_path, todos, start_daemon)
+        made.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in made:
+        fleet.close()

@@ -181,7 +181,17 @@ def test_status_json_shape(done_repo: Path) -> None:
     done = batchd(done_repo, "status", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert set(data) == {"run", "phases", "batches", "todos", "review", "flakes", "last_seq"}
+    assert set(data) == {
+        "run",
+        "phases",
+        "batches",
+        "todos",
+        "review",
+        "flakes",
+        "workers",
+        "queued",
+        "last_seq",
+    }
     assert data["last_seq"] == read_events(done_repo)[-1].seq
     run = data["run"]
     assert run["state"] == "completed" and run["branch"] == "main"

@@ -11,15 +11,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import DaemonProcess, git, group_members, wait_for
+from procs import git, group_members, wait_for
 from worker.fleet import (
-    WorkerProcess,
-    fleet_repo,
-    kill_claimed_agents,
+    Fleet,
     log_events,
     of_type,
     wait_event,
@@ -32,42 +30,6 @@ from store import EventLog
 pytestmark = pytest.mark.timeout(180)
 
 SLOW = "sleep: 4\nwrite: [{path: slow.py, content: 'SLOW = 1'}]"
-
-
-class Fleet:
-    def __init__(self, tmp: Path, todos: dict[str, str], start: Callable[..., DaemonProcess]) -> None:
-        self.tmp, self.start = tmp, start
-        self.root = tmp / "repo"
-        self.db = str(self.root / ".batchd" / "events.db")
-        self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, name: str) -> WorkerProcess:
-        clone = self.tmp / name
-        if not clone.exists():
-            worker_clone(str(self.remote), clone)
-        w = WorkerProcess(clone, name=name, db=self.db)
-        self.workers.append(w)
-        return w
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.kill()
-        kill_claimed_agents(self.root)
-
-
-@pytest.fixture
-def make_fleet(tmp_path: Path, start_daemon: Callable[..., DaemonProcess]) -> Iterator[Callable[..., Fleet]]:
-    made: list[Fleet] = []
-
-    def make(todos: dict[str, str]) -> Fleet:
-        fleet = Fleet(tmp_path, todos, start_daemon)
-        made.append(fleet)
-        return fleet
-
-    yield make
-    for fleet in made:
-        fleet.close()
 
 
 def test_a_restarted_coordinator_takes_the_outcome_of_an_agent_that_ran_meanwhile(

@@ -16,11 +16,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from procs import PY, base_env, git, make_repo, wait_for
+from procs import PY, DaemonProcess, base_env, git, make_repo, wait_for
 
 from daemon.workspace import open_log
 from store.eventlog import StoredEvent
@@ -160,6 +160,31 @@ def kill_claimed_agents(root: Path) -> None:
             if e.payload.get("pgid"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(e.payload["pgid"]), signal.SIGKILL)
+
+
+class Fleet:
+    """A repository handing every agent to workers (lease 3 s, the log a SQLite file they share),
+    its bare remote, and the workers started on clones of it."""
+
+    def __init__(self, tmp: Path, todos: dict[str, str], start: Callable[..., DaemonProcess]) -> None:
+        self.tmp, self.start = tmp, start
+        self.root = tmp / "repo"
+        self.db = str(self.root / ".batchd" / "events.db")
+        self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, name: str) -> WorkerProcess:
+        clone = self.tmp / name
+        if not clone.exists():
+            worker_clone(str(self.remote), clone)
+        w = WorkerProcess(clone, name=name, db=self.db)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        kill_claimed_agents(self.root)
 
 
 # --- hosts of their own: network namespaces -----------------------------------------------------
