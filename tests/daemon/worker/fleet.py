@@ -252,7 +252,12 @@ class Forwarder:
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
-        with client, socket.create_connection(("127.0.0.1", self.target)) as upstream:
+        # A side reset (a worker killed with kill -9) ends this connection, nothing else.
+        with (
+            contextlib.suppress(OSError),
+            client,
+            socket.create_connection(("127.0.0.1", self.target)) as upstream,
+        ):
             pair = {client: upstream, upstream: client}
             while not self.stopped:
                 ready, _, _ = select.select(list(pair), [], [], 1.0)
