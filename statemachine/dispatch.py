@@ -55,19 +55,24 @@ def worker_name_problem(name: str) -> str:
 # --- the refs that carry work through the git remote --------------------------------------------
 
 
+BASE_REFS = "refs/batchd/base/"
+TODO_REFS = "refs/batchd/todo/"
+LOG_REFS = "refs/batchd/log/"
+
+
 def base_ref(run_id: str, n: int) -> str:
     """The base the coordinator pushed for remote attempts: its ``n``-th distinct base of the run."""
-    return f"refs/batchd/base/{run_id}/{n}"
+    return f"{BASE_REFS}{run_id}/{n}"
 
 
 def todo_ref(todo_id: str, attempt: int) -> str:
     """A worker's collected change of one attempt (one commit on the base, batchd's trailers)."""
-    return f"refs/batchd/todo/{todo_id}/a{attempt}"
+    return f"{TODO_REFS}{todo_id}/a{attempt}"
 
 
 def log_ref(todo_id: str, attempt: int) -> str:
     """A commit whose tree holds the attempt's agent log as ``agent.log`` (pushed by the worker)."""
-    return f"refs/batchd/log/{todo_id}/a{attempt}"
+    return f"{LOG_REFS}{todo_id}/a{attempt}"
 
 
 LOG_NAME = "agent.log"

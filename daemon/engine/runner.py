@@ -115,6 +115,7 @@ class Daemon:
         self.queueing: set[str] = set()
         self.seen: dict[str, tuple[int, float]] = {}
         self.base_refs: dict[str, str] = {}  # base sha -> its ref, pushed by this process
+        self.pruned_bases: set[str] = set()  # base refs this process deleted on the remote
         # Called from any thread when there is something to look at (a job done, an agent exited):
         # the loop sets it to end its sleep early. Never from a signal handler.
         self.wake: Callable[[], None] = lambda: None

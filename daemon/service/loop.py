@@ -94,6 +94,7 @@ def finished(d: Daemon) -> bool:
         and scheduler.current_phase(d) is None
         and not d.jobs
         and not d.agents
+        and not dispatching.bases_to_prune(d)
     )
 
 

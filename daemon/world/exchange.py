@@ -57,11 +57,36 @@ def fetch_refs(where: GitTarget, remote: PinnedRemote, refs: Sequence[str]) -> d
     """Fetch ``refs`` from the remote into the same names here; returns ref -> the sha it holds now.
 
     Only batchd's own namespace is fetched into (never a branch a person uses)."""
-    for ref in refs:
-        if not ref.startswith("refs/batchd/"):
-            raise ExchangeError(f"{printable(ref)} is not one of batchd's refs: it is not fetched")
+    _ours(refs)
     _remote_git(where, remote, "fetch", "--quiet", "--no-tags", remote.url, *[f"+{r}:{r}" for r in refs])
     return {ref: out(where, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}") for ref in refs}
+
+
+def _ours(refs: Sequence[str]) -> None:
+    for ref in refs:
+        if not ref.startswith("refs/batchd/"):
+            raise ExchangeError(f"{printable(ref)} is not one of batchd's refs: it is not touched")
+
+
+def delete_refs(where: GitTarget, remote: PinnedRemote, refs: Sequence[str]) -> list[str]:
+    """Delete ``refs`` on the remote (those it still holds: one listing, one push); returns those
+    deleted. The remote keeps only the refs of work not yet taken. Copies fetched here stay (they
+    keep a change's objects alive until it is committed): :func:`forget_refs` drops them."""
+    _ours(refs)
+    listed = _remote_git(where, remote, "ls-remote", "--refs", remote.url, *refs)
+    present = sorted({line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line} & set(refs))
+    if present:
+        _remote_git(where, remote, "push", "--quiet", "--no-verify", remote.url, *[f":{r}" for r in present])
+    return present
+
+
+def forget_refs(where: GitTarget, prefix: str) -> list[str]:
+    """Drop this repository's copies of batchd's refs under ``prefix``; returns those dropped."""
+    _ours([prefix])
+    refs = out(where, "for-each-ref", "--format=%(refname)", prefix).splitlines()
+    for ref in refs:
+        out(where, "update-ref", "-d", ref)
+    return refs
 
 
 def log_commit(where: GitTarget, log_path: Path, *, limit: int, message: str) -> str:

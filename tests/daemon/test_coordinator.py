@@ -172,3 +172,17 @@ def test_sigterm_on_a_worker_gives_its_claims_back_at_once(make_fleet: Callable[
     assert "gave the agent up" in interrupted[0].payload["reason"]
     assert of_type(log_events(fleet.root), "worker.stopped")
     coordinator.stop()
+
+
+def test_the_remote_keeps_no_batchd_refs_once_the_run_is_complete(make_fleet: Callable[..., Fleet]) -> None:
+    fleet = make_fleet(
+        {"001": "write: [{path: a.py, content: 'A = 1'}]", "002": "write: [{path: b.py, content: 'B = 1'}]"}
+    )
+    coordinator = fleet.start(fleet.root, "--once")
+    fleet.worker("w1")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert len(of_type(events, "agent.reported")) == 2  # both went through the remote
+    assert git(fleet.remote, "for-each-ref", "refs/batchd/") == ""
+    assert git(fleet.root, "for-each-ref", "refs/batchd/") == ""
+    assert "B = 1" in git(fleet.root, "show", "main:b.py")

@@ -39,6 +39,7 @@ class FleetRun:
     outcome: Outcome
     reference: Outcome
     log: list[dict[str, object]]
+    remote: Path
     killed: str  # the todo whose agent ran on the killed worker
     isolated: bool  # the workers ran in network namespaces of their own
 
@@ -120,7 +121,7 @@ def _fleet(folder: Path, pg_server: PgServer, database: str, reference: Outcome)
         isolated = bool(hosts[0][0])
     # The git daemon and the workers gone, what is left running was left by batchd.
     outcome = collect_outcome(root, project.remote, [run], base=base)
-    return FleetRun(outcome, reference, events(root), killed, isolated)
+    return FleetRun(outcome, reference, events(root), project.remote, killed, isolated)
 
 
 # --- the outcome, held to the single-host run's ------------------------------------------------
@@ -168,6 +169,11 @@ def test_the_log_verifies_and_nothing_happened_twice(fleet_run: FleetRun) -> Non
     # The killed host's own agent is not the coordinator's to kill (on a real host it dies with the
     # host, or when that worker starts again); anything else left running is.
     assert {pid: cmd for pid, cmd in out.leftovers.items() if "/host1/" not in cmd} == {}
+
+
+def test_the_remote_keeps_only_the_branch(fleet_run: FleetRun) -> None:
+    """The bases, changes and logs that went through the remote are pruned once taken."""
+    assert git(fleet_run.remote, "for-each-ref", "--format=%(refname)").split() == ["refs/heads/main"]
 
 
 def test_every_agent_ran_on_a_worker(fleet_run: FleetRun) -> None:
