@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import threading
 from datetime import UTC, datetime
 
 import structlog
@@ -44,6 +45,7 @@ from store.records import parse_time
 log = structlog.get_logger(__name__)
 
 ACTIVE = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED, dp.EXPIRED})
+_BASE_PUSHES = threading.Lock()  # one push of a base at a time (the jobs run in the daemon's pool)
 
 
 # --- what the scheduler asks ---------------------------------------------------------------------
@@ -105,8 +107,9 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
     token, attempt, base = todo.token, todo.attempt, todo.base_sha
     pinned = d.pinned
     assert pinned is not None  # wants_worker() said so
-    known = d.proj.dispatch.bases.get(base) or d.base_refs.get(base)
-    ref = known or dp.base_ref(d.proj.run.run_id or "run", len({*d.proj.dispatch.bases, *d.base_refs}) + 1)
+    logged = d.proj.dispatch.bases.get(base)  # a claim in the log names it: its push is done
+    ref = logged or d.base_refs.get(base)
+    ref = ref or dp.base_ref(d.proj.run.run_id or "run", len({*d.proj.dispatch.bases, *d.base_refs}) + 1)
     d.base_refs[base] = ref
     d.queueing.add(todo_id)
     root, rel = d.root, todo.path
@@ -118,8 +121,11 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
         text = safefs.read_bytes(root, rel, limit=MAX_TODO_BYTES + 1)
         if text is None:
             raise BatchdError(f"its todo file {rel} is gone", hint="it is cancelled by the next scan")
-        if not known:
-            exchange.push_refs(root, pinned, {ref: base})
+        if not logged:
+            # Another attempt's push of this base may still be under way: this claim must not name a
+            # ref a worker cannot fetch yet, so it pushes too, after that one (a no-op by then).
+            with _BASE_PUSHES:
+                exchange.push_refs(root, pinned, {ref: base})
         return text
 
     def done(text: bytes) -> None:
@@ -147,9 +153,7 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
         log.info("agent_queued", todo_id=todo_id, attempt=attempt, base_ref=ref)
 
     def failed(error: BaseException) -> None:
-        d.queueing.discard(todo_id)
-        if not known:
-            d.base_refs.pop(base, None)  # never pushed: the next attempt on this base pushes it
+        d.queueing.discard(todo_id)  # the base keeps its ref name: the next attempt on it pushes it again
         current = d.proj.todos[todo_id]
         if current.state == TodoState.RUNNING and current.token == token:
             why = f"could not hand the agent to a worker: {outcomes.message(error)}"

@@ -42,11 +42,11 @@ class Fleet:
         self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, name: str) -> WorkerProcess:
+    def worker(self, name: str, slots: int = 1) -> WorkerProcess:
         clone = self.tmp / name
         if not clone.exists():
             worker_clone(str(self.remote), clone)
-        w = WorkerProcess(clone, name=name, db=self.db)
+        w = WorkerProcess(clone, name=name, db=self.db, slots=slots)
         self.workers.append(w)
         return w
 
@@ -210,3 +210,29 @@ def test_sigterm_on_a_worker_gives_its_claims_back_at_once(make_fleet: Callable[
     assert "gave the agent up" in interrupted[0].payload["reason"]
     assert of_type(log_events(fleet.root), "worker.stopped")
     coordinator.stop()
+
+
+# The remote takes its time over a base: the push of refs/batchd/base/... lasts a second and a half.
+SLOW_BASE_HOOK = """#!/bin/sh
+while read old new ref; do
+  case "$ref" in refs/batchd/base/*) sleep 1.5 ;; esac
+done
+"""
+
+
+def test_an_attempt_is_queued_only_once_its_base_is_on_the_remote(make_fleet: Callable[..., Fleet]) -> None:
+    """Two attempts started together on a new base: the one that does not push it waits for the push
+    (else the worker that claims it cannot fetch the base, and the attempt fails in its set-up)."""
+    fleet = make_fleet({tid: f"write: [{{path: f{tid}.py, content: 'X = 1'}}]" for tid in ("001", "002")})
+    hook = fleet.remote / "hooks" / "pre-receive"
+    hook.write_text(SLOW_BASE_HOOK, encoding="utf-8")
+    hook.chmod(0o755)
+    coordinator = fleet.start(fleet.root, "--once")
+    fleet.worker("w1", slots=2)  # both attempts are queued in one tick, on the same base
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert sorted(e.payload["todo_id"] for e in of_type(events, "todo.accepted")) == ["1", "2"]
+    assert {e.payload["base_ref"] for e in of_type(events, "agent.queued")} == {
+        of_type(events, "agent.queued")[0].payload["base_ref"]
+    }
