@@ -6,6 +6,7 @@ the remote does not back, and releases a claim whose todo is gone (the worker ki
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from procs import DaemonProcess, git, group_members, wait_for
+from procs import DaemonProcess, alive, base_env, git, group_members, wait_for
 from worker.fleet import (
     WorkerProcess,
     fleet_repo,
@@ -42,11 +43,11 @@ class Fleet:
         self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, name: str, slots: int = 1) -> WorkerProcess:
+    def worker(self, name: str, slots: int = 1, env: dict[str, str] | None = None) -> WorkerProcess:
         clone = self.tmp / name
         if not clone.exists():
             worker_clone(str(self.remote), clone)
-        w = WorkerProcess(clone, name=name, db=self.db, slots=slots)
+        w = WorkerProcess(clone, name=name, db=self.db, slots=slots, env=env)
         self.workers.append(w)
         return w
 
@@ -236,3 +237,45 @@ def test_an_attempt_is_queued_only_once_its_base_is_on_the_remote(make_fleet: Ca
     assert {e.payload["base_ref"] for e in of_type(events, "agent.queued")} == {
         of_type(events, "agent.queued")[0].payload["base_ref"]
     }
+
+
+def _agents_under(folder: Path) -> list[int]:
+    """Live demo agents whose working folder is inside ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if b"daemon.demo.agent" in cmdline and cwd.is_relative_to(folder) and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_stopped_while_it_prepares_an_attempt_leaves_no_agent_running(
+    make_fleet: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    """SIGTERM while the claimed attempt is still being prepared (a slow fetch of its base): the agent
+    that preparation starts after the worker gave the claim up is killed, not left running."""
+    fleet = make_fleet({"001": "sleep: 30\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    real = Path(git(fleet.root, "--exec-path")) / "git-upload-pack"
+    shim = shims / "git-upload-pack"  # every fetch from the remote takes two seconds
+    shim.write_text(f'#!/bin/sh\nsleep 2\nexec "{real}" "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    coordinator = fleet.start(fleet.root)
+    w1 = fleet.worker("w1", env=base_env(PATH=f"{shims}{os.pathsep}{os.environ['PATH']}"))
+    try:
+        wait_event(fleet.root, "agent.claimed", timeout=60)
+        w1.proc.send_signal(signal.SIGTERM)  # its prepare is fetching the base
+        assert w1.proc.wait(timeout=30) == 0
+        left = _agents_under(fleet.tmp / "w1")
+        assert left == [], f"agents left running by the stopped worker: {left}"
+        assert not any((fleet.tmp / "w1" / ".batchd" / "remote").iterdir())
+    finally:
+        for pid in _agents_under(fleet.tmp / "w1"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        coordinator.stop()
