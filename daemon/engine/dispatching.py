@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -46,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 ACTIVE = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED, dp.EXPIRED})
 OUT = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED})  # a worker may still fetch its base
+_BASE_PUSHES = threading.Lock()  # one push of a base at a time (the jobs run in the daemon's pool)
 
 
 # --- what the scheduler asks ---------------------------------------------------------------------
@@ -107,11 +109,13 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
     token, attempt, base = todo.token, todo.attempt, todo.base_sha
     pinned = d.pinned
     assert pinned is not None  # wants_worker() said so
-    # Pushed again unless this process pushed it: the remote may have lost it (pruned at the end of
-    # the run before it reopened, or by a person), and a push of what it holds sends no objects.
-    known = d.base_refs.get(base)
+    # Pushed unless a push of it by this process is done: the remote may have lost it (pruned at
+    # the end of a run that reopened, or by a person; a push of what it holds sends no objects), and
+    # another attempt's push of it may still be under way (this claim must not name a ref a worker
+    # cannot fetch yet: it pushes too, after that one).
+    pushed = base in d.pushed_bases
     ref = (
-        known
+        d.base_refs.get(base)
         or d.proj.dispatch.bases.get(base)
         or dp.base_ref(d.proj.run.run_id or "run", len({*d.proj.dispatch.bases, *d.base_refs}) + 1)
     )
@@ -126,12 +130,16 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
         text = safefs.read_bytes(root, rel, limit=MAX_TODO_BYTES + 1)
         if text is None:
             raise BatchdError(f"its todo file {rel} is gone", hint="it is cancelled by the next scan")
-        if not known:
-            exchange.push_refs(root, pinned, {ref: base})
+        if not pushed:
+            with _BASE_PUSHES:
+                exchange.push_refs(root, pinned, {ref: base})
         return text
 
     def done(text: bytes) -> None:
         d.queueing.discard(todo_id)
+        if not pushed:
+            d.pushed_bases.add(base)
+            d.pruned_bases.discard(ref)  # on the remote again: pruned again when the run completes
         current = d.proj.todos[todo_id]
         if current.state != TodoState.RUNNING or current.token != token:
             return
@@ -155,9 +163,7 @@ def queue(d: Daemon, todo_id: str, failure_text: str) -> None:
         log.info("agent_queued", todo_id=todo_id, attempt=attempt, base_ref=ref)
 
     def failed(error: BaseException) -> None:
-        d.queueing.discard(todo_id)
-        if not known:
-            d.base_refs.pop(base, None)  # never pushed: the next attempt on this base pushes it
+        d.queueing.discard(todo_id)  # the base keeps its ref name: the next attempt on it pushes it again
         current = d.proj.todos[todo_id]
         if current.state == TodoState.RUNNING and current.token == token:
             why = f"could not hand the agent to a worker: {outcomes.message(error)}"
@@ -343,7 +349,7 @@ def prune_bases(d: Daemon) -> None:
     """Delete :func:`bases_to_prune` on the remote, and the copies of workers' refs fetched here."""
     if refs := bases_to_prune(d):
         d.pruned_bases.update(refs)
-        d.base_refs.clear()  # pushed again by the next attempt on them, should the run reopen
+        d.pushed_bases.clear()  # pushed again by the next attempt on them, should the run reopen
         prune(d, "prune-bases", refs)
         root = d.root
         # The workers' changes fetched here are committed or turned down by now.

@@ -114,7 +114,8 @@ class Daemon:
         # before their claim is queued, and when each claim or worker stream last moved (monotonic).
         self.queueing: set[str] = set()
         self.seen: dict[str, tuple[int, float]] = {}
-        self.base_refs: dict[str, str] = {}  # base sha -> its ref, pushed by this process
+        self.base_refs: dict[str, str] = {}  # base sha -> the ref this process named it
+        self.pushed_bases: set[str] = set()  # base shas this process's pushes put on the remote
         self.pruned_bases: set[str] = set()  # base refs this process deleted on the remote
         # Called from any thread when there is something to look at (a job done, an agent exited):
         # the loop sets it to end its sleep early. Never from a signal handler.

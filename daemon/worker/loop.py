@@ -10,6 +10,7 @@ the worker's pool; only this loop appends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -141,6 +142,9 @@ class Worker:
         """Give every claim up (its agent killed), then say this worker stopped."""
         for a in list(self.attempts.values()):
             at.discard(a)
+            job = self.jobs.pop(a.token, None)
+            if job is not None:  # a prepare still under way starts its agent after this: killed then
+                job.add_done_callback(functools.partial(_discard_late, a))
             gave_up = dp.LeaseExpired(
                 token=a.token, worker=self.name, reason=f"worker {self.name} stopped ({reason})", by=self.name
             )

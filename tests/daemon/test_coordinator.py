@@ -6,6 +6,7 @@ the remote does not back, and releases a claim whose todo is gone (the worker ki
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs import git, group_members, wait_for
+from procs import alive, base_env, git, group_members, wait_for
 from worker.fleet import (
     Fleet,
     log_events,
@@ -186,3 +187,71 @@ def test_the_remote_keeps_no_batchd_refs_once_the_run_is_complete(make_fleet: Ca
     assert git(fleet.remote, "for-each-ref", "refs/batchd/") == ""
     assert git(fleet.root, "for-each-ref", "refs/batchd/") == ""
     assert "B = 1" in git(fleet.root, "show", "main:b.py")
+
+
+# The remote takes its time over a base: the push of refs/batchd/base/... lasts a second and a half.
+SLOW_BASE_HOOK = """#!/bin/sh
+while read old new ref; do
+  case "$ref" in refs/batchd/base/*) sleep 1.5 ;; esac
+done
+"""
+
+
+def test_an_attempt_is_queued_only_once_its_base_is_on_the_remote(make_fleet: Callable[..., Fleet]) -> None:
+    """Two attempts started together on a new base: the one that does not push it waits for the push
+    (else the worker that claims it cannot fetch the base, and the attempt fails in its set-up)."""
+    fleet = make_fleet({tid: f"write: [{{path: f{tid}.py, content: 'X = 1'}}]" for tid in ("001", "002")})
+    hook = fleet.remote / "hooks" / "pre-receive"
+    hook.write_text(SLOW_BASE_HOOK, encoding="utf-8")
+    hook.chmod(0o755)
+    coordinator = fleet.start(fleet.root, "--once")
+    fleet.worker("w1", slots=2)  # both attempts are queued in one tick, on the same base
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert sorted(e.payload["todo_id"] for e in of_type(events, "todo.accepted")) == ["1", "2"]
+    assert {e.payload["base_ref"] for e in of_type(events, "agent.queued")} == {
+        of_type(events, "agent.queued")[0].payload["base_ref"]
+    }
+
+
+def _agents_under(folder: Path) -> list[int]:
+    """Live demo agents whose working folder is inside ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if b"daemon.demo.agent" in cmdline and cwd.is_relative_to(folder) and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_stopped_while_it_prepares_an_attempt_leaves_no_agent_running(
+    make_fleet: Callable[..., Fleet], tmp_path: Path
+) -> None:
+    """SIGTERM while the claimed attempt is still being prepared (a slow fetch of its base): the agent
+    that preparation starts after the worker gave the claim up is killed, not left running."""
+    fleet = make_fleet({"001": "sleep: 30\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    real = Path(git(fleet.root, "--exec-path")) / "git-upload-pack"
+    shim = shims / "git-upload-pack"  # every fetch from the remote takes two seconds
+    shim.write_text(f'#!/bin/sh\nsleep 2\nexec "{real}" "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    coordinator = fleet.start(fleet.root)
+    w1 = fleet.worker("w1", env=base_env(PATH=f"{shims}{os.pathsep}{os.environ['PATH']}"))
+    try:
+        wait_event(fleet.root, "agent.claimed", timeout=60)
+        w1.proc.send_signal(signal.SIGTERM)  # its prepare is fetching the base
+        assert w1.proc.wait(timeout=30) == 0
+        left = _agents_under(fleet.tmp / "w1")
+        assert left == [], f"agents left running by the stopped worker: {left}"
+        assert not any((fleet.tmp / "w1" / ".batchd" / "remote").iterdir())
+    finally:
+        for pid in _agents_under(fleet.tmp / "w1"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        coordinator.stop()

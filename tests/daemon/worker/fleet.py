@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,16 @@ def wait_event(
 class WorkerProcess:
     """``batchd worker`` as a subprocess (optionally inside a network namespace)."""
 
-    def __init__(self, clone: Path, *, name: str, db: str, slots: int = 1, netns: str = "") -> None:
+    def __init__(
+        self,
+        clone: Path,
+        *,
+        name: str,
+        db: str,
+        slots: int = 1,
+        netns: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.clone, self.name = clone, name
         self.log_path = clone.parent / f"worker-{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("w", encoding="utf-8")
@@ -114,7 +123,11 @@ class WorkerProcess:
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=base_env()
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else base_env(),
         )
 
     @property
@@ -173,11 +186,11 @@ class Fleet:
         self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, name: str) -> WorkerProcess:
+    def worker(self, name: str, slots: int = 1, env: Mapping[str, str] | None = None) -> WorkerProcess:
         clone = self.tmp / name
         if not clone.exists():
             worker_clone(str(self.remote), clone)
-        w = WorkerProcess(clone, name=name, db=self.db)
+        w = WorkerProcess(clone, name=name, db=self.db, slots=slots, env=env)
         self.workers.append(w)
         return w
 
