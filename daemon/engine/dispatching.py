@@ -100,6 +100,16 @@ def waiting(d: Daemon) -> str:
     return ""
 
 
+def note_waiting(d: Daemon) -> None:
+    """Say once in the daemon's log when nothing can start for want of a worker, and when one is back."""
+    text = waiting(d)
+    if text and not d.waiting_note:
+        log.warning("waiting_for_workers", detail=text)
+    elif d.waiting_note and not text:
+        log.info("workers_up", workers=[w.name for w in live_workers(d)])
+    d.waiting_note = text
+
+
 # --- handing an attempt out ------------------------------------------------------------------------
 
 
@@ -186,6 +196,7 @@ def tick(d: Daemon) -> None:
     """Look after every claim of this log that is not over (see the module docstring), and prune
     the remote's bases when the run is complete."""
     prune_bases(d)
+    note_waiting(d)
     now = d.clock()
     for claim in [c for c in d.proj.dispatch.claims.values() if c.state in ACTIVE]:
         todo = d.proj.todos.get(claim.todo_id)

@@ -255,3 +255,17 @@ def test_a_worker_stopped_while_it_prepares_an_attempt_leaves_no_agent_running(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         coordinator.stop()
+
+
+def test_a_coordinator_with_no_slots_says_it_waits_for_a_worker_until_one_is_up(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root, "--once")
+    [line] = coordinator.wait_logged("waiting_for_workers", timeout=30)
+    assert "start one with `batchd worker`" in line["detail"]
+    assert of_type(log_events(fleet.root), "todo.agent_started") == []  # it does not run it itself
+    fleet.worker("w1")
+    assert coordinator.wait_logged("workers_up", timeout=30)[0]["workers"] == ["w1"]
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    assert len(coordinator.logged("waiting_for_workers")) == 1  # said once, not every tick
