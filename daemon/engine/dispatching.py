@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 ACTIVE = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED, dp.EXPIRED})
 OUT = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED})  # a worker may still fetch its base
+HOLDING = frozenset({dp.QUEUED, dp.CLAIMED})  # the attempt takes a worker's slot
 _BASE_PUSHES = threading.Lock()  # one push of a base at a time (the jobs run in the daemon's pool)
 
 
@@ -67,30 +68,41 @@ def live_workers(d: Daemon) -> list[dp.WorkerView]:
 
 
 def capacity(d: Daemon) -> int:
-    """Agents at once: this daemon's own slots plus every live worker's (workers need a remote to
-    exchange changes through: without one, ``max_parallel`` here alone)."""
+    """Agents at once: this daemon's own slots plus every live worker's, plus the attempts whose
+    worker reported (their change is being taken here: the worker's slot is free again). Workers
+    need a remote to exchange changes through: without one, ``max_parallel`` here alone."""
     if d.pinned is None:
         return d.config.batchd.max_parallel
-    return d.config.batchd.own_slots + sum(w.slots for w in live_workers(d))
+    taking = sum(1 for t in _running(d) if _claim_state(d, t) == dp.REPORTED)
+    return d.config.batchd.own_slots + sum(w.slots for w in live_workers(d)) + taking
 
 
 def is_remote(d: Daemon, todo: TodoView) -> bool:
     """The todo's running attempt is (being) handed to a worker."""
-    if todo.todo_id in d.queueing:
-        return True
-    claim = d.proj.dispatch.claims.get(todo.token)
-    return claim is not None and claim.todo_id == todo.todo_id and claim.state in ACTIVE
+    return todo.todo_id in d.queueing or _claim_state(d, todo) in ACTIVE
 
 
 def wants_worker(d: Daemon) -> bool:
-    """The next agent goes to a worker: this daemon's slots are taken and a worker has one free."""
+    """The next agent goes to a worker: this daemon's slots are taken and a worker has one free
+    (a slot is a worker's from the attempt's hand-out to its report)."""
     if d.pinned is None:
         return False
-    running = [t for t in d.proj.todos.values() if t.state == TodoState.RUNNING]
+    running = _running(d)
     remote = sum(1 for t in running if is_remote(d, t))
     if len(running) - remote < d.config.batchd.own_slots:
         return False
-    return sum(w.slots for w in live_workers(d)) > remote
+    out = sum(1 for t in running if t.todo_id in d.queueing or _claim_state(d, t) in HOLDING)
+    return sum(w.slots for w in live_workers(d)) > out
+
+
+def _running(d: Daemon) -> list[TodoView]:
+    return [t for t in d.proj.todos.values() if t.state == TodoState.RUNNING]
+
+
+def _claim_state(d: Daemon, todo: TodoView) -> str:
+    """The state of the claim of the todo's running attempt ("" when it has none)."""
+    claim = d.proj.dispatch.claims.get(todo.token)
+    return claim.state if claim is not None and claim.todo_id == todo.todo_id else ""
 
 
 def waiting(d: Daemon) -> str:

@@ -5,13 +5,11 @@ from __future__ import annotations
 from statemachine import dispatch as dp
 
 
-def claimable(dispatch: dp.Dispatch, *, free: int) -> list[dp.ClaimView]:
-    """Queued claims, oldest first, as many as ``free`` slots (several workers race for each: the
-    loser's append is refused and it goes on to the next)."""
-    if free <= 0:
-        return []
+def claimable(dispatch: dp.Dispatch) -> list[dp.ClaimView]:
+    """Queued claims, oldest first. Several workers race for each: the loser's append is refused and
+    it goes on to the next, until its slots are full."""
     queued = [c for c in dispatch.claims.values() if c.state == dp.QUEUED]
-    return sorted(queued, key=lambda c: (c.queued_at, c.token))[:free]
+    return sorted(queued, key=lambda c: (c.queued_at, c.token))
 
 
 def lost(claim: dp.ClaimView | None, worker: str) -> bool:

@@ -195,7 +195,9 @@ class Worker:
         self._claim(now)
 
     def _claim(self, now: float) -> None:
-        for claim in claimable(self.dispatch, free=self.slots - len(self.attempts)):
+        for claim in claimable(self.dispatch):
+            if len(self.attempts) >= self.slots:
+                return
             events = self.log.read_stream(dp.claim_stream(claim.token))
             try:
                 queued = dp.AgentQueued(**events[0].payload)

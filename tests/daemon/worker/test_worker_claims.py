@@ -97,12 +97,11 @@ def _fold(*events: tuple[str, object]) -> dp.Dispatch:
     return d
 
 
-def test_a_worker_takes_the_oldest_queued_claims_up_to_its_free_slots() -> None:
+def test_a_worker_tries_the_queued_claims_oldest_first() -> None:
     from daemon.worker.claims import claimable
 
     d = _fold(*[(dp.claim_stream(t), _queued(t, str(i))) for i, t in enumerate(["c", "a", "b"], start=1)])
-    assert [c.token for c in claimable(d, free=2)] == ["c", "a"]
-    assert claimable(d, free=0) == []
+    assert [c.token for c in claimable(d)] == ["c", "a", "b"]
 
 
 def test_a_claim_someone_else_won_is_not_offered() -> None:
@@ -113,7 +112,7 @@ def test_a_claim_someone_else_won_is_not_offered() -> None:
         (dp.claim_stream("a"), dp.AgentClaimed(token="a", worker="w1")),
         (dp.claim_stream("b"), _queued("b", "2")),
     )
-    assert [c.token for c in claimable(d, free=5)] == ["b"]
+    assert [c.token for c in claimable(d)] == ["b"]
 
 
 def test_an_expired_claim_is_lost_to_its_worker() -> None:
