@@ -24,12 +24,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 
-from daemon.engine import outcomes
+from daemon.engine import outcomes, pruning
 from daemon.engine.runner import Daemon
 from daemon.exceptions import BatchdError, printable
 from daemon.intake.todofile import MAX_TODO_BYTES
@@ -37,7 +36,7 @@ from daemon.world import agentresult, agentspace, exchange, rebase, safefs
 from daemon.world.gitops import out
 from statemachine import dispatch as dp
 from statemachine import events as ev
-from statemachine.tables import RunState, TodoState
+from statemachine.tables import TodoState
 from statemachine.views import TodoView
 from store import Append
 from store.exceptions import ConcurrencyError
@@ -46,7 +45,6 @@ from store.records import parse_time
 log = structlog.get_logger(__name__)
 
 ACTIVE = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED, dp.EXPIRED})
-OUT = frozenset({dp.QUEUED, dp.CLAIMED, dp.REPORTED})  # a worker may still fetch its base
 HOLDING = frozenset({dp.QUEUED, dp.CLAIMED})  # the attempt takes a worker's slot
 _BASE_PUSHES = threading.Lock()  # one push of a base at a time (the jobs run in the daemon's pool)
 
@@ -205,9 +203,9 @@ def _b64(data: bytes) -> str:
 
 
 def tick(d: Daemon) -> None:
-    """Look after every claim of this log that is not over (see the module docstring), and prune
-    the remote's bases when the run is complete."""
-    prune_bases(d)
+    """Look after every claim of this log that is not over (see the module docstring); the refs
+    taken are pruned (:mod:`daemon.engine.pruning`)."""
+    pruning.tick(d)
     note_waiting(d)
     now = d.clock()
     for claim in [c for c in d.proj.dispatch.claims.values() if c.state in ACTIVE]:
@@ -323,7 +321,7 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
         with d.step(todo_id, "agent_outcome"):
             outcomes.record_outcome(d, todo_id, token, result)
             _release(d, token, version, "its outcome is recorded")
-        prune(d, f"prune-{token}", refs_of(report))
+        d.taken_refs.extend(refs_of(report))
 
     def failed(error: BaseException) -> None:
         current = d.proj.todos[todo_id]
@@ -331,7 +329,7 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
             detail = f"could not take the worker's outcome: {outcomes.message(error)}"
             outcomes.fail(d, todo_id, attempt, "exchange", detail)
         _release(d, token, version, "its outcome could not be taken")
-        prune(d, f"prune-{token}", refs_of(report))
+        d.taken_refs.extend(refs_of(report))
 
     d.submit(f"collect-{todo_id}", work, done, failed)
 
@@ -339,49 +337,6 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
 def refs_of(report: dict[str, object]) -> list[str]:
     """The refs a worker's report says it pushed (its change and its agent's log)."""
     return [r for r in (str(report.get("ref", "")), str(report.get("log_ref", ""))) if r]
-
-
-def prune(d: Daemon, key: str, refs: list[str]) -> None:
-    """Delete ``refs`` on the remote and here (a job): what was taken, or what no attempt uses any
-    more. Best effort: a ref left behind costs a little room on the remote, never a wrong result."""
-    pinned, root = d.pinned, d.root
-    if pinned is None or not refs:
-        return
-
-    d.submit(key, lambda: exchange.delete_refs(root, pinned, refs), lambda _: None, _not_pruned(refs))
-
-
-def _not_pruned(refs: list[str]) -> Callable[[BaseException], None]:
-    def failed(error: BaseException) -> None:
-        log.warning("refs_not_pruned", refs=refs, error=outcomes.message(error))
-
-    return failed
-
-
-def bases_to_prune(d: Daemon) -> list[str]:
-    """The bases pushed for workers that go now: the run is complete and no attempt is out
-    (``run --once`` waits for them to go before it exits)."""
-    if d.pinned is None or d.proj.run.state != RunState.COMPLETED or d.queueing:
-        return []
-    if any(c.state in OUT for c in d.proj.dispatch.claims.values()):
-        return []
-    return sorted({*d.proj.dispatch.bases.values(), *d.base_refs.values()} - d.pruned_bases)
-
-
-def prune_bases(d: Daemon) -> None:
-    """Delete :func:`bases_to_prune` on the remote, and the copies of workers' refs fetched here."""
-    if refs := bases_to_prune(d):
-        d.pruned_bases.update(refs)
-        d.pushed_bases.clear()  # pushed again by the next attempt on them, should the run reopen
-        prune(d, "prune-bases", refs)
-        root = d.root
-        # The workers' changes fetched here are committed or turned down by now.
-        d.submit(
-            "forget-fetched",
-            lambda: [*exchange.forget_refs(root, dp.TODO_REFS), *exchange.forget_refs(root, dp.LOG_REFS)],
-            lambda _: None,
-            _not_pruned([dp.TODO_REFS, dp.LOG_REFS]),
-        )
 
 
 def _release(d: Daemon, token: str, version: int, why: str) -> None:

@@ -117,6 +117,7 @@ class Daemon:
         self.base_refs: dict[str, str] = {}  # base sha -> the ref this process named it
         self.pushed_bases: set[str] = set()  # base shas this process's pushes put on the remote
         self.pruned_bases: set[str] = set()  # base refs this process deleted on the remote
+        self.taken_refs: list[str] = []  # workers' refs whose outcome is taken, to delete on the remote
         self.waiting_note = ""  # why nothing can start for want of a worker, as last logged
         # Called from any thread when there is something to look at (a job done, an agent exited):
         # the loop sets it to end its sleep early. Never from a signal handler.

@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 
 from daemon.config import Config, diff_config, load_config
-from daemon.engine import dispatching, executor, intake, recovery, scheduler
+from daemon.engine import dispatching, executor, intake, pruning, recovery, scheduler
 from daemon.engine.phases import write_status
 from daemon.engine.runner import Daemon
 from daemon.engine.statusfile import one_line_status
@@ -94,7 +94,7 @@ def finished(d: Daemon) -> bool:
         and scheduler.current_phase(d) is None
         and not d.jobs
         and not d.agents
-        and not dispatching.bases_to_prune(d)
+        and not pruning.pending(d)
     )
 
 

@@ -289,11 +289,12 @@ class Worker:
 
 
 def _discard_late(a: at.Attempt, future: Future[Any]) -> None:
-    """A prepare that was still running when the claim was lost started an agent: kill it."""
+    """A prepare still running when the claim was lost may have started an agent (kill it) and made
+    the workspace after it was removed, or half of it, then failed (remove it either way)."""
     result = None if future.cancelled() or future.exception() else future.result()
     if isinstance(result, agentproc.AgentProcess):
         a.proc = result
-        at.discard(a)
+    at.discard(a)
 
 
 def _no_outcome() -> agentresult.AgentOutcome:

@@ -68,13 +68,18 @@ def _ours(refs: Sequence[str]) -> None:
             raise ExchangeError(f"{printable(ref)} is not one of batchd's refs: it is not touched")
 
 
-def delete_refs(where: GitTarget, remote: PinnedRemote, refs: Sequence[str]) -> list[str]:
-    """Delete ``refs`` on the remote (those it still holds: one listing, one push); returns those
-    deleted. The remote keeps only the refs of work not yet taken. Copies fetched here stay (they
-    keep a change's objects alive until it is committed): :func:`forget_refs` drops them."""
+def delete_refs(
+    where: GitTarget, remote: PinnedRemote, refs: Sequence[str], *, listed: bool = True
+) -> list[str]:
+    """Delete ``refs`` on the remote in one push; returns those deleted. ``listed``: only those it
+    still holds (one listing first; without it, a ref it lacks fails the push, the others deleted).
+    Copies fetched here stay (they keep a change's objects alive until it is committed):
+    :func:`forget_refs` drops them."""
     _ours(refs)
-    listed = _remote_git(where, remote, "ls-remote", "--refs", remote.url, *refs)
-    present = sorted({line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line} & set(refs))
+    present = sorted(set(refs))
+    if listed:
+        text = _remote_git(where, remote, "ls-remote", "--refs", remote.url, *refs)
+        present = sorted({line.split("\t", 1)[1] for line in text.splitlines() if "\t" in line} & set(refs))
     if present:
         _remote_git(where, remote, "push", "--quiet", "--no-verify", remote.url, *[f":{r}" for r in present])
     return present
