@@ -204,7 +204,26 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-class DaemonProcess:
+class JsonLogged:
+    """A process whose JSON log lines go to ``log_path``, for the test to read."""
+
+    log_path: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The log lines so far (JSON objects; a partly written last line is skipped)."""
+        out = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                item = json.loads(line)
+                if isinstance(item, dict):
+                    out.append(item)
+        return out
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+
+class DaemonProcess(JsonLogged):
     """``batchd run`` as a subprocess; its JSON log lines go to a file the test can read."""
 
     def __init__(self, root: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
@@ -222,19 +241,6 @@ class DaemonProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def lines(self) -> list[dict[str, Any]]:
-        """The daemon's log lines so far (JSON objects; a partly written last line is skipped)."""
-        out = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                item = json.loads(line)
-                if isinstance(item, dict):
-                    out.append(item)
-        return out
-
-    def logged(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == event]
 
     def wait_logged(self, event: str, *, count: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
         def check() -> list[dict[str, Any]] | None:

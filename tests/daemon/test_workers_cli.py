@@ -4,29 +4,17 @@ real worker write, while the worker holds an agent, and after it is killed (sile
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import PY, DaemonProcess, base_env, make_repo, wait_for
+from procs import DaemonProcess, batchd, make_repo, wait_for
 from worker.fleet import Fleet, wait_event
 
 pytestmark = pytest.mark.timeout(180)
 
 SLOW = "sleep: 30\nwrite: [{path: slow.py, content: 'SLOW = 1'}]"
-
-
-def batchd(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "daemon", *args, "-C", str(root)],
-        capture_output=True,
-        text=True,
-        env=base_env(),
-        timeout=60,
-        check=False,
-    )
 
 
 def workers_json(root: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from procs import PY, DaemonProcess, base_env, git, make_repo, wait_for
+from procs import PY, DaemonProcess, JsonLogged, base_env, git, make_repo, wait_for
 
 from daemon.workspace import open_log
 from store.eventlog import StoredEvent
@@ -88,7 +88,7 @@ def wait_event(
     return wait_for(check, timeout=timeout, what=f"{count} event(s) {type_} {payload or ''}")
 
 
-class WorkerProcess:
+class WorkerProcess(JsonLogged):
     """``batchd worker`` as a subprocess (optionally inside a network namespace)."""
 
     def __init__(
@@ -133,18 +133,6 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                item = json.loads(line)
-                if isinstance(item, dict):
-                    out.append(item)
-        return out
-
-    def logged(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == event]
 
     def wait_logged(self, event: str, *, timeout: float = 30.0) -> list[dict[str, Any]]:
         def check() -> list[dict[str, Any]] | None:
