@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from worker.fleet import (
 
 from statemachine import dispatch as dp
 from store import EventLog
+from store.registry import EventRegistry
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -269,3 +271,67 @@ def test_a_coordinator_with_no_slots_says_it_waits_for_a_worker_until_one_is_up(
     assert coordinator.wait_logged("workers_up", timeout=30)[0]["workers"] == ["w1"]
     assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
     assert len(coordinator.logged("waiting_for_workers")) == 1  # said once, not every tick
+
+
+def _malformed_registry() -> EventRegistry:
+    """Event types of batchd's names with fields of their own: what a broken or foreign writer
+    (another version, another program) may append to the worker and claim streams."""
+    reg = EventRegistry()
+
+    @reg.register("worker.registered", 1)
+    @dataclass(frozen=True)
+    class Registered:
+        name: str
+
+    @reg.register("agent.queued", 1)
+    @dataclass(frozen=True)
+    class Queued:
+        token: str
+
+    @reg.register("agent.released", 1)
+    @dataclass(frozen=True)
+    class Released:
+        token: str
+
+    return reg
+
+
+def test_malformed_worker_and_claim_events_kill_neither_the_coordinator_nor_a_worker(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Missing keys and wrong types on the worker and claim streams are ignored by the fold (of the
+    coordinator and of every worker), and the run goes on with a sound worker."""
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    foreign = EventLog(fleet.db, reg=_malformed_registry())
+    log = EventLog(fleet.db)
+    try:
+        foreign.append(
+            dp.worker_stream("ghost"), [foreign.registry.cls_for("worker.registered")(name="ghost")], 0
+        )
+        foreign.append(dp.claim_stream("t1"), [foreign.registry.cls_for("agent.queued")(token="t1")], 0)
+        log.append(
+            dp.worker_stream("typo"),
+            [dp.WorkerRegistered(name="typo", host="h", slots="many", pid=1)],
+            0,  # type: ignore[arg-type]
+        )
+        queued = dp.AgentQueued(
+            token="t2", todo_id="9", attempt="x", shown="9", title="t", todo_path="todos/9.md",  # type: ignore[arg-type]
+            todo_b64="", base_sha="0" * 40, base_ref="refs/batchd/base/x/1", branch="main", lease=3.0,
+        )  # fmt: skip
+        log.append(dp.claim_stream("t2"), [queued], 0)
+        queued = dp.AgentQueued(
+            token="t3", todo_id="9", attempt=1, shown="9", title="t", todo_path="todos/9.md",
+            todo_b64="", base_sha="0" * 40, base_ref="refs/batchd/base/x/1", branch="main", lease=3.0,
+        )  # fmt: skip
+        log.append(dp.claim_stream("t3"), [queued], 0)
+        log.append(dp.claim_stream("t3"), [dp.AgentClaimed(token="t3", worker="typo")], 1)
+        log.append(dp.claim_stream("t3"), [dp.LeaseRenewed(token="t3", worker="typo", pid="x")], 2)  # type: ignore[arg-type]
+        foreign.append(dp.claim_stream("t3"), [foreign.registry.cls_for("agent.released")(token="t3")], 3)
+    finally:
+        foreign.close()
+        log.close()
+    coordinator = fleet.start(fleet.root, "--once")
+    w1 = fleet.worker("w1")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    assert w1.proc.poll() is None, w1.log_path.read_text()[-3000:]
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")
