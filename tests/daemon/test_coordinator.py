@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -335,3 +336,29 @@ def test_malformed_worker_and_claim_events_kill_neither_the_coordinator_nor_a_wo
     assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
     assert w1.proc.poll() is None, w1.log_path.read_text()[-3000:]
     assert "A = 1" in git(fleet.root, "show", "main:a.py")
+
+
+def _on_another_host(hostname: str) -> list[str]:
+    """A command prefix that runs the rest in a UTS namespace of its own, named ``hostname``."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("another host name needs root and unshare(1)")
+    return ["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh"]
+
+
+def test_a_second_worker_of_a_live_workers_name_on_another_host_takes_nothing_from_it(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Two hosts started with the same --name: the second refuses to start while the first beats,
+    instead of giving the first one's claims up (its agents killed, their work lost)."""
+    fleet = make_fleet({"001": SLOW})
+    coordinator = fleet.start(fleet.root, "--once")
+    first = fleet.worker("build")
+    wait_event(fleet.root, "agent.lease_renewed", worker="build", timeout=60)
+    second = fleet.worker("build", clone_name="build-b", wrap=_on_another_host("otherhost"))
+    assert second.proc.wait(timeout=30) != 0
+    assert "already running" in second.log_path.read_text(encoding="utf-8")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert of_type(events, "agent.lease_expired") == []
+    assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["build"]
+    assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
