@@ -65,14 +65,16 @@ def base_ref(run_id: str, n: int) -> str:
     return f"{BASE_REFS}{run_id}/{n}"
 
 
-def todo_ref(todo_id: str, attempt: int) -> str:
-    """A worker's collected change of one attempt (one commit on the base, batchd's trailers)."""
-    return f"{TODO_REFS}{todo_id}/a{attempt}"
+def todo_ref(todo_id: str, attempt: int, token: str) -> str:
+    """A worker's collected change of one claim of an attempt (one commit on the base, batchd's
+    trailers). Named by the claim's token too: an attempt run again after a lease expired keeps its
+    number, and a fenced worker's late push must not land on the ref of the run that replaced it."""
+    return f"{TODO_REFS}{todo_id}/a{attempt}-{token[:16]}"
 
 
-def log_ref(todo_id: str, attempt: int) -> str:
-    """A commit whose tree holds the attempt's agent log as ``agent.log`` (pushed by the worker)."""
-    return f"{LOG_REFS}{todo_id}/a{attempt}"
+def log_ref(todo_id: str, attempt: int, token: str) -> str:
+    """A commit whose tree holds the claim's agent log as ``agent.log`` (pushed by the worker)."""
+    return f"{LOG_REFS}{todo_id}/a{attempt}-{token[:16]}"
 
 
 LOG_NAME = "agent.log"

@@ -93,11 +93,16 @@ def _hostile_worker(fleet: Fleet, stop: threading.Event) -> None:
                 pushed = _commit_on(clone, p["base_sha"], "pushed.py")
                 reported = _commit_on(clone, p["base_sha"], "reported.py")
                 git(
-                    clone, "push", "-q", "-f", "origin", f"{pushed}:{dp.todo_ref(p['todo_id'], p['attempt'])}"
+                    clone,
+                    "push",
+                    "-q",
+                    "-f",
+                    "origin",
+                    f"{pushed}:{dp.todo_ref(p['todo_id'], p['attempt'], p['token'])}",
                 )
                 report = dp.AgentReported(
                     token=p["token"], worker=name, ok=True, returncode=0, commit=reported,
-                    ref=dp.todo_ref(p["todo_id"], p["attempt"]),
+                    ref=dp.todo_ref(p["todo_id"], p["attempt"], p["token"]),
                 )  # fmt: skip
                 log.append(q.stream, [report], v)
             time.sleep(0.3)
@@ -362,3 +367,45 @@ def test_a_second_worker_of_a_live_workers_name_on_another_host_takes_nothing_fr
     assert of_type(events, "agent.lease_expired") == []
     assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["build"]
     assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
+
+
+def test_a_fenced_workers_late_push_does_not_spoil_the_next_run_of_the_attempt(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """A worker cut off from the log past its lease may still reach the remote and push its result
+    late. The attempt runs again (uncounted, same attempt number) on another worker; that late push,
+    landing between the second worker's push and the coordinator's fetch, must not make the second
+    worker's good change fail as "not the reported" one."""
+    fleet = make_fleet({"001": "sleep: 3\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root, "--once")
+    log = EventLog(fleet.db)
+    try:
+        # The fenced worker: claims the attempt, is never heard from again, and its lease expires.
+        log.append(dp.worker_stream("cut"), [dp.WorkerRegistered(name="cut", host="h", slots=1, pid=1)], 0)
+        [queued] = wait_event(fleet.root, "agent.queued", timeout=60)
+        p = queued.payload
+        log.append(queued.stream, [dp.AgentClaimed(token=p["token"], worker="cut")], 1)
+        wait_event(fleet.root, "agent.lease_expired", worker="cut", timeout=30)
+        clone = worker_clone(str(fleet.remote), fleet.tmp / "cut")
+        git(clone, "fetch", "-q", "origin", f"{p['base_ref']}:{p['base_ref']}")
+        late = _commit_on(clone, p["base_sha"], "late.py")
+        fleet.worker("w2")
+        wait_event(fleet.root, "agent.claimed", worker="w2", timeout=60)
+        os.kill(coordinator.proc.pid, signal.SIGSTOP)  # its fetch of w2's refs comes after the late push
+        try:
+            wait_event(fleet.root, "agent.reported", worker="w2", timeout=60)
+            git(clone, "push", "-q", "-f", "origin", f"{late}:{_fenced_ref(p)}")
+        finally:
+            os.kill(coordinator.proc.pid, signal.SIGCONT)
+    finally:
+        log.close()
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")
+    assert "late.py" not in git(fleet.root, "ls-tree", "-r", "--name-only", "main")
+
+
+def _fenced_ref(queued: dict[str, object]) -> str:
+    """The ref a worker pushes its change of this claim to."""
+    return dp.todo_ref(str(queued["todo_id"]), int(str(queued["attempt"])), str(queued["token"]))
