@@ -409,3 +409,22 @@ def test_a_fenced_workers_late_push_does_not_spoil_the_next_run_of_the_attempt(
 def _fenced_ref(queued: dict[str, object]) -> str:
     """The ref a worker pushes its change of this claim to."""
     return dp.todo_ref(str(queued["todo_id"]), int(str(queued["attempt"])), str(queued["token"]))
+
+
+def test_a_second_worker_on_the_same_clone_refuses_to_start_and_leaves_the_first_ones_agent_alone(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Two workers of different names started on one clone: the second would remove the first's
+    workspaces as leftovers of a dead run (and share its agent logs); it refuses to start instead."""
+    fleet = make_fleet({"001": "sleep: 6\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root, "--once")
+    first = fleet.worker("a")
+    wait_event(fleet.root, "agent.lease_renewed", worker="a", timeout=60)
+    second = fleet.worker("b", clone_name="a")
+    assert second.proc.wait(timeout=30) != 0
+    assert "already" in second.log_path.read_text(encoding="utf-8")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["a"]
+    assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
