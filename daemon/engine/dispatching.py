@@ -250,7 +250,9 @@ def _interrupted(claim: dp.ClaimView, why: str) -> tuple[str, list[object]]:
                 todo_id=claim.todo_id,
                 attempt=claim.attempt,
                 reason=printable(why),
-                duration=round(_since(claim.claimed_at), 3),
+                # From its queueing, stamped by this host's clock: agent.claimed is stamped by the
+                # worker's, which may be hours off (the budget counts this time).
+                duration=round(_since(claim.queued_at), 3),
             )
         ],
     )

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,25 @@ def test_a_second_worker_on_the_same_clone_refuses_to_start_and_leaves_the_first
     assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
     assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["a"]
     assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
+
+
+def test_a_workers_slow_clock_does_not_charge_its_lost_attempt_with_hours_of_agent_time(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """A worker whose wall clock is ten hours behind claims an attempt and is lost: the interruption
+    records the agent time the coordinator saw pass, not ten hours (which the budget would count)."""
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    behind = EventLog(fleet.db, clock=lambda: datetime.now(UTC) - timedelta(hours=10))
+    try:
+        behind.append(
+            dp.worker_stream("late"), [dp.WorkerRegistered(name="late", host="h", slots=1, pid=1)], 0
+        )
+        [queued] = wait_event(fleet.root, "agent.queued", timeout=60)
+        behind.append(queued.stream, [dp.AgentClaimed(token=queued.payload["token"], worker="late")], 1)
+        [interrupted] = wait_event(fleet.root, "todo.agent_interrupted", timeout=60)
+    finally:
+        behind.close()
+        coordinator.stop()
+    assert "late" in interrupted.payload["reason"]
+    assert interrupted.payload["duration"] < 600, interrupted.payload
