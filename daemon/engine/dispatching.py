@@ -349,13 +349,21 @@ def _not_pruned(refs: list[str]) -> Callable[[BaseException], None]:
 
 
 def bases_to_prune(d: Daemon) -> list[str]:
-    """The bases pushed for workers that go now: the run is complete and no attempt is out
-    (``run --once`` waits for them to go before it exits)."""
+    """The bases pushed for workers (and the refs of their claims) that go now: the run is complete
+    and no attempt is out (``run --once`` waits for them to go before it exits)."""
     if d.pinned is None or d.proj.run.state != RunState.COMPLETED or d.queueing:
         return []
-    if any(c.state in OUT for c in d.proj.dispatch.claims.values()):
+    claims = d.proj.dispatch.claims.values()
+    if any(c.state in OUT for c in claims):
         return []
-    return sorted({*d.proj.dispatch.bases.values(), *d.base_refs.values()} - d.pruned_bases)
+    # With them whatever a worker may have pushed for a claim and not reported (killed or fenced
+    # after its push): its refs are named by the claim, so nothing else deletes them.
+    left = {
+        r
+        for c in claims
+        for r in (dp.todo_ref(c.todo_id, c.attempt, c.token), dp.log_ref(c.todo_id, c.attempt, c.token))
+    }
+    return sorted({*d.proj.dispatch.bases.values(), *d.base_refs.values(), *left} - d.pruned_bases)
 
 
 def prune_bases(d: Daemon) -> None:

@@ -405,6 +405,7 @@ def test_a_fenced_workers_late_push_does_not_spoil_the_next_run_of_the_attempt(
     assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
     assert "A = 1" in git(fleet.root, "show", "main:a.py")
     assert "late.py" not in git(fleet.root, "ls-tree", "-r", "--name-only", "main")
+    assert git(fleet.remote, "for-each-ref", "refs/batchd/") == ""  # the late push is pruned too
 
 
 def _fenced_ref(queued: dict[str, object]) -> str:
