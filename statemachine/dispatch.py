@@ -65,14 +65,16 @@ def base_ref(run_id: str, n: int) -> str:
     return f"{BASE_REFS}{run_id}/{n}"
 
 
-def todo_ref(todo_id: str, attempt: int) -> str:
-    """A worker's collected change of one attempt (one commit on the base, batchd's trailers)."""
-    return f"{TODO_REFS}{todo_id}/a{attempt}"
+def todo_ref(todo_id: str, attempt: int, token: str) -> str:
+    """A worker's collected change of one claim of an attempt (one commit on the base, batchd's
+    trailers). Named by the claim's token too: an attempt run again after a lease expired keeps its
+    number, and a fenced worker's late push must not land on the ref of the run that replaced it."""
+    return f"{TODO_REFS}{todo_id}/a{attempt}-{token[:16]}"
 
 
-def log_ref(todo_id: str, attempt: int) -> str:
-    """A commit whose tree holds the attempt's agent log as ``agent.log`` (pushed by the worker)."""
-    return f"{LOG_REFS}{todo_id}/a{attempt}"
+def log_ref(todo_id: str, attempt: int, token: str) -> str:
+    """A commit whose tree holds the claim's agent log as ``agent.log`` (pushed by the worker)."""
+    return f"{LOG_REFS}{todo_id}/a{attempt}-{token[:16]}"
 
 
 LOG_NAME = "agent.log"
@@ -303,11 +305,16 @@ class Dispatch:
 
     def apply(self, e: StoredEvent) -> None:
         p = e.payload
-        if e.stream.startswith(WORKER_PREFIX):
-            self._worker_event(e, p)
-        elif e.stream.startswith(CLAIM_PREFIX):
-            self._claim_event(e, p)
-        else:
+        try:
+            if e.stream.startswith(WORKER_PREFIX):
+                self._worker_event(e, p)
+            elif e.stream.startswith(CLAIM_PREFIX):
+                self._claim_event(e, p)
+            else:
+                self.ignored += 1
+        except (AttributeError, KeyError, TypeError, ValueError):
+            # A payload batchd never writes (keys missing, values of the wrong type): each event is
+            # read whole before it changes a view, so it changes nothing.
             self.ignored += 1
 
     def _worker_event(self, e: StoredEvent, p: dict[str, Any]) -> None:
@@ -317,11 +324,13 @@ class Dispatch:
             return
         worker = self.workers.get(name)
         if e.type == "worker.registered":
+            host, slots, pid = str(p["host"]), int(p["slots"]), int(p["pid"])
+            version, clone = str(p.get("version", "")), str(p.get("clone", ""))
+            every = float(p.get("every", 0.0))
             if worker is None:
                 worker = self.workers[name] = WorkerView(name)
-            worker.host, worker.slots, worker.pid = str(p["host"]), int(p["slots"]), int(p["pid"])
-            worker.version, worker.clone = str(p.get("version", "")), str(p.get("clone", ""))
-            worker.every = float(p.get("every", 0.0))
+            worker.host, worker.slots, worker.pid = host, slots, pid
+            worker.version, worker.clone, worker.every = version, clone, every
             worker.state, worker.registered_at = "up", e.recorded_at
         elif worker is None:
             self.ignored += 1
@@ -343,7 +352,8 @@ class Dispatch:
                 self.ignored += 1
                 return
             claim = ClaimView(token, str(p["todo_id"]), int(p["attempt"]))
-            claim.base_sha, claim.base_ref, claim.lease = p["base_sha"], p["base_ref"], float(p["lease"])
+            base_sha, base_ref, lease = str(p["base_sha"]), str(p["base_ref"]), float(p["lease"])
+            claim.base_sha, claim.base_ref, claim.lease = base_sha, base_ref, lease
             claim.queued_at = e.recorded_at
             self.bases.setdefault(claim.base_sha, claim.base_ref)
             self.claims[token] = claim
@@ -359,18 +369,19 @@ class Dispatch:
             claim.state, claim.worker, claim.claimed_at = CLAIMED, worker, e.recorded_at
             self._seen(worker, e, claims=1)
         elif kind == "agent.lease_renewed" and claim.state == CLAIMED and worker == claim.worker:
-            claim.pid, claim.pgid = int(p.get("pid", 0)), int(p.get("pgid", 0))
-            claim.start_ticks = p.get("start_ticks")
+            ticks = p.get("start_ticks")
+            pid, pgid = int(p.get("pid", 0)), int(p.get("pgid", 0))
+            claim.pid, claim.pgid, claim.start_ticks = pid, pgid, None if ticks is None else int(ticks)
             self._seen(worker, e)
         elif kind == "agent.reported" and claim.state == CLAIMED and worker == claim.worker:
             claim.state, claim.report, claim.ended_at = REPORTED, dict(p), e.recorded_at
             self._seen(worker, e, reported=1)
         elif kind == "agent.lease_expired" and claim.state == CLAIMED:
-            claim.state, claim.end_reason, claim.ended_at = EXPIRED, str(p["reason"]), e.recorded_at
+            claim.state, claim.end_reason, claim.ended_at = EXPIRED, str(p.get("reason", "")), e.recorded_at
             if (known := self.workers.get(claim.worker)) is not None:
                 known.expired += 1
         elif kind == "agent.released" and claim.state != RELEASED:
-            claim.state, claim.end_reason = RELEASED, str(p["reason"])
+            claim.state, claim.end_reason = RELEASED, str(p.get("reason", ""))
             claim.ended_at = claim.ended_at or e.recorded_at
         else:
             return False

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from daemon.cli.main import log_level_option, repo_id_option, resolve_root
-from daemon.exceptions import UsageError
+from daemon.exceptions import LockHeld, UsageError
 from statemachine.dispatch import worker_name_problem
 
 
@@ -57,6 +57,7 @@ def worker(
     queues them again at once.
     """
     from daemon.config import load_config
+    from daemon.service.lock import DaemonLock
     from daemon.service.logs import configure_logging
     from daemon.service.loop import version
     from daemon.service.signals import SignalFlags
@@ -83,6 +84,17 @@ def worker(
     assert pinned is not None
     sandbox = resolve(config.agent.sandbox, config.agent.writable, key="[agent] sandbox")
     host = Host(config=config, remote=pinned, sandbox=sandbox, name=worker_name)
+    # One worker per clone: a second one would remove the first's workspaces as a dead run's
+    # leftovers, and write the same agent logs.
+    lock = DaemonLock(Workspace(root).state_dir / "worker.lock")
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        who = f"pid {e.pid}" if e.pid else "another process"
+        raise UsageError(
+            f"another batchd worker ({who}) already runs in this clone ({root})",
+            hint="stop it first, or give each worker a clone of its own",
+        ) from None
     log = open_log(root, db, must_exist=False, repo_id=repo_id)
     flags = SignalFlags().install()
     try:
@@ -97,6 +109,7 @@ def worker(
     finally:
         flags.restore()
         log.close()
+        lock.release()
     raise SystemExit(code)
 
 

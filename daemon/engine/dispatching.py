@@ -260,7 +260,9 @@ def _interrupted(claim: dp.ClaimView, why: str) -> tuple[str, list[object]]:
                 todo_id=claim.todo_id,
                 attempt=claim.attempt,
                 reason=printable(why),
-                duration=round(_since(claim.claimed_at), 3),
+                # From its queueing, stamped by this host's clock: agent.claimed is stamped by the
+                # worker's, which may be hours off (the budget counts this time).
+                duration=round(_since(claim.queued_at), 3),
             )
         ],
     )
@@ -287,25 +289,33 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
     policy = outcomes.policy_for(d, todo_id)
     max_log = d.config.agent.max_log_bytes
     version = claim.version
+    # Only the claim's own refs are fetched (and pruned later): a report naming others (a base
+    # other claims still need, say) is not the worker's to name.
+    change_ref, log_ref = pruning.claim_refs(claim)
+    said = {change_ref: str(report.get("ref", "")), log_ref: str(report.get("log_ref", ""))}
+    refs = [want for want, named in said.items() if named]
+    wrong = [printable(named) for want, named in said.items() if named and named != want]
 
     def work() -> outcomes.Result:
         outcome = _outcome(report)
-        refs = refs_of(report)
         if pinned is None:
             return outcomes.Result(outcome=outcome, reason="exchange", detail="this daemon has no remote")
+        if wrong:
+            detail = f"the report names {', '.join(wrong)}, not its claim's refs"
+            return outcomes.Result(outcome=outcome, reason="exchange", detail=detail)
         try:
             fetched = exchange.fetch_refs(root, pinned, refs) if refs else {}
         except exchange.ExchangeError as e:
             return outcomes.Result(outcome=outcome, reason="exchange", detail=e.render())
-        if report.get("log_ref"):
-            data = exchange.read_log(root, fetched[str(report["log_ref"])], limit=max_log)
+        if log_ref in fetched:
+            data = exchange.read_log(root, fetched[log_ref], limit=max_log)
             with contextlib.suppress(OSError, BatchdError):
                 safefs.append_bytes(root, log_rel, data)
         if not report.get("ok"):
             reason = str(report.get("reason") or "exit")
             detail = f"{report.get('detail', '')} (on worker {claim.worker})"
             return outcomes.Result(outcome=outcome, reason=reason, detail=detail)
-        problem = _exchange_problem(d, fetched.get(str(report.get("ref", "")), ""), report, base)
+        problem = _exchange_problem(d, fetched.get(change_ref, ""), report, base)
         if problem:
             return outcomes.Result(outcome=outcome, reason="exchange", detail=problem)
         commit = str(report["commit"])
@@ -321,7 +331,7 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
         with d.step(todo_id, "agent_outcome"):
             outcomes.record_outcome(d, todo_id, token, result)
             _release(d, token, version, "its outcome is recorded")
-        d.taken_refs.extend(refs_of(report))
+        d.taken_refs.extend(refs)
 
     def failed(error: BaseException) -> None:
         current = d.proj.todos[todo_id]
@@ -329,14 +339,9 @@ def take_report(d: Daemon, claim: dp.ClaimView) -> None:
             detail = f"could not take the worker's outcome: {outcomes.message(error)}"
             outcomes.fail(d, todo_id, attempt, "exchange", detail)
         _release(d, token, version, "its outcome could not be taken")
-        d.taken_refs.extend(refs_of(report))
+        d.taken_refs.extend(refs)
 
     d.submit(f"collect-{todo_id}", work, done, failed)
-
-
-def refs_of(report: dict[str, object]) -> list[str]:
-    """The refs a worker's report says it pushed (its change and its agent's log)."""
-    return [r for r in (str(report.get("ref", "")), str(report.get("log_ref", ""))) if r]
 
 
 def _release(d: Daemon, token: str, version: int, why: str) -> None:

@@ -49,12 +49,25 @@ def tick(d: Daemon) -> None:
 
 
 def bases_to_prune(d: Daemon) -> list[str]:
-    """The bases pushed for workers that go now: the run is complete and no attempt is out."""
+    """The bases pushed for workers that go now, and the refs of every claim: the run is complete
+    and no attempt is out."""
     if d.pinned is None or d.proj.run.state != RunState.COMPLETED or d.queueing:
         return []
-    if any(c.state in OUT for c in d.proj.dispatch.claims.values()):
+    claims = d.proj.dispatch.claims.values()
+    if any(c.state in OUT for c in claims):
         return []
-    return sorted({*d.proj.dispatch.bases.values(), *d.base_refs.values()} - d.pruned_bases)
+    # With them whatever a worker may have pushed for a claim and not reported (killed or fenced
+    # after its push): its refs are named by the claim, so nothing else deletes them.
+    left = {r for c in claims for r in claim_refs(c)}
+    return sorted({*d.proj.dispatch.bases.values(), *d.base_refs.values(), *left} - d.pruned_bases)
+
+
+def claim_refs(claim: dp.ClaimView) -> tuple[str, str]:
+    """The refs a worker pushes for ``claim``: its change and its agent's log."""
+    return (
+        dp.todo_ref(claim.todo_id, claim.attempt, claim.token),
+        dp.log_ref(claim.todo_id, claim.attempt, claim.token),
+    )
 
 
 def pending(d: Daemon) -> bool:

@@ -205,10 +205,10 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
         limit=host.config.agent.max_log_bytes,
         message=f"batchd: agent log of todo {q.shown} attempt {q.attempt} on {host.name}",
     )
-    refs = {dp.log_ref(q.todo_id, q.attempt): log_commit}
+    refs = {dp.log_ref(q.todo_id, q.attempt, q.token): log_commit}
     change = result.change
     if change is not None:
-        refs[dp.todo_ref(q.todo_id, q.attempt)] = change.sha
+        refs[dp.todo_ref(q.todo_id, q.attempt, q.token)] = change.sha
     ok, reason, detail = change is not None, result.reason, result.detail
     try:
         exchange.push_refs(root, host.remote, refs)
@@ -225,8 +225,8 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
         summary=outcomes.plain_summary(outcome.summary),
         session_id=outcome.session_id or "",
         commit=change.sha if ok and change is not None else "",
-        ref=dp.todo_ref(q.todo_id, q.attempt) if ok else "",
-        log_ref=dp.log_ref(q.todo_id, q.attempt) if refs else "",
+        ref=dp.todo_ref(q.todo_id, q.attempt, q.token) if ok else "",
+        log_ref=dp.log_ref(q.todo_id, q.attempt, q.token) if refs else "",
         reason="" if ok else reason,
         detail="" if ok else printable(detail),
         log_tail=printable(outcome.log_tail[-2000:]),

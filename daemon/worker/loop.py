@@ -94,13 +94,15 @@ class Worker:
         if (
             before is not None
             and before.state == "up"
-            and before.host == self.hostname
-            and before.pid != os.getpid()
-            and agentproc.process_alive(before.pid)
+            # On another host its pid says nothing here: only its beats tell that it is alive.
+            and (
+                before.host != self.hostname
+                or (before.pid != os.getpid() and agentproc.process_alive(before.pid))
+            )
             and self._beats(before)
         ):
             raise UsageError(
-                f"a worker named {self.name!r} is already running on this host (pid {before.pid})",
+                f"a worker named {self.name!r} is already running on {before.host} (pid {before.pid})",
                 hint="stop it first, or give this one another --name",
             )
         here = before is not None and before.host == self.hostname

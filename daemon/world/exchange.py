@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from daemon.exceptions import BatchdError, GitError, printable
-from daemon.world.gitops import GitTarget, out, read_blob, run_git
+from daemon.world.gitops import GitTarget, out, read_blob_tail, run_git
 from daemon.world.remote import PinnedRemote
 from statemachine.dispatch import LOG_NAME
 
@@ -115,7 +115,5 @@ def log_commit(where: GitTarget, log_path: Path, *, limit: int, message: str) ->
 
 def read_log(where: GitTarget, commit: str, *, limit: int) -> bytes:
     """The agent log a log commit holds (its last ``limit`` bytes); b"" when it holds none."""
-    try:
-        return read_blob(where, f"{commit}:{LOG_NAME}")[-limit:]
-    except GitError:
-        return b""
+    # Read as it comes: a hostile worker's log of gigabytes never sits whole in memory here.
+    return read_blob_tail(where, f"{commit}:{LOG_NAME}", limit)

@@ -207,6 +207,24 @@ def records(
 FILE_MODES = ("100644", "100755")
 
 
+def read_blob_tail(where: GitTarget | str, sha: str, limit: int) -> bytes:
+    """The last ``limit`` bytes of a blob, read as they come (a blob of gigabytes is never held
+    whole); b"" when it cannot be read."""
+    argv, cwd, full_env = git_command(
+        where, ("cat-file", "blob", sha), None, None, untrusted=False, as_configured=False
+    )
+    tail = bytearray()
+    with subprocess.Popen(
+        argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as proc:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 16):
+            tail += chunk
+            if len(tail) > 2 * limit + (1 << 16):  # trimmed now and then: linear in the blob's size
+                del tail[: len(tail) - limit]
+    return bytes(tail[-limit:] if limit else b"") if proc.returncode == 0 else b""
+
+
 def read_blob(where: GitTarget | str, sha: str) -> bytes:
     """A blob's bytes as they are (``run_git`` decodes text; a file's content may be anything)."""
     argv, cwd, full_env = git_command(

@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from worker.fleet import (
 
 from statemachine import dispatch as dp
 from store import EventLog
+from store.registry import EventRegistry
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -68,8 +72,9 @@ def test_a_workers_change_to_batchds_own_files_is_dropped_by_the_coordinator(
     assert "A = 1" in git(fleet.root, "show", "main:a.py")
 
 
-def _hostile_worker(fleet: Fleet, stop: threading.Event) -> None:
-    """A worker that claims, pushes one commit and reports another (in a thread of the test)."""
+def _hostile_worker(fleet: Fleet, stop: threading.Event, *, name_base: bool = False) -> None:
+    """A worker that claims, pushes one commit and reports another (in a thread of the test);
+    ``name_base``: it reports the pushed one, under the name of the base the coordinator pushed."""
     log = EventLog(fleet.db)
     name = "liar"
     version = log.append(
@@ -90,16 +95,51 @@ def _hostile_worker(fleet: Fleet, stop: threading.Event) -> None:
                 pushed = _commit_on(clone, p["base_sha"], "pushed.py")
                 reported = _commit_on(clone, p["base_sha"], "reported.py")
                 git(
-                    clone, "push", "-q", "-f", "origin", f"{pushed}:{dp.todo_ref(p['todo_id'], p['attempt'])}"
+                    clone,
+                    "push",
+                    "-q",
+                    "-f",
+                    "origin",
+                    f"{pushed}:{dp.todo_ref(p['todo_id'], p['attempt'], p['token'])}",
                 )
+                ref = p["base_ref"] if name_base else dp.todo_ref(p["todo_id"], p["attempt"], p["token"])
                 report = dp.AgentReported(
-                    token=p["token"], worker=name, ok=True, returncode=0, commit=reported,
-                    ref=dp.todo_ref(p["todo_id"], p["attempt"]),
+                    token=p["token"], worker=name, ok=True, returncode=0,
+                    commit=pushed if name_base else reported, ref=ref,
                 )  # fmt: skip
                 log.append(q.stream, [report], v)
             time.sleep(0.3)
     finally:
         log.close()
+
+
+def test_a_report_naming_refs_not_its_claims_fails_and_prunes_nothing_of_others(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    stop = threading.Event()
+    liar = threading.Thread(
+        target=_hostile_worker, args=(fleet, stop), kwargs={"name_base": True}, daemon=True
+    )
+    liar.start()
+    try:
+        failed = wait_event(fleet.root, "todo.agent_failed", timeout=60)
+        stop.set()  # its retry waits for a worker: the run is not complete, its base must stay
+        liar.join(timeout=10)
+        queued = of_type(log_events(fleet.root), "agent.queued")[0].payload
+        own = dp.todo_ref(queued["todo_id"], queued["attempt"], queued["token"])
+        # What it pushed under its own name is pruned; the base it named is left for the claims to come.
+        wait_for(
+            lambda: own not in git(fleet.remote, "for-each-ref") or None, timeout=30, what="own ref pruned"
+        )
+        assert queued["base_ref"] in git(fleet.remote, "for-each-ref")
+    finally:
+        stop.set()
+        liar.join(timeout=10)
+        coordinator.stop()
+    assert failed[0].payload["reason"] == "exchange"
+    assert "not its claim's refs" in failed[0].payload["detail"]
 
 
 def _commit_on(clone: Path, base: str, path: str) -> str:
@@ -269,3 +309,177 @@ def test_a_coordinator_with_no_slots_says_it_waits_for_a_worker_until_one_is_up(
     assert coordinator.wait_logged("workers_up", timeout=30)[0]["workers"] == ["w1"]
     assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
     assert len(coordinator.logged("waiting_for_workers")) == 1  # said once, not every tick
+
+
+def _malformed_registry() -> EventRegistry:
+    """Event types of batchd's names with fields of their own: what a broken or foreign writer
+    (another version, another program) may append to the worker and claim streams."""
+    reg = EventRegistry()
+
+    @reg.register("worker.registered", 1)
+    @dataclass(frozen=True)
+    class Registered:
+        name: str
+
+    @reg.register("agent.queued", 1)
+    @dataclass(frozen=True)
+    class Queued:
+        token: str
+
+    @reg.register("agent.released", 1)
+    @dataclass(frozen=True)
+    class Released:
+        token: str
+
+    return reg
+
+
+def test_malformed_worker_and_claim_events_kill_neither_the_coordinator_nor_a_worker(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Missing keys and wrong types on the worker and claim streams are ignored by the fold (of the
+    coordinator and of every worker), and the run goes on with a sound worker."""
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    foreign = EventLog(fleet.db, reg=_malformed_registry())
+    log = EventLog(fleet.db)
+    try:
+        foreign.append(
+            dp.worker_stream("ghost"), [foreign.registry.cls_for("worker.registered")(name="ghost")], 0
+        )
+        foreign.append(dp.claim_stream("t1"), [foreign.registry.cls_for("agent.queued")(token="t1")], 0)
+        log.append(
+            dp.worker_stream("typo"),
+            [dp.WorkerRegistered(name="typo", host="h", slots="many", pid=1)],
+            0,  # type: ignore[arg-type]
+        )
+        queued = dp.AgentQueued(
+            token="t2", todo_id="9", attempt="x", shown="9", title="t", todo_path="todos/9.md",  # type: ignore[arg-type]
+            todo_b64="", base_sha="0" * 40, base_ref="refs/batchd/base/x/1", branch="main", lease=3.0,
+        )  # fmt: skip
+        log.append(dp.claim_stream("t2"), [queued], 0)
+        queued = dp.AgentQueued(
+            token="t3", todo_id="9", attempt=1, shown="9", title="t", todo_path="todos/9.md",
+            todo_b64="", base_sha="0" * 40, base_ref="refs/batchd/base/x/1", branch="main", lease=3.0,
+        )  # fmt: skip
+        log.append(dp.claim_stream("t3"), [queued], 0)
+        log.append(dp.claim_stream("t3"), [dp.AgentClaimed(token="t3", worker="typo")], 1)
+        log.append(dp.claim_stream("t3"), [dp.LeaseRenewed(token="t3", worker="typo", pid="x")], 2)  # type: ignore[arg-type]
+        foreign.append(dp.claim_stream("t3"), [foreign.registry.cls_for("agent.released")(token="t3")], 3)
+    finally:
+        foreign.close()
+        log.close()
+    coordinator = fleet.start(fleet.root, "--once")
+    w1 = fleet.worker("w1")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    assert w1.proc.poll() is None, w1.log_path.read_text()[-3000:]
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")
+
+
+def _on_another_host(hostname: str) -> list[str]:
+    """A command prefix that runs the rest in a UTS namespace of its own, named ``hostname``."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("another host name needs root and unshare(1)")
+    return ["unshare", "-u", "sh", "-c", f'hostname {hostname} && exec "$@"', "sh"]
+
+
+def test_a_second_worker_of_a_live_workers_name_on_another_host_takes_nothing_from_it(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Two hosts started with the same --name: the second refuses to start while the first beats,
+    instead of giving the first one's claims up (its agents killed, their work lost)."""
+    fleet = make_fleet({"001": SLOW})
+    coordinator = fleet.start(fleet.root, "--once")
+    first = fleet.worker("build")
+    wait_event(fleet.root, "agent.lease_renewed", worker="build", timeout=60)
+    second = fleet.worker("build", clone_name="build-b", wrap=_on_another_host("otherhost"))
+    assert second.proc.wait(timeout=30) != 0
+    assert "already running" in second.log_path.read_text(encoding="utf-8")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert of_type(events, "agent.lease_expired") == []
+    assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["build"]
+    assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
+
+
+def test_a_fenced_workers_late_push_does_not_spoil_the_next_run_of_the_attempt(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """A worker cut off from the log past its lease may still reach the remote and push its result
+    late. The attempt runs again (uncounted, same attempt number) on another worker; that late push,
+    landing between the second worker's push and the coordinator's fetch, must not make the second
+    worker's good change fail as "not the reported" one."""
+    fleet = make_fleet({"001": "sleep: 3\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root, "--once")
+    log = EventLog(fleet.db)
+    try:
+        # The fenced worker: claims the attempt, is never heard from again, and its lease expires.
+        log.append(dp.worker_stream("cut"), [dp.WorkerRegistered(name="cut", host="h", slots=1, pid=1)], 0)
+        [queued] = wait_event(fleet.root, "agent.queued", timeout=60)
+        p = queued.payload
+        log.append(queued.stream, [dp.AgentClaimed(token=p["token"], worker="cut")], 1)
+        wait_event(fleet.root, "agent.lease_expired", worker="cut", timeout=30)
+        clone = worker_clone(str(fleet.remote), fleet.tmp / "cut")
+        git(clone, "fetch", "-q", "origin", f"{p['base_ref']}:{p['base_ref']}")
+        late = _commit_on(clone, p["base_sha"], "late.py")
+        fleet.worker("w2")
+        wait_event(fleet.root, "agent.claimed", worker="w2", timeout=60)
+        os.kill(coordinator.proc.pid, signal.SIGSTOP)  # its fetch of w2's refs comes after the late push
+        try:
+            wait_event(fleet.root, "agent.reported", worker="w2", timeout=60)
+            git(clone, "push", "-q", "-f", "origin", f"{late}:{_fenced_ref(p)}")
+        finally:
+            os.kill(coordinator.proc.pid, signal.SIGCONT)
+    finally:
+        log.close()
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")
+    assert "late.py" not in git(fleet.root, "ls-tree", "-r", "--name-only", "main")
+    assert git(fleet.remote, "for-each-ref", "refs/batchd/") == ""  # the late push is pruned too
+
+
+def _fenced_ref(queued: dict[str, object]) -> str:
+    """The ref a worker pushes its change of this claim to."""
+    return dp.todo_ref(str(queued["todo_id"]), int(str(queued["attempt"])), str(queued["token"]))
+
+
+def test_a_second_worker_on_the_same_clone_refuses_to_start_and_leaves_the_first_ones_agent_alone(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """Two workers of different names started on one clone: the second would remove the first's
+    workspaces as leftovers of a dead run (and share its agent logs); it refuses to start instead."""
+    fleet = make_fleet({"001": "sleep: 6\nwrite: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root, "--once")
+    first = fleet.worker("a")
+    wait_event(fleet.root, "agent.lease_renewed", worker="a", timeout=60)
+    second = fleet.worker("b", clone_name="a")
+    assert second.proc.wait(timeout=30) != 0
+    assert "already" in second.log_path.read_text(encoding="utf-8")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    events = log_events(fleet.root)
+    assert [e.payload["detail"] for e in of_type(events, "todo.agent_failed")] == []
+    assert [e.payload["worker"] for e in of_type(events, "agent.reported")] == ["a"]
+    assert first.proc.poll() is None, first.log_path.read_text()[-3000:]
+
+
+def test_a_workers_slow_clock_does_not_charge_its_lost_attempt_with_hours_of_agent_time(
+    make_fleet: Callable[..., Fleet],
+) -> None:
+    """A worker whose wall clock is ten hours behind claims an attempt and is lost: the interruption
+    records the agent time the coordinator saw pass, not ten hours (which the budget would count)."""
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    coordinator = fleet.start(fleet.root)
+    behind = EventLog(fleet.db, clock=lambda: datetime.now(UTC) - timedelta(hours=10))
+    try:
+        behind.append(
+            dp.worker_stream("late"), [dp.WorkerRegistered(name="late", host="h", slots=1, pid=1)], 0
+        )
+        [queued] = wait_event(fleet.root, "agent.queued", timeout=60)
+        behind.append(queued.stream, [dp.AgentClaimed(token=queued.payload["token"], worker="late")], 1)
+        [interrupted] = wait_event(fleet.root, "todo.agent_interrupted", timeout=60)
+    finally:
+        behind.close()
+        coordinator.stop()
+    assert "late" in interrupted.payload["reason"]
+    assert interrupted.payload["duration"] < 600, interrupted.payload

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,21 @@ def test_a_stale_index_lock_of_a_killed_git_is_dropped_so_the_worktree_resets(re
     drop_stale_index_lock(wt)
     reset_hard(wt, head(repo))
     assert not (wt.git_dir / "index.lock").exists()
+
+
+def test_read_blob_tail_gives_the_end_of_a_big_blob_and_nothing_for_a_missing_one(tmp_path: Path) -> None:
+    from daemon.world.gitops import read_blob_tail
+
+    repo = tmp_path / "r"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    data = os.urandom(3 << 20)  # 3 MiB: many chunks, trimmed on the way
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"], cwd=repo, input=data, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    assert read_blob_tail(repo, blob, 1000) == data[-1000:]
+    assert read_blob_tail(repo, blob, 10 << 20) == data
+    assert read_blob_tail(repo, "0" * 40, 1000) == b""

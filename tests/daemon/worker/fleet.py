@@ -100,6 +100,7 @@ class WorkerProcess(JsonLogged):
         slots: int = 1,
         netns: str = "",
         env: Mapping[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> None:
         self.clone, self.name = clone, name
         self.log_path = clone.parent / f"worker-{name}-{time.monotonic_ns()}.log"
@@ -122,6 +123,7 @@ class WorkerProcess(JsonLogged):
         ]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
+        argv = [*wrap, *argv]  # e.g. a UTS namespace of its own: another host name
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -174,11 +176,19 @@ class Fleet:
         self.remote = fleet_repo(self.root, todos, db=".batchd/events.db", lease=3.0)
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, name: str, slots: int = 1, env: Mapping[str, str] | None = None) -> WorkerProcess:
-        clone = self.tmp / name
+    def worker(
+        self,
+        name: str,
+        slots: int = 1,
+        env: Mapping[str, str] | None = None,
+        *,
+        clone_name: str = "",
+        wrap: Sequence[str] = (),
+    ) -> WorkerProcess:
+        clone = self.tmp / (clone_name or name)
         if not clone.exists():
             worker_clone(str(self.remote), clone)
-        w = WorkerProcess(clone, name=name, db=self.db, slots=slots, env=env)
+        w = WorkerProcess(clone, name=name, db=self.db, slots=slots, env=env, wrap=wrap)
         self.workers.append(w)
         return w
 
