@@ -202,9 +202,12 @@ class Worker:
                 return
             events = self.log.read_stream(dp.claim_stream(claim.token))
             try:
-                queued = dp.AgentQueued(**events[0].payload)
-            except (TypeError, IndexError):
-                continue  # not a claim batchd wrote: left alone
+                # decode(): fields a newer coordinator added are dropped, not a reason to skip it.
+                queued = events[0].decode()
+            except (TypeError, IndexError, BatchdError):
+                continue  # not a claim batchd wrote (or one of a newer version): left alone
+            if not isinstance(queued, dp.AgentQueued):
+                continue
             won = dp.AgentClaimed(token=claim.token, worker=self.name, host=self.hostname)
             try:
                 version = self._append(dp.claim_stream(claim.token), won, claim.version)
@@ -218,14 +221,16 @@ class Worker:
     def _prepare(self, a: at.Attempt) -> agentproc.AgentProcess | dp.AgentReported:
         try:
             return at.prepare(self.host, a)
-        except (BatchdError, OSError) as e:
+        # Whatever a claim holds (its todo not text, fields of the wrong type), it fails that
+        # attempt, reported; the worker goes on with the others.
+        except Exception as e:  # noqa: BLE001
             result = outcomes.Result(outcome=_no_outcome(), reason="setup", detail=outcomes.message(e))
             return at.report_for(self.host, a, result)
 
     def _finish(self, a: at.Attempt) -> dp.AgentReported:
         try:
             return at.finish(self.host, a)
-        except (BatchdError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - as in _prepare: one attempt's failure, reported
             result = outcomes.Result(outcome=_no_outcome(), reason="collect", detail=outcomes.message(e))
             return at.report_for(self.host, a, result)
 
@@ -239,7 +244,13 @@ class Worker:
         job = self.jobs.get(a.token)
         if job is not None and job.done():
             del self.jobs[a.token]
-            result = job.result()
+            try:
+                result = job.result()
+            except Exception as e:  # noqa: BLE001 - even its failure report failed: say so, unpushed
+                detail = f"the worker could not run or report it: {outcomes.message(e)}"
+                result = dp.AgentReported(
+                    token=a.token, worker=self.name, ok=False, reason="setup", detail=detail
+                )
             if isinstance(result, dp.AgentReported):
                 a.report, a.phase = result, "reporting"
             else:

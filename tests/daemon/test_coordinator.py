@@ -483,3 +483,29 @@ def test_a_workers_slow_clock_does_not_charge_its_lost_attempt_with_hours_of_age
         coordinator.stop()
     assert "late" in interrupted.payload["reason"]
     assert interrupted.payload["duration"] < 600, interrupted.payload
+
+
+def test_a_poisoned_claim_fails_its_attempt_and_the_worker_goes_on(make_fleet: Callable[..., Fleet]) -> None:
+    """A claim in the log whose todo is not text (written by anyone with the database's password):
+    the worker reports that attempt failed and runs the next one."""
+    fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
+    w1 = fleet.worker("w1")
+    w1.wait_logged("worker_registered")
+    base = git(fleet.root, "rev-parse", "main")
+    git(fleet.root, "push", "-q", "origin", f"{base}:refs/batchd/base/poison/1")
+    poison = dp.AgentQueued(
+        token="feedface" * 4, todo_id="999", attempt=1, shown="999", title="poison",
+        todo_path="todos/999-ready-p2-poison.md", todo_b64=12345,  # type: ignore[arg-type]
+        base_sha=base, base_ref="refs/batchd/base/poison/1", branch="batchd/todo-999", lease=3.0,
+    )  # fmt: skip
+    log = EventLog(fleet.db)
+    try:
+        log.append(dp.claim_stream(poison.token), [poison], 0)
+    finally:
+        log.close()
+    [reported] = wait_event(fleet.root, "agent.reported", timeout=30, token=poison.token)
+    assert reported.payload["ok"] is False and reported.payload["reason"] == "setup"
+    assert w1.proc.poll() is None, w1.log_path.read_text()[-3000:]
+    coordinator = fleet.start(fleet.root, "--once")
+    assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    assert "A = 1" in git(fleet.root, "show", "main:a.py")  # run by the same worker
