@@ -28,6 +28,14 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+def seconds_since(recorded_at: str, now: datetime | None = None) -> float:
+    """Seconds from a ``recorded_at`` stamp to ``now`` (default: the clock), never negative; 0.0
+    for an empty stamp."""
+    if not recorded_at:
+        return 0.0
+    return max(0.0, ((now or datetime.now(UTC)) - parse_time(recorded_at)).total_seconds())
+
+
 class StoredEvent(NamedTuple):
     """One row of the log, as read back.
 

@@ -34,14 +34,8 @@ from statemachine.economy import RunEconomy, budget_text, run_economy, todo_json
 from statemachine.ids import user_id
 from statemachine.projection import Projection
 from statemachine.tables import RunState, TodoState
-from store.eventlog import parse_time
 from store.exceptions import EXIT_FAILURES
-
-
-def elapsed_since(recorded_at: str) -> float:
-    if not recorded_at:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - parse_time(recorded_at)).total_seconds())
+from store.records import seconds_since
 
 
 def status_data(
@@ -71,7 +65,7 @@ def status_data(
             "path": todo.path,
         }
         if todo.state == TodoState.RUNNING:
-            item["elapsed"] = round(elapsed_since(todo.agent_started_at), 1)
+            item["elapsed"] = round(seconds_since(todo.agent_started_at), 1)
             item["pid"] = todo.pid
         if todo.reason:
             item["reason"] = todo.reason

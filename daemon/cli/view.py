@@ -23,7 +23,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from daemon.cli.control import elapsed_since
 from daemon.engine.state import batch_at_work
 from statemachine.economy import clock, cost_text, ratio_text, run_economy
 from statemachine.ids import id_order
@@ -31,6 +30,7 @@ from statemachine.projection import Projection, replay
 from statemachine.tables import PhaseState, TodoState
 from store import EventLog
 from store.exceptions import BatchdError, StoreError
+from store.records import seconds_since
 
 __all__ = ["LiveView", "clock", "describe_event", "log_opener", "render"]
 
@@ -71,7 +71,7 @@ CLOCK_TICK = 1.0  # seconds between frames when nothing happened but the clocks 
 
 
 def elapsed(recorded_at: str) -> str:
-    return clock(elapsed_since(recorded_at)) if recorded_at else ""
+    return clock(seconds_since(recorded_at)) if recorded_at else ""
 
 
 def describe_event(proj: Projection, event_type: str, payload: dict[str, object]) -> str | None:
@@ -163,7 +163,7 @@ def _agents_table(proj: Projection, agent_timeout: float | None) -> Table:
     for todo in sorted(shown, key=lambda t: id_order(t.todo_id)):
         state = str(todo.state)
         running = todo.state == TodoState.RUNNING
-        spent = elapsed_since(todo.agent_started_at) if running and todo.agent_started_at else None
+        spent = seconds_since(todo.agent_started_at) if running and todo.agent_started_at else None
         left = ""
         if spent is not None and agent_timeout is not None:
             left = clock(max(0.0, agent_timeout - spent))

@@ -19,7 +19,7 @@ from daemon.config import BatchdConfig, load_config
 from daemon.exceptions import BatchdError
 from statemachine import dispatch as dp
 from statemachine.projection import Projection
-from store.eventlog import parse_time
+from store.records import seconds_since
 
 UP, SILENT, STOPPED = "up", "silent", "stopped"
 
@@ -34,9 +34,7 @@ def lease_of(root: Path) -> float:
 
 
 def _since(recorded_at: str, now: datetime) -> float | None:
-    if not recorded_at:
-        return None
-    return round(max(0.0, (now - parse_time(recorded_at)).total_seconds()), 1)
+    return round(seconds_since(recorded_at, now), 1) if recorded_at else None
 
 
 def workers_data(proj: Projection, *, lease: float, now: datetime | None = None) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from datetime import UTC, datetime
 
 import structlog
 
@@ -40,7 +39,7 @@ from statemachine.tables import TodoState
 from statemachine.views import TodoView
 from store import Append
 from store.exceptions import ConcurrencyError
-from store.records import parse_time
+from store.records import seconds_since
 
 log = structlog.get_logger(__name__)
 
@@ -262,16 +261,10 @@ def _interrupted(claim: dp.ClaimView, why: str) -> tuple[str, list[object]]:
                 reason=printable(why),
                 # From its queueing, stamped by this host's clock: agent.claimed is stamped by the
                 # worker's, which may be hours off (the budget counts this time).
-                duration=round(_since(claim.queued_at), 3),
+                duration=round(seconds_since(claim.queued_at), 3),
             )
         ],
     )
-
-
-def _since(recorded_at: str) -> float:
-    if not recorded_at:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - parse_time(recorded_at)).total_seconds())
 
 
 # --- a worker's outcome ------------------------------------------------------------------------------

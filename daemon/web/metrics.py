@@ -44,7 +44,7 @@ from daemon.service.lock import holder
 from daemon.workspace import Workspace
 from statemachine.tables import RunState, TodoState
 from store import StoredEvent
-from store.eventlog import parse_time
+from store.records import seconds_since
 
 if TYPE_CHECKING:
     from daemon.web.model import LiveModel
@@ -194,7 +194,7 @@ def _age(recorded_at: str, now: datetime) -> float | None:
     if not recorded_at:
         return None
     try:
-        return max(0.0, (now - parse_time(recorded_at)).total_seconds())
+        return seconds_since(recorded_at, now)
     except ValueError:  # a time not written by the store (a hand-edited log): no age rather than a 500
         return None
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.cli.control import elapsed_since, run_detail, verdict_data
+from daemon.cli.control import run_detail, verdict_data
 from daemon.cli.view import NOTABLE, describe_event
 from daemon.engine.statusfile import failed_rows, phase_result, review_items, verdict_line
 from statemachine.economy import (
@@ -39,6 +39,7 @@ from statemachine.ids import id_order
 from statemachine.projection import Projection
 from statemachine.tables import TodoState
 from store import EventLog, StoredEvent
+from store.records import seconds_since
 
 __all__ = [
     "EVENTS_LIMIT",
@@ -115,7 +116,7 @@ def run_context(proj: Projection, now: datetime, *, state: str | None = None) ->
                 "attempt": t.attempt,
                 "batch": t.batch,
                 "pid": t.pid,
-                "elapsed": clock(elapsed_since(t.agent_started_at)),
+                "elapsed": clock(seconds_since(t.agent_started_at)),
             }
             for t in running
         ],

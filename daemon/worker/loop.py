@@ -143,10 +143,7 @@ class Worker:
     def shutdown(self, reason: str) -> None:
         """Give every claim up (its agent killed), then say this worker stopped."""
         for a in list(self.attempts.values()):
-            at.discard(a)
-            job = self.jobs.pop(a.token, None)
-            if job is not None:  # a prepare still under way starts its agent after this: killed then
-                job.add_done_callback(functools.partial(_discard_late, a))
+            self._let_go(a)
             gave_up = dp.LeaseExpired(
                 token=a.token, worker=self.name, reason=f"worker {self.name} stopped ({reason})", by=self.name
             )
@@ -293,12 +290,17 @@ class Worker:
             self._drop(a, "its lease was lost (renewal refused)")
 
     def _drop(self, a: at.Attempt, why: str) -> None:
-        at.discard(a)
+        self._let_go(a)
         self.attempts.pop(a.token, None)
+        log.warning("claim_lost", todo_id=a.todo_id, attempt=a.queued.attempt, why=why)
+
+    def _let_go(self, a: at.Attempt) -> None:
+        """Kill the attempt's agent and remove its workspace; a prepare still under way (it starts
+        its agent after this) gets the same once it is done."""
+        at.discard(a)
         job = self.jobs.pop(a.token, None)
         if job is not None:
-            job.add_done_callback(lambda f: _discard_late(a, f))
-        log.warning("claim_lost", todo_id=a.todo_id, attempt=a.queued.attempt, why=why)
+            job.add_done_callback(functools.partial(_discard_late, a))
 
 
 def _discard_late(a: at.Attempt, future: Future[Any]) -> None:

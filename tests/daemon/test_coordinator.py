@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,20 +113,33 @@ def _hostile_worker(fleet: Fleet, stop: threading.Event, *, name_base: bool = Fa
         log.close()
 
 
+@contextlib.contextmanager
+def _liar(fleet: Fleet, *, name_base: bool = False) -> Iterator[Callable[[], None]]:
+    """:func:`_hostile_worker` in a thread for the block; yields what stops it (stopped at the end)."""
+    stop = threading.Event()
+    liar = threading.Thread(
+        target=_hostile_worker, args=(fleet, stop), kwargs={"name_base": name_base}, daemon=True
+    )
+    liar.start()
+
+    def halt() -> None:
+        stop.set()
+        liar.join(timeout=10)
+
+    try:
+        yield halt
+    finally:
+        halt()
+
+
 def test_a_report_naming_refs_not_its_claims_fails_and_prunes_nothing_of_others(
     make_fleet: Callable[..., Fleet],
 ) -> None:
     fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
     coordinator = fleet.start(fleet.root)
-    stop = threading.Event()
-    liar = threading.Thread(
-        target=_hostile_worker, args=(fleet, stop), kwargs={"name_base": True}, daemon=True
-    )
-    liar.start()
-    try:
+    with _liar(fleet, name_base=True) as halt:
         failed = wait_event(fleet.root, "todo.agent_failed", timeout=60)
-        stop.set()  # its retry waits for a worker: the run is not complete, its base must stay
-        liar.join(timeout=10)
+        halt()  # its retry waits for a worker: the run is not complete, its base must stay
         queued = of_type(log_events(fleet.root), "agent.queued")[0].payload
         own = dp.todo_ref(queued["todo_id"], queued["attempt"], queued["token"])
         # What it pushed under its own name is pruned; the base it named is left for the claims to come.
@@ -134,10 +147,7 @@ def test_a_report_naming_refs_not_its_claims_fails_and_prunes_nothing_of_others(
             lambda: own not in git(fleet.remote, "for-each-ref") or None, timeout=30, what="own ref pruned"
         )
         assert queued["base_ref"] in git(fleet.remote, "for-each-ref")
-    finally:
-        stop.set()
-        liar.join(timeout=10)
-        coordinator.stop()
+    coordinator.stop()
     assert failed[0].payload["reason"] == "exchange"
     assert "not its claim's refs" in failed[0].payload["detail"]
 
@@ -164,15 +174,9 @@ def _commit_on(clone: Path, base: str, path: str) -> str:
 def test_a_report_the_remote_does_not_back_fails_the_attempt(make_fleet: Callable[..., Fleet]) -> None:
     fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
     coordinator = fleet.start(fleet.root)
-    stop = threading.Event()
-    liar = threading.Thread(target=_hostile_worker, args=(fleet, stop), daemon=True)
-    liar.start()
-    try:
+    with _liar(fleet):
         failed = wait_event(fleet.root, "todo.agent_failed", timeout=60)
-    finally:
-        stop.set()
-        liar.join(timeout=10)
-        coordinator.stop()
+    coordinator.stop()
     assert failed[0].payload["reason"] == "exchange"
     assert "not the reported" in failed[0].payload["detail"]
     tree = git(fleet.root, "ls-tree", "-r", "--name-only", "main")
