@@ -30,8 +30,11 @@ def pg_server():
     yield from pgserver.session_server()
 """
 
-# A session that records where its server lives, then waits to be killed.
+# A session that records where its server lives, then waits to be killed. The record is renamed
+# into place: the test polls for the file and must never read it half written (it once read it
+# empty, between the create and the write).
 RECORDING_TEST = """
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +42,8 @@ from pathlib import Path
 def test_holds_the_server(pg_server):
     pid = (pg_server.folder / "data" / "postmaster.pid").read_text().split()[0]
     line = f"{pg_server.folder} {pg_server.tcp_port} {pid}"
-    Path("where.txt").write_text(line + "\\n")
+    Path("where.tmp").write_text(line + "\\n")
+    os.replace("where.tmp", "where.txt")
     time.sleep(600)
 """
 
