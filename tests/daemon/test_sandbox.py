@@ -4,6 +4,7 @@ kill leaves nothing behind. Skipped only where bwrap cannot build a sandbox (CI 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -97,9 +98,12 @@ def test_killing_the_group_kills_a_process_that_escaped_it(tmp_path: Path) -> No
     ws = tmp_path / "ws"
     ws.mkdir()
     pid_file = ws / "escapee.pid"
+    # The escapee is found by its command line (its pid differs inside the sandbox's pid namespace):
+    # a duration of its own, so another test's `sleep 300` running at the same time is not taken for it.
+    seconds = f"300.{secrets.randbelow(10**6):06d}"
     code = (
         "import os, subprocess, sys, time\n"
-        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"p = subprocess.Popen(['sleep', {seconds!r}], start_new_session=True)\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(300)\n"
     )
@@ -111,12 +115,12 @@ def test_killing_the_group_kills_a_process_that_escaped_it(tmp_path: Path) -> No
     while not pid_file.exists():
         assert time.monotonic() < deadline, "the sandboxed program never started"
         time.sleep(0.05)
-    found = _pids_of("sleep 300")
+    found = _pids_of(f"sleep {seconds}")
     assert found, "the escaped child is not visible from the host"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while _pids_of("sleep 300") & found:
+    while _pids_of(f"sleep {seconds}") & found:
         assert time.monotonic() < deadline, "a process that left the group outlived the sandbox"
         time.sleep(0.05)
 

@@ -280,39 +280,44 @@ class Forwarder:
 
     def close(self) -> None:
         self.stopped = True
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
         self.server.close()
 
 
 @contextlib.contextmanager
 def git_daemon(base: Path) -> Iterator[int]:
-    """``git daemon`` serving the repositories under ``base`` (pushes allowed) on every address."""
-    probe = socket.create_server(("0.0.0.0", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            f"--base-path={base}",
-            "--export-all",
-            "--enable=receive-pack",
-            "--listen=0.0.0.0",
-            f"--port={port}",
-            str(base),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """``git daemon`` serving the repositories under ``base`` (pushes allowed) on every address.
+
+    This listens itself, on a port the kernel picks, and runs ``git daemon --inetd`` on each
+    connection: a port probed free and then handed to ``git daemon --port`` can be taken in between
+    by another test session running at the same time."""
+    server = socket.create_server(("0.0.0.0", 0))
+    served: list[subprocess.Popen[bytes]] = []
+    argv = ["git", "daemon", "--inetd", f"--base-path={base}", "--export-all", "--enable=receive-pack"]
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                served.append(
+                    subprocess.Popen([*argv, str(base)], stdin=conn, stdout=conn, stderr=subprocess.DEVNULL)
+                )
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
     try:
-        wait_for(lambda: _listening(port), timeout=10, what="git daemon listening")
-        yield port
+        yield server.getsockname()[1]
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _listening(port: int) -> bool | None:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return None
+        # shutdown wakes the accept() under way (close alone leaves it blocked on Linux).
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(timeout=10)
+        for proc in served:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
