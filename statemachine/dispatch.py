@@ -100,10 +100,12 @@ class WorkerRegistered:
 @registry.register("worker.heartbeat", 1)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerHeartbeat:
-    """The worker is alive; ``running`` agents right now."""
+    """The worker is alive; ``running`` agents right now. ``trouble``: why it takes no claims for
+    now (it could not reach the remote; it tries again later), empty when all is well."""
 
     name: str
     running: int = 0
+    trouble: str = ""
 
 
 @registry.register("worker.stopped", 1)
@@ -274,6 +276,7 @@ class WorkerView:
     claims: int = 0  # claims it won, ever
     reported: int = 0
     expired: int = 0
+    trouble: str = ""  # from its last heartbeat: why it takes no claims for now
 
 
 class Dispatch:
@@ -331,12 +334,14 @@ class Dispatch:
                 worker = self.workers[name] = WorkerView(name)
             worker.host, worker.slots, worker.pid = host, slots, pid
             worker.version, worker.clone, worker.every = version, clone, every
-            worker.state, worker.registered_at = "up", e.recorded_at
+            worker.state, worker.registered_at, worker.trouble = "up", e.recorded_at, ""
         elif worker is None:
             self.ignored += 1
             return
+        elif e.type == "worker.heartbeat":
+            worker.trouble = str(p.get("trouble", ""))
         elif e.type == "worker.stopped":
-            worker.state = "stopped"
+            worker.state, worker.trouble = "stopped", ""
         worker.last_seen_at = e.recorded_at
         worker.stream_version = e.version
 

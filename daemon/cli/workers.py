@@ -66,6 +66,7 @@ def workers_data(proj: Projection, *, lease: float, now: datetime | None = None)
                 "registered_at": w.registered_at,
                 "last_heartbeat": w.last_seen_at,
                 "seconds_since_heartbeat": quiet,
+                "trouble": w.trouble if state == UP else "",
             }
         )
     queued = sorted(
@@ -117,6 +118,10 @@ def print_workers(data: dict[str, Any]) -> None:
             "-" if quiet is None else f"{quiet:.0f}s ago",
         )
     console.print(table)
+    for w in data["workers"]:
+        if w["trouble"]:
+            line = f"[yellow]{escape(w['name'])} takes no claims for now[/]: {escape(w['trouble'])}"
+            console.print(line, soft_wrap=True)
     if data["queued"]:
         ids = ", ".join(f"#{q['id']}" for q in data["queued"])
         console.print(f"queued for a worker ({len(data['queued'])}): {escape(ids)}", soft_wrap=True)

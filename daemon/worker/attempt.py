@@ -17,9 +17,12 @@ import binascii
 import contextlib
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from daemon.config import Config
 from daemon.engine import outcomes
@@ -38,6 +41,10 @@ from daemon.world import (
 from daemon.world.remote import PinnedRemote
 from daemon.world.sandbox import Sandbox
 from statemachine import dispatch as dp
+
+log = structlog.get_logger(__name__)
+
+PUSH_PAUSES = (2.0, 8.0)  # seconds between the tries of pushing a result
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,9 +218,11 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
         refs[dp.todo_ref(q.todo_id, q.attempt, q.token)] = change.sha
     ok, reason, detail = change is not None, result.reason, result.detail
     try:
-        exchange.push_refs(root, host.remote, refs)
+        push(host, refs)
     except exchange.ExchangeError as e:
-        ok, reason, detail = False, "exchange", f"the worker could not push its result: {e.message}"
+        if change is not None:
+            raise  # this host's trouble, not the agent's: the worker gives the claim back, uncounted
+        detail = f"{detail} (its log could not be pushed: {e.message})"
         refs = {}
     return dp.AgentReported(
         token=q.token,
@@ -231,6 +240,20 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
         detail="" if ok else printable(detail),
         log_tail=printable(outcome.log_tail[-2000:]),
     )
+
+
+def push(host: Host, refs: dict[str, str]) -> None:
+    """Push ``refs``, trying again after a pause or two: a blip at the remote costs seconds, not the
+    result (the claim's lease is renewed meanwhile). The last try's ExchangeError when all fail."""
+    for delay in PUSH_PAUSES:
+        try:
+            exchange.push_refs(host.root, host.remote, refs)
+        except exchange.ExchangeError as e:
+            log.warning("push_failed", error=e.message, again_in=delay)
+            time.sleep(delay)
+        else:
+            return
+    exchange.push_refs(host.root, host.remote, refs)
 
 
 def _policy(host: Host, a: Attempt) -> collect.Policy:

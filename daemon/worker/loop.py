@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.engine import outcomes
-from daemon.exceptions import BatchdError, UsageError
+from daemon.exceptions import BatchdError, UsageError, printable
 from daemon.worker import attempt as at
 from daemon.worker.claims import claimable, lost
-from daemon.world import agentproc, agentresult
+from daemon.world import agentproc, agentresult, exchange
 from statemachine import dispatch as dp
 from store import EventLog
 from store.exceptions import ConcurrencyError, StoreError
@@ -31,6 +31,9 @@ from store.exceptions import ConcurrencyError, StoreError
 log = structlog.get_logger(__name__)
 
 TICK = 0.1  # seconds between looks at the log when nothing woke the loop
+# A worker that cannot reach the remote gives its claim back and takes none for this long, doubled
+# while the trouble lasts: the attempts go to others meanwhile, and none is counted against its todo.
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 
 
 class StopFlags(Protocol):
@@ -70,6 +73,9 @@ class Worker:
         self.stream_version = 0
         self.beat_at = 0.0
         self.every = host.config.batchd.lease_seconds / 3
+        self.trouble = ""  # why this worker takes no claims until calm_at (monotonic)
+        self.calm_at = 0.0
+        self.backoff = 0.0
 
     # -- the log ---------------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class Worker:
         now = self.clock()
         self.sync()
         if now - self.beat_at >= self.every:
-            beat = dp.WorkerHeartbeat(name=self.name, running=len(self.attempts))
+            beat = dp.WorkerHeartbeat(name=self.name, running=len(self.attempts), trouble=self.trouble)
             try:
                 self.stream_version = self._append(dp.worker_stream(self.name), beat, self.stream_version)
             except ConcurrencyError as e:
@@ -194,6 +200,8 @@ class Worker:
         self._claim(now)
 
     def _claim(self, now: float) -> None:
+        if now < self.calm_at:
+            return  # backing off: see _troubled
         for claim in claimable(self.dispatch):
             if len(self.attempts) >= self.slots:
                 return
@@ -218,6 +226,8 @@ class Worker:
     def _prepare(self, a: at.Attempt) -> agentproc.AgentProcess | dp.AgentReported:
         try:
             return at.prepare(self.host, a)
+        except exchange.ExchangeError:
+            raise  # the base could not be fetched: this host's trouble, see _give_back
         # Whatever a claim holds (its todo not text, fields of the wrong type), it fails that
         # attempt, reported; the worker goes on with the others.
         except Exception as e:  # noqa: BLE001
@@ -227,6 +237,8 @@ class Worker:
     def _finish(self, a: at.Attempt) -> dp.AgentReported:
         try:
             return at.finish(self.host, a)
+        except exchange.ExchangeError:
+            raise  # the change could not be pushed: as in _prepare
         except Exception as e:  # noqa: BLE001 - as in _prepare: one attempt's failure, reported
             result = outcomes.Result(outcome=_no_outcome(), reason="collect", detail=outcomes.message(e))
             return at.report_for(self.host, a, result)
@@ -243,6 +255,9 @@ class Worker:
             del self.jobs[a.token]
             try:
                 result = job.result()
+            except exchange.ExchangeError as e:
+                self._give_back(a, now, e)
+                return
             except Exception as e:  # noqa: BLE001 - even its failure report failed: say so, unpushed
                 detail = f"the worker could not run or report it: {outcomes.message(e)}"
                 result = dp.AgentReported(
@@ -253,6 +268,7 @@ class Worker:
             else:
                 a.proc, a.phase = result, "running"
                 self._renew(a, now)  # the pid is on record at once, for a restart to find
+                self._untroubled()  # its base came through
         if a.phase == "running" and a.proc is not None:
             if a.proc.poll() is None:
                 agentproc.enforce_timeout(a.proc, self.host.config.agent.timeout, now)
@@ -269,6 +285,8 @@ class Worker:
             del self.attempts[a.token]
             at.discard(a)
             log.info("agent_reported", todo_id=a.todo_id, ok=a.report.ok, reason=a.report.reason)
+            if a.report.ok:
+                self._untroubled()  # its change went through
             return
         if now - a.renewed_at >= claim.lease / 3:
             self._renew(a, now)
@@ -288,6 +306,30 @@ class Worker:
         except ConcurrencyError:
             self.sync()
             self._drop(a, "its lease was lost (renewal refused)")
+
+    def _give_back(self, a: at.Attempt, now: float, error: exchange.ExchangeError) -> None:
+        """The remote could not be reached for this attempt (its base, or its change after the
+        tries): what the agent did is lost, but not counted against its todo. The claim is given
+        back, so the coordinator runs the attempt again elsewhere at once, and this worker backs off."""
+        why = f"worker {self.name} could not reach the remote: {error.message}"
+        self._let_go(a)
+        self.attempts.pop(a.token, None)
+        gave_up = dp.LeaseExpired(token=a.token, worker=self.name, reason=printable(why), by=self.name)
+        with contextlib.suppress(ConcurrencyError):  # the claim was ended meanwhile: nothing to give
+            self._append(dp.claim_stream(a.token), gave_up, a.version)
+        log.error("claim_given_back", todo_id=a.todo_id, attempt=a.queued.attempt, why=why)
+        self._troubled(now, why)
+
+    def _troubled(self, now: float, why: str) -> None:
+        self.backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self.backoff * 2))
+        self.calm_at, self.trouble = now + self.backoff, printable(why)
+        self.beat_at = -self.every  # the next look says so in a heartbeat, for `batchd workers`
+        log.error("worker_backing_off", why=why, seconds=self.backoff)
+
+    def _untroubled(self) -> None:
+        if self.trouble:
+            log.info("worker_trouble_over", was=self.trouble)
+            self.trouble, self.backoff, self.beat_at = "", 0.0, -self.every
 
     def _drop(self, a: at.Attempt, why: str) -> None:
         self._let_go(a)

@@ -36,12 +36,25 @@ def _remote_git(where: GitTarget, remote: PinnedRemote, *args: str) -> str:
             proc = run_git(where, *remote.config, *args, env=remote.env, hooks=hooks, timeout=NETWORK_TIMEOUT)
     except GitError as e:
         raise ExchangeError(
-            f"git could not reach {printable(remote.url)}: {e.output.strip()[-500:] or e.message}",
+            f"git could not reach {printable(remote.url)}: {_why(e.output) or e.message}",
             hint="check that the remote is reachable from this host (`git ls-remote URL`)",
         ) from e
     except OSError as e:  # includes a timeout's kill
         raise ExchangeError(f"git could not run against {printable(remote.url)}: {e}") from e
     return proc.stdout
+
+
+_WHY = ("remote:", "fatal:", "error:", "!")  # git's lines that say why; the rest is paths and advice
+WHY_LIMIT = 1000
+
+
+def _why(output: str) -> str:
+    """What git said of why it failed, in one line: its reason lines in order (a hook's own words
+    first, as the remote printed them), never cut off by a long path or list of refs before them."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith(_WHY)] or lines[-3:]
+    text = "; ".join(dict.fromkeys(said))
+    return text if len(text) <= WHY_LIMIT else text[: WHY_LIMIT - 3] + "..."
 
 
 def push_refs(where: GitTarget, remote: PinnedRemote, refs: Mapping[str, str]) -> None:
