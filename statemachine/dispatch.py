@@ -360,7 +360,10 @@ class Dispatch:
             base_sha, base_ref, lease = str(p["base_sha"]), str(p["base_ref"]), float(p["lease"])
             claim.base_sha, claim.base_ref, claim.lease = base_sha, base_ref, lease
             claim.queued_at = e.recorded_at
-            self.bases.setdefault(claim.base_sha, claim.base_ref)
+            if base_ref.startswith(BASE_REFS):
+                # Only a ref of batchd's base namespace is one the coordinator may push again (a
+                # claim naming refs/heads/... was not written by batchd: its worker refuses it).
+                self.bases.setdefault(claim.base_sha, claim.base_ref)
             self.claims[token] = claim
         elif claim is None or not self._moves(claim, kind, p, e):
             self.ignored += 1

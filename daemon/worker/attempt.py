@@ -219,7 +219,7 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
     ok, reason, detail = change is not None, result.reason, result.detail
     try:
         push(host, refs)
-    except exchange.ExchangeError as e:
+    except exchange.RemoteUnreachable as e:
         if change is not None:
             raise  # this host's trouble, not the agent's: the worker gives the claim back, uncounted
         detail = f"{detail} (its log could not be pushed: {e.message})"
@@ -244,11 +244,11 @@ def report_for(host: Host, a: Attempt, result: outcomes.Result) -> dp.AgentRepor
 
 def push(host: Host, refs: dict[str, str]) -> None:
     """Push ``refs``, trying again after a pause or two: a blip at the remote costs seconds, not the
-    result (the claim's lease is renewed meanwhile). The last try's ExchangeError when all fail."""
+    result (the claim's lease is renewed meanwhile). The last try's RemoteUnreachable when all fail."""
     for delay in PUSH_PAUSES:
         try:
             exchange.push_refs(host.root, host.remote, refs)
-        except exchange.ExchangeError as e:
+        except exchange.RemoteUnreachable as e:
             log.warning("push_failed", error=e.message, again_in=delay)
             time.sleep(delay)
         else:

@@ -226,7 +226,7 @@ class Worker:
     def _prepare(self, a: at.Attempt) -> agentproc.AgentProcess | dp.AgentReported:
         try:
             return at.prepare(self.host, a)
-        except exchange.ExchangeError:
+        except exchange.RemoteUnreachable:
             raise  # the base could not be fetched: this host's trouble, see _give_back
         # Whatever a claim holds (its todo not text, fields of the wrong type), it fails that
         # attempt, reported; the worker goes on with the others.
@@ -237,7 +237,7 @@ class Worker:
     def _finish(self, a: at.Attempt) -> dp.AgentReported:
         try:
             return at.finish(self.host, a)
-        except exchange.ExchangeError:
+        except exchange.RemoteUnreachable:
             raise  # the change could not be pushed: as in _prepare
         except Exception as e:  # noqa: BLE001 - as in _prepare: one attempt's failure, reported
             result = outcomes.Result(outcome=_no_outcome(), reason="collect", detail=outcomes.message(e))
@@ -255,7 +255,7 @@ class Worker:
             del self.jobs[a.token]
             try:
                 result = job.result()
-            except exchange.ExchangeError as e:
+            except exchange.RemoteUnreachable as e:
                 self._give_back(a, now, e)
                 return
             except Exception as e:  # noqa: BLE001 - even its failure report failed: say so, unpushed
@@ -307,7 +307,7 @@ class Worker:
             self.sync()
             self._drop(a, "its lease was lost (renewal refused)")
 
-    def _give_back(self, a: at.Attempt, now: float, error: exchange.ExchangeError) -> None:
+    def _give_back(self, a: at.Attempt, now: float, error: exchange.RemoteUnreachable) -> None:
         """The remote could not be reached for this attempt (its base, or its change after the
         tries): what the agent did is lost, but not counted against its todo. The claim is given
         back, so the coordinator runs the attempt again elsewhere at once, and this worker backs off."""

@@ -30,17 +30,23 @@ class ExchangeError(BatchdError):
     code = "exchange_error"
 
 
+class RemoteUnreachable(ExchangeError):
+    """git could not push to or fetch from the remote at all (this host's trouble, not the work's)."""
+
+    code = "remote_unreachable"
+
+
 def _remote_git(where: GitTarget, remote: PinnedRemote, *args: str) -> str:
     try:
         with remote.hooks.folder() as hooks:
             proc = run_git(where, *remote.config, *args, env=remote.env, hooks=hooks, timeout=NETWORK_TIMEOUT)
     except GitError as e:
-        raise ExchangeError(
+        raise RemoteUnreachable(
             f"git could not reach {printable(remote.url)}: {_why(e.output) or e.message}",
             hint="check that the remote is reachable from this host (`git ls-remote URL`)",
         ) from e
     except OSError as e:  # includes a timeout's kill
-        raise ExchangeError(f"git could not run against {printable(remote.url)}: {e}") from e
+        raise RemoteUnreachable(f"git could not run against {printable(remote.url)}: {e}") from e
     return proc.stdout
 
 
@@ -62,6 +68,7 @@ def push_refs(where: GitTarget, remote: PinnedRemote, refs: Mapping[str, str]) -
     again replaces what an earlier run of it left)."""
     if not refs:
         return
+    _ours(list(refs))  # forced: never a branch or a tag, whatever the log says
     specs = [f"+{sha}:{ref}" for ref, sha in refs.items()]
     _remote_git(where, remote, "push", "--quiet", "--no-verify", remote.url, *specs)
 

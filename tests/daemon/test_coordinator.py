@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from procs import alive, base_env, git, group_members, wait_for
@@ -489,18 +490,36 @@ def test_a_workers_slow_clock_does_not_charge_its_lost_attempt_with_hours_of_age
     assert interrupted.payload["duration"] < 600, interrupted.payload
 
 
-def test_a_poisoned_claim_fails_its_attempt_and_the_worker_goes_on(make_fleet: Callable[..., Fleet]) -> None:
-    """A claim in the log whose todo is not text (written by anyone with the database's password):
-    the worker reports that attempt failed and runs the next one."""
+POISONS = {
+    "todo not text": {"todo_b64": 12345},
+    "base not batchd's": {"base_ref": "refs/heads/main"},
+    "base holds another commit": {"base_sha": "main~1"},
+}
+
+
+@pytest.mark.parametrize("poison_kind", list(POISONS))
+def test_a_poisoned_claim_fails_its_attempt_and_the_worker_goes_on(
+    make_fleet: Callable[..., Fleet], poison_kind: str
+) -> None:
+    """A claim in the log that batchd never wrote (by anyone with the database's password): the
+    worker reports that attempt failed and runs the next one. It is not the worker's trouble with
+    the remote, so the worker does not back off."""
     fleet = make_fleet({"001": "write: [{path: a.py, content: 'A = 1'}]"})
     w1 = fleet.worker("w1")
     w1.wait_logged("worker_registered")
     base = git(fleet.root, "rev-parse", "main")
     git(fleet.root, "push", "-q", "origin", f"{base}:refs/batchd/base/poison/1")
+    fields: dict[str, Any] = {
+        "todo_b64": base64.b64encode(b"# poison\n").decode(),
+        "base_sha": base,
+        "base_ref": "refs/batchd/base/poison/1",
+        **POISONS[poison_kind],
+    }
+    if fields["base_sha"] == "main~1":
+        fields["base_sha"] = git(fleet.root, "rev-parse", "main~1")
     poison = dp.AgentQueued(
         token="feedface" * 4, todo_id="999", attempt=1, shown="999", title="poison",
-        todo_path="todos/999-ready-p2-poison.md", todo_b64=12345,  # type: ignore[arg-type]
-        base_sha=base, base_ref="refs/batchd/base/poison/1", branch="batchd/todo-999", lease=3.0,
+        todo_path="todos/999-ready-p2-poison.md", branch="batchd/todo-999", lease=3.0, **fields,
     )  # fmt: skip
     log = EventLog(fleet.db)
     try:
@@ -512,4 +531,9 @@ def test_a_poisoned_claim_fails_its_attempt_and_the_worker_goes_on(make_fleet: C
     assert w1.proc.poll() is None, w1.log_path.read_text()[-3000:]
     coordinator = fleet.start(fleet.root, "--once")
     assert coordinator.wait(timeout=90) == 0, coordinator.log_path.read_text()[-3000:]
+    assert not w1.logged("worker_backing_off")
+    # The coordinator never takes a base ref from a claim it did not write (it would force-push
+    # its base there: a branch of a person's, for a claim naming refs/heads/...).
+    ours = [e for e in of_type(log_events(fleet.root), "agent.queued") if e.payload["todo_id"] != "999"]
+    assert ours and all(e.payload["base_ref"].startswith(dp.BASE_REFS) for e in ours), ours
     assert "A = 1" in git(fleet.root, "show", "main:a.py")  # run by the same worker

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gitrepo import bare_remote, head, init_repo, refuse_pushes
+from gitrepo import bare_remote, git, head, init_repo, refuse_pushes, write
 
 from daemon.world import exchange
 from daemon.world.hooks import snapshot
@@ -49,3 +49,19 @@ def test_a_fetch_from_a_remote_that_is_gone_says_so(deep: Path) -> None:
     with pytest.raises(exchange.ExchangeError) as caught:
         exchange.fetch_refs(repo, pin, ["refs/batchd/base/run/1"])
     assert "does not appear to be a git repository" in caught.value.message
+
+
+def test_nothing_outside_batchds_refs_is_pushed(tmp_path: Path) -> None:
+    """Pushes are forced: a ref of a branch or a tag (from a claim batchd did not write) is refused
+    before anything is sent."""
+    repo = init_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    remote = bare_remote(tmp_path / "remote.git", repo)
+    before = git(remote, "rev-parse", "refs/heads/main")
+    first = head(repo)
+    write(repo, {"a.txt": "b\n"})
+    git(repo, "commit", "-qam", "b")
+    for ref in ("refs/heads/main", "refs/heads/release", "refs/tags/v1"):
+        with pytest.raises(exchange.ExchangeError, match="not one of batchd's refs"):
+            exchange.push_refs(repo, pinned(repo), {ref: head(repo)})
+    assert git(remote, "rev-parse", "refs/heads/main") == before == first
+    assert git(remote, "for-each-ref", "--format=%(refname)").split() == ["refs/heads/main"]
